@@ -1,0 +1,823 @@
+"""Shared plumbing for every script in methods/: data, ResNet-32, the GPU-resident batch pipeline,
+the learning-rate schedule, evaluation, one results JSON per run, and the report.
+
+No algorithm lives here: no loss, sampler or optimizer step. Each method file imports this module and
+nothing else of ours, so copying a method into your own project means copying that file and this one.
+
+    python common.py report [results/]      # results/**/seed*.json -> results/RESULTS.md (+ plots)
+"""
+import argparse
+import glob
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# The normalization constants of kaidic/LDAM-DRW cifar_train.py (not airbench's 0.2470, 0.2435, 0.2616).
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2023, 0.1994, 0.2010)
+# Many / medium / few shot groups by training count (Liu et al. 2019): >100, 20..100, <20.
+MANY_ABOVE, FEW_BELOW = 100, 20
+ECE_BINS = 15
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+
+
+class UserError(SystemExit):
+    """A problem with the user's input. Python prints the message, without a traceback, and exits 1."""
+
+    def __init__(self, message):
+        super().__init__(f"error: {message}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Arguments
+# ------------------------------------------------------------------------------------------------
+
+def make_parser(doc):
+    """The arguments every method shares, with the protocol's numbers as defaults."""
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0] if doc else None,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagefolder | synthetic")
+    d.add_argument("--data-dir", default=None,
+                   help="cifar10/100: the torchvision root (default data/); imagefolder: a folder with "
+                        "train/<class>/ and test/<class>/")
+    d.add_argument("--download", action="store_true", help="download CIFAR through torchvision (needs internet)")
+    d.add_argument("--imbalance-type", default="exp", help="exp | step")
+    d.add_argument("--imbalance-ratio", default="100", help="n_max / n_min, >= 1 (1 = balanced)")
+    d.add_argument("--data-seed", type=int, default=0,
+                   help="seed of the long-tailed subset (np.random.RandomState, as the official code)")
+    d.add_argument("--cache-dir", default=os.environ.get("IMBALANCE_REF_CACHE",
+                                                         os.path.join(os.path.expanduser("~"), ".cache", "imbalance-ref")),
+                   help="where decoded image folders are cached")
+    t = p.add_argument_group("training (the kaidic/LDAM-DRW protocol)")
+    t.add_argument("--epochs", type=int, default=200)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=0.1)
+    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--weight-decay", type=float, default=2e-4)
+    t.add_argument("--warmup-epochs", type=int, default=5, help="linear warm-up, set once per epoch")
+    t.add_argument("--lr-decay-epochs", type=int, nargs="*", default=[160, 180],
+                   help="0-based epochs from which the lr is multiplied by --lr-decay once more")
+    t.add_argument("--lr-decay", type=float, default=0.01)
+    t.add_argument("--seed", type=int, default=0, help="training seed (init, batch order, augmentation)")
+    r = p.add_argument_group("run")
+    r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    r.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on GPU)")
+    r.add_argument("--eval-every", type=int, default=5, help="evaluate every N epochs (and always at the end)")
+    r.add_argument("--out", default=os.path.join(ROOT, "results"), help="results root folder")
+    r.add_argument("--name", default=None, help="name of the run's method folder (default: set by the method)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing result file")
+    r.add_argument("--skip-existing", action="store_true", help="exit 0 without training if the result exists")
+    return p
+
+
+def check(condition, message):
+    if not condition:
+        raise UserError(message)
+
+
+def finish_args(args, method):
+    """Validate the shared arguments and fill in derived ones. `method` names the results folder."""
+    if args.dataset not in ("cifar10", "cifar100", "imagefolder", "synthetic"):
+        raise UserError(f"unknown dataset '{args.dataset}': use cifar10, cifar100, imagefolder or synthetic")
+    check(args.imbalance_type in ("exp", "step"),
+          f"unknown --imbalance-type '{args.imbalance_type}': use exp or step")
+    try:
+        args.imbalance_ratio = float(args.imbalance_ratio)
+    except ValueError:
+        raise UserError(f"--imbalance-ratio must be a number >= 1, got '{args.imbalance_ratio}'")
+    check(math.isfinite(args.imbalance_ratio) and args.imbalance_ratio >= 1,
+          f"--imbalance-ratio must be >= 1 (n_max / n_min), got {args.imbalance_ratio:g}")
+    check(args.epochs > 0, f"--epochs must be positive, got {args.epochs}")
+    check(args.batch_size > 0, f"--batch-size must be positive, got {args.batch_size}")
+    check(args.lr > 0, f"--lr must be positive, got {args.lr}")
+    check(0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}")
+    check(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
+    check(args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
+    check(args.eval_every > 0, f"--eval-every must be positive, got {args.eval_every}")
+    check(0 < args.lr_decay <= 1, f"--lr-decay must be in (0, 1], got {args.lr_decay}")
+    if args.dataset == "imagefolder":
+        check(args.data_dir is not None, "--dataset imagefolder needs --data-dir pointing at a folder with train/ and test/")
+    args.method = args.name or method
+    args.device = resolve_device(args.device)
+    return args
+
+
+def resolve_device(name):
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    check(name == "cpu" or name.startswith("cuda"), f"unknown --device '{name}': use auto, cpu or cuda")
+    if name.startswith("cuda"):
+        check(torch.cuda.is_available(), f"--device {name} was asked for, but no CUDA GPU is available: use --device cpu")
+    return name
+
+
+def setting_name(args):
+    """results/<setting>/<method>/seed<k>.json, e.g. cifar10-exp-r100 or cifar10-jpeg-exp-r100."""
+    data = os.path.basename(os.path.normpath(args.data_dir)) if args.dataset == "imagefolder" else args.dataset
+    return f"{data}-{args.imbalance_type}-r{args.imbalance_ratio:g}"
+
+
+def result_path(args):
+    return os.path.join(args.out, setting_name(args), args.method, f"seed{args.seed}.json")
+
+
+# ------------------------------------------------------------------------------------------------
+# Data: decoded uint8 arrays (N, H, W, 3) and int64 labels, then the long-tailed subset
+# ------------------------------------------------------------------------------------------------
+
+def load_arrays(args):
+    """(train_x, train_y, test_x, test_y, class_names) as numpy arrays, whatever the source."""
+    if args.dataset in ("cifar10", "cifar100"):
+        return load_cifar(args.dataset, args.data_dir or os.path.join(ROOT, "data"), args.download)
+    if args.dataset == "imagefolder":
+        return load_imagefolder(args.data_dir, args.cache_dir)
+    return make_synthetic()
+
+
+def load_cifar(name, root, download):
+    import torchvision
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        train, test = (cls(root, train=t, download=download) for t in (True, False))
+    except RuntimeError as e:
+        if download:
+            raise UserError(f"could not download {name} into {root} ({e}); without internet use "
+                            "--dataset imagefolder --data-dir <folder>")
+        raise UserError(f"{name} not found in {root}: add --download (needs internet), or pass --data-dir "
+                        "with the torchvision files, or use --dataset imagefolder --data-dir <folder>")
+    except OSError as e:  # no network
+        raise UserError(f"could not download {name} into {root} ({e.__class__.__name__}): no internet? "
+                        "use --dataset imagefolder --data-dir <folder>")
+    return (train.data, np.array(train.targets, dtype=np.int64), test.data,
+            np.array(test.targets, dtype=np.int64), list(train.classes))
+
+
+def list_imagefolder(root):
+    """Sorted class names and, per split, the sorted image paths and labels. Checks the layout."""
+    check(os.path.isdir(root), f"data folder {root} does not exist: pass --data-dir pointing at a folder with "
+                               "train/<class>/ and test/<class>/")
+    check(os.listdir(root), f"data folder {root} is empty: it needs train/<class>/ and test/<class>/")
+    splits = {}
+    for split in ("train", "test"):
+        d = os.path.join(root, split)
+        check(os.path.isdir(d), f"{root} has no {split}/ folder: an image folder needs train/<class>/ and test/<class>/")
+        splits[split] = sorted(c for c in os.listdir(d) if os.path.isdir(os.path.join(d, c)) and not c.startswith("."))
+        check(splits[split], f"{d} has no class folders: put images in {d}/<class>/")
+    only_train = sorted(set(splits["train"]) - set(splits["test"]))
+    only_test = sorted(set(splits["test"]) - set(splits["train"]))
+    check(not only_train, f"class folder(s) {', '.join(only_train)} in train/ but not in test/ of {root}: "
+                          "both splits need the same classes")
+    check(not only_test, f"class folder(s) {', '.join(only_test)} in test/ but not in train/ of {root}: "
+                         "both splits need the same classes")
+    classes = splits["train"]
+    files = {}
+    for split in ("train", "test"):
+        paths, labels = [], []
+        for c, name in enumerate(classes):
+            d = os.path.join(root, split, name)
+            imgs = sorted(f for f in os.listdir(d) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+            check(imgs, f"class folder {d} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+            paths += [os.path.join(d, f) for f in imgs]
+            labels += [c] * len(imgs)
+        files[split] = (paths, np.array(labels, dtype=np.int64))
+    return classes, files
+
+
+def load_imagefolder(root, cache_dir):
+    """Decode every image once and cache the uint8 arrays; the cache key covers every file's size and mtime."""
+    root = os.path.abspath(root)
+    classes, files = list_imagefolder(root)
+    h = hashlib.sha256(root.encode())
+    for split in ("train", "test"):
+        for path in files[split][0]:
+            st = os.stat(path)
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    cache = os.path.join(cache_dir, f"imagefolder-{h.hexdigest()[:20]}.npz")
+    if os.path.exists(cache):
+        with np.load(cache) as z:
+            return z["train_x"], z["train_y"], z["test_x"], z["test_y"], classes
+    from PIL import Image
+    arrays, shape = {}, None
+    t0 = time.time()
+    print(f"decoding {sum(len(files[s][0]) for s in files)} images of {root} (once; cached in {cache_dir})", flush=True)
+    for split in ("train", "test"):
+        paths, labels = files[split]
+        out = None
+        for i, path in enumerate(paths):
+            try:
+                with Image.open(path) as im:
+                    a = np.asarray(im.convert("RGB"))
+            except Exception as e:
+                raise UserError(f"cannot read image {path} ({e.__class__.__name__}): remove or replace the file")
+            if shape is None:
+                shape = a.shape
+            check(a.shape == shape, f"image {path} is {a.shape[1]}x{a.shape[0]} but the first image is "
+                                    f"{shape[1]}x{shape[0]}: all images must have the same size")
+            if out is None:
+                out = np.empty((len(paths),) + shape, dtype=np.uint8)
+            out[i] = a
+        arrays[split] = (out, labels)
+    print(f"decoded in {time.time() - t0:.1f}s", flush=True)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = cache + f".tmp{os.getpid()}.npz"
+    np.savez(tmp, train_x=arrays["train"][0], train_y=arrays["train"][1],
+             test_x=arrays["test"][0], test_y=arrays["test"][1])
+    os.replace(tmp, cache)
+    return arrays["train"][0], arrays["train"][1], arrays["test"][0], arrays["test"][1], classes
+
+
+def make_synthetic(num_classes=10, train_per_class=100, test_per_class=20, size=32, seed=0):
+    """A tiny, learnable, class-conditional image set: each class is a smooth random colour pattern,
+    each image that pattern under noise and a random brightness shift. Made from `seed`, no files."""
+    rng = np.random.RandomState(seed)
+    coarse = rng.uniform(0, 255, size=(num_classes, 3, 4, 4))
+    templates = coarse.repeat(size // 4, axis=2).repeat(size // 4, axis=3).transpose(0, 2, 3, 1)
+
+    def draw(n):
+        y = np.repeat(np.arange(num_classes), n)
+        x = 0.6 * templates[y] + 0.4 * rng.uniform(0, 255, size=(len(y), size, size, 3))
+        x += rng.normal(0, 20, size=(len(y), 1, 1, 1))
+        return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
+
+    train_x, train_y = draw(train_per_class)
+    test_x, test_y = draw(test_per_class)
+    return train_x, train_y, test_x, test_y, [f"class{c}" for c in range(num_classes)]
+
+
+def long_tail_counts(n_max, num_classes, imbalance_type, ratio):
+    """Per-class counts of kaidic/LDAM-DRW imbalance_cifar.get_img_num_per_cls (class 0 is the head)."""
+    imb_factor = 1.0 / ratio
+    if imbalance_type == "exp":
+        return [int(n_max * imb_factor ** (c / (num_classes - 1.0))) for c in range(num_classes)]
+    half = num_classes // 2
+    return [int(n_max)] * half + [int(n_max * imb_factor)] * (num_classes - half)
+
+
+def long_tail_indices(labels, counts, data_seed):
+    """The official selection: one legacy-MT19937 stream seeded with data_seed, classes 0..C-1 in turn,
+    shuffle the class's indices and keep the first n_c. Returned class by class, as the official code."""
+    rng = np.random.RandomState(data_seed)
+    keep = []
+    for c, n in enumerate(counts):
+        idx = np.where(labels == c)[0]
+        rng.shuffle(idx)
+        keep.append(idx[:n])
+    return np.concatenate(keep)
+
+
+def make_long_tailed(labels, num_classes, imbalance_type, ratio, data_seed):
+    """Indices of the long-tailed training subset and its per-class counts.
+    n_max = len(train) / C, as the official code; for an unbalanced folder, the smallest class size."""
+    available = np.bincount(labels, minlength=num_classes)
+    n_max = len(labels) / num_classes if available.min() == available.max() else int(available.min())
+    counts = long_tail_counts(n_max, num_classes, imbalance_type, ratio)
+    check(min(counts) >= 1, f"--imbalance-ratio {ratio:g} leaves class {counts.index(min(counts))} with 0 "
+                            f"images (n_max = {n_max:g}): use a ratio of at most {n_max:g}")
+    return long_tail_indices(labels, counts, 0 if data_seed is None else data_seed), counts
+
+
+class Data:
+    """The long-tailed training set and the balanced test set as uint8 tensors on the device, plus the
+    batch pipeline: gather, random crop (zero pad 4) and flip per image in one batched operation,
+    normalize. Batches always have `batch_size` images (shapes stay static for graphs)."""
+
+    def __init__(self, args, device):
+        train_x, train_y, test_x, test_y, self.classes = load_arrays(args)
+        self.num_classes = len(self.classes)
+        keep, self.train_counts = make_long_tailed(train_y, self.num_classes, args.imbalance_type,
+                                                   args.imbalance_ratio, args.data_seed)
+        self.subset_sha256 = hashlib.sha256(np.ascontiguousarray(keep, dtype=np.int64).tobytes()).hexdigest()
+        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
+        self.train_x = to(train_x[keep]).permute(0, 3, 1, 2).contiguous()   # (N, 3, H, W) uint8
+        self.train_y = to(train_y[keep])
+        self.test_x = to(test_x).permute(0, 3, 1, 2).contiguous()
+        self.test_y = to(test_y)
+        self.device = torch.device(device)
+        self.batch_size = args.batch_size
+        self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+
+    def __len__(self):
+        return len(self.train_y)
+
+    @property
+    def steps_per_epoch(self):
+        return math.ceil(len(self) / self.batch_size)
+
+    def normalize(self, x_uint8):
+        x = (x_uint8.float() / 255 - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+
+    def augment(self, x_uint8, generator):
+        """RandomCrop(32, padding=4) with zero padding and RandomHorizontalFlip, a fresh draw per image."""
+        n, _, h, w = x_uint8.shape
+        padded = F.pad(x_uint8, (4, 4, 4, 4))
+        i = torch.randint(0, 9, (n,), device=self.device, generator=generator)
+        j = torch.randint(0, 9, (n,), device=self.device, generator=generator)
+        rows = (i[:, None] + torch.arange(h, device=self.device))[:, None, :, None]
+        cols = (j[:, None] + torch.arange(w, device=self.device))[:, None, None, :]
+        chans = torch.arange(3, device=self.device)[None, :, None, None]
+        out = padded[torch.arange(n, device=self.device)[:, None, None, None], chans, rows, cols]
+        flip = torch.rand(n, device=self.device, generator=generator) < 0.5
+        return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+    def batch(self, idx, generator):
+        """The augmented, normalized images and labels of the training indices `idx`."""
+        return self.normalize(self.augment(self.train_x[idx], generator)), self.train_y[idx]
+
+    def shuffled(self, generator):
+        """A random permutation of the training set: the order of a plain epoch."""
+        return torch.randperm(len(self), device=self.device, generator=generator)
+
+    def batches(self, order, generator):
+        """Cut an epoch's index order into full batches. A short last batch is filled up with indices drawn
+        without replacement from the same order, so the epoch's class mix is kept (97 x 128 = 12,416
+        draws for 12,406 images on CIFAR-10-LT R=100)."""
+        short = -len(order) % self.batch_size
+        if short:
+            fill = order[torch.randperm(len(order), device=self.device, generator=generator)[:short]]
+            while len(fill) < short:  # an order shorter than a batch
+                fill = torch.cat([fill, order[:short - len(fill)]])
+            order = torch.cat([order, fill])
+        for idx in order.view(-1, self.batch_size):
+            yield self.batch(idx, generator)
+
+    def test_batches(self, size):
+        for s in range(0, len(self.test_y), size):
+            yield self.normalize(self.test_x[s:s + size]), self.test_y[s:s + size]
+
+
+# ------------------------------------------------------------------------------------------------
+# ResNet-32 of kaidic/LDAM-DRW models/resnet_cifar.py (He et al. 2016, CIFAR variant, option-A shortcut)
+# ------------------------------------------------------------------------------------------------
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        # Option A: a parameter-free shortcut, subsample by 2 and zero-pad the new channels.
+        self.pad = planes // 4 if (stride != 1 or in_planes != planes) else 0
+
+    def shortcut(self, x):
+        if not self.pad:
+            return x
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet32(nn.Module):
+    """3 stages x 5 basic blocks, 16/32/64 channels; 464,154 parameters for 10 classes.
+    `features(x)` gives the 64-d pooled embedding, `linear` the head (methods may swap it)."""
+
+    def __init__(self, num_classes=10, blocks=5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, in_planes = [], 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            for b in range(blocks):
+                layers.append(BasicBlock(in_planes, planes, stride if b == 0 else 1))
+                in_planes = planes
+        self.layers = nn.Sequential(*layers)
+        self.linear = nn.Linear(64, num_classes)
+        for m in self.modules():  # _weights_init of the official code: Kaiming-normal conv and linear weights
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def features(self, x):
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+    def forward(self, x):
+        return self.linear(self.features(x))
+
+
+def resnet32(num_classes, device="cpu"):
+    model = ResNet32(num_classes).to(device)
+    return model.to(memory_format=torch.channels_last) if torch.device(device).type == "cuda" else model
+
+
+# ------------------------------------------------------------------------------------------------
+# Schedule, precision, seeding
+# ------------------------------------------------------------------------------------------------
+
+def lr_at(epoch, args):
+    """kaidic/LDAM-DRW adjust_learning_rate: warm-up lr*(e+1)/W for the first W epochs, then lr, times
+    lr_decay once more from each of lr_decay_epochs (0.1 -> 0.001 at 160 -> 0.00001 at 180)."""
+    if epoch < args.warmup_epochs:
+        return args.lr * (epoch + 1) / args.warmup_epochs
+    return args.lr * args.lr_decay ** sum(epoch >= e for e in args.lr_decay_epochs)
+
+
+def set_lr(optimizer, epoch, args):
+    lr = lr_at(epoch, args)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def autocast(device):
+    """bf16 autocast on CUDA, plain fp32 on CPU. Losses take `logits.float()`."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" \
+        else torch.autocast("cpu", enabled=False)
+
+
+def seed_everything(seed, deterministic, device):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation on the balanced test set
+# ------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict(model, data):
+    """Softmax probabilities of the whole test set, in one pass of large batches."""
+    was_training = model.training
+    model.eval()
+    size = 2500 if data.device.type == "cuda" else 500
+    probs = []
+    for x, _ in data.test_batches(size):
+        with autocast(data.device):
+            probs.append(model(x).float().softmax(1))
+    model.train(was_training)
+    return torch.cat(probs)
+
+
+def metrics(probs, labels, train_counts):
+    """top-1, per-class accuracy, many/medium/few (None for an empty group) and ECE (15 bins), in %."""
+    num_classes = len(train_counts)
+    conf, pred = probs.max(1)
+    correct = (pred == labels).float()
+    hits = torch.bincount(labels, weights=correct, minlength=num_classes)
+    totals = torch.bincount(labels, minlength=num_classes).clamp(min=1)
+    per_class = (100 * hits / totals).tolist()
+    groups = {"many": [c for c, n in enumerate(train_counts) if n > MANY_ABOVE],
+              "medium": [c for c, n in enumerate(train_counts) if FEW_BELOW <= n <= MANY_ABOVE],
+              "few": [c for c, n in enumerate(train_counts) if n < FEW_BELOW]}
+    bins = (conf * ECE_BINS).ceil().clamp(1, ECE_BINS).long() - 1   # bin b holds (b/15, (b+1)/15]
+    gap = torch.bincount(bins, weights=correct - conf, minlength=ECE_BINS)
+    out = {"top1": 100 * correct.mean().item(), "per_class_acc": per_class}
+    for g, cs in groups.items():
+        out[g] = sum(per_class[c] for c in cs) / len(cs) if cs else None
+    out["ece"] = 100 * gap.abs().sum().item() / len(labels)
+    return out
+
+
+def evaluate(model, data):
+    return metrics(predict(model, data), data.test_y, data.train_counts)
+
+
+# ------------------------------------------------------------------------------------------------
+# A run: start (checks, data, seed), per-epoch bookkeeping, the results JSON
+# ------------------------------------------------------------------------------------------------
+
+def git_state():
+    try:
+        head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10)
+        commit = head.stdout.strip() if head.returncode == 0 else None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        return commit, dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def write_json(path, obj):
+    """Atomic: a temporary file in the same folder, then a rename. A kill never leaves half a file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fmt_time(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Run:
+    """Bookkeeping of one training run. `start(args)` checks the output path before any work, seeds,
+    loads the data; `log_step(loss)` after each step; `end_epoch(...)` evaluates every --eval-every
+    epochs, prints progress and stops a diverged run; `finish(model)` writes the JSON.
+    Methods put what they want saved besides into `run.extra` (a dict)."""
+
+    def __init__(self, args):
+        self.args = args
+        self.path = result_path(args)
+        if os.path.exists(self.path) and not args.overwrite:
+            if args.skip_existing:
+                print(f"skip: {self.path} exists", flush=True)
+                raise SystemExit(0)
+            raise UserError(f"{self.path} exists: pass --overwrite to replace it, or --skip-existing")
+        self.t0 = time.time()
+        self.device = args.device
+        self.generator = seed_everything(args.seed, args.deterministic, args.device)
+        self.data = Data(args, args.device)
+        self.history, self.extra = [], {}
+        self._loss_sum, self._steps = 0.0, 0
+        self.last_eval = None
+        self.tag = f"[{args.method} seed{args.seed}]"
+        print(f"{self.tag} {setting_name(args)}: {len(self.data)} training images, counts {self.data.train_counts}, "
+              f"{len(self.data.test_y)} test images, device {self.device_name()}, "
+              f"{self.data.steps_per_epoch} steps/epoch -> {self.path}", flush=True)
+
+    def device_name(self):
+        d = torch.device(self.device)
+        return torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu"
+
+    def log_step(self, loss):
+        self._loss_sum += loss.detach().float()   # a device tensor: no sync per step
+        self._steps += 1
+
+    def end_epoch(self, epoch, lr, model):
+        args = self.args
+        train_loss = (self._loss_sum / max(self._steps, 1)).item() if self._steps else float("nan")
+        self._loss_sum, self._steps = 0.0, 0
+        if not math.isfinite(train_loss):
+            self.save(status="diverged", epochs_completed=epoch, diverged_epoch=epoch)
+            raise SystemExit(f"error: {self.tag} the training loss became {train_loss} in epoch {epoch} "
+                             f"(lr {lr:g}): the run diverged; status 'diverged' written to {self.path}")
+        entry = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "test_top1": None}
+        last = epoch == args.epochs - 1
+        if last or (epoch + 1) % args.eval_every == 0:
+            self.last_eval = evaluate(model, self.data)
+            entry["test_top1"] = self.last_eval["top1"]
+        self.history.append(entry)
+        elapsed = time.time() - self.t0
+        eta = elapsed / (epoch + 1) * (args.epochs - epoch - 1)
+        test = f"  test {entry['test_top1']:5.2f}%" if entry["test_top1"] is not None else ""
+        print(f"{self.tag} epoch {epoch + 1:3d}/{args.epochs}  lr {lr:.5f}  loss {train_loss:.4f}{test}  "
+              f"elapsed {fmt_time(elapsed)}  eta {fmt_time(eta)}", flush=True)
+
+    def finish(self, model):
+        if self.last_eval is None or self.history[-1]["test_top1"] is None:
+            self.last_eval = evaluate(model, self.data)
+        self.save(status="completed", epochs_completed=len(self.history), final=self.last_eval)
+        f = self.last_eval
+        groups = "  ".join(f"{g} {f[g]:.2f}" for g in ("many", "medium", "few") if f[g] is not None)
+        print(f"{self.tag} final (epoch {len(self.history)}): top-1 {f['top1']:.2f}%  {groups}  "
+              f"ECE {f['ece']:.2f}  wall {fmt_time(time.time() - self.t0)}  -> {self.path}", flush=True)
+
+    def save(self, status, epochs_completed, final=None, **more):
+        commit, dirty = git_state()
+        args = {k: v for k, v in vars(self.args).items()}
+        script = os.path.abspath(sys.argv[0])
+        write_json(self.path, {
+            "method": self.args.method,
+            "status": status,
+            **more,
+            "setting": setting_name(self.args),
+            "args": args,
+            "command": " ".join([os.path.relpath(script, ROOT)] + sys.argv[1:]),
+            "train_class_counts": self.data.train_counts,
+            "subset_sha256": self.data.subset_sha256,
+            "final": final,
+            "history": self.history,
+            "epochs_completed": epochs_completed,
+            "wall_time_s": time.time() - self.t0,
+            "device_name": self.device_name(),
+            "torch_version": torch.__version__,
+            "git_commit": commit,
+            "git_dirty": dirty,
+            "script_sha256": hashlib.sha256(open(script, "rb").read()).hexdigest() if os.path.exists(script) else None,
+            "extra": self.extra,
+        })
+
+
+def start(args):
+    return Run(args)
+
+
+# ------------------------------------------------------------------------------------------------
+# Report: results/**/seed*.json -> results/RESULTS.md and plots
+# ------------------------------------------------------------------------------------------------
+
+# Published top-1 accuracy (%) on the ORIGINAL CIFAR pixels, final-or-best as each paper reports it
+# (100 - error of LDAM Tab. 2/5, Cui Tab. 2, the MM slides' Tab. 1, the Saddle-LongTail README);
+# see ../shared/docs/protocol.md. Keys: (dataset, imbalance type, ratio) -> method -> accuracy.
+PAPER_TOP1 = {
+    ("cifar10", "exp", 100): {"erm": 70.36, "focal": 70.38, "oversampling": 70.55, "drs": 74.50,
+                              "class_weights": 72.37, "erm_drw": 74.86, "cb_focal": 74.57, "ldam": 73.35,
+                              "ldam_drw": 77.03, "mm_drw": 78.02, "mm_ldam_drw": 78.63,
+                              "sam_ce_drw": 80.6, "sam_ldam_drw": 81.9},
+    ("cifar10", "exp", 10): {"erm": 86.39, "focal": 86.66, "oversampling": 86.79, "drs": 86.72,
+                             "class_weights": 86.54, "erm_drw": 86.88, "cb_focal": 87.10, "ldam": 86.96,
+                             "ldam_drw": 88.16, "mm_drw": 88.56, "mm_ldam_drw": 88.74},
+    ("cifar10", "step", 100): {"erm": 63.30, "focal": 63.91, "oversampling": 61.86, "drs": 72.03,
+                               "class_weights": 61.94, "erm_drw": 71.60, "ldam": 66.58, "ldam_drw": 76.92,
+                               "mm_drw": 77.17, "mm_ldam_drw": 78.18},
+    ("cifar100", "exp", 100): {"erm": 38.32, "focal": 38.41, "oversampling": 33.44, "drs": 40.33,
+                               "class_weights": 33.99, "erm_drw": 40.66, "cb_focal": 36.02, "ldam": 39.60,
+                               "ldam_drw": 42.04, "mm_drw": 42.86, "mm_ldam_drw": 43.47,
+                               "sam_ce_drw": 44.6, "sam_ldam_drw": 45.4},
+}
+PAPER_NOTES = ("Published numbers were measured on the original CIFAR pixels by the papers' own code; "
+               "'oversampling' and 'class_weights' are compared with LDAM's CB-RS / CB-RW rows (beta 0.9999 "
+               "weights, close to 1/n).")
+
+
+def paper_top1(setting, method):
+    dataset, itype, ratio = setting.rsplit("-", 2)
+    base = "cifar100" if "cifar100" in dataset else "cifar10" if "cifar10" in dataset else None
+    try:
+        return PAPER_TOP1[(base, itype, float(ratio[1:]))].get(method)
+    except (KeyError, ValueError):
+        return None
+
+
+def load_results(results_dir):
+    """Every results JSON under results_dir, checked against its path. A file whose args disagree with
+    where it lies (setting, method, seed) is refused: that is how runs end up in the wrong table."""
+    runs = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "*", "*", "seed*.json"))):
+        rel = os.path.relpath(path, results_dir).split(os.sep)
+        try:
+            with open(path) as f:
+                r = json.load(f)
+            a = argparse.Namespace(**r["args"])
+            expected = (setting_name(a), a.method, f"seed{a.seed}.json")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{path} is not a results file of this project ({e.__class__.__name__}: {e})")
+        if tuple(rel) != expected:
+            raise UserError(f"{path} holds a run of {'/'.join(expected)} (from its args): refusing to report it "
+                            "under the wrong setting, method or seed; move or delete the file")
+        r["_path"] = path
+        runs.append(r)
+    return runs
+
+
+def mean_std(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    m = sum(xs) / len(xs)
+    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, s
+
+
+def summarize(runs):
+    """{setting: {method: row}} with mean/std over the completed seeds."""
+    table = {}
+    for r in runs:
+        table.setdefault(r["setting"], {}).setdefault(r["method"], []).append(r)
+    out = {}
+    for setting, methods in table.items():
+        for method, rs in methods.items():
+            done = [r for r in rs if r["status"] == "completed"]
+            row = {"n": len(done), "diverged": [(r["args"]["seed"], r.get("diverged_epoch")) for r in rs
+                                                 if r["status"] == "diverged"],
+                   "runs": rs, "paper": paper_top1(setting, method)}
+            for key in ("top1", "many", "medium", "few", "ece"):
+                row[key] = mean_std([r["final"][key] for r in done])
+            row["wall"] = mean_std([r["wall_time_s"] for r in done])
+            row["devices"] = sorted({r["device_name"] for r in done})
+            row["torch"] = sorted({r["torch_version"] for r in done})
+            out.setdefault(setting, {})[method] = row
+    return out
+
+
+def _cell(ms, digits=2, std=True):
+    m, s = ms
+    if m is None:
+        return "n/a"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if std else f"{m:.{digits}f}"
+
+
+def report(results_dir):
+    runs = load_results(results_dir)
+    check(runs, f"no results JSON under {results_dir} (expected <setting>/<method>/seed<k>.json)")
+    summary = summarize(runs)
+    lines = ["# Results", "",
+             "Generated by `python common.py report` from the JSON files beside this page; do not edit by hand.",
+             "Top-1 is the accuracy of the **final epoch** on the balanced test set (no best-epoch selection), "
+             "mean ± std over seeds (n). Many / medium / few: classes with > 100, 20-100, < 20 training images "
+             "(n/a: the setting has no such class). ECE: 15 equal-width bins, in %.", "", PAPER_NOTES, ""]
+    for setting in sorted(summary):
+        rows = summary[setting]
+        counts = rows[next(iter(rows))]["runs"][0]["train_class_counts"]
+        lines += [f"## {setting}", "", f"Training counts per class: {counts}.", "",
+                  "| method | top-1 (n) | many | medium | few | ECE | paper (orig. CIFAR) | wall time / run | device |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        order = sorted(rows, key=lambda m: -(rows[m]["top1"][0] or -1))
+        for method in order:
+            row = rows[method]
+            top1 = f"{_cell(row['top1'])} ({row['n']})" if row["n"] else "—"
+            if row["diverged"]:
+                top1 += " " + ", ".join(f"seed {s}: diverged (epoch {e})" for s, e in row["diverged"])
+            paper = f"{row['paper']:.2f}" if row["paper"] is not None else "—"
+            wall = f"{row['wall'][0]:.0f} s" if row["wall"][0] is not None else "—"
+            lines.append(f"| {method} | {top1} | {_cell(row['many'])} | {_cell(row['medium'])} | "
+                         f"{_cell(row['few'])} | {_cell(row['ece'])} | {paper} | {wall} | "
+                         f"{', '.join(row['devices'])} (torch {', '.join(row['torch'])}) |")
+        lines.append("")
+        plots = plot_setting(results_dir, setting, rows)
+        lines += [f"![{os.path.basename(p)}]({os.path.relpath(p, results_dir)})" for p in plots] + [""]
+    out = os.path.join(results_dir, "RESULTS.md")
+    with open(out, "w") as f:
+        f.write("\n".join(lines))
+    print(f"wrote {out} ({len(runs)} runs, {len(summary)} settings)")
+    return out
+
+
+def plot_setting(results_dir, setting, rows):
+    """Per-class accuracy (head to tail, train counts on a log axis) and test-accuracy curves with the
+    lr-decay and DRW epochs marked. Skipped when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    methods = sorted((m for m in rows if rows[m]["n"]), key=lambda m: -(rows[m]["top1"][0] or 0))
+    if not methods:
+        return []
+    done = lambda m: [r for r in rows[m]["runs"] if r["status"] == "completed"]
+    counts = done(methods[0])[0]["train_class_counts"]
+    C = len(counts)
+    paths = []
+    fig, ax = plt.subplots(figsize=(max(8, 0.12 * C * len(methods) ** 0.5 + 6), 4.5))
+    width = 0.8 / len(methods)
+    for k, m in enumerate(methods):
+        acc = np.mean([r["final"]["per_class_acc"] for r in done(m)], axis=0)
+        ax.bar(np.arange(C) + (k - (len(methods) - 1) / 2) * width, acc, width, label=m)
+    ax.set_xlabel("class (head to tail)")
+    ax.set_ylabel("test accuracy (%), final epoch, mean over seeds")
+    ax.set_ylim(0, 100)
+    ax2 = ax.twinx()
+    ax2.plot(np.arange(C), counts, "k.-", label="train count")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("training images (log)")
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    ax.set_title(f"{setting}: per-class accuracy")
+    fig.tight_layout()
+    paths.append(os.path.join(results_dir, setting, "per_class_acc.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    marks = set()
+    for m in methods:
+        rs = done(m)
+        epochs = [h["epoch"] + 1 for h in rs[0]["history"] if h["test_top1"] is not None]
+        curves = [[h["test_top1"] for h in r["history"] if h["test_top1"] is not None] for r in rs]
+        n = min(len(c) for c in curves)
+        ax.plot(epochs[:n], np.mean([c[:n] for c in curves], axis=0), label=m)
+        a = rs[0]["args"]
+        marks.update(("lr decay", e) for e in a.get("lr_decay_epochs", []))
+        if a.get("drw_epoch") and a["drw_epoch"] < a["epochs"]:
+            marks.add(("DRW", a["drw_epoch"]))
+    for label, e in sorted(marks, key=lambda t: t[1]):
+        ax.axvline(e, color="grey" if label == "lr decay" else "red", ls="--", lw=0.8)
+        ax.text(e, 2, f" {label} {e}", rotation=90, fontsize=7, va="bottom")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 (%), mean over seeds")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"{setting}: test accuracy during training")
+    fig.tight_layout()
+    paths.append(os.path.join(results_dir, setting, "curves.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description="imbalance-ref shared helpers")
+    sub = p.add_subparsers(dest="command", required=True)
+    rep = sub.add_parser("report", help="results/**/seed*.json -> results/RESULTS.md and plots")
+    rep.add_argument("results_dir", nargs="?", default=os.path.join(ROOT, "results"))
+    cli = p.parse_args()
+    if cli.command == "report":
+        report(cli.results_dir)

@@ -1,0 +1,59 @@
+"""ERM: empirical risk minimization, plain cross-entropy on the long-tailed training set.
+
+The baseline of every table in this field. Each sample counts once; nothing corrects for the imbalance,
+so the head classes dominate the gradient and the tail classes are under-predicted.
+
+Paper:     Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss", NeurIPS 2019,
+           Table 2, row ERM (CIFAR-10-LT R=100: 29.64% error, i.e. 70.36% top-1, best test epoch).
+Code:      kaidic/LDAM-DRW @ 2536330, cifar_train.py --loss_type CE --train_rule None.
+vs ERM:    this is the template: every other file in methods/ is a copy of it with its method added,
+           so `diff methods/erm.py methods/<name>.py` shows the method and little else.
+Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight decay 2e-4, linear warm-up over
+           5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
+Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
+Run:       python methods/erm.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
+"""
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = common.make_parser(__doc__)
+    # METHOD: ERM has no arguments of its own.
+    args = parser.parse_args(argv)
+    return common.finish_args(args, method="erm")
+
+
+# METHOD: the loss. Logits are cast to fp32 so the loss never runs in bf16.
+def erm_loss(logits, labels):
+    return F.cross_entropy(logits.float(), labels)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    run = common.start(args)  # checks the output path, seeds, loads the long-tailed data onto the device
+    data = run.data
+    model = common.resnet32(data.num_classes, args.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+
+    for epoch in range(args.epochs):
+        lr = common.set_lr(optimizer, epoch, args)
+        model.train()
+        for x, y in data.batches(data.shuffled(run.generator), run.generator):
+            with common.autocast(args.device):
+                logits = model(x)
+            loss = erm_loss(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            run.log_step(loss)
+        run.end_epoch(epoch, lr, model)  # evaluates every --eval-every epochs, prints progress
+
+    run.finish(model)  # final-epoch evaluation -> results/<setting>/erm/seed<k>.json

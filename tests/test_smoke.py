@@ -1,0 +1,33 @@
+"""One tiny CPU run of every script in methods/ (found by glob), checking the JSON it writes."""
+import glob
+import math
+import os
+
+import pytest
+
+from conftest import ROOT, SMOKE_ARGS, read_results, run_script
+
+SCRIPTS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "methods", "*.py")))
+
+
+def test_every_method_is_found():
+    assert "methods/erm.py" in SCRIPTS
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_smoke_run_writes_complete_json(script, tmp_path):
+    proc = run_script(script, *SMOKE_ARGS, "--out", tmp_path)
+    assert "final (epoch 2)" in proc.stdout
+    results = read_results(tmp_path)
+    assert len(results) == 1, results.keys()
+    (path, r), = results.items()
+    assert path.startswith("synthetic-exp-r10" + os.sep) and path.endswith(os.path.join("", "seed0.json"))
+    assert r["status"] == "completed" and r["epochs_completed"] == 2
+    assert r["train_class_counts"] == [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
+    assert len(r["history"]) == 2 and all(math.isfinite(h["train_loss"]) for h in r["history"])
+    f = r["final"]
+    assert 0 <= f["top1"] <= 100 and len(f["per_class_acc"]) == 10 and math.isfinite(f["ece"])
+    assert f["many"] is None  # no class has more than 100 images: reported as absent, not as 0
+    for key in ("method", "args", "subset_sha256", "wall_time_s", "device_name", "torch_version",
+                "git_commit", "git_dirty", "command"):
+        assert key in r
