@@ -1,0 +1,195 @@
+"""common.py against the official algorithms and hand-computed cases."""
+import argparse
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import common
+from conftest import SMOKE_ARGS, run_script
+
+
+# ---- long-tailed subsets --------------------------------------------------------------------------
+
+def test_cifar10_counts_match_the_protocol():
+    assert common.long_tail_counts(5000, 10, "exp", 100) == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    assert common.long_tail_counts(5000, 10, "exp", 10) == [5000, 3871, 2997, 2320, 1796, 1391, 1077, 834, 645, 500]
+    assert common.long_tail_counts(5000, 10, "step", 100) == [5000] * 5 + [50] * 5
+    assert sum(common.long_tail_counts(500, 100, "exp", 100)) == 10847
+    assert sum(common.long_tail_counts(500, 100, "exp", 10)) == 19573
+    assert common.long_tail_counts(5000, 10, "exp", 1) == [5000] * 10
+
+
+def official_selection(targets, counts, seed):
+    """kaidic/LDAM-DRW imbalance_cifar.gen_imbalanced_data, written out: global numpy seed, then per class."""
+    np.random.seed(seed)
+    targets = np.array(targets, dtype=np.int64)
+    keep = []
+    for c, n in zip(np.unique(targets), counts):
+        idx = np.where(targets == c)[0]
+        np.random.shuffle(idx)
+        keep.append(idx[:n])
+    return np.concatenate(keep)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_selected_indices_match_the_official_algorithm(seed):
+    rng = np.random.RandomState(123)
+    labels = rng.permutation(np.repeat(np.arange(10), 500))  # interleaved, as in the CIFAR batch files
+    counts = common.long_tail_counts(500, 10, "exp", 100)
+    ours = common.long_tail_indices(labels, counts, seed)
+    assert np.array_equal(ours, official_selection(labels, counts, seed))
+    assert np.array_equal(np.bincount(labels[ours], minlength=10), counts)
+
+
+def test_data_seed_changes_the_subset_and_ratio_too_high_is_refused():
+    labels = np.repeat(np.arange(10), 100)
+    a, counts = common.make_long_tailed(labels, 10, "exp", 10, data_seed=0)
+    b, _ = common.make_long_tailed(labels, 10, "exp", 10, data_seed=1)
+    assert counts == [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
+    assert not np.array_equal(a, b) and np.array_equal(np.sort(labels[a]), np.sort(labels[b]))
+    with pytest.raises(common.UserError, match="0 images"):
+        common.make_long_tailed(labels, 10, "exp", 1000, data_seed=0)
+
+
+# ---- model ----------------------------------------------------------------------------------------
+
+def test_resnet32_shape_and_parameter_count():
+    model = common.resnet32(10)
+    assert sum(p.numel() for p in model.parameters()) == 464154  # kaidic/LDAM-DRW resnet32, 10 classes
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == 31  # 1 + 3 stages x 5 blocks x 2
+    out = model(torch.randn(4, 3, 32, 32))
+    assert out.shape == (4, 10) and model.features(torch.randn(2, 3, 32, 32)).shape == (2, 64)
+    assert common.resnet32(100)(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+
+
+def test_option_a_shortcut_pads_channels_with_zeros():
+    block = common.BasicBlock(16, 32, stride=2)
+    x = torch.randn(2, 16, 8, 8)
+    s = block.shortcut(x)
+    assert s.shape == (2, 32, 4, 4)
+    assert torch.equal(s[:, 8:24], x[:, :, ::2, ::2]) and not s[:, :8].any() and not s[:, 24:].any()
+
+
+# ---- schedule -------------------------------------------------------------------------------------
+
+def test_learning_rate_schedule_is_the_official_one():
+    args = argparse.Namespace(lr=0.1, warmup_epochs=5, lr_decay_epochs=[160, 180], lr_decay=0.01)
+    lrs = [common.lr_at(e, args) for e in range(200)]
+    assert lrs[:6] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1, 0.1])
+    assert lrs[159] == pytest.approx(0.1) and lrs[160] == pytest.approx(1e-3)
+    assert lrs[179] == pytest.approx(1e-3) and lrs[180] == pytest.approx(1e-5) and lrs[199] == pytest.approx(1e-5)
+
+
+# ---- batch pipeline -------------------------------------------------------------------------------
+
+def make_data(ratio="10", batch_size=64, seed=0):
+    args = common.make_parser("").parse_args(SMOKE_ARGS + ["--imbalance-ratio", ratio, "--batch-size", str(batch_size)])
+    args = common.finish_args(args, method="test")
+    torch.manual_seed(seed)
+    return common.Data(args, "cpu")
+
+
+def test_augment_is_a_zero_padded_crop_or_its_flip_per_image():
+    data = make_data()
+    x = data.train_x[:64]
+    out = data.augment(x, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    kinds = set()
+    for k in range(len(x)):
+        match = [(i, j, f) for i in range(9) for j in range(9) for f in (0, 1)
+                 if torch.equal(out[k], padded[k, :, i:i + 32, j:j + 32].flip(2) if f else padded[k, :, i:i + 32, j:j + 32])]
+        assert match, f"image {k} is not a crop of its padded self"
+        kinds.update(match)
+    assert len({m[:2] for m in kinds}) > 10 and {m[2] for m in kinds} == {0, 1}  # offsets and flips vary per image
+
+
+def test_normalize_uses_the_ldam_constants():
+    data = make_data()
+    white = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    expected = [(1 - m) / s for m, s in zip(common.MEAN, common.STD)]
+    assert data.normalize(white)[0, :, 0, 0].tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_batches_are_full_and_cover_every_image():
+    data = make_data(batch_size=64)
+    g = torch.Generator().manual_seed(0)
+    order = data.shuffled(g)
+    seen = torch.cat([y for _, y in data.batches(order, g)])
+    assert len(data) == 403 and data.steps_per_epoch == 7 and len(seen) == 7 * 64
+    assert np.array_equal(np.bincount(seen.numpy(), minlength=10) >= np.array(data.train_counts), [True] * 10)
+    short = list(data.batches(order[:5], g))  # an order shorter than a batch still gives one full batch
+    assert len(short) == 1 and short[0][0].shape == (64, 3, 32, 32)
+
+
+# ---- evaluation -----------------------------------------------------------------------------------
+
+def test_metrics_on_a_hand_computed_case():
+    # 3 classes with train counts 500 (many), 50 (medium), 5 (few); 2 test images per class.
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1],     # class 0: both right
+                          [0.7, 0.2, 0.1], [0.2, 0.7, 0.1],       # class 1: one right
+                          [0.5, 0.4, 0.1], [0.4, 0.5, 0.1]])      # class 2: both wrong
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    m = common.metrics(probs, labels, [500, 50, 5])
+    assert m["top1"] == pytest.approx(50.0)
+    assert m["per_class_acc"] == pytest.approx([100.0, 50.0, 0.0])
+    assert (m["many"], m["medium"], m["few"]) == pytest.approx((100.0, 50.0, 0.0))
+    # ECE, 15 bins of width 1/15: confidences 0.9 (bin 13, right), 0.6 (bin 8, right), 0.7 (bin 10, wrong),
+    # 0.7 (bin 10, right), 0.5 (bin 7, wrong), 0.5 (bin 7, wrong)
+    ece = (abs(1 - 0.9) + abs(1 - 0.6) + 2 * abs(0.5 - 0.7) + 2 * abs(0 - 0.5)) / 6
+    assert m["ece"] == pytest.approx(100 * ece, rel=1e-5)
+
+
+def test_empty_group_is_absent_not_zero():
+    m = common.metrics(torch.eye(2), torch.tensor([0, 1]), [5000, 500])
+    assert m["many"] == pytest.approx(100.0) and m["medium"] is None and m["few"] is None
+
+
+# ---- data sources ---------------------------------------------------------------------------------
+
+def write_folder(root, classes=("a", "b"), per_class=3, size=32):
+    from PIL import Image
+    rng = np.random.RandomState(0)
+    for split in ("train", "test"):
+        for c in classes:
+            os.makedirs(os.path.join(root, split, c))
+            for i in range(per_class):
+                Image.fromarray(rng.randint(0, 255, (size, size, 3), dtype=np.uint8)).save(
+                    os.path.join(root, split, c, f"{i:04d}.png"))
+
+
+def test_imagefolder_is_decoded_once_and_cached(tmp_path):
+    write_folder(tmp_path / "imgs")
+    cache = tmp_path / "cache"
+    a = common.load_imagefolder(str(tmp_path / "imgs"), str(cache))
+    assert a[0].shape == (6, 32, 32, 3) and a[1].tolist() == [0, 0, 0, 1, 1, 1] and a[4] == ["a", "b"]
+    files = os.listdir(cache)
+    assert len(files) == 1 and files[0].endswith(".npz")
+    os.utime(cache / files[0], (1, 1))
+    b = common.load_imagefolder(str(tmp_path / "imgs"), str(cache))  # from the cache: no new file
+    assert os.listdir(cache) == files and all(np.array_equal(x, y) for x, y in zip(a[:4], b[:4]))
+    from PIL import Image  # a changed file invalidates the cache
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "imgs" / "train" / "a" / "0000.png")
+    c = common.load_imagefolder(str(tmp_path / "imgs"), str(cache))
+    assert len(os.listdir(cache)) == 2 and not c[0][0].any()
+
+
+def test_synthetic_is_reproducible_and_class_conditional():
+    a, b = common.make_synthetic(), common.make_synthetic()
+    assert all(np.array_equal(x, y) for x, y in zip(a[:4], b[:4]))
+    x, y = a[0].astype(float), a[1]
+    means = np.stack([x[y == c].mean(0) for c in range(10)])
+    within = np.mean([np.abs(x[y == c] - means[c]).mean() for c in range(10)])
+    between = np.abs(means[:, None] - means[None]).mean() * 10 / 9
+    assert between > within  # the classes differ more than images within a class
+
+
+def test_erm_learns_the_synthetic_set():
+    """A real check that the whole loop trains: balanced synthetic data, a few epochs, well above chance."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as out:
+        proc = run_script("methods/erm.py", *SMOKE_ARGS, "--imbalance-ratio", "1", "--epochs", "4",
+                          "--warmup-epochs", "0", "--lr", "0.05", "--out", out)
+    top1 = float(proc.stdout.split("top-1 ")[1].split("%")[0])
+    assert top1 > 60, proc.stdout
