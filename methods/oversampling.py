@@ -1,0 +1,132 @@
+"""Oversampling: class-balanced re-sampling with replacement (RS), square-root sampling, and deferred RS (DRS).
+
+Each epoch draws --num-samples training indices with replacement, sample i with probability proportional to
+n_{y_i}^(-q): q=1 (default) gives every class the same probability 1/C per draw (class-balanced, "RS"),
+q=0.5 square-root sampling (class c drawn with probability proportional to sqrt(n_c)), q=0 the natural
+distribution. Tail images repeat within an epoch; head images are left out. With --start-epoch E the first
+E epochs use the plain shuffle of ERM and re-sampling starts at epoch E: DRS (deferred re-sampling) is
+--start-epoch 160, the first lr drop.
+
+Paper:     Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss", NeurIPS 2019,
+           Sec. 4 baselines. Table 2 row CB RS (CIFAR-10-LT R=100: 29.45% error, i.e. 70.55% top-1; CIFAR-100-LT
+           R=100: 66.56%), Table 5 DRS with ERM (25.50%, i.e. 74.50%; CIFAR-100: 59.67%), best test epoch.
+           Square-root sampling: Mahajan et al. 2018; Kang et al., ICLR 2020 (their p_c ~ n_c^q' is our
+           per-class probability n_c^(1-q): their q'=0 is our q=1, their q'=1/2 our q=1/2).
+Code:      kaidic/LDAM-DRW @ 2536330, utils.py ImbalancedDatasetSampler (L11-47): per-sample weight
+           (1-beta)/(1-beta^n_y) with beta=0.9999, torch.multinomial(weights, len(dataset), replacement=True).
+           BUT the official cifar_train.py never uses it: the DataLoader is built before the epoch loop with
+           sampler=None (L167-171) and the sampler made inside the loop (L189-191) is thrown away, so
+           "--train_rule Resample" trains plain ERM (kaidic/LDAM-DRW issue #7, open; the same bug is in
+           Saddle-LongTail, VS-Loss and the MM repo). DRS is not in the released code at all.
+           Here the sampler's index order IS the order the batches are cut from (data.batches(order, ...)),
+           and the class histogram of every epoch's order is saved in the JSON (extra.sampled_class_counts).
+vs ERM:    only the epoch's index order: multinomial draws instead of data.shuffled(). The weights are
+           n_y^(-q), i.e. exactly 1/n_y for q=1, not the official beta=0.9999 weights (which put ~25% more
+           mass on the head class of CIFAR-10-LT R=100); the report still compares "oversampling" and "drs"
+           with the CB RS / DRS rows. Each draw is i.i.d., so the order needs no extra shuffle.
+           common.Data.batches fills a short last batch with indices drawn without replacement from the same
+           order, so the images fed in an epoch are the recorded order plus at most batch_size-1 repeats.
+Variants:  results folders "oversampling" (--start-epoch 0, q=1), "drs" (--start-epoch > 0, q=1), otherwise
+           "oversampling_q<q>" / "drs_q<q>", e.g. "oversampling_q0.5" for square-root sampling.
+Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight decay 2e-4, linear warm-up over
+           5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
+           An epoch is --num-samples draws (default len(train set) = 12,406 on CIFAR-10-LT R=100, as the
+           official sampler), so an oversampled epoch costs as much as an ERM epoch.
+Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
+Run:       python methods/oversampling.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
+           python methods/oversampling.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100 --start-epoch 160
+"""
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = common.make_parser(__doc__)
+    # METHOD: the sampler's arguments.
+    m = parser.add_argument_group("oversampling")
+    m.add_argument("--sampling-power", type=float, default=1.0,
+                   help="q in [0, 1]: sample i is drawn with probability proportional to n_{y_i}^(-q). 1 = class-"
+                        "balanced (LDAM Sec. 4 'RS'), 0.5 = square-root sampling (Kang et al. 2020), 0 = natural")
+    m.add_argument("--num-samples", type=int, default=None,
+                   help="draws per re-sampled epoch (the epoch length); default len(train set), as the official "
+                        "ImbalancedDatasetSampler")
+    m.add_argument("--start-epoch", type=int, default=0,
+                   help="0-based epoch from which batches come from the sampler (before it: the plain shuffle). "
+                        "0 = re-sample throughout (RS); 160 = DRS, LDAM App. C.4 ('until the last lr decay', "
+                        "the first decay at 160 as DRW in the official code)")
+    args = parser.parse_args(argv)
+    common.check(0 <= args.sampling_power <= 1, f"--sampling-power must be in [0, 1], got {args.sampling_power:g}")
+    common.check(args.num_samples is None or args.num_samples > 0,
+                 f"--num-samples must be positive, got {args.num_samples}")
+    common.check(args.start_epoch >= 0, f"--start-epoch must be >= 0, got {args.start_epoch}")
+    if args.start_epoch >= args.epochs:
+        print(f"warning: --start-epoch {args.start_epoch} >= --epochs {args.epochs}: the sampler is never used, "
+              "this run is plain ERM", file=sys.stderr, flush=True)
+    return common.finish_args(args, method=method_name(args.start_epoch, args.sampling_power))
+
+
+def method_name(start_epoch, power):
+    base = "drs" if start_epoch > 0 else "oversampling"
+    return base if power == 1 else f"{base}_q{power:g}"
+
+
+# METHOD: the sampler. One weight per SAMPLE (not per class), n_{y_i}^(-q); torch.multinomial does not need
+# them normalized. Class c's total probability per draw is n_c^(1-q) / sum_k n_k^(1-q).
+def sampling_weights(labels, counts, power=1.0):
+    counts = torch.as_tensor(counts, dtype=torch.float64, device=labels.device)
+    return counts.pow(-power)[labels].float()
+
+
+def oversample_order(labels, counts, num_samples, generator, power=1.0):
+    """One epoch's training indices: num_samples i.i.d. draws with replacement (WeightedRandomSampler)."""
+    weights = sampling_weights(labels, counts, power)
+    return torch.multinomial(weights, num_samples, replacement=True, generator=generator)
+
+
+def class_histogram(labels, order, num_classes):
+    return torch.bincount(labels[order], minlength=num_classes).tolist()
+
+
+# METHOD: the loss is plain cross-entropy. Logits are cast to fp32 so the loss never runs in bf16.
+def erm_loss(logits, labels):
+    return F.cross_entropy(logits.float(), labels)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    run = common.start(args)  # checks the output path, seeds, loads the long-tailed data onto the device
+    data = run.data
+    model = common.resnet32(data.num_classes, args.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    if args.num_samples is None:  # METHOD: fix the epoch length and save it with the run's args
+        args.num_samples = len(data)
+    run.extra["sampled_class_counts"] = []  # METHOD: per epoch, the class histogram of the order fed in
+
+    for epoch in range(args.epochs):
+        lr = common.set_lr(optimizer, epoch, args)
+        model.train()
+        # METHOD: the sampler drives the batches (from --start-epoch on; before it the plain shuffle).
+        if epoch >= args.start_epoch:
+            order = oversample_order(data.train_y, data.train_counts, args.num_samples, run.generator,
+                                     args.sampling_power)
+        else:
+            order = data.shuffled(run.generator)
+        run.extra["sampled_class_counts"].append(class_histogram(data.train_y, order, data.num_classes))
+        for x, y in data.batches(order, run.generator):
+            with common.autocast(args.device):
+                logits = model(x)
+            loss = erm_loss(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            run.log_step(loss)
+        run.end_epoch(epoch, lr, model)  # evaluates every --eval-every epochs, prints progress
+
+    run.finish(model)  # final-epoch evaluation -> results/<setting>/<oversampling|drs...>/seed<k>.json
