@@ -1,0 +1,258 @@
+"""Identities and hand-computed values of the margin and logit-adjusted losses: LDAM(-DRW), MM(-DRW), LA, CDT, VS."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import common
+from conftest import load_method, run_script
+
+ldam = load_method("ldam_drw")
+mm = load_method("mm_drw")
+la = load_method("logit_adjust")
+cdt = load_method("cdt")
+vs = load_method("vs_loss")
+
+C10_LT100 = common.long_tail_counts(5000, 10, "exp", 100)  # [5000, 2997, ..., 50]
+SMALL = [100, 40, 10, 5]
+
+
+def batch(n=12, c=4, seed=0, cosine=False):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, c, generator=g)
+    if cosine:
+        z = torch.tanh(z)
+    return z, torch.randint(0, c, (n,), generator=g)
+
+
+# ---------------------------------------------------------------- LDAM and DRW
+
+def test_c10_counts_are_the_official_ones():
+    assert C10_LT100 == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+
+
+def test_ldam_margins_follow_n_to_the_minus_quarter_with_max_exactly_max_m():
+    m = ldam.ldam_margins(SMALL, 0.7)
+    assert m.max().item() == pytest.approx(0.7, abs=1e-7)
+    assert int(m.argmax()) == 3  # the rarest class
+    n = torch.tensor(SMALL, dtype=torch.float64)
+    assert torch.allclose(m.double() * n ** 0.25, (m.double() * n ** 0.25)[0].expand(4), rtol=1e-6)
+    # protocol.md section 10: the C10 LT-100 margins
+    expected = [0.158, 0.180, 0.204, 0.232, 0.264, 0.300, 0.341, 0.387, 0.441, 0.500]
+    assert ldam.ldam_margins(C10_LT100, 0.5).tolist() == pytest.approx(expected, abs=6e-4)
+    assert torch.equal(ldam.ldam_margins(C10_LT100, 0.5), mm.ldam_margins(C10_LT100, 0.5))
+
+
+def test_ldam_with_zero_margin_is_ce_on_scaled_cosines():
+    z, y = batch(cosine=True)
+    margins = ldam.ldam_margins(SMALL, 0.0)
+    assert torch.all(margins == 0)
+    w = torch.tensor([0.2, 0.5, 1.3, 2.0])
+    for s in (1.0, 30.0):
+        assert torch.allclose(ldam.ldam_loss(z, y, margins, s), F.cross_entropy(s * z, y), atol=1e-6)
+        assert torch.allclose(ldam.ldam_loss(z, y, margins, s, weight=w), F.cross_entropy(s * z, y, weight=w),
+                              atol=1e-6)
+
+
+def test_ldam_subtracts_the_margin_from_the_target_logit_only():
+    z = torch.tensor([[0.3, -0.1, 0.2, 0.0]])
+    margins = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    s = 30.0
+    loss = ldam.ldam_loss(z, torch.tensor([2]), margins, s).item()
+    t = [s * v for v in (0.3, -0.1, 0.2 - 0.3, 0.0)]
+    assert loss == pytest.approx(-t[2] + math.log(sum(math.exp(v) for v in t)), rel=1e-5)
+
+
+def test_drw_weights_are_ones_before_the_switch_and_class_balanced_after():
+    beta, switch = 0.9999, 160
+    for epoch in (0, 159):
+        assert torch.equal(ldam.drw_weights(C10_LT100, beta, epoch, switch), torch.ones(10))
+    assert torch.equal(ldam.drw_weights(C10_LT100, beta, 199, None), torch.ones(10))  # --no-drw
+    w = ldam.drw_weights(C10_LT100, beta, 160, switch)
+    assert w.sum().item() == pytest.approx(10, rel=1e-6)
+    # protocol.md section 7: beta 0.9999 on C10 LT-100, normalized to sum to 10
+    expected = [0.051, 0.077, 0.121, 0.195, 0.319, 0.525, 0.868, 1.443, 2.409, 3.993]
+    assert w.tolist() == pytest.approx(expected, abs=6e-4)
+    assert torch.equal(ldam.drw_weights(C10_LT100, beta, 199, switch), w)
+    for epoch in (0, 160):  # the copy in mm_drw.py agrees
+        assert torch.equal(mm.drw_weights(C10_LT100, beta, epoch, switch), ldam.drw_weights(C10_LT100, beta, epoch, switch))
+
+
+def test_normed_linear_gives_cosines():
+    torch.manual_seed(0)
+    for module in (ldam, mm):
+        head = module.NormedLinear(64, 10)
+        assert tuple(head.weight.shape) == (64, 10) and len(list(head.parameters())) == 1  # (in, out), no bias
+        assert torch.allclose(head.weight.norm(dim=0), torch.ones(10), atol=1e-5)  # unit columns at init
+        x = 5 * torch.randn(32, 64)
+        out = head(x)
+        assert out.abs().max().item() <= 1 + 1e-6
+        expected = F.cosine_similarity(x[:, :, None], head.weight[None, :, :], dim=1)
+        assert torch.allclose(out, expected, atol=1e-5)
+        assert head(x[:1]).argmax().item() == head(x[:1] * 7).argmax().item()
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the cosine stays fp32 under autocast
+            assert head(x).dtype == torch.float32
+
+
+def test_variant_names_and_drw_switch():
+    base = ["--dataset", "synthetic", "--device", "cpu"]
+    names = {(): "ldam_drw", ("--no-drw",): "ldam", ("--loss", "ce"): "erm_drw", ("--loss", "ce", "--no-drw"): "ce"}
+    for flags, name in names.items():
+        assert ldam.parse_args(base + list(flags)).method == name
+    assert ldam.parse_args(base).drw_epoch == 160 and ldam.parse_args(base + ["--no-drw"]).drw_epoch is None
+    names = {(): "mm_drw", ("--ldam",): "mm_ldam_drw", ("--no-drw",): "mm", ("--ldam", "--no-drw"): "mm_ldam"}
+    for flags, name in names.items():
+        assert mm.parse_args(base + list(flags)).method == name
+    assert la.parse_args(base).method == "logit_adjust"
+    assert cdt.parse_args(base).method == "cdt"
+    assert vs.parse_args(base).method == "vs"
+
+
+# ---------------------------------------------------------------- MM
+
+def test_mm_margin_in_range_and_plus_for_correct_minus_for_wrong():
+    z, y = batch(n=64, c=5, seed=1, cosine=True)
+    beta, dm = 1.5, 0.6
+    d = mm.mm_margins(z, y, beta, dm)
+    assert torch.all(d > 0) and torch.all(d <= math.exp(-dm) + 1e-7)
+    correct = z.argmax(1) == y
+    assert 0 < correct.sum() < len(y)  # both kinds present
+    assert torch.all(d[correct] <= math.exp(-beta * dm) + 1e-7)
+    other = torch.stack([torch.cat([z[i, :y[i]], z[i, y[i] + 1:]]).max() for i in range(len(y))])
+    gap = z[torch.arange(len(y)), y] - other
+    plus = torch.exp(-gap.clamp(min=0) - beta * dm)
+    minus = torch.exp(-(-gap).clamp(min=0) - dm)
+    assert torch.allclose(d, torch.where(correct, plus, minus), atol=1e-6)
+    assert not mm.mm_margins(z.requires_grad_(), y, beta, dm).requires_grad  # detached
+
+
+def test_mm_max_over_other_classes_excludes_the_target():
+    # All cosines negative: max_{j!=y} z_j = -0.5, gap 0.3, correct. The official zero-masked max would give
+    # a "max other logit" of 0, i.e. gap -0.2 and the wrong-sample margin exp(-0.2 - 0.6).
+    z, y = torch.tensor([[-0.2, -0.5, -0.9]]), torch.tensor([0])
+    assert mm.mm_margins(z, y, 1.5, 0.6).item() == pytest.approx(math.exp(-0.3 - 0.9), rel=1e-6)
+
+
+def test_mm_uses_each_samples_own_label():
+    z, y = batch(n=16, c=4, seed=2, cosine=True)
+    y[0], y[1] = 0, 3  # at least two different labels
+    w = torch.tensor([0.5, 1.0, 2.0, 4.0])
+    for weight in (None, w):
+        whole = mm.mm_loss(z, y, 1.5, 0.6, 30.0, weight)
+        per = torch.stack([mm.mm_loss(z[i:i + 1], y[i:i + 1], 1.5, 0.6, 30.0, weight) for i in range(16)])
+        wy = torch.ones(16) if weight is None else weight[y]
+        assert torch.allclose(whole, (wy * per).sum() / wy.sum(), atol=1e-5)
+    # the official labels[0] shortcut gives a different margin vector on this batch
+    first = mm.mm_margins(z, torch.full_like(y, int(y[0])), 1.5, 0.6)
+    assert not torch.allclose(first, mm.mm_margins(z, y, 1.5, 0.6))
+
+
+def test_mm_loss_equals_a_hand_computed_value():
+    z = torch.tensor([[0.5, 0.2, -0.1], [0.1, 0.4, 0.3]])
+    y = torch.tensor([0, 2])
+    beta, dm, s = 1.5, 0.6, 2.0
+    # sample 0: correct, gap 0.3, Delta+ = exp(-0.3 - 0.9); sample 1: wrong, gap 0.3 - 0.4 = -0.1, Delta- = exp(-0.1 - 0.6)
+    d0, d1 = math.exp(-1.2), math.exp(-0.7)
+    r0 = [s * (0.5 - d0), s * 0.2, s * -0.1]
+    r1 = [s * 0.1, s * 0.4, s * (0.3 - d1)]
+    l0 = -r0[0] + math.log(sum(math.exp(v) for v in r0))
+    l1 = -r1[2] + math.log(sum(math.exp(v) for v in r1))
+    assert mm.mm_loss(z, y, beta, dm, s).item() == pytest.approx((l0 + l1) / 2, rel=1e-5)
+    # DRW weights: the weighted mean sum w_y l / sum w_y
+    w = torch.tensor([3.0, 1.0, 0.5])
+    assert mm.mm_loss(z, y, beta, dm, s, weight=w).item() == pytest.approx((3 * l0 + 0.5 * l1) / 3.5, rel=1e-5)
+    # MM-LDAM: delta- of each sample lowered by its class's LDAM margin
+    m = torch.tensor([0.1, 0.2, 0.4])
+    e0, e1 = math.exp(-0.3 - 1.5 * (0.6 - 0.1)), math.exp(-0.1 - (0.6 - 0.4))
+    r0 = [s * (0.5 - e0), s * 0.2, s * -0.1]
+    r1 = [s * 0.1, s * 0.4, s * (0.3 - e1)]
+    l0 = -r0[0] + math.log(sum(math.exp(v) for v in r0))
+    l1 = -r1[2] + math.log(sum(math.exp(v) for v in r1))
+    assert mm.mm_loss(z, y, beta, dm, s, class_margins=m).item() == pytest.approx((l0 + l1) / 2, rel=1e-5)
+
+
+def test_mm_gradient_treats_the_margin_as_a_constant():
+    z, y = batch(n=8, c=4, seed=3, cosine=True)
+    z1 = z.clone().requires_grad_()
+    mm.mm_loss(z1, y, 1.5, 0.6, 30.0).backward()
+    d = mm.mm_margins(z, y, 1.5, 0.6)
+    z2 = z.clone().requires_grad_()
+    F.cross_entropy(30.0 * (z2 - F.one_hot(y, 4) * d[:, None]), y).backward()
+    assert torch.allclose(z1.grad, z2.grad, atol=1e-6)
+
+
+# ---------------------------------------------------------------- LA, CDT, VS
+
+def test_zero_adjustment_is_cross_entropy():
+    z, y = batch(n=20, c=4, seed=4)
+    ce = F.cross_entropy(z, y)
+    assert torch.allclose(la.logit_adjusted_loss(z, y, la.log_prior(SMALL), 0.0), ce, atol=1e-6)
+    assert torch.allclose(cdt.cdt_loss(z, y, SMALL, 0.0), ce, atol=1e-6)
+    assert torch.allclose(vs.vs_loss(z, y, SMALL, 0.0, 0.0), ce, atol=1e-6)
+    assert not torch.allclose(vs.vs_loss(z, y, SMALL, 0.2, 1.2), ce, atol=1e-3)
+
+
+def test_vs_contains_la_and_cdt():
+    z, y = batch(n=20, c=4, seed=5)
+    for tau in (0.5, 1.0, 1.2):
+        assert torch.allclose(vs.vs_loss(z, y, SMALL, 0.0, tau),
+                              la.logit_adjusted_loss(z, y, la.log_prior(SMALL), tau), atol=1e-6)
+    for gamma in (0.1, 0.3, 1.0):
+        assert torch.allclose(vs.vs_loss(z, y, SMALL, gamma, 0.0), cdt.cdt_loss(z, y, SMALL, gamma), atol=1e-6)
+
+
+def test_la_cdt_vs_match_the_official_forms():
+    z, y = batch(n=20, c=4, seed=6)
+    n = torch.tensor(SMALL, dtype=torch.float64)
+    prior = n / n.sum()
+    # google-research logit_adjustment: logits + log(prior^tau + 1e-12)
+    assert torch.allclose(la.logit_adjusted_loss(z, y, la.log_prior(SMALL), 1.0),
+                          F.cross_entropy(z.double() + torch.log(prior + 1e-12), y).float(), atol=1e-5)
+    # VS-Loss VSLoss: x / ((1/n)^gamma / min (1/n)^gamma) + tau * log prior; CDT = tau 0 (temperature n_max/n_c)
+    temp = (1 / n) ** 0.2 / ((1 / n) ** 0.2).min()
+    assert torch.allclose(vs.vs_loss(z, y, SMALL, 0.2, 1.2),
+                          F.cross_entropy(z.double() / temp + 1.2 * torch.log(prior), y).float(), atol=1e-5)
+    assert torch.allclose(cdt.cdt_loss(z, y, SMALL, 0.3),
+                          F.cross_entropy(z.double() / (n.max() / n) ** 0.3, y).float(), atol=1e-5)
+    # protocol.md section 14: the VS divisors for C10 LT-100 with gamma 0.2
+    divisors = (max(C10_LT100) / torch.tensor(C10_LT100, dtype=torch.float64)) ** 0.2
+    assert divisors.tolist() == pytest.approx([1, 1.108, 1.227, 1.359, 1.506, 1.668, 1.848, 2.047, 2.270, 2.512],
+                                              abs=6e-4)
+
+
+def test_losses_run_in_fp32_from_bf16_logits():
+    z, y = batch(n=8, c=4, seed=7)
+    zb = z.bfloat16()
+    assert ldam.ldam_loss(torch.tanh(zb), y, ldam.ldam_margins(SMALL, 0.5), 30.0).dtype == torch.float32
+    assert mm.mm_loss(torch.tanh(zb), y, 1.5, 0.6, 30.0).dtype == torch.float32
+    assert la.logit_adjusted_loss(zb, y, la.log_prior(SMALL), 1.0).dtype == torch.float32
+    assert cdt.cdt_loss(zb, y, SMALL, 0.3).dtype == torch.float32
+    assert vs.vs_loss(zb, y, SMALL, 0.2, 1.2).dtype == torch.float32
+
+
+# ---------------------------------------------------------------- bad input
+
+BAD = [(ldam, ["--beta", "1"], "--beta"), (ldam, ["--beta", "-0.1"], "--beta"), (ldam, ["--max-m", "-0.1"], "--max-m"),
+       (ldam, ["--scale", "0"], "--scale"), (ldam, ["--loss", "focal"], "--loss"),
+       (ldam, ["--drw-epoch", "-1"], "--drw-epoch"),
+       (mm, ["--cb-beta", "1"], "--cb-beta"), (mm, ["--beta", "-1"], "--beta"),
+       (mm, ["--delta-minus", "-0.5"], "--delta-minus"), (mm, ["--max-m", "-0.1"], "--max-m"),
+       (la, ["--tau", "-1"], "--tau"), (cdt, ["--gamma", "-0.1"], "--gamma"),
+       (vs, ["--gamma", "-0.1"], "--gamma"), (vs, ["--tau", "-1"], "--tau")]
+
+
+@pytest.mark.parametrize("module,flags,word", BAD, ids=[f"{m.__name__}{' '.join(f)}" for m, f, _ in BAD])
+def test_bad_input_gives_a_one_line_error(module, flags, word):
+    with pytest.raises(common.UserError) as e:
+        module.parse_args(["--dataset", "synthetic", "--device", "cpu", *flags])
+    msg = str(e.value.code)
+    assert msg.startswith("error: ") and word in msg and "\n" not in msg
+
+
+def test_bad_input_exits_1_with_one_line(tmp_path):
+    proc = run_script("methods/ldam_drw.py", "--dataset", "synthetic", "--device", "cpu", "--out", tmp_path,
+                      "--beta", "1.5", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == ["error: --beta must be in [0, 1), got 1.5"]
+    assert not any(tmp_path.iterdir())
