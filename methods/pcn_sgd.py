@@ -1,0 +1,243 @@
+"""PCNSGD: per-class normalized SGD, each step along the sum of the unit-norm per-class gradients.
+
+Every step draws a mini-batch that holds every class, computes each class's gradient g_l (of the summed
+cross-entropy of its samples in the batch) and steps along sum_l g_l / (||g_l|| + eps), the norm taken over all
+parameters jointly. Each class then pulls with the same strength, so the majority can no longer drown the
+minority gradients; the paper shows this removes the "minority initial drop" of plain (S)GD. Variants:
+  pcnsgd    per-class batch sizes proportional to the class counts (each class at least 1), so every class
+            runs through its data at about the same rate, as the official code splits the batch by the ratios;
+  pcnsgd_o  equal per-class batch sizes round(B/C); a class that runs out is re-shuffled and drawn again
+            (oversampling, the paper's PCNSGD+O);
+  sgd_o     the same balanced batches with the plain update sum_l g_l (the paper's SGD+O comparison).
+The results folder is the variant's name, plus "_gn" with --norm group.
+
+Paper:     Francazi, Baity-Jesi, Lucchi, "A Theoretical Analysis of the Learning Dynamics under Class Imbalance",
+           ICML 2023 (PMLR 202:10285-10322, arXiv 2207.00391). No CIFAR-LT ResNet-32 accuracy is published: the
+           paper shows learning curves (per-class loss / accuracy over time), so there is no number to match.
+Code:      EmanueleFrancazi/PCNGD-Algorithms @ 3eb4ef0 (CodeBlocks.py, MainBlock.py, PythonRunManager.sh).
+vs ERM:    per-class batches instead of a plain shuffle; C backward passes per step (one per class) and the
+           normalized direction written into .grad before the ordinary torch.optim.SGD step (which adds momentum
+           and weight decay from the shared flags). run.extra["per_class_train_loss"]: one list of C values per
+           epoch, the mean training loss of each class's samples seen that epoch (the minority initial drop).
+Choices:   BatchNorm (--norm batch, default): ONE joint forward of the whole batch (ordinary BN batch statistics
+           and running statistics, as ERM), per-class losses L_l = sum_{y_i=l} CE_i / B (so sum_l L_l is the
+           batch-mean CE), and one backward per class through the retained graph. g_l therefore includes the
+           coupling through the batch statistics; it costs C full backward passes (10x on CIFAR-10, 100x on
+           CIFAR-100). --norm group swaps every BatchNorm2d for GroupNorm(channels/4, channels) as the official
+           code (GF=4 in PythonRunManager.sh); GroupNorm has no cross-sample coupling, so each class is then
+           forwarded and back-propagated alone (exactly the same g_l, about the cost of one ERM step).
+           Learning rate: kept as given (the paper uses the plain lr with the normalized direction). The
+           direction has norm between 1 and C (about sqrt(C) when the g_l are orthogonal), so a step is longer
+           than an ERM step with the same lr; pass a smaller --lr to compare at equal step length.
+           Steps per epoch = ceil(N / B) for every variant, as ERM (the official +O epoch is N_b^(0) =
+           n_0 / (B/C) steps, about C x n_0 / N times more: 4x on CIFAR-10-LT R=100). With the at-least-1 floor
+           (pcnsgd), classes with n_c < steps/epoch are drawn more than once per epoch; the JSON records
+           per_class_batch_sizes and per_class_draws_per_epoch.
+Protocol:  the shared one (momentum 0.9, wd 2e-4, 200 epochs, warm-up, decays at 160/180) gives a CIFAR-LT number
+           comparable to the other methods. The published behaviour is `--momentum 0 --weight-decay 0 --norm
+           group` (MainBlock.py: momentum 0, weight_decay 0; GroupNorm models); the official runs also use
+           other nets, batch sizes and lr schedules (protocol.md §12), and sum-reduced CE (irrelevant after the
+           normalization; sgd_o here uses the batch mean, as the official plain SGD divides by the batch size).
+Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
+Run:       python methods/pcn_sgd.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100 --variant pcnsgd
+"""
+import os
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
+
+VARIANTS = ("pcnsgd", "pcnsgd_o", "sgd_o")
+
+
+def parse_args(argv=None):
+    parser = common.make_parser(__doc__)
+    # METHOD: the variant, the normalization layers and the eps of g / (||g|| + eps).
+    m = parser.add_argument_group("PCNSGD (Francazi et al. 2023)")
+    m.add_argument("--variant", default="pcnsgd",
+                   help="pcnsgd (per-class batches proportional to counts) | pcnsgd_o (balanced per-class batches, "
+                        "minority re-drawn = oversampling) | sgd_o (balanced batches, plain update); README of "
+                        "EmanueleFrancazi/PCNGD-Algorithms")
+    m.add_argument("--norm", default="batch",
+                   help="batch: ResNet-32's BatchNorm, one joint forward, per-class backward | group: every "
+                        "BatchNorm2d -> GroupNorm as the official code (results folder gets '_gn')")
+    m.add_argument("--gn-group-size", type=int, default=4,
+                   help="channels per GroupNorm group with --norm group (official GF=4, PythonRunManager.sh)")
+    m.add_argument("--eps", type=float, default=1e-6,
+                   help="g_l / (||g_l|| + eps) (official CodeBlocks.py: 1e-6)")
+    args = parser.parse_args(argv)
+    common.check(args.variant in VARIANTS, f"unknown --variant '{args.variant}': use {', '.join(VARIANTS)}")
+    common.check(args.norm in ("batch", "group"), f"unknown --norm '{args.norm}': use batch or group")
+    common.check(args.gn_group_size >= 1 and 16 % args.gn_group_size == 0,
+                 f"--gn-group-size must divide 16 (ResNet-32 has 16/32/64 channels), got {args.gn_group_size}")
+    common.check(args.eps > 0, f"--eps must be > 0 (a zero class gradient would give 0/0), got {args.eps:g}")
+    name = args.variant + ("_gn" if args.norm == "group" else "")
+    return common.finish_args(args, method=name)
+
+
+# METHOD: batch composition. Every class sits in every batch, with its own batch size.
+def class_batch_sizes(counts, batch_size, variant):
+    """pcnsgd: round(B * n_c / N), at least 1 (the official split by the class ratios); pcnsgd_o / sgd_o: round(B / C)
+    for every class (the official OversamplingMode 'ON'). The total may differ from B by rounding."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant '{variant}'")
+    if variant == "pcnsgd":
+        total = sum(counts)
+        return [max(1, round(batch_size * n / total)) for n in counts]
+    return [max(1, round(batch_size / len(counts)))] * len(counts)
+
+
+class ClassStream:
+    """The training indices of one class, drawn without replacement in random order; when they run out they are
+    re-shuffled and drawing goes on (the official minority loaders re-built when exhausted)."""
+
+    def __init__(self, indices, generator):
+        self.indices, self.generator = indices, generator
+        self.buffer = indices[:0]
+
+    def take(self, k):
+        parts, have = [self.buffer], len(self.buffer)
+        while have < k:
+            perm = torch.randperm(len(self.indices), device=self.indices.device, generator=self.generator)
+            parts.append(self.indices[perm])
+            have += len(self.indices)
+        pool = torch.cat(parts)
+        self.buffer = pool[k:]
+        return pool[:k]
+
+
+def epoch_index_matrix(streams, sizes, steps):
+    """(steps, sum(sizes)) training indices: row t is batch t, class 0's samples first, then class 1's, ..."""
+    return torch.cat([s.take(steps * b).view(steps, b) for s, b in zip(streams, sizes)], dim=1)
+
+
+# METHOD: the per-class gradients and the normalized direction.
+def per_sample_ce(logits, labels):
+    return F.cross_entropy(logits.float(), labels, reduction="none")
+
+
+def per_class_grads(model, logits, labels, num_classes, loss_fn=per_sample_ce):
+    """g_l = d/dw [sum_{y_i=l} loss_i / B] for every class l, from ONE joint forward (`logits`) and one backward per
+    class through the retained graph; None for a class absent from the batch. Returns (grads, per-sample losses)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses = loss_fn(logits, labels)
+    present = torch.bincount(labels, minlength=num_classes).tolist()
+    last = max((c for c in range(num_classes) if present[c]), default=-1)
+    grads = [None] * num_classes
+    for c in range(num_classes):
+        if present[c]:
+            class_loss = losses.masked_fill(labels != c, 0).sum() / len(labels)
+            grads[c] = list(torch.autograd.grad(class_loss, params, retain_graph=c < last, allow_unused=True))
+    return grads, losses.detach()
+
+
+def per_class_grads_split(model, x, labels, num_classes, loss_fn=per_sample_ce):
+    """The same g_l from a separate forward of each class's samples: equal to per_class_grads only for a model
+    without cross-sample coupling (GroupNorm, no BatchNorm in train mode), at the cost of one ERM step."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses = torch.zeros(len(labels), device=labels.device)
+    grads = [None] * num_classes
+    for c in range(num_classes):
+        idx = (labels == c).nonzero().squeeze(1)
+        if len(idx):
+            with common.autocast(x.device):
+                logits = model(x[idx])
+            loss_c = loss_fn(logits, labels[idx])
+            grads[c] = list(torch.autograd.grad(loss_c.sum() / len(labels), params, allow_unused=True))
+            losses[idx] = loss_c.detach()
+    return grads, losses
+
+
+def pcn_direction(class_grads, eps=1e-6):
+    """sum_l g_l / (||g_l|| + eps), per parameter; ||.|| over all parameters jointly; a None class (absent from the
+    batch) or a None parameter gradient contributes nothing."""
+    present = [g for g in class_grads if g is not None]
+    if not present:
+        raise ValueError("pcn_direction: no class has a gradient")
+    out = [None] * len(present[0])
+    for g in present:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in g if t is not None]))
+        scale = 1.0 / (norm + eps)
+        for i, t in enumerate(g):
+            if t is not None:
+                out[i] = t * scale if out[i] is None else out[i] + t * scale
+    return out
+
+
+def update_direction(model, x, labels, num_classes, normalize=True, split=False, eps=1e-6):
+    """Forward, then write the update direction into each parameter's .grad: sum_l g_l / (||g_l|| + eps)
+    (normalize) or the plain sum_l g_l = the gradient of the batch-mean CE (one backward). `split`: per-class
+    forwards (GroupNorm models only). Returns the per-sample losses (detached)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not normalize:  # sgd_o: sum_l g_l is the gradient of sum_l L_l = the batch mean, so one backward suffices
+        with common.autocast(x.device):
+            logits = model(x)
+        losses = per_sample_ce(logits, labels)
+        grads = torch.autograd.grad(losses.mean(), params, allow_unused=True)
+        losses = losses.detach()
+    else:
+        if split:
+            class_grads, losses = per_class_grads_split(model, x, labels, num_classes)
+        else:
+            with common.autocast(x.device):
+                logits = model(x)
+            class_grads, losses = per_class_grads(model, logits, labels, num_classes)
+        grads = pcn_direction(class_grads, eps)
+    for p, g in zip(params, grads):
+        p.grad = None if g is None else g.to(p.dtype)
+    return losses
+
+
+def batchnorm_to_groupnorm(module, group_size=4):
+    """Replace every BatchNorm2d by GroupNorm(channels / group_size, channels), in place (official: GF)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            gn = nn.GroupNorm(child.num_features // group_size, child.num_features, eps=child.eps)
+            setattr(module, name, gn.to(child.weight.device))
+        else:
+            batchnorm_to_groupnorm(child, group_size)
+    return module
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    run = common.start(args)  # checks the output path, seeds, loads the long-tailed data onto the device
+    data = run.data
+    C = data.num_classes
+    model = common.resnet32(C, args.device)
+    if args.norm == "group":  # METHOD: GroupNorm as the official code
+        batchnorm_to_groupnorm(model, args.gn_group_size)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    # METHOD: one index stream per class, fixed per-class batch sizes, ERM's number of steps per epoch.
+    sizes = class_batch_sizes(data.train_counts, args.batch_size, args.variant)
+    steps = data.steps_per_epoch
+    streams = [ClassStream((data.train_y == c).nonzero().squeeze(1), run.generator) for c in range(C)]
+    run.extra.update(per_class_batch_sizes=sizes, steps_per_epoch=steps,
+                     per_class_draws_per_epoch=[steps * b / n for b, n in zip(sizes, data.train_counts)],
+                     per_class_train_loss=[])
+    normalize, split = args.variant != "sgd_o", args.norm == "group"
+
+    for epoch in range(args.epochs):
+        lr = common.set_lr(optimizer, epoch, args)
+        model.train()
+        loss_sum = torch.zeros(C, device=args.device)
+        seen = torch.zeros(C, device=args.device)
+        for idx in epoch_index_matrix(streams, sizes, steps):
+            x, y = data.batch(idx, run.generator)
+            optimizer.zero_grad(set_to_none=True)
+            losses = update_direction(model, x, y, C, normalize=normalize, split=split, eps=args.eps)
+            optimizer.step()  # momentum and weight decay act on the normalized direction
+            run.log_step(losses.mean())
+            onehot = F.one_hot(y, C).float()  # a matmul, not bincount(weights=): deterministic on CUDA
+            loss_sum += losses.float() @ onehot
+            seen += onehot.sum(0)
+        run.extra["per_class_train_loss"].append(
+            [s / n if n else None for s, n in zip(loss_sum.tolist(), seen.tolist())])
+        run.end_epoch(epoch, lr, model)  # evaluates every --eval-every epochs, prints progress
+
+    run.finish(model)  # final-epoch evaluation -> results/<setting>/<variant>/seed<k>.json

@@ -1,0 +1,202 @@
+"""SAM on CE-DRW or LDAM-DRW: sharpness-aware minimization for long-tailed data.
+
+Each step first climbs to the worst point of a ball of radius rho around the weights, w + e with
+e = rho * g / ||g|| (g the gradient of the re-weighted loss, the norm over all parameters jointly), takes the
+gradient there, and then makes the ordinary SGD step (momentum, weight decay) at w with that gradient. Rangwani et
+al. find that the tail classes sit at saddle points, and that SAM with a large rho escapes them when it is
+combined with deferred re-weighting (DRW).
+
+Paper:     Rangwani, Aithal, Mishra, Babu, "Escaping Saddle Points for Effective Generalization on Class-Imbalanced
+           Data", NeurIPS 2022. CIFAR-10-LT R=100 top-1: CE+DRW+SAM 80.6, LDAM+DRW+SAM 81.9 (CIFAR-100-LT: 44.6,
+           45.4; repo README, best test epoch).
+Code:      val-iisc/Saddle-LongTail @ 48328fb, cifar_train_sam.py + sam.py (davda54's SAM, adaptive=False).
+vs ERM:    two forward/backward passes per step (both count in the wall time); the base loss is CE with DRW class
+           weights (--base ce_drw) or LDAM with DRW on a NormedLinear head (--base ldam_drw). rho is constant over
+           all epochs from epoch 0 (`--rho_schedule none`): 0.5 for ce_drw and 0.8 for ldam_drw on CIFAR-10-LT,
+           0.8 for both on CIFAR-100-LT (run.sh). Results folders: sam_ce_drw, sam_ldam_drw.
+Deviation: the official code updates the BatchNorm running statistics in BOTH forward passes (no
+           disable_running_stats); here only the first forward updates them (the second runs with
+           track_running_stats off, which leaves running_mean/var and num_batches_tracked untouched).
+Copies:    the DRW weights (CB weights, beta 0.9999, from --drw-epoch 160) and the LDAM pieces (NormedLinear,
+           margins n^-1/4 scaled to max 0.5, s 30) are small copies of kaidic/LDAM-DRW @ 2536330 (losses.py,
+           cifar_train.py, models/resnet_cifar.py) kept in this file: method files never import each other.
+Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight decay 2e-4, linear warm-up over
+           5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
+Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
+Run:       python methods/sam.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100 --base ldam_drw
+"""
+import contextlib
+import math
+import os
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
+
+BASES = ("ce_drw", "ldam_drw")
+
+
+def parse_args(argv=None):
+    parser = common.make_parser(__doc__)
+    # METHOD: the base loss, the SAM radius, and the DRW / LDAM numbers of kaidic/LDAM-DRW.
+    m = parser.add_argument_group("SAM (Rangwani et al. 2022) on CE-DRW / LDAM-DRW")
+    m.add_argument("--base", default="ldam_drw", help="ce_drw | ldam_drw (results folder sam_<base>)")
+    m.add_argument("--rho", type=float, default=None,
+                   help="SAM radius, constant from epoch 0 (default: Saddle-LongTail run.sh: 0.5 for ce_drw and 0.8 "
+                        "for ldam_drw on CIFAR-10-LT, 0.8 for both when the setting name contains cifar100)")
+    m.add_argument("--beta", type=float, default=0.9999, help="DRW class-balanced weights (LDAM-DRW cifar_train.py)")
+    m.add_argument("--drw-epoch", type=int, default=160, help="0-based epoch from which DRW weights apply (LDAM-DRW)")
+    m.add_argument("--max-m", type=float, default=0.5, help="largest LDAM margin, ldam_drw only (LDAM-DRW)")
+    m.add_argument("--s", type=float, default=30.0, help="LDAM logit scale, ldam_drw only (LDAM-DRW losses.py)")
+    args = parser.parse_args(argv)
+    common.check(args.base in BASES, f"unknown --base '{args.base}': use {' or '.join(BASES)}")
+    if args.rho is not None:
+        common.check(math.isfinite(args.rho) and args.rho >= 0, f"--rho must be >= 0 (0 = plain SGD), got {args.rho:g}")
+    common.check(0 <= args.beta < 1, f"--beta must be in [0, 1), got {args.beta:g}")
+    common.check(args.drw_epoch >= 0, f"--drw-epoch must be >= 0, got {args.drw_epoch}")
+    common.check(args.max_m >= 0, f"--max-m must be >= 0, got {args.max_m:g}")
+    common.check(args.s > 0, f"--s must be positive, got {args.s:g}")
+    args = common.finish_args(args, method=f"sam_{args.base}")
+    if args.rho is None:
+        args.rho = 0.8 if args.base == "ldam_drw" or "cifar100" in common.setting_name(args) else 0.5
+    return args
+
+
+# METHOD: DRW weights (copy of the LDAM-DRW recipe): CB weights (1-beta)/(1-beta^n_c) normalized to sum to C,
+# all ones before the switch epoch (beta = 0 in the official `epoch // 160` list).
+def class_balanced_weights(counts, beta):
+    n = torch.tensor(counts, dtype=torch.float64)
+    w = (1 - beta) / (1 - beta ** n)
+    return (w / w.sum() * len(counts)).float()
+
+
+def drw_weights(counts, beta, epoch, drw_epoch):
+    return class_balanced_weights(counts, beta if epoch >= drw_epoch else 0.0)
+
+
+# METHOD: LDAM (copy of kaidic/LDAM-DRW): cosine logits, margin n_y^-1/4 (max max_m) off the target logit, scale s.
+class NormedLinear(nn.Module):
+    """Cosine logits normalize(x) @ normalize(W, dim=0), W (in, out) with unit-norm columns at init, no bias;
+    computed in fp32 even under autocast (s = 30 times a bf16 cosine would be coarse)."""
+
+    def __init__(self, in_features, out_features):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features).uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5))
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            return F.normalize(x.float(), dim=1).mm(F.normalize(self.weight.float(), dim=0))
+
+
+class Scaled(nn.Module):
+    """Evaluation view s * cos of a cosine model, so the test softmax (and ECE) is the one the loss trains."""
+
+    def __init__(self, model, scale):
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x):
+        return self.scale * self.model(x).float()
+
+
+def ldam_margins(counts, max_m=0.5):
+    m = torch.tensor(counts, dtype=torch.float64) ** -0.25
+    return (m * (max_m / m.max())).float()
+
+
+def ldam_loss(logits, labels, margins, s=30.0, weight=None):
+    logits = logits.float()
+    shifted = logits - F.one_hot(labels, logits.shape[1]) * margins[labels][:, None]
+    return F.cross_entropy(s * shifted, labels, weight=weight)
+
+
+def ce_loss(logits, labels, weight=None):
+    return F.cross_entropy(logits.float(), labels, weight=weight)
+
+
+# METHOD: SAM. BatchNorm running statistics are updated by the first forward only.
+def disable_bn_running_stats(model):
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m._sam_tracked, m.track_running_stats = m.track_running_stats, False
+
+
+def enable_bn_running_stats(model):
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and hasattr(m, "_sam_tracked"):
+            m.track_running_stats = m._sam_tracked
+            del m._sam_tracked
+
+
+@contextlib.contextmanager
+def bn_running_stats_frozen(model):
+    """Train-mode BatchNorm still normalizes with the batch statistics, but neither running_mean/var nor
+    num_batches_tracked change."""
+    disable_bn_running_stats(model)
+    try:
+        yield
+    finally:
+        enable_bn_running_stats(model)
+
+
+def sam_step(model, loss_closure, optimizer, rho, eps=1e-12):
+    """One SAM step. `loss_closure()` runs the forward on a fixed batch and returns the loss (no backward).
+    g = grad L(w); e = rho g / (||g|| + eps); the gradient at w + e is then used by optimizer.step() at w.
+    Returns the loss at w (detached)."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_closure()
+    loss.backward()
+    with torch.no_grad():
+        live = [p for p in params if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in live]))
+        scale = rho / (norm + eps)
+        saved = [p.detach().clone() for p in live]
+        for p in live:
+            p.add_(p.grad * scale.to(p.dtype))
+    optimizer.zero_grad(set_to_none=True)
+    with bn_running_stats_frozen(model):
+        loss_closure().backward()
+    with torch.no_grad():
+        for p, w in zip(live, saved):
+            p.copy_(w)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    run = common.start(args)  # checks the output path, seeds, loads the long-tailed data onto the device
+    data = run.data
+    model = common.resnet32(data.num_classes, args.device)
+    if args.base == "ldam_drw":  # METHOD: LDAM's cosine head
+        model.linear = NormedLinear(64, data.num_classes).to(args.device)
+        margins = ldam_margins(data.train_counts, args.max_m).to(args.device)
+        criterion = lambda logits, y, w: ldam_loss(logits, y, margins, args.s, w)  # noqa: E731
+        evaluated = Scaled(model, args.s)  # top-1 is the same; the softmax/ECE use the trained scale
+    else:
+        criterion, evaluated = ce_loss, model
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    run.extra["rho"] = args.rho
+    run.extra["drw_class_weights"] = class_balanced_weights(data.train_counts, args.beta).tolist()
+
+    for epoch in range(args.epochs):
+        lr = common.set_lr(optimizer, epoch, args)
+        weight = drw_weights(data.train_counts, args.beta, epoch, args.drw_epoch).to(args.device)  # METHOD: DRW
+        model.train()
+        for x, y in data.batches(data.shuffled(run.generator), run.generator):
+            def closure():
+                with common.autocast(args.device):
+                    logits = model(x)
+                return criterion(logits, y, weight)
+            loss = sam_step(model, closure, optimizer, args.rho)  # METHOD: ascent to w + e, SGD step at w
+            run.log_step(loss)
+        run.end_epoch(epoch, lr, evaluated)  # evaluates every --eval-every epochs, prints progress
+
+    run.finish(evaluated)  # final-epoch evaluation -> results/<setting>/sam_<base>/seed<k>.json

@@ -1,0 +1,254 @@
+"""Identities of the optimizer-side methods: SAM (methods/sam.py) and per-class normalized SGD (methods/pcn_sgd.py).
+Tiny models only: PCN does one backward per class, SAM two passes per step."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conftest import SMOKE_ARGS, load_method
+
+sam = load_method("sam")
+pcn = load_method("pcn_sgd")
+
+C = 3
+
+
+def tiny_bn_model(seed=0, bn=True):
+    torch.manual_seed(seed)
+    layers = [nn.Linear(5, 8)] + ([nn.BatchNorm1d(8)] if bn else []) + [nn.Tanh(), nn.Linear(8, C)]
+    return nn.Sequential(*layers)
+
+
+def batch(seed=1, n=12, labels=None):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g)
+    y = torch.tensor(labels) if labels is not None else torch.arange(n) % C
+    return x, y
+
+
+def flat(tensors):
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+# ------------------------------------------------------------------------------------------------
+# SAM
+# ------------------------------------------------------------------------------------------------
+
+def sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+
+
+def test_sam_with_rho_zero_takes_the_base_sgd_step():
+    a, b = tiny_bn_model(), tiny_bn_model()
+    opt_a, opt_b = sgd(a), sgd(b)
+    for seed in (1, 2, 3):  # several steps, so the momentum buffer matters too
+        x, y = batch(seed)
+        sam.sam_step(a, lambda: F.cross_entropy(a(x), y), opt_a, rho=0.0)
+        opt_b.zero_grad()
+        F.cross_entropy(b(x), y).backward()
+        opt_b.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-7)
+    assert not torch.equal(flat(a.parameters()), flat(tiny_bn_model().parameters()))  # it did move
+
+
+def test_sam_updates_bn_running_stats_once():
+    model, ref = tiny_bn_model(), tiny_bn_model()
+    x, y = batch()
+    sam.sam_step(model, lambda: F.cross_entropy(model(x), y), sgd(model), rho=0.5)
+    ref(x)  # one plain train-mode forward
+    bn, bn_ref = model[1], ref[1]
+    torch.testing.assert_close(bn.running_mean, bn_ref.running_mean, rtol=0, atol=0)
+    torch.testing.assert_close(bn.running_var, bn_ref.running_var, rtol=0, atol=0)
+    assert bn.num_batches_tracked.item() == bn_ref.num_batches_tracked.item() == 1
+    assert bn.track_running_stats  # restored afterwards
+
+
+def test_bn_frozen_context_still_normalizes_with_batch_stats():
+    model, ref = tiny_bn_model(), tiny_bn_model()
+    x, _ = batch()
+    with sam.bn_running_stats_frozen(model):
+        out = model(x)
+    torch.testing.assert_close(out, ref(x))
+    assert torch.equal(model[1].running_mean, torch.zeros(8))
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_sam_gradient_is_taken_at_the_ascent_point(bn):
+    rho, lr, wd = 0.3, 0.1, 1e-2
+    model = tiny_bn_model(bn=bn)
+    w0 = [p.detach().clone() for p in model.parameters()]
+    x, y = batch()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
+    sam.sam_step(model, lambda: F.cross_entropy(model(x), y), opt, rho=rho)
+
+    # by hand: g at w0, e = rho g/||g||, g' at w0 + e, first SGD step w0 - lr (g' + wd w0) (momentum buffer = g')
+    probe = tiny_bn_model(bn=bn)
+    g = torch.autograd.grad(F.cross_entropy(probe(x), y), list(probe.parameters()))
+    e = [rho * t / flat(g).norm() for t in g]
+    with torch.no_grad():
+        for p, w, ei in zip(probe.parameters(), w0, e):
+            p.copy_(w + ei)
+    g_adv = torch.autograd.grad(F.cross_entropy(probe(x), y), list(probe.parameters()))
+    expected = [w - lr * (ga + wd * w) for w, ga in zip(w0, g_adv)]
+    for p, want in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.detach(), want, rtol=1e-5, atol=1e-6)
+    plain = [w - lr * (gi + wd * w) for w, gi in zip(w0, g)]
+    assert (flat(plain) - flat(model.parameters())).abs().max() > 1e-4  # differs from plain SGD
+
+
+def test_sam_base_pieces():
+    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    m = sam.ldam_margins(counts, 0.5)
+    assert m.max().item() == pytest.approx(0.5) and torch.allclose(m * torch.tensor(counts) ** 0.25, m[0] * 5000 ** 0.25)
+    assert torch.equal(sam.drw_weights(counts, 0.9999, 159, 160), torch.ones(10))
+    w = sam.drw_weights(counts, 0.9999, 160, 160)
+    assert w.sum().item() == pytest.approx(10) and w[0].item() == pytest.approx(0.051, abs=1e-3)
+    logits = torch.randn(6, 10)
+    y = torch.arange(6)
+    assert torch.allclose(sam.ldam_loss(logits, y, torch.zeros(10), s=1.0), F.cross_entropy(logits, y))
+    head = sam.NormedLinear(64, 10)
+    assert torch.allclose(head.weight.norm(dim=0), torch.ones(10), atol=1e-4)
+    assert head(torch.randn(4, 64)).abs().max() <= 1 + 1e-6
+
+
+# ------------------------------------------------------------------------------------------------
+# PCN
+# ------------------------------------------------------------------------------------------------
+
+def hand_class_grads(model_fn, x, y, num_classes):
+    """Per-class gradients by separate forward + backward passes (the loss of class l: its CE sum / B)."""
+    out = []
+    for c in range(num_classes):
+        if not (y == c).any():
+            out.append(None)
+            continue
+        m = model_fn()
+        loss = F.cross_entropy(m(x), y, reduction="none")[y == c].sum() / len(y)
+        out.append(list(torch.autograd.grad(loss, list(m.parameters()))))
+    return out
+
+
+def test_pcn_direction_equals_sum_of_unit_class_gradients():
+    x, y = batch(labels=[0] * 7 + [1] * 3 + [2] * 2)
+    hand = hand_class_grads(tiny_bn_model, x, y, C)
+    want = sum(flat(g) / flat(g).norm() for g in hand)
+    model = tiny_bn_model()
+    pcn.update_direction(model, x, y, C, normalize=True, eps=1e-6)
+    torch.testing.assert_close(flat(p.grad for p in model.parameters()), want, rtol=1e-4, atol=1e-6)
+    # the importable core on the hand gradients gives the same
+    torch.testing.assert_close(flat(pcn.pcn_direction(hand, eps=1e-6)), want, rtol=1e-4, atol=1e-6)
+    # and it is not the plain gradient direction
+    plain = sum(flat(g) for g in hand)
+    assert (want / want.norm() - plain / plain.norm()).abs().max() > 1e-3
+
+
+def test_each_class_contributes_unit_norm():
+    x, y = batch(labels=[0] * 9 + [1] * 2 + [2] * 1)
+    model = tiny_bn_model()
+    grads, _ = pcn.per_class_grads(model, model(x), y, C)
+    norms = [flat(g).norm().item() for g in grads]
+    assert max(norms) / min(norms) > 2  # the raw class gradients differ a lot
+    for g in grads:
+        assert flat(pcn.pcn_direction([g], eps=1e-6)).norm().item() == pytest.approx(1.0, abs=1e-5)
+    assert flat(pcn.pcn_direction([None, [torch.zeros(3)]], eps=1e-6)).abs().max() == 0  # zero grad: no NaN
+
+
+def test_absent_class_is_skipped_without_nan():
+    x, y = batch(labels=[0] * 8 + [1] * 4)  # class 2 absent
+    model = tiny_bn_model()
+    grads, losses = pcn.per_class_grads(model, model(x), y, C)
+    assert grads[2] is None and grads[0] is not None and torch.isfinite(losses).all()
+    model = tiny_bn_model()
+    pcn.update_direction(model, x, y, C)
+    d = flat(p.grad for p in model.parameters())
+    assert torch.isfinite(d).all()
+    hand = hand_class_grads(tiny_bn_model, x, y, C)
+    torch.testing.assert_close(d, sum(flat(g) / flat(g).norm() for g in hand if g is not None), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError):
+        pcn.pcn_direction([None, None])
+
+
+def test_sgd_o_direction_is_the_plain_summed_gradient():
+    x, y = batch(labels=[0, 1, 2] * 4)
+    model = tiny_bn_model()
+    pcn.update_direction(model, x, y, C, normalize=False)
+    d = flat(p.grad for p in model.parameters())
+    ref = tiny_bn_model()
+    F.cross_entropy(ref(x), y).backward()
+    torch.testing.assert_close(d, flat(p.grad for p in ref.parameters()), rtol=1e-5, atol=1e-7)
+    hand = hand_class_grads(tiny_bn_model, x, y, C)
+    torch.testing.assert_close(d, sum(flat(g) for g in hand), rtol=1e-5, atol=1e-7)
+
+
+def test_batch_composition_proportional_and_balanced():
+    counts = [100, 77, 59, 46, 35, 27, 21, 16, 12, 10]
+    labels = torch.repeat_interleave(torch.arange(10), torch.tensor(counts))
+    prop = pcn.class_batch_sizes(counts, 64, "pcnsgd")
+    assert all(abs(b - 64 * n / sum(counts)) <= 0.5 or b == 1 for b, n in zip(prop, counts))
+    assert prop[0] > prop[-1] and min(prop) >= 1
+    assert pcn.class_batch_sizes([1000, 1], 16, "pcnsgd")[1] == 1  # the at-least-one floor
+    bal = pcn.class_batch_sizes(counts, 64, "pcnsgd_o")
+    assert bal == [6] * 10 and pcn.class_batch_sizes(counts, 64, "sgd_o") == bal
+    with pytest.raises(ValueError):
+        pcn.class_batch_sizes(counts, 64, "pcngd")
+    g = torch.Generator().manual_seed(0)
+    for sizes in (prop, bal):
+        streams = [pcn.ClassStream((labels == c).nonzero().squeeze(1), g) for c in range(10)]
+        steps = 5
+        m = pcn.epoch_index_matrix(streams, sizes, steps)
+        assert m.shape == (steps, sum(sizes))
+        for row in m:
+            assert torch.bincount(labels[row], minlength=10).tolist() == sizes
+    # oversampling: class 9 (10 images) drawn 6 per step over 5 steps = every image exactly 3 times
+    drawn = m[:, -6:].reshape(-1)
+    assert torch.bincount(drawn - drawn.min(), minlength=10).tolist() == [3] * 10
+
+
+def test_groupnorm_swap_and_split_forward_match_joint():
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, C))
+    pcn.batchnorm_to_groupnorm(conv, 4)
+    assert isinstance(conv[1], nn.GroupNorm) and conv[1].num_groups == 2
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in conv.modules())
+    x = torch.randn(9, 3, 6, 6)
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 2, 0, 1])
+    joint, split = copy.deepcopy(conv), copy.deepcopy(conv)
+    pcn.update_direction(joint, x, y, C, split=False)
+    pcn.update_direction(split, x, y, C, split=True)
+    torch.testing.assert_close(flat(p.grad for p in split.parameters()), flat(p.grad for p in joint.parameters()),
+                               rtol=1e-4, atol=1e-6)
+    resnet = pcn.common.resnet32(10)
+    pcn.batchnorm_to_groupnorm(resnet, 4)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in resnet.modules())
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: a one-line "error: ..." (common.UserError, a SystemExit with exit status 1), before any data is loaded
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("module,flags,needle", [
+    (sam, ["--rho", "-0.1"], "--rho"),
+    (sam, ["--base", "focal_drw"], "--base"),
+    (pcn, ["--variant", "pcngd"], "--variant"),
+    (pcn, ["--norm", "layer"], "--norm"),
+])
+def test_bad_input_gives_one_line_error(module, flags, needle, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        module.parse_args([*SMOKE_ARGS, "--out", str(tmp_path), *flags])
+    assert isinstance(e.value, pcn.common.UserError)
+    message = str(e.value.code)
+    assert "\n" not in message and message.startswith("error:") and needle in message, message
+
+
+def test_default_names_and_rho():
+    assert pcn.parse_args(SMOKE_ARGS).method == "pcnsgd"
+    assert pcn.parse_args([*SMOKE_ARGS, "--variant", "sgd_o", "--norm", "group"]).method == "sgd_o_gn"
+    a = sam.parse_args([*SMOKE_ARGS, "--base", "ce_drw"])
+    assert a.method == "sam_ce_drw" and a.rho == 0.5
+    a = sam.parse_args(SMOKE_ARGS)
+    assert a.method == "sam_ldam_drw" and a.rho == 0.8
+    assert sam.parse_args([*SMOKE_ARGS, "--base", "ce_drw", "--rho", "0"]).rho == 0.0
