@@ -1,0 +1,1289 @@
+"""Study: oversampling vs class weights in mini-batch SGD, and per-class learning dynamics.
+
+The question (a Cross Validated post, ../shared/seeds/000_*.txt): with a 1:99 binary imbalance and batch 16, are
+class weights (0.02 / 1.98, inverse frequency summing to C) equivalent to oversampling the minority, or do they
+make SGD noisier and slower, since most batches hold no minority image and the rare ones that do are dominated
+by it? The theory (Francazi, Baity-Jesi, Lucchi, ICML 2023; protocol.md Sec. 12): under SGD the minority class
+suffers extra directional noise, which oversampling removes; per-class gradient normalization (PCNSGD) removes
+the competition between classes, and without it the minority loss first rises ("minority initial drop").
+
+Settings (both built from the same image arrays; class 0 is the head):
+  binary   automobile (majority, 4950 images) vs truck (minority, 50 images), exactly 1:99, batch 16: the post's
+           setting with the class pair of the PCN code's "OFF" family (CIFAR-10 classes 1 and 9).
+  lt10     CIFAR-10-LT R=100 (common.make_long_tailed: 5000 ... 50), batch 128, the protocol's setting.
+Methods (the same model init per seed, the same number of steps, plain SGD by default):
+  erm              plain shuffle, batch-mean cross-entropy.
+  oversampling     i.i.d. class-balanced draws (methods/oversampling.py oversample_order, q=1), batch-mean CE.
+  class_weights    plain shuffle, CE weighted by w = inverse_frequency_weights(counts) (methods/class_weights.py,
+                   0.02 / 1.98 at 1:99) with PyTorch's normalization sum_i w_yi l_i / sum_i w_yi (LDAM Alg. 1).
+  class_weights_n  the same weights normalized by the batch size, sum_i w_yi l_i / B: the post's formula, an
+                   unbiased estimate of the balanced loss, under which a head-only batch gets a 50x smaller step.
+  pcnsgd           per-class batches proportional to the counts, at least 1 (methods/pcn_sgd.py
+                   class_batch_sizes: 16 + 1 images at 1:99), step along pcn_direction(g_l) = sum_l g_l/||g_l||.
+  pcnsgd_o         balanced per-class batches of round(B/C) images (PCNSGD+O), the same normalized step.
+Measured: per-class training loss on a fixed probe subset (eval mode, no augmentation) and the per-class
+gradients (every --measure-every steps); per-class test accuracy (every --eval-every steps); the fraction of
+batches without a minority image; the norm of every update ||theta_{t+1} - theta_t||; each class's mini-batch
+gradient norm and its cosine with the class's full gradient on the probe subset (directional noise; 1 = no
+noise); the cosine of the step direction with each class's full gradient (< 0: the step raises that class's
+loss to first order); the spread of the final accuracy over seeds. "Minority" is the max(1, C//3) smallest
+classes (binary: truck; lt10: the 3 tail classes), "majority" the max(1, C//3) largest.
+Outputs in --out: study.json (everything), <setting>_per_class.png, <setting>_update_norms.png,
+<setting>_directional_noise.png, <setting>_final_spread.png and SUMMARY.md, generated from study.json alone.
+
+Modes: --quick: the binary setting only (add --settings binary lt10 for both), a small GroupNorm CNN (SmallCNN
+below), 3 seeds, 300 steps, at most 200 test images per class, one CPU thread; about 2-3 minutes on 2 CPU cores;
+written to results/scratch/study-quick/ (git-ignored). Full (default): ResNet-32 (common.resnet32, BatchNorm),
+5 seeds, 1500 steps (binary, ~4.8 epochs) / 600 steps (lt10, ~6 epochs), the full test set, 4 worker processes
+on a GPU, written to results/study/. Not yet timed on a GPU: the estimate from performance.md's eager step cost
+(~15 ms) is 10-15 minutes on one H100, most of it PCNSGD's C backward passes per step on lt10.
+Paired design: for a seed, erm, class_weights and class_weights_n see exactly the same batches (same index plan
+and augmentation draws) and every method starts from the same weights, so their differences come from the loss.
+Run:  python studies/oversampling_vs_weights.py --quick
+      python studies/oversampling_vs_weights.py --dataset imagefolder --data-dir data/cifar10-jpeg
+      python studies/oversampling_vs_weights.py --from-json results/study/study.json   # plots + summary only
+"""
+import argparse
+import concurrent.futures
+import datetime
+import hashlib
+import importlib.util
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import common  # noqa: E402
+
+METHODS = ("erm", "oversampling", "class_weights", "class_weights_n", "pcnsgd", "pcnsgd_o")
+SETTINGS = ("binary", "lt10")
+LOSS_METHODS = ("erm", "oversampling", "class_weights", "class_weights_n")
+COLORS = {"erm": "black", "oversampling": "tab:blue", "class_weights": "tab:red", "class_weights_n": "tab:orange",
+          "pcnsgd": "tab:green", "pcnsgd_o": "tab:purple"}
+# The comparisons the summary answers: (a, b) means "a vs b".
+PAIRS = (("oversampling", "class_weights"), ("oversampling", "class_weights_n"), ("pcnsgd_o", "pcnsgd"),
+         ("oversampling", "erm"))
+
+
+# ------------------------------------------------------------------------------------------------
+# The methods' cores, imported from methods/ (never re-written here)
+# ------------------------------------------------------------------------------------------------
+
+_CORES = {}
+
+
+def load_core(name):
+    """methods/<name>.py as a module (its training loop is under __main__, so importing runs nothing)."""
+    if name not in _CORES:
+        path = os.path.join(ROOT, "methods", f"{name}.py")
+        common.check(os.path.exists(path), f"{path} is missing: this study imports the method's core from it")
+        spec = importlib.util.spec_from_file_location(f"study_method_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _CORES[name] = module
+    return _CORES[name]
+
+
+def cores():
+    os_, cw, pcn = load_core("oversampling"), load_core("class_weights"), load_core("pcn_sgd")
+    return argparse.Namespace(oversample_order=os_.oversample_order,
+                              inverse_frequency_weights=cw.inverse_frequency_weights,
+                              pcn_direction=pcn.pcn_direction, per_class_grads=pcn.per_class_grads,
+                              class_batch_sizes=pcn.class_batch_sizes, ClassStream=pcn.ClassStream,
+                              index_matrix=pcn.epoch_index_matrix)
+
+
+# ------------------------------------------------------------------------------------------------
+# Measurement helpers (pure functions; tests check them on cases with known answers)
+# ------------------------------------------------------------------------------------------------
+
+def flat(grads, like=None):
+    """A gradient given as a list of per-parameter tensors as one fp32 vector (None entries are zeros shaped like
+    the matching entry of `like`); None stays None."""
+    if grads is None:
+        return None
+    like = like or grads
+    return torch.cat([(t if t is not None else torch.zeros_like(p)).float().reshape(-1) for t, p in zip(grads, like)])
+
+
+def cosine_t(u, v):
+    """Cosine of two flat vectors as a 0-d device tensor (no sync); NaN when either is zero."""
+    return (u @ v) / (u.norm() * v.norm())
+
+
+def grad_norm(grads):
+    """L2 norm over a list of per-parameter tensors, as a float (None for an absent class)."""
+    return None if grads is None else float(flat(grads).norm())
+
+
+def cosine(a, b):
+    """Cosine between two gradients given as lists of per-parameter tensors; None if either is absent or zero."""
+    if a is None or b is None:
+        return None
+    like = [x if x is not None else y for x, y in zip(a, b)]
+    c = float(cosine_t(flat(a, like), flat(b, like)))
+    return c if math.isfinite(c) else None
+
+
+def measure_rows(mean_grads, full_grads, direction, terms, params):
+    """The per-class measurements of one step, computed on the device and read back with a single sync:
+    batch_grad_norm ||g_c|| (class-mean loss), probe_grad_norm ||G_c||, cos_batch_full cos(g_c, G_c) (directional
+    noise), descent_alignment cos(direction, G_c), term_norm (the class's term in the step), direction_norm.
+    Absent classes (None) come back as None."""
+    nan = torch.tensor(float("nan"), device=params[0].device)
+    mg = [flat(g, params) for g in mean_grads]
+    fg = [flat(g, params) for g in full_grads]
+    d = flat(direction, params)
+    pick = lambda x: nan if x is None else x
+    rows = [[pick(None if u is None else u.norm()) for u in mg],
+            [pick(None if v is None else v.norm()) for v in fg],
+            [pick(None if u is None or v is None else cosine_t(u, v)) for u, v in zip(mg, fg)],
+            [pick(None if v is None else cosine_t(d, v)) for v in fg],
+            [pick(None if t is None else torch.as_tensor(t, device=nan.device, dtype=torch.float32)) for t in terms]]
+    C = len(mg)
+    vals = torch.stack([x.float() for r in rows for x in r] + [d.norm()]).tolist()
+    keys = ("batch_grad_norm", "probe_grad_norm", "cos_batch_full", "descent_alignment", "term_norm")
+    out = {k: rnd(vals[i * C:(i + 1) * C]) for i, k in enumerate(keys)}
+    out["direction_norm"] = rnd(vals[-1])
+    return out
+
+
+def combine(class_grads, coefs):
+    """sum_c coefs[c] * class_grads[c], per parameter (absent classes skipped)."""
+    out = None
+    for g, s in zip(class_grads, coefs):
+        if g is None or s == 0:
+            continue
+        if out is None:
+            out = [None if t is None else t * s for t in g]
+        else:
+            out = [o if t is None else (t * s if o is None else o + t * s) for o, t in zip(out, g)]
+    return out
+
+
+def flat_params(model):
+    """All parameters as one new 1-D tensor (reshape, not view: channels_last weights are not contiguous)."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def update_norm(before, model):
+    """||theta_after - theta_before|| over all parameters (a device tensor: no sync)."""
+    return (flat_params(model) - before).norm()
+
+
+def presence(batch_labels, num_classes):
+    """(steps, C) bool: does batch t hold at least one image of class c. batch_labels: (steps, B) int."""
+    return (batch_labels[:, :, None] == torch.arange(num_classes, device=batch_labels.device)).any(1)
+
+
+def no_group_fraction(present, group):
+    """Fraction of batches that hold no image of any class in `group` (e.g. the minority classes)."""
+    return float((~present[:, list(group)].any(1)).float().mean())
+
+
+def expected_no_group_fraction(class_probs, group, batch_size):
+    """The same for i.i.d. draws: (1 - P(a draw is in the group))^B."""
+    return (1.0 - sum(class_probs[c] for c in group)) ** batch_size
+
+
+def group_classes(counts, which):
+    """The max(1, C//3) smallest ('minority') or largest ('majority') classes by count, sorted."""
+    k = max(1, len(counts) // 3)
+    order = sorted(range(len(counts)), key=lambda c: (counts[c], -c))  # ties: the later class is the smaller
+    return sorted(order[:k] if which == "minority" else order[-k:])
+
+
+def steps_to_target(steps, values, target, stay=True):
+    """The first evaluated step at which the value reaches target (stay=True: and stays there at every later
+    evaluation, so a lucky early evaluation does not count), or None."""
+    hit = None
+    for s, v in zip(steps, values):
+        ok = v is not None and v >= target
+        if ok and hit is None:
+            hit = s
+            if not stay:
+                return hit
+        elif not ok and stay:
+            hit = None
+    return hit
+
+
+def initial_rise(steps, values):
+    """Minority initial drop in loss terms: the largest rise of a loss above its step-0 value, and the first later
+    step at which it is back at or below it (None if never)."""
+    v0 = values[0]
+    rise = max(v - v0 for v in values)
+    peak = max(range(len(values)), key=lambda i: values[i])
+    back = next((steps[i] for i in range(peak, len(values)) if values[i] <= v0), None)
+    return {"rise": rise, "back_at_step": back if rise > 0 else steps[0]}
+
+
+def stats(xs):
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    if not xs:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    m = sum(xs) / len(xs)
+    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return {"mean": m, "std": s, "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def mean_or_none(xs):
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return sum(xs) / len(xs) if xs else None
+
+
+def median_or_none(xs):
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    k = len(xs) // 2
+    return float(xs[k]) if len(xs) % 2 else (xs[k - 1] + xs[k]) / 2
+
+
+def rnd(x, digits=5):
+    """Round for the JSON (None stays None; nested lists are walked)."""
+    if isinstance(x, (list, tuple)):
+        return [rnd(v, digits) for v in x]
+    if x is None or isinstance(x, (int, bool)):
+        return x
+    return float(f"{x:.{digits}g}") if math.isfinite(x) else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Data: the two settings
+# ------------------------------------------------------------------------------------------------
+
+class Pool(common.Data):
+    """common.Data (batched crop + flip, normalize, test batches, common.evaluate) for arrays chosen here
+    instead of read through args: a training subset, its counts and a (possibly capped) test set."""
+
+    def __init__(self, train_x, train_y, test_x, test_y, classes, batch_size, device):  # noqa: super not called
+        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
+        self.classes = list(classes)
+        self.num_classes = len(classes)
+        self.train_x = to(train_x).permute(0, 3, 1, 2).contiguous()
+        self.train_y = to(train_y)
+        self.test_x = to(test_x).permute(0, 3, 1, 2).contiguous()
+        self.test_y = to(test_y)
+        self.train_counts = np.bincount(train_y, minlength=self.num_classes).tolist()
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.mean = torch.tensor(common.MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(common.STD, device=device).view(1, 3, 1, 1)
+
+
+_SOURCE = {}
+
+
+def load_source(args):
+    """(train_x NHWC uint8, train_y, test_x, test_y, classes) of --dataset, loaded once per process."""
+    if "arrays" not in _SOURCE:
+        if args.dataset == "imagefolder":
+            common.check(args.data_dir is not None, "--dataset imagefolder needs --data-dir (e.g. data/cifar10-jpeg)")
+            _SOURCE["arrays"] = common.load_imagefolder(args.data_dir, args.cache_dir)
+        else:
+            _SOURCE["arrays"] = common.make_synthetic(num_classes=10, train_per_class=args.synthetic_train_per_class,
+                                                      test_per_class=args.synthetic_test_per_class,
+                                                      size=args.synthetic_size)
+    return _SOURCE["arrays"]
+
+
+def cap_test(test_y, per_class):
+    """Indices of the first `per_class` test images of every class (all if None)."""
+    keep = [np.where(test_y == c)[0][:per_class] for c in np.unique(test_y)]
+    return np.concatenate(keep)
+
+
+def build_setting(args, name, device):
+    """The training subset, test set and probe subset of one setting, as a dict with a Pool."""
+    train_x, train_y, test_x, test_y, classes = load_source(args)
+    if name == "binary":
+        names = args.binary_classes or (["automobile", "truck"] if args.dataset == "imagefolder" else classes[:2])
+        missing = [c for c in names if c not in classes]
+        common.check(not missing, f"class(es) {', '.join(missing)} not in the data (classes: {', '.join(classes)}): "
+                                  "pass --binary-classes MAJORITY MINORITY")
+        common.check(names[0] != names[1], "--binary-classes needs two different classes")
+        maj, mnr = classes.index(names[0]), classes.index(names[1])
+        maj_idx = np.where(train_y == maj)[0]
+        mnr_idx = np.where(train_y == mnr)[0]
+        n_min = int(len(maj_idx) / args.binary_ratio)
+        common.check(n_min >= 1, f"--binary-ratio {args.binary_ratio:g} leaves no minority image "
+                                 f"({len(maj_idx)} majority images): use a ratio of at most {len(maj_idx)}")
+        common.check(n_min <= len(mnr_idx), f"--binary-ratio {args.binary_ratio:g} needs {n_min} minority images, "
+                                            f"the data has {len(mnr_idx)}")
+        # Exactly 1:ratio: n_min = int(n_maj_available / ratio) minority images and round(n_min * ratio) majority
+        # images (1:99 on CIFAR-10: 50 trucks and 4950 automobiles, weights exactly 0.02 / 1.98 as in the post).
+        n_maj = min(len(maj_idx), int(round(n_min * args.binary_ratio)))
+        rng = np.random.RandomState(args.data_seed)  # the same legacy stream as common.long_tail_indices
+        maj_keep, mnr_keep = maj_idx.copy(), mnr_idx.copy()
+        rng.shuffle(maj_keep)
+        rng.shuffle(mnr_keep)
+        keep = np.concatenate([np.sort(maj_keep[:n_maj]), np.sort(mnr_keep[:n_min])])
+        remap = {maj: 0, mnr: 1}
+        sub_y = np.array([remap[v] for v in train_y[keep]], dtype=np.int64)
+        t = np.where((test_y == maj) | (test_y == mnr))[0]
+        t_y = np.array([remap[v] for v in test_y[t]], dtype=np.int64)
+        tk = cap_test(t_y, args.test_per_class)
+        pool = Pool(train_x[keep], sub_y, test_x[t][tk], t_y[tk], names, args.batch_binary, device)
+        desc = (f"{names[0]} (majority) vs {names[1]} (minority), 1:{args.binary_ratio:g}, batch {args.batch_binary}")
+    else:
+        C = len(classes)
+        common.check(C >= 3, f"the lt10 setting needs at least 3 classes, the data has {C}")
+        n_max = int(np.bincount(train_y, minlength=C).min())
+        common.check(int(n_max / args.lt_ratio) >= 1, f"--lt-ratio {args.lt_ratio:g} leaves the last class with 0 "
+                                                       f"images (n_max = {n_max}): use a ratio of at most {n_max}")
+        keep, counts = common.make_long_tailed(train_y, C, "exp", args.lt_ratio, args.data_seed)
+        tk = cap_test(test_y, args.test_per_class)
+        pool = Pool(train_x[keep], train_y[keep], test_x[tk], test_y[tk], classes, args.batch_lt, device)
+        desc = f"{C}-class long-tailed (exp) R={args.lt_ratio:g}, batch {args.batch_lt}"
+    counts = pool.train_counts
+    sha = hashlib.sha256(np.ascontiguousarray(keep, dtype=np.int64).tobytes()).hexdigest()  # the subset's identity
+    steps = args.steps_binary if name == "binary" else args.steps_lt
+    # The probe subset: up to --probe-per-class fixed training images of each class (data seed + 1).
+    rng = np.random.RandomState(args.data_seed + 1)
+    labels = pool.train_y.cpu().numpy()
+    probe = []
+    for c in range(pool.num_classes):
+        idx = np.where(labels == c)[0]
+        rng.shuffle(idx)
+        probe.append(np.sort(idx[:args.probe_per_class]))
+    probe = torch.from_numpy(np.concatenate(probe)).to(device)
+    return {"name": name, "pool": pool, "counts": counts, "description": desc, "probe": probe, "subset_sha256": sha,
+            "minority": group_classes(counts, "minority"), "majority": group_classes(counts, "majority"),
+            "batch_size": pool.batch_size, "steps": steps, "eval_every": max(1, steps // args.evals),
+            "measure_every": max(1, steps // args.measures)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Models
+# ------------------------------------------------------------------------------------------------
+
+class SmallCNN(nn.Module):
+    """Four 3x3 conv + GroupNorm + ReLU layers (width w, 2w, 4w, 4w; stride 2 from the second), global average
+    pooling, a linear head. GroupNorm as the PCN official code: no cross-sample coupling, so a class's gradient
+    does not depend on which other images share its batch. About 60k parameters at w=16."""
+
+    def __init__(self, num_classes, width=16):
+        super().__init__()
+        chans = [3, width, 2 * width, 4 * width, 4 * width]
+        layers = []
+        for i in range(4):
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+                       nn.GroupNorm(max(1, chans[i + 1] // 4), chans[i + 1]), nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*layers)
+        self.linear = nn.Linear(chans[-1], num_classes)
+
+    def features(self, x):
+        return F.adaptive_avg_pool2d(self.body(x), 1).flatten(1)
+
+    def forward(self, x):
+        return self.linear(self.features(x))
+
+
+def make_model(args, num_classes, device):
+    if args.model == "resnet32":
+        return common.resnet32(num_classes, device)
+    model = SmallCNN(num_classes, args.width).to(device)
+    return model.to(memory_format=torch.channels_last) if torch.device(device).type == "cuda" else model
+
+
+def num_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------------
+# Batches and losses of each method
+# ------------------------------------------------------------------------------------------------
+
+def batch_plan(method, labels, counts, steps, batch_size, generator, k):
+    """(steps, b) training indices of every step. erm / class weights: consecutive plain shuffles (epochs run on
+    without a break); oversampling: oversample_order draws; pcnsgd(_o): one ClassStream per class with the
+    method file's per-class batch sizes. Returns (indices, per-class batch sizes or None)."""
+    n = len(labels)
+    if method == "oversampling":
+        return k.oversample_order(labels, counts, steps * batch_size, generator, 1.0).view(steps, batch_size), None
+    if method in ("pcnsgd", "pcnsgd_o"):
+        sizes = k.class_batch_sizes(counts, batch_size, method)
+        streams = [k.ClassStream((labels == c).nonzero().squeeze(1), generator) for c in range(len(counts))]
+        return k.index_matrix(streams, sizes, steps), sizes
+    perms = [torch.randperm(n, device=labels.device, generator=generator)
+             for _ in range(math.ceil(steps * batch_size / n))]
+    return torch.cat(perms)[:steps * batch_size].view(steps, batch_size), None
+
+
+def sampler_class_probs(method, counts, sizes):
+    """Per-draw class probabilities of each method's sampler (for the i.i.d. expectation of empty batches)."""
+    C, N = len(counts), sum(counts)
+    if method == "oversampling":
+        return [1.0 / C] * C
+    if sizes is not None:
+        return None  # every class in every batch by construction
+    return [n / N for n in counts]
+
+
+def method_loss(method, per_sample, labels, weights):
+    """The scalar loss whose gradient is the method's step (loss methods only)."""
+    if method in ("erm", "oversampling"):
+        return per_sample.mean()
+    w = weights[labels]
+    if method == "class_weights":  # = F.cross_entropy(logits, y, weight=w): divide by the batch's weight sum
+        return (w * per_sample).sum() / w.sum()
+    return (w * per_sample).sum() / len(labels)  # class_weights_n: the post's formula, divide by B
+
+
+def class_coefficients(method, labels, weights, num_classes):
+    """s_c with grad(method_loss) = sum_c s_c g_c, where g_c = d/dw [sum_{y_i=c} l_i / B] is what
+    methods/pcn_sgd.py per_class_grads returns (so sum_c g_c is the batch-mean CE gradient)."""
+    B = len(labels)
+    if method in ("erm", "oversampling"):
+        return [1.0] * num_classes
+    w = weights.tolist()
+    if method == "class_weights":
+        total = float(weights[labels].sum())
+        return [w[c] * B / total for c in range(num_classes)]
+    return [w[c] for c in range(num_classes)]
+
+
+# ------------------------------------------------------------------------------------------------
+# One run: (setting, method, seed)
+# ------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def probe_losses(model, pool, probe, num_classes):
+    """Per-class mean CE on the probe subset, eval mode, no augmentation."""
+    was = model.training
+    model.eval()
+    x, y = pool.normalize(pool.train_x[probe]), pool.train_y[probe]
+    with common.autocast(pool.device):
+        logits = model(x)
+    per = F.cross_entropy(logits.float(), y, reduction="none")
+    onehot = F.one_hot(y, num_classes).float()
+    out = ((per @ onehot) / onehot.sum(0).clamp(min=1)).tolist()
+    model.train(was)
+    return out
+
+
+def probe_class_grads(model, pool, probe, num_classes, k):
+    """The full-batch gradient of every class on the probe subset, as class means: train mode (the mode the
+    mini-batch gradients are taken in), no augmentation, BatchNorm running statistics restored afterwards."""
+    buffers = [b.detach().clone() for b in model.buffers()]
+    model.train()
+    x, y = pool.normalize(pool.train_x[probe]), pool.train_y[probe]
+    with common.autocast(pool.device):
+        logits = model(x)
+    grads, _ = k.per_class_grads(model, logits, y, num_classes)
+    counts = torch.bincount(y, minlength=num_classes).tolist()
+    with torch.no_grad():
+        for b, saved in zip(model.buffers(), buffers):
+            b.copy_(saved)
+    return [None if g is None else [None if t is None else t * (len(y) / counts[c]) for t in g]
+            for c, g in enumerate(grads)]
+
+
+def lr_at_step(step, steps, base, args):
+    return base * (args.lr_drop if 0 < args.lr_drop_at < 1 and step >= int(args.lr_drop_at * steps) else 1.0)
+
+
+def schedule(steps, every):
+    return sorted(set(range(0, steps, every)) | {0})
+
+
+def train_one(args, setting, method, seed, log=print):
+    """Train one model and measure it. Returns the run's record (plain lists, JSON-ready)."""
+    k = cores()
+    pool, probe, C = setting["pool"], setting["probe"], setting["pool"].num_classes
+    steps, B, device = setting["steps"], setting["batch_size"], pool.device
+    minority = setting["minority"]
+    t0 = time.time()
+    torch.manual_seed(seed)  # the same initial weights for every method of a seed
+    model = make_model(args, C, device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    base_lr = args.pcn_lr if method in ("pcnsgd", "pcnsgd_o") and args.pcn_lr is not None else args.lr
+    optimizer = torch.optim.SGD(params, lr=base_lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    weights = k.inverse_frequency_weights(setting["counts"]).to(device)
+    plan, sizes = batch_plan(method, pool.train_y, setting["counts"], steps, B, generator, k)
+    plan_labels = pool.train_y[plan]
+    present = presence(plan_labels, C)
+    evals = set(schedule(steps, setting["eval_every"])) | {steps}
+    ordered = sorted(evals)
+    progress = set(ordered[max(1, len(ordered) // 5)::max(1, len(ordered) // 5)])
+    measures = set(schedule(steps, setting["measure_every"]))
+    upd = torch.zeros(steps, device=device)
+    rec_eval = {"step": [], "per_class_acc": [], "top1": []}
+    rec_meas = {"step": [], "probe_loss": [], "batch_grad_norm": [], "term_norm": [], "probe_grad_norm": [],
+                "cos_batch_full": [], "descent_alignment": [], "direction_norm": []}
+
+    def evaluate(step):
+        m = common.evaluate(model, pool)
+        rec_eval["step"].append(step)
+        rec_eval["per_class_acc"].append(rnd(m["per_class_acc"]))
+        rec_eval["top1"].append(rnd(m["top1"]))
+        return m
+
+    model.train()
+    for step in range(steps):
+        if step in evals:
+            evaluate(step)
+            if args.verbose and step in progress:
+                mn = mean_or_none([rec_eval["per_class_acc"][-1][c] for c in minority])
+                log(f"  [{setting['name']} {method} seed{seed}] step {step}/{steps}  minority acc {mn:.1f}%  "
+                    f"elapsed {common.fmt_time(time.time() - t0)}")
+        lr = lr_at_step(step, steps, base_lr, args)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        x, y = pool.batch(plan[step], generator)
+        measure = step in measures
+        if measure:
+            rec_meas["step"].append(step)
+            rec_meas["probe_loss"].append(rnd(probe_losses(model, pool, probe, C)))
+            full = probe_class_grads(model, pool, probe, C, k)
+        before = flat_params(model)
+        optimizer.zero_grad(set_to_none=True)
+        with common.autocast(device):
+            logits = model(x)
+        if method in LOSS_METHODS and not measure:
+            method_loss(method, F.cross_entropy(logits.float(), y, reduction="none"), y, weights).backward()
+        else:
+            # Per-class gradients g_c = d/dw [sum_{y_i=c} l_i / B] from one joint forward (methods/pcn_sgd.py).
+            class_grads, _ = k.per_class_grads(model, logits, y, C)
+            if method in LOSS_METHODS:  # the same gradient as method_loss(...).backward(), assembled per class
+                coefs = class_coefficients(method, y, weights, C)
+            else:
+                coefs = None
+            direction = combine(class_grads, coefs) if coefs else k.pcn_direction(class_grads, args.eps)
+            for p, d in zip(params, direction):
+                p.grad = None if d is None else d.to(p.dtype)
+            if measure:
+                n_c = torch.bincount(y, minlength=C).tolist()
+                mean_grads = [None if g is None else [None if t is None else t * (len(y) / n_c[c]) for t in g]
+                              for c, g in enumerate(class_grads)]
+                norms = [None if g is None else flat(g, params).norm() for g in class_grads]
+                terms = ([None if n is None else n * abs(s) for n, s in zip(norms, coefs)] if coefs else
+                         [None if n is None else n / (n + args.eps) for n in norms])
+                for key, val in measure_rows(mean_grads, full, direction, terms, params).items():
+                    rec_meas[key].append(val)
+        optimizer.step()
+        upd[step] = update_norm(before, model)
+    final = evaluate(steps)
+    probe_final = probe_losses(model, pool, probe, C)
+    per_class = final["per_class_acc"]
+    out = {
+        "method": method, "seed": seed, "lr": base_lr, "steps": steps, "batch_size": B,
+        "per_class_batch": sizes, "images_per_step": int(plan.shape[1]),
+        "eval": rec_eval, "measure": rec_meas, "update_norm": rnd(upd.tolist()),
+        "sampled_class_counts": torch.bincount(plan_labels.flatten(), minlength=C).tolist(),
+        "presence": rnd(present.float().mean(0).tolist()),
+        "no_minority_frac": no_group_fraction(present, minority),
+        "minority_present": present[:, minority].any(1).tolist(),
+        "final": {"per_class_acc": rnd(per_class), "top1": rnd(final["top1"]),
+                  "minority_acc": rnd(mean_or_none([per_class[c] for c in minority])),
+                  "majority_acc": rnd(mean_or_none([per_class[c] for c in setting["majority"]])),
+                  "balanced_acc": rnd(sum(per_class) / C), "probe_loss": rnd(probe_final)},
+        "wall_time_s": time.time() - t0,
+    }
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Running many runs (optionally in worker processes) and aggregating
+# ------------------------------------------------------------------------------------------------
+
+_SETTING_CACHE = {}
+
+
+def set_threads(args):
+    """CPU threads per process: --threads, else the CPU count shared among the workers."""
+    if torch.device(args.device).type == "cpu":
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.workers))
+
+
+def _job(args, name, method, seed):
+    """One run in a worker process (or in-process): builds the setting once per process."""
+    set_threads(args)
+    if name not in _SETTING_CACHE:
+        _SETTING_CACHE[name] = build_setting(args, name, args.device)
+    return train_one(args, _SETTING_CACHE[name], method, seed)
+
+
+def run_all(args, settings):
+    jobs = [(s, m, seed) for s in settings for m in args.methods for seed in range(args.seed0, args.seed0 + args.seeds)]
+    results, t0 = {}, time.time()
+
+    def done(i, key, rec):
+        results[key] = rec
+        f = rec["final"]
+        eta = (time.time() - t0) / i * (len(jobs) - i)
+        print(f"[{i}/{len(jobs)}] {key[0]} {key[1]} seed{key[2]}: minority acc {f['minority_acc']:.1f}%  "
+              f"balanced {f['balanced_acc']:.1f}%  ({rec['wall_time_s']:.0f} s)  elapsed "
+              f"{common.fmt_time(time.time() - t0)}  eta {common.fmt_time(eta)}", flush=True)
+
+    if args.workers <= 1:
+        for i, key in enumerate(jobs, 1):
+            done(i, key, _job(args, *key))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=ctx) as ex:
+            futures = {ex.submit(_job, args, *key): key for key in jobs}
+            for i, fut in enumerate(concurrent.futures.as_completed(futures), 1):
+                done(i, futures[fut], fut.result())
+    return results
+
+
+def aggregate_method(runs, setting_meta, targets):
+    """The per-method summary of one setting, from its runs (a list of records)."""
+    mnr, maj = setting_meta["minority"], setting_meta["majority"]
+    steps = setting_meta["steps"]
+    drop_step = setting_meta["lr_drop_step"]
+    out = {}
+    for key in ("minority_acc", "majority_acc", "balanced_acc", "top1"):
+        vals = [r["final"][key] for r in runs]
+        out[f"final_{key}"] = {**stats(vals), "values": vals}
+    # Seeds whose final model gets no minority test image right (collapsed onto the majority): their spread is 0.
+    out["final_minority_zero_seeds"] = sum(r["final"]["minority_acc"] == 0 for r in runs)
+    # Speed: the first evaluated step at which the minority (or balanced) accuracy reaches each target.
+    out["steps_to_target"] = {}
+    for kind, target_list in targets.items():
+        for frac, target in target_list:
+            per_seed = []
+            for r in runs:
+                accs = r["eval"]["per_class_acc"]
+                vals = ([mean_or_none([a[c] for c in mnr]) for a in accs] if kind == "minority"
+                        else [sum(a) / len(a) for a in accs])
+                per_seed.append(steps_to_target(r["eval"]["step"], vals, target))
+            reached = [s for s in per_seed if s is not None]
+            out["steps_to_target"][f"{kind}@{frac:g}"] = {
+                "target": rnd(target), "per_seed": per_seed, "reached": len(reached), "n": len(per_seed),
+                "median": median_or_none(reached) if len(reached) == len(per_seed) else None,
+                "median_reached": median_or_none(reached)}
+    # Area under the minority-accuracy curve (mean over evaluations), and its jitter late in training.
+    auc, jitter = [], []
+    for r in runs:
+        m = [mean_or_none([a[c] for c in mnr]) for a in r["eval"]["per_class_acc"]]
+        auc.append(mean_or_none(m))
+        late = [v for s, v in zip(r["eval"]["step"], m) if s >= (2 * steps) // 3]
+        jitter.append(stats(late)["std"] if len(late) > 1 else None)
+    out["minority_acc_auc"] = stats(auc)
+    out["minority_acc_late_jitter"] = stats(jitter)
+    # Batches without a minority image, and the update norms with and without one.
+    out["no_minority_frac"] = stats([r["no_minority_frac"] for r in runs])
+    norms, with_m, without_m = [], [], []
+    for r in runs:
+        for s, (u, p) in enumerate(zip(r["update_norm"], r["minority_present"])):
+            if s < drop_step and u is not None:
+                norms.append(u)
+                (with_m if p else without_m).append(u)
+    arr = np.array(norms) if norms else np.array([np.nan])
+    out["update_norm"] = {"mean": rnd(float(arr.mean())), "std": rnd(float(arr.std())),
+                          "cv": rnd(float(arr.std() / arr.mean())) if arr.mean() > 0 else None,
+                          "median": rnd(float(np.median(arr))), "p10": rnd(float(np.percentile(arr, 10))),
+                          "p90": rnd(float(np.percentile(arr, 90))),
+                          "with_minority_mean": rnd(mean_or_none(with_m)),
+                          "without_minority_mean": rnd(mean_or_none(without_m)),
+                          "steps_counted": len(norms), "before_step": drop_step}
+    # Directional noise: cosine of a class's mini-batch gradient with its full (probe) gradient.
+    for name, key in (("cos_batch_full", "cos_batch_full"), ("descent_alignment", "descent_alignment")):
+        for gname, group in (("minority", mnr), ("majority", maj)):
+            per_run, neg, cnt = [], 0, 0
+            for r in runs:
+                vals = [mean_or_none([row[c] for c in group]) for row in r["measure"][key]]
+                vals = [v for v in vals if v is not None]
+                per_run.append(mean_or_none(vals))
+                neg += sum(v < 0 for v in vals)
+                cnt += len(vals)
+            out[f"{name}_{gname}"] = {**stats(per_run), "measured": cnt,
+                                      "frac_negative": rnd(neg / cnt) if cnt else None}
+    meas_total = sum(len(r["measure"]["step"]) for r in runs)
+    out["minority_measured_frac"] = rnd(out["cos_batch_full_minority"]["measured"] / meas_total) if meas_total else None
+    # Minority initial drop: the rise of the minority probe loss above its initial value.
+    rises, backs = [], []
+    for r in runs:
+        steps_m = r["measure"]["step"] + [steps]
+        vals = [mean_or_none([row[c] for c in mnr]) for row in r["measure"]["probe_loss"]]
+        vals.append(mean_or_none([r["final"]["probe_loss"][c] for c in mnr]))
+        mid = initial_rise(steps_m, vals)
+        rises.append(mid["rise"])
+        backs.append(mid["back_at_step"])
+    out["minority_loss_initial_rise"] = {**stats(rises), "values": rnd(rises), "back_at_step": backs,
+                                         "seeds_with_rise": sum(x > 0 for x in rises)}
+    out["wall_time_s"] = stats([r["wall_time_s"] for r in runs])
+    return out
+
+
+def ratio(a, b):
+    return rnd(a / b) if a is not None and b not in (None, 0) else None
+
+
+def compare(summary, a, b):
+    """The numbers of 'a vs b' that the summary states."""
+    if a not in summary or b not in summary:
+        return None
+    A, Bm = summary[a], summary[b]
+    out = {"a": a, "b": b, "steps_to_target": {}}
+    for key in A["steps_to_target"]:
+        sa, sb = A["steps_to_target"][key], Bm["steps_to_target"][key]
+        out["steps_to_target"][key] = {"target": sa["target"], "a_median": sa["median"], "b_median": sb["median"],
+                                       "a_reached": sa["reached"], "b_reached": sb["reached"], "n": sa["n"],
+                                       "b_over_a": ratio(sb["median"], sa["median"])}
+    for key in ("final_minority_acc", "final_balanced_acc"):
+        # Unrounded, so that the summary prints the same digits as the per-method table.
+        out[key] = {"a_mean": A[key]["mean"], "b_mean": Bm[key]["mean"], "a_std": A[key]["std"],
+                    "b_std": Bm[key]["std"], "b_std_over_a_std": ratio(Bm[key]["std"], A[key]["std"]),
+                    "b_minus_a_mean": rnd(Bm[key]["mean"] - A[key]["mean"])
+                    if A[key]["mean"] is not None and Bm[key]["mean"] is not None else None}
+    ja, jb = A["minority_acc_late_jitter"]["mean"], Bm["minority_acc_late_jitter"]["mean"]
+    out["late_jitter"] = {"a": ja, "b": jb, "b_over_a": ratio(jb, ja)}
+    out["update_norm_cv"] = {"a": A["update_norm"]["cv"], "b": Bm["update_norm"]["cv"],
+                             "b_over_a": ratio(Bm["update_norm"]["cv"], A["update_norm"]["cv"])}
+    out["cos_minority"] = {"a": A["cos_batch_full_minority"]["mean"], "b": Bm["cos_batch_full_minority"]["mean"]}
+    return out
+
+
+def build_result(args, settings, results, t_start):
+    commit, dirty = common.git_state()
+    device = torch.device(args.device)
+    res = {"study": "oversampling_vs_weights", "mode": "quick" if args.quick else "full",
+           "args": {k: v for k, v in vars(args).items()},
+           "dataset": (os.path.basename(os.path.normpath(args.data_dir)) if args.dataset == "imagefolder"
+                       else "synthetic (common.make_synthetic)"),
+           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "torch_version": torch.__version__, "git_commit": commit, "git_dirty": dirty,
+           "date": datetime.datetime.now().isoformat(timespec="seconds"),
+           "wall_time_s": time.time() - t_start, "settings": {}}
+    for name, st in settings.items():
+        pool = st["pool"]
+        model = make_model(args, pool.num_classes, "cpu")
+        steps = st["steps"]
+        drop = int(args.lr_drop_at * steps) if 0 < args.lr_drop_at < 1 else steps
+        meta = {"description": st["description"], "classes": pool.classes, "train_counts": st["counts"],
+                "subset_sha256": st["subset_sha256"],
+                "test_counts": torch.bincount(pool.test_y, minlength=pool.num_classes).tolist(),
+                "probe_counts": torch.bincount(pool.train_y[st["probe"]], minlength=pool.num_classes).tolist(),
+                "minority": st["minority"], "majority": st["majority"], "batch_size": st["batch_size"],
+                "steps": steps, "lr_drop_step": drop, "eval_every": st["eval_every"],
+                "measure_every": st["measure_every"], "model": args.model, "model_params": num_params(model),
+                "class_weights": rnd(cores().inverse_frequency_weights(st["counts"]).tolist())}
+        runs = {m: [results[(name, m, s)] for s in range(args.seed0, args.seed0 + args.seeds)] for m in args.methods}
+        meta["expected_no_minority_frac_iid"] = {}
+        for m in args.methods:
+            probs = sampler_class_probs(m, st["counts"], runs[m][0]["per_class_batch"])
+            meta["expected_no_minority_frac_iid"][m] = (rnd(expected_no_group_fraction(probs, st["minority"],
+                                                                                       st["batch_size"]))
+                                                        if probs else 0.0)
+        # Targets common to all methods: fractions of the best final mean accuracy of any method (or --target-acc).
+        best_min = max(stats([r["final"]["minority_acc"] for r in rs])["mean"] for rs in runs.values())
+        best_bal = max(stats([r["final"]["balanced_acc"] for r in rs])["mean"] for rs in runs.values())
+        chance = 100.0 / pool.num_classes
+        if args.target_acc is not None:
+            targets = {"minority": [(1, args.target_acc)], "balanced": [(1, args.target_acc)]}
+        else:
+            targets = {"minority": [(f, f * best_min) for f in args.target_fracs],
+                       "balanced": [(f, chance + f * (best_bal - chance)) for f in args.target_fracs]}
+        meta["targets"] = {"rule": ("--target-acc" if args.target_acc is not None else
+                                    "minority: frac x the best final mean minority accuracy of any method; balanced: "
+                                    "chance + frac x (best final mean balanced accuracy - chance)"),
+                           **{k: [[f, rnd(t)] for f, t in v] for k, v in targets.items()}}
+        summary = {m: aggregate_method(runs[m], meta, targets) for m in args.methods}
+        comparisons = [c for c in (compare(summary, a, b) for a, b in PAIRS) if c]
+        res["settings"][name] = {**meta, "summary": summary, "comparisons": comparisons, "runs": runs}
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# Plots (from the JSON dict alone)
+# ------------------------------------------------------------------------------------------------
+
+def _band(ax, xs, ys, color, label):
+    """Mean line and mean +- std band over seeds; ys: (seeds, points) with NaN for missing values."""
+    ys = np.array(ys, dtype=float)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        m, s = np.nanmean(ys, 0), np.nanstd(ys, 0)
+    ax.plot(xs, m, color=color, label=label, lw=1.3, marker="." if np.isnan(m).any() else None, ms=3)
+    ax.fill_between(xs, m - s, m + s, color=color, alpha=0.18, lw=0)
+
+
+def _group_mean(row, group):
+    vals = [row[c] for c in group if row[c] is not None]
+    return sum(vals) / len(vals) if vals else np.nan
+
+
+def make_plots(res, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 (matplotlib.ticker.NullFormatter below)
+    paths = []
+    for name, st in res["settings"].items():
+        methods = list(st["runs"])
+        mnr, maj, classes = st["minority"], st["majority"], st["classes"]
+        gname = lambda g: (classes[g[0]] if len(g) == 1 else f"classes {', '.join(classes[c] for c in g)}")
+        where = f"{res['dataset']}, {st['description']}, {st['model']}, {res['device_name']}"
+
+        # 1. Per-class curves: probe loss and test accuracy, majority / minority / all, mean +- std over seeds.
+        fig, axes = plt.subplots(2, 3, figsize=(15, 8), sharex=True)
+        for m in methods:
+            runs = st["runs"][m]
+            ms = runs[0]["measure"]["step"] + [st["steps"]]
+            loss = lambda g: [[_group_mean(row, g) for row in r["measure"]["probe_loss"]] +
+                              [_group_mean(r["final"]["probe_loss"], g)] for r in runs]
+            es = runs[0]["eval"]["step"]
+            acc = lambda g: [[_group_mean(row, g) for row in r["eval"]["per_class_acc"]] for r in runs]
+            _band(axes[0, 0], ms, loss(maj), COLORS[m], m)
+            _band(axes[0, 1], ms, loss(mnr), COLORS[m], m)
+            _band(axes[0, 2], ms, loss(list(range(len(classes)))), COLORS[m], m)
+            _band(axes[1, 0], es, acc(maj), COLORS[m], m)
+            _band(axes[1, 1], es, acc(mnr), COLORS[m], m)
+            _band(axes[1, 2], es, acc(list(range(len(classes)))), COLORS[m], m)
+        titles = [f"train loss (probe), majority: {gname(maj)}", f"train loss (probe), minority: {gname(mnr)}",
+                  "train loss (probe), mean over classes", f"test accuracy (%), majority: {gname(maj)}",
+                  f"test accuracy (%), minority: {gname(mnr)}", "balanced test accuracy (%)"]
+        for ax, t in zip(axes.flat, titles):
+            ax.set_title(t, fontsize=9)
+            ax.grid(alpha=0.3)
+        for ax in axes[1]:
+            ax.set_xlabel("step")
+            ax.set_ylim(-2, 102)
+        axes[0, 0].legend(fontsize=8)
+        fig.suptitle(f"{name}: per-class learning curves, mean ± std over {len(st['runs'][methods[0]])} seeds\n{where}",
+                     fontsize=10)
+        fig.tight_layout()
+        paths.append(os.path.join(out, f"{name}_per_class.png"))
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+
+        # 2. Update-norm histograms (log bins), split by whether the batch held a minority image.
+        cols = min(3, len(methods))
+        rows = math.ceil(len(methods) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.3 * rows), squeeze=False)
+        drop = st["lr_drop_step"]
+        allv = [u for m in methods for r in st["runs"][m] for u in r["update_norm"][:drop] if u]
+        bins = np.logspace(np.log10(min(allv)), np.log10(max(allv)), 50) if allv else 20
+        for ax, m in zip(axes.flat, methods):
+            w, wo = [], []
+            for r in st["runs"][m]:
+                for u, p in zip(r["update_norm"][:drop], r["minority_present"][:drop]):
+                    if u:
+                        (w if p else wo).append(u)
+            ax.hist([wo, w], bins=bins, stacked=True, color=["silver", COLORS[m]],
+                    label=[f"no minority image ({len(wo)})", f"minority in batch ({len(w)})"])
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded minor labels
+            if w + wo:
+                ax.axvline(np.median(wo + w), color="k", lw=0.8, ls="--")
+            ax.set_title(f"{m}: median {np.median(wo + w) if w + wo else float('nan'):.3g} (dashed)", fontsize=9)
+            ax.legend(fontsize=7)
+            ax.set_xlabel("||θ(t+1) − θ(t)||")
+        for ax in list(axes.flat)[len(methods):]:
+            ax.axis("off")
+        fig.suptitle(f"{name}: norm of every update before the lr drop (step < {drop}), all seeds\n{where}",
+                     fontsize=10)
+        fig.tight_layout()
+        paths.append(os.path.join(out, f"{name}_update_norms.png"))
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+
+        # 3. Directional noise: cos(mini-batch class gradient, full class gradient) and the step's alignment.
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharex=True)
+        for m in methods:
+            runs = st["runs"][m]
+            ms = runs[0]["measure"]["step"]
+            for ax, key, g in ((axes[0], "cos_batch_full", maj), (axes[1], "cos_batch_full", mnr),
+                               (axes[2], "descent_alignment", mnr)):
+                _band(ax, ms, [[_group_mean(row, g) for row in r["measure"][key]] for r in runs], COLORS[m], m)
+        for ax, t in zip(axes, [f"cos(batch grad, full grad), majority: {gname(maj)}",
+                                f"cos(batch grad, full grad), minority: {gname(mnr)}\n(gaps: minority absent)",
+                                f"cos(step direction, full minority grad)\n< 0: the step raises the minority loss"]):
+            ax.set_title(t, fontsize=9)
+            ax.axhline(0, color="k", lw=0.6)
+            ax.set_xlabel("step")
+            ax.set_ylim(-1.05, 1.05)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"{name}: directional noise (1 = the mini-batch gradient points along the full gradient)\n{where}",
+                     fontsize=10)
+        fig.tight_layout()
+        paths.append(os.path.join(out, f"{name}_directional_noise.png"))
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+
+        # 4. Final accuracy spread over seeds.
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+        for ax, key, t in ((axes[0], "final_minority_acc", f"final minority test accuracy (%): {gname(mnr)}"),
+                           (axes[1], "final_balanced_acc", "final balanced test accuracy (%)")):
+            for i, m in enumerate(methods):
+                s = st["summary"][m][key]
+                vals = s["values"]
+                jitter = np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else [0]
+                ax.scatter(i + np.array(jitter), vals, color=COLORS[m], s=18, zorder=3)
+                if s["mean"] is not None:
+                    ax.errorbar(i + 0.3, s["mean"], yerr=s["std"], fmt="s", color="k", ms=4, capsize=4)
+                    ax.text(i, max(vals) + 1.5, f"σ={s['std']:.2f}", ha="center", fontsize=8)
+            ax.set_xticks(range(len(methods)), methods, rotation=20, fontsize=8)
+            ax.set_ylim(-5, 110)
+            ax.set_title(t, fontsize=9)
+            ax.grid(alpha=0.3, axis="y")
+        fig.suptitle(f"{name}: final accuracy of every seed (dots), mean ± std (squares)\n{where}", fontsize=10)
+        fig.tight_layout()
+        paths.append(os.path.join(out, f"{name}_final_spread.png"))
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------
+# The generated summary (every number read from the JSON)
+# ------------------------------------------------------------------------------------------------
+
+def _f(x, digits=1):
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _steps(s):
+    """A steps-to-target entry as text: the median over seeds, or how many seeds got there."""
+    if s["median"] is not None:
+        return f"{s['median']:g}"
+    if s["median_reached"] is not None:
+        return f"{s['median_reached']:g} ({s['reached']}/{s['n']} seeds)"
+    return f"not reached (0/{s['n']} seeds)"
+
+
+def _times(r, more, less):
+    if r is None:
+        return None
+    if abs(r - 1) < 0.05:
+        return f"about the same ({r:.2f}x)"
+    if r == 0:
+        return f"0x ({less})"
+    return f"{r:.2f}x {more}" if r > 1 else f"{1 / r:.2f}x {less}"
+
+
+def _spread(a, b, sa, sb):
+    """'b varies k x more/less than a' from two stds."""
+    if sa is None or sb is None:
+        return "n/a"
+    if sa == 0 and sb == 0:
+        return "neither varies across seeds"
+    if sa == 0:
+        return f"only {b} varies across seeds"
+    if sb == 0:
+        return f"only {a} varies across seeds"
+    return f"{b} varies {_times(sb / sa, 'more', 'less')}"
+
+
+def verdict(c, S):
+    """The measured answer for one pair 'a vs b' (c from 'comparisons', S the setting's summary), as bullets."""
+    a, b = c["a"], c["b"]
+    speed = []
+    for key, t in c["steps_to_target"].items():
+        kind = key.split("@")[0]
+        txt = (f"{kind} accuracy >= {t['target']:.1f}% (and staying): {_steps(S[a]['steps_to_target'][key])} ({a}) vs "
+               f"{_steps(S[b]['steps_to_target'][key])} ({b}) steps")
+        if t["b_over_a"] is not None:
+            txt += f", {b} {_times(t['b_over_a'], 'slower', 'faster')}"
+        speed.append(txt)
+    fm, fb = c["final_minority_acc"], c["final_balanced_acc"]
+    spread = (f"final minority accuracy {_f(fm['a_mean'])} ± {_f(fm['a_std'], 2)} ({a}) vs {_f(fm['b_mean'])} ± "
+              f"{_f(fm['b_std'], 2)} ({b}): {_spread(a, b, fm['a_std'], fm['b_std'])}; final balanced accuracy "
+              f"{_f(fb['a_mean'])} ± {_f(fb['a_std'], 2)} vs {_f(fb['b_mean'])} ± {_f(fb['b_std'], 2)}: "
+              f"{_spread(a, b, fb['a_std'], fb['b_std'])}")
+    cv, lj, cm = c["update_norm_cv"], c["late_jitter"], c["cos_minority"]
+    noise = (f"update-norm CV {_f(cv['a'], 2)} ({a}) vs {_f(cv['b'], 2)} ({b}); std of the minority accuracy over "
+             f"the last third of a run {_f(lj['a'], 2)} vs {_f(lj['b'], 2)} points; minority cos(batch, full) "
+             f"{_f(cm['a'], 2)} vs {_f(cm['b'], 2)}")
+    return [f"- **{a} vs {b}**", "  - speed: " + "; ".join(speed) + ".", "  - spread over seeds: " + spread + ".",
+            "  - noise: " + noise + "."]
+
+
+def _speed_sentence(c, S, key):
+    a, b = c["a"], c["b"]
+    t = c["steps_to_target"][key]
+    kind = key.split("@")[0]
+    sa, sb = S[a]["steps_to_target"][key], S[b]["steps_to_target"][key]
+    if t["b_over_a"] is not None and abs(t["b_over_a"] - 1) >= 0.05:
+        fast, slow = (a, b) if t["b_over_a"] > 1 else (b, a)
+        return (f"{fast} reached {kind} accuracy >= {t['target']:.1f}% (and stayed) faster: median "
+                f"{_steps(S[fast]['steps_to_target'][key])} vs {_steps(S[slow]['steps_to_target'][key])} steps "
+                f"({max(t['b_over_a'], 1 / t['b_over_a']):.2f}x).")
+    if t["b_over_a"] is not None:
+        return (f"{a} and {b} reached {kind} accuracy >= {t['target']:.1f}% (and stayed) equally fast: median "
+                f"{_steps(sa)} vs {_steps(sb)} steps.")
+    return f"{kind.capitalize()} accuracy >= {t['target']:.1f}% (and staying): {_steps(sa)} steps ({a}) vs {_steps(sb)} ({b})."
+
+
+def headline(c, S):
+    """The post's question in a few sentences: which converges faster (to the first minority target, and to the
+    first balanced target, since a model that calls everything 'minority' also has a high minority accuracy),
+    which varies more across seeds, and by how much."""
+    a, b = c["a"], c["b"]
+    keys = list(c["steps_to_target"])
+    first = " ".join(_speed_sentence(c, S, k) for k in
+                     [next(k for k in keys if k.startswith("minority")), next(k for k in keys if k.startswith("balanced"))])
+    fb = c["final_balanced_acc"]
+    if fb["a_std"] is None or fb["b_std"] is None:
+        second = "Spread over seeds: n/a."
+    elif fb["a_std"] == fb["b_std"]:
+        second = f"Both vary equally across seeds (std of final balanced accuracy {fb['a_std']:.2f})."
+    else:
+        more, less = (a, b) if fb["a_std"] > fb["b_std"] else (b, a)
+        hi, lo = max(fb["a_std"], fb["b_std"]), min(fb["a_std"], fb["b_std"])
+        by = f"{hi / lo:.2f}x" if lo > 0 else "only one of them varies"
+        second = (f"{more} varied more across seeds: std of the final balanced accuracy {hi:.2f} vs {lo:.2f} points "
+                  f"({by}).")
+    fm = c["final_minority_acc"]
+    third = (f"Final minority accuracy {_f(fm['a_mean'])} ± {_f(fm['a_std'], 2)} ({a}) vs {_f(fm['b_mean'])} ± "
+             f"{_f(fm['b_std'], 2)} ({b}), final balanced accuracy {_f(fb['a_mean'])} vs {_f(fb['b_mean'])}.")
+    zero = [f"{m} in {S[m]['final_minority_zero_seeds']}/{S[m]['final_minority_acc']['n']} seeds" for m in (a, b)
+            if S[m]["final_minority_zero_seeds"]]
+    if zero:
+        third += (" The final model classified no minority test image correctly for " + " and ".join(zero) +
+                  " (collapsed onto the majority; such seeds add no spread).")
+    return f"{first} {second} {third}"
+
+
+def summary_text(res):
+    a = res["args"]
+    test = f"at most {a['test_per_class']} images per class" if a["test_per_class"] else "all of it"
+    L = ["# Oversampling vs class weights in mini-batch SGD: measured answer", "",
+         f"Generated by `studies/oversampling_vs_weights.py` from `study.json` (same folder); do not edit by hand. "
+         f"Mode **{res['mode']}**, data **{res['dataset']}**, device **{res['device_name']}**, torch "
+         f"{res['torch_version']}, git {str(res['git_commit'])[:10]}{' (dirty)' if res['git_dirty'] else ''}, "
+         f"{res['date']}, wall time {common.fmt_time(res['wall_time_s'])}.", "",
+         f"Optimizer: SGD lr {a['lr']:g} (PCNSGD: {a['pcn_lr'] if a['pcn_lr'] is not None else a['lr']:g}), momentum "
+         f"{a['momentum']:g}, weight decay {a['weight_decay']:g}, lr x{a['lr_drop']:g} from {a['lr_drop_at']:g} of the "
+         f"steps; the same initial weights for every method of a seed; {a['seeds']} seeds per method. Accuracies: "
+         f"the test set ({test}), "
+         f"in %; spreads: the sample std over seeds.", ""]
+    if res["mode"] == "quick":
+        L += ["**Quick mode**: a small model and a short budget, to check the pipeline; the numbers below are "
+              "what this short run measured, not the study's result.", ""]
+    for name, st in res["settings"].items():
+        S = st["summary"]
+        post = [c for c in st["comparisons"] if c["a"] == "oversampling" and c["b"].startswith("class_weights")]
+        if post:
+            L += [f"**In short ({name}, {st['model']}, {res['device_name']})**:", ""]
+            L += [f"- {c['b']}: {headline(c, S)}" for c in post] + [""]
+    for name, st in res["settings"].items():
+        S = st["summary"]
+        mnr = ", ".join(st["classes"][c] for c in st["minority"])
+        first = S[next(iter(S))]["steps_to_target"]
+        tkeys = list(first)
+        tlist = "; ".join(f"{k} {first[k]['target']:.1f}%" for k in tkeys)
+        L += [f"## {name}: {st['description']}", "",
+              f"Training counts {st['train_counts']}, minority = {mnr}; model {st['model']} "
+              f"({st['model_params']:,} parameters); {st['steps']} steps for every method (test accuracy every "
+              f"{st['eval_every']} steps, probe loss and gradients every {st['measure_every']}); class weights "
+              f"{st['class_weights']}. Targets: {st['targets']['rule']} ({tlist}).", "",
+              f"| method | final minority acc | final balanced acc | steps to {tkeys[0]} | batches w/o minority "
+              "| update norm median (CV) | mean update norm, batches w/ / w/o minority | cos(batch, full) minority / "
+              "majority | steps raising the minority loss | minority loss initial rise (seeds) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for m, s in S.items():
+            u, r = s["update_norm"], s["minority_loss_initial_rise"]
+            neg = s["descent_alignment_minority"]["frac_negative"]
+            L.append(
+                f"| {m} | {_f(s['final_minority_acc']['mean'])} ± {_f(s['final_minority_acc']['std'], 2)} "
+                f"| {_f(s['final_balanced_acc']['mean'])} ± {_f(s['final_balanced_acc']['std'], 2)} "
+                f"| {_steps(s['steps_to_target'][tkeys[0]])} | {_f(100 * s['no_minority_frac']['mean'])}% "
+                f"(iid {_f(100 * st['expected_no_minority_frac_iid'][m])}%) "
+                f"| {_f(u['median'], 3)} ({_f(u['cv'], 2)}) | {_f(u['with_minority_mean'], 3)} / "
+                f"{_f(u['without_minority_mean'], 3)} | {_f(s['cos_batch_full_minority']['mean'], 2)} / "
+                f"{_f(s['cos_batch_full_majority']['mean'], 2)} | {_f(None if neg is None else 100 * neg, 0)}% "
+                f"| {_f(r['mean'], 3)} ({r['seeds_with_rise']}/{r['n']}) |")
+        L += ["", "Steps to target: median over seeds of the first evaluated step from which the accuracy stays at or "
+              "above the target; '(k/n seeds)' when not every seed got there. 'iid': the expected share for "
+              "independent draws, (1 - p_minority)^B. Update norms ||θ(t+1) − θ(t)||: steps before the lr drop, all "
+              "seeds; CV = std / mean. cos(batch, full): cosine of a class's mini-batch gradient with its full "
+              "gradient on the probe subset where the class was in the batch (1 = no directional noise). Steps "
+              "raising the minority loss: share of measured steps whose direction has a negative cosine with the "
+              "full minority gradient. Initial rise: the largest increase of the minority probe loss above its "
+              "value at step 0 (the 'minority initial drop').", "", "**Measured comparisons**", ""]
+        for c in st["comparisons"]:
+            L += verdict(c, S)
+        L += ["", *[f"![{name} {p}]({name}_{p}.png)" for p in ("per_class", "update_norms", "directional_noise",
+                                                              "final_spread")], ""]
+    return "\n".join(L)
+
+
+def write_outputs(res, out, plots=True):
+    path = os.path.join(out, "study.json")
+    common.write_json(path, res)
+    with open(path) as f:
+        res = json.load(f)  # the summary and the plots read back exactly what was written
+    written = [path]
+    if plots:
+        try:
+            written += make_plots(res, out)
+        except ImportError:
+            print("warning: matplotlib is not installed: no plots", file=sys.stderr)
+    md = os.path.join(out, "SUMMARY.md")
+    with open(md, "w") as f:
+        f.write(summary_text(res))
+    return written + [md]
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="CPU-sized run: SmallCNN, 3 seeds, few steps, capped test set")
+    p.add_argument("--from-json", default=None, help="re-make the plots and SUMMARY.md of an existing study.json")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="imagefolder", help="imagefolder | synthetic")
+    d.add_argument("--data-dir", default=os.path.join(ROOT, "data", "cifar10-jpeg"),
+                   help="an image folder with train/<class>/ and test/<class>/ (CIFAR-10 as JPEGs)")
+    d.add_argument("--cache-dir", default=os.environ.get("IMBALANCE_REF_CACHE", os.path.join(
+        os.path.expanduser("~"), ".cache", "imbalance-ref")), help="where decoded image folders are cached")
+    d.add_argument("--settings", nargs="+", default=None,
+                   help="binary and/or lt10 (default both; quick: binary only, since lt10's batch of 128 and 10 "
+                        "per-class gradients add roughly 5-10 min on 2 CPU cores)")
+    d.add_argument("--binary-classes", nargs=2, default=None, metavar=("MAJORITY", "MINORITY"),
+                   help="class folder names (default automobile truck, as the PCN code's OFF family; synthetic: "
+                        "the first two classes)")
+    d.add_argument("--binary-ratio", type=float, default=99.0,
+                   help="majority : minority in the binary setting (the post)")
+    d.add_argument("--lt-ratio", type=float, default=100.0, help="imbalance ratio of the lt10 setting")
+    d.add_argument("--data-seed", type=int, default=0, help="seed of the subsets (np.random.RandomState)")
+    d.add_argument("--test-per-class", type=int, default=None, help="cap on test images per class (quick: 200)")
+    d.add_argument("--probe-per-class", type=int, default=None,
+                   help="fixed training images per class for the probe loss and full gradients (default 100, quick 16)")
+    d.add_argument("--synthetic-train-per-class", type=int, default=500)
+    d.add_argument("--synthetic-test-per-class", type=int, default=100)
+    d.add_argument("--synthetic-size", type=int, default=32, help="image side of the synthetic set (a multiple of 4)")
+    t = p.add_argument_group("training")
+    t.add_argument("--methods", nargs="+", default=list(METHODS), help=" ".join(METHODS))
+    t.add_argument("--seeds", type=int, default=None, help="seeds per method (default 5, quick 3)")
+    t.add_argument("--seed0", type=int, default=0, help="first seed")
+    t.add_argument("--model", default=None, help="resnet32 (full default) | smallcnn (quick default)")
+    t.add_argument("--width", type=int, default=16, help="SmallCNN width")
+    t.add_argument("--batch-binary", type=int, default=16, help="batch size of the binary setting (the post)")
+    t.add_argument("--batch-lt", type=int, default=128, help="batch size of the lt10 setting (the protocol)")
+    t.add_argument("--steps-binary", type=int, default=None, help="steps per run, binary (default 1500, quick 300)")
+    t.add_argument("--steps-lt", type=int, default=None, help="steps per run, lt10 (default 600, quick 60)")
+    t.add_argument("--lr", type=float, default=0.1, help="SGD learning rate of every method")
+    t.add_argument("--pcn-lr", type=float, default=None,
+                   help="learning rate of pcnsgd / pcnsgd_o (default --lr, as the paper and methods/pcn_sgd.py)")
+    t.add_argument("--momentum", type=float, default=0.0, help="0: plain SGD, as the post and the PCN code")
+    t.add_argument("--weight-decay", type=float, default=0.0, help="0, as the PCN code")
+    t.add_argument("--lr-drop-at", type=float, default=0.75, help="fraction of the steps after which lr x --lr-drop "
+                                                                  "(0 or 1: constant lr)")
+    t.add_argument("--lr-drop", type=float, default=0.1)
+    t.add_argument("--eps", type=float, default=1e-6, help="PCN g / (||g|| + eps) (official 1e-6)")
+    m = p.add_argument_group("measurement and output")
+    m.add_argument("--evals", type=int, default=None,
+                   help="test-accuracy evaluations per run, evenly spaced, plus the end (default 30, quick 15)")
+    m.add_argument("--measures", type=int, default=None,
+                   help="probe-loss and per-class-gradient measurements per run, evenly spaced (default 40, quick 20)")
+    m.add_argument("--target-acc", type=float, default=None,
+                   help="fixed accuracy target (%%) for 'steps to target'; default: fractions of the best method")
+    m.add_argument("--target-fracs", type=float, nargs="+", default=[0.5, 0.8],
+                   help="targets as fractions of the best final mean accuracy of any method")
+    m.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    m.add_argument("--workers", type=int, default=None,
+                   help="runs in parallel processes (default: 4 on a GPU, whose eager small-kernel steps leave it idle "
+                        "most of the time, 1 on a CPU)")
+    m.add_argument("--out", default=None,
+                   help="output folder (default results/study/, quick results/scratch/study-quick/)")
+    m.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per process (quick: 1, faster than 2 for the small model on a busy 2-core "
+                        "machine; default: the CPU count / --workers)")
+    m.add_argument("--no-plots", action="store_true")
+    m.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress lines inside each run (default: on in full mode, off with --quick)")
+    args = p.parse_args(argv)
+    if args.from_json:
+        return args
+    q = args.quick
+    # Defaults of the two modes (a flag given on the command line always wins).
+    fill = {"settings": ["binary"] if q else list(SETTINGS), "seeds": 3 if q else 5,
+            "model": "smallcnn" if q else "resnet32", "steps_binary": 300 if q else 1500,
+            "steps_lt": 60 if q else 600, "evals": 15 if q else 30, "measures": 20 if q else 40,
+            "verbose": not q, "threads": 1 if q else None, "probe_per_class": 16 if q else 100,
+            "test_per_class": 200 if q else None,
+            "out": os.path.join(ROOT, "results", "scratch", "study-quick") if q else os.path.join(ROOT, "results", "study")}
+    for k, v in fill.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    chk = common.check
+    chk(args.dataset in ("imagefolder", "synthetic"),
+        f"unknown --dataset '{args.dataset}': use imagefolder or synthetic")
+    if args.dataset == "imagefolder":
+        chk(os.path.isdir(args.data_dir), f"data folder {args.data_dir} does not exist: pass --data-dir (e.g. extract "
+                                          "cifar10-jpeg.tar.gz into data/) or use --dataset synthetic")
+    bad = [s for s in args.settings if s not in SETTINGS]
+    chk(not bad, f"unknown setting(s) {', '.join(bad)}: use {' '.join(SETTINGS)}")
+    bad = [m for m in args.methods if m not in METHODS]
+    chk(not bad, f"unknown method(s) {', '.join(bad)}: use {' '.join(METHODS)}")
+    chk(len(set(args.methods)) == len(args.methods), "--methods lists a method twice")
+    chk(args.model in ("resnet32", "smallcnn"), f"unknown --model '{args.model}': use resnet32 or smallcnn")
+    chk(args.seeds >= 1, f"--seeds must be >= 1, got {args.seeds}")
+    chk(args.threads is None or args.threads >= 1, "--threads must be >= 1")
+    chk(args.workers is None or args.workers >= 1, f"--workers must be >= 1, got {args.workers}")
+    for k in ("evals", "measures", "steps_binary", "steps_lt", "batch_binary", "batch_lt", "width", "probe_per_class",
+              "synthetic_train_per_class", "synthetic_test_per_class"):
+        chk(getattr(args, k) >= 1, f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
+    chk(args.test_per_class is None or args.test_per_class >= 1, "--test-per-class must be >= 1")
+    chk(args.synthetic_size >= 4 and args.synthetic_size % 4 == 0,
+        f"--synthetic-size must be a positive multiple of 4, got {args.synthetic_size}")
+    chk(args.binary_ratio >= 1 and args.lt_ratio >= 1, "--binary-ratio and --lt-ratio must be >= 1")
+    chk(args.lr > 0 and (args.pcn_lr is None or args.pcn_lr > 0), "--lr and --pcn-lr must be > 0")
+    chk(0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}")
+    chk(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
+    chk(0 <= args.lr_drop_at <= 1 and 0 < args.lr_drop <= 1, "--lr-drop-at must be in [0, 1] and --lr-drop in (0, 1]")
+    chk(args.eps > 0, "--eps must be > 0")
+    chk(all(0 < f <= 1 for f in args.target_fracs), "--target-fracs must be in (0, 1]")
+    args.device = common.resolve_device(args.device)
+    if args.workers is None:
+        args.workers = 4 if torch.device(args.device).type == "cuda" else 1
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.from_json:
+        common.check(os.path.isfile(args.from_json), f"{args.from_json} does not exist")
+        with open(args.from_json) as f:
+            try:
+                res = json.load(f)
+            except ValueError as e:
+                raise common.UserError(f"{args.from_json} is not JSON ({e})")
+        common.check(res.get("study") == "oversampling_vs_weights",
+                     f"{args.from_json} is not a study.json of this study")
+        for p in write_outputs(res, os.path.dirname(os.path.abspath(args.from_json)))[1:]:
+            print(f"wrote {p}")
+        return
+    cores()  # fail early if a method file is missing
+    set_threads(args)
+    t0 = time.time()
+    if os.path.exists(os.path.join(args.out, "study.json")):
+        print(f"note: {os.path.join(args.out, 'study.json')} exists and will be replaced", flush=True)
+    settings = {}
+    for name in args.settings:
+        settings[name] = build_setting(args, name, args.device)
+        _SETTING_CACHE[name] = settings[name]
+        st = settings[name]
+        print(f"{name}: {st['description']}; train counts {st['counts']}, test {len(st['pool'].test_y)} images, "
+              f"probe {len(st['probe'])} images, {st['steps']} steps x {len(args.methods)} methods x "
+              f"{args.seeds} seeds, "
+              f"model {args.model}, device {args.device}", flush=True)
+    results = run_all(args, list(settings))
+    res = build_result(args, settings, results, t0)
+    for p in write_outputs(res, args.out, plots=not args.no_plots):
+        print(f"wrote {p}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""studies/oversampling_vs_weights.py: its measurement helpers on cases with known answers, the per-class
+assembly of each method's gradient, and one tiny end-to-end run of the quick mode on synthetic data."""
+import importlib.util
+import json
+import math
+import os
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conftest import ROOT, load_method, run_script
+
+STUDY = "studies/oversampling_vs_weights.py"
+
+
+def load_study():
+    spec = importlib.util.spec_from_file_location("study_ovw", os.path.join(ROOT, STUDY))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+S = load_study()
+
+
+# ---- measurement helpers -------------------------------------------------------------------------
+
+def test_batches_without_a_minority_sample_are_counted():
+    labels = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [1, 1, 0, 1], [0, 0, 0, 0]])
+    present = S.presence(labels, 2)
+    assert present.tolist() == [[True, False], [True, True], [True, False], [True, True], [True, False]]
+    assert S.no_group_fraction(present, [1]) == pytest.approx(3 / 5)
+    assert S.no_group_fraction(present, [0]) == 0.0
+    # A group of several classes: a batch counts as "without" only if none of them is there.
+    three = torch.tensor([[0, 0], [2, 0], [1, 0]])
+    assert S.no_group_fraction(S.presence(three, 3), [1, 2]) == pytest.approx(1 / 3)
+    # The post's setting: 1:99, batch 16, i.i.d. draws -> (99/100)^16 = 85.1% of batches hold no minority image.
+    assert S.expected_no_group_fraction([0.99, 0.01], [1], 16) == pytest.approx(0.99 ** 16)
+    assert 0.85 < S.expected_no_group_fraction([0.99, 0.01], [1], 16) < 0.86
+
+
+def test_cosine_of_identical_opposite_and_orthogonal_gradients():
+    g = [torch.tensor([1.0, -2.0]), torch.tensor([[3.0, 0.5]])]
+    assert S.cosine(g, [t.clone() for t in g]) == pytest.approx(1.0)
+    assert S.cosine(g, [2.5 * t for t in g]) == pytest.approx(1.0)  # scale does not matter
+    assert S.cosine(g, [-t for t in g]) == pytest.approx(-1.0)
+    assert S.cosine([torch.tensor([1.0, 0.0])], [torch.tensor([0.0, 3.0])]) == pytest.approx(0.0)
+    assert S.cosine(g, None) is None and S.cosine(None, g) is None  # a class absent from the batch
+    assert S.cosine(g, [torch.zeros(2), torch.zeros(1, 2)]) is None  # zero gradient: undefined, not 0
+    assert S.grad_norm(g) == pytest.approx(math.sqrt(1 + 4 + 9 + 0.25))
+
+
+def test_measure_rows_of_a_step_with_known_gradients():
+    """The per-step record of the training loop: class 0's mini-batch gradient equals its full gradient (no
+    directional noise: cos 1), class 1 is absent from the batch, and the step points against class 1's gradient."""
+    params = [torch.zeros(2), torch.zeros(1, 2)]
+    g = [torch.tensor([3.0, 0.0]), torch.tensor([[0.0, 4.0]])]   # ||g|| = 5
+    h = [torch.tensor([0.0, 1.0]), torch.tensor([[0.0, 0.0]])]   # ||h|| = 1, orthogonal to g
+    rows = S.measure_rows([g, None], [g, h], [-t for t in h], [torch.tensor(2.0), None], params)
+    assert rows["batch_grad_norm"] == [pytest.approx(5.0), None]
+    assert rows["probe_grad_norm"] == [pytest.approx(5.0), pytest.approx(1.0)]
+    assert rows["cos_batch_full"] == [pytest.approx(1.0), None]
+    assert rows["descent_alignment"] == [pytest.approx(0.0, abs=1e-7), pytest.approx(-1.0)]
+    assert rows["term_norm"] == [pytest.approx(2.0), None]
+    assert rows["direction_norm"] == pytest.approx(1.0)
+
+
+def test_update_norm_of_a_known_sgd_step():
+    model = nn.Linear(3, 2)
+    before = S.flat_params(model)
+    model.weight.grad = torch.ones(2, 3)
+    model.bias.grad = torch.tensor([3.0, 4.0])
+    torch.optim.SGD(model.parameters(), lr=0.5).step()
+    # theta' - theta = -lr * g, so ||update|| = 0.5 * sqrt(6 * 1 + 9 + 16).
+    assert float(S.update_norm(before, model)) == pytest.approx(0.5 * math.sqrt(31), rel=1e-6)
+    assert float(S.update_norm(S.flat_params(model), model)) == 0.0
+
+
+def test_steps_to_target_and_initial_rise():
+    steps = [0, 10, 20, 30, 40]
+    acc = [60, 40, 55, 70, 65]
+    assert S.steps_to_target(steps, acc, 50) == 20            # reached at 0 by luck, for good from 20
+    assert S.steps_to_target(steps, acc, 50, stay=False) == 0
+    assert S.steps_to_target(steps, acc, 66) is None          # 70 at step 30, but 65 after it
+    assert S.steps_to_target(steps, acc, 66, stay=False) == 30
+    rise = S.initial_rise([0, 5, 10, 15], [1.0, 1.5, 1.2, 0.9])
+    assert rise["rise"] == pytest.approx(0.5) and rise["back_at_step"] == 15
+    assert S.initial_rise([0, 5], [1.0, 0.7]) == {"rise": pytest.approx(0.0), "back_at_step": 0}
+    assert S.initial_rise([0, 5, 10], [1.0, 2.0, 1.5])["back_at_step"] is None
+
+
+def test_minority_and_majority_groups():
+    assert S.group_classes([5000, 50], "minority") == [1] and S.group_classes([5000, 50], "majority") == [0]
+    lt = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    assert S.group_classes(lt, "minority") == [7, 8, 9] and S.group_classes(lt, "majority") == [0, 1, 2]
+
+
+# ---- each method's gradient, assembled from per-class gradients -----------------------------------
+
+@pytest.mark.parametrize("method", ["erm", "oversampling", "class_weights", "class_weights_n"])
+def test_per_class_assembly_equals_the_method_loss_gradient(method):
+    """On measured steps the study builds the step from per-class gradients: sum_c s_c g_c must be exactly the
+    gradient of the method's loss (PyTorch's weighted CE for class_weights, sum w l / B for class_weights_n)."""
+    pcn = load_method("pcn_sgd")
+    cw = load_method("class_weights")
+    torch.manual_seed(0)
+    model = S.SmallCNN(3, width=4)
+    x = torch.randn(10, 3, 8, 8)
+    y = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 2, 0])
+    weights = cw.inverse_frequency_weights([600, 30, 10])
+    params = list(model.parameters())
+    logits = model(x)
+    per_sample = F.cross_entropy(logits, y, reduction="none")
+    direct = torch.autograd.grad(S.method_loss(method, per_sample, y, weights), params, retain_graph=True)
+    class_grads, _ = pcn.per_class_grads(model, logits, y, 3)
+    assembled = S.combine(class_grads, S.class_coefficients(method, y, weights, 3))
+    for a, b in zip(direct, assembled):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    if method == "class_weights":  # the study's formula is PyTorch's weight= normalization
+        ref = F.cross_entropy(logits, y, weight=weights)
+        ours = float(S.method_loss(method, per_sample, y, weights).detach())
+        assert ours == pytest.approx(float(ref.detach()), rel=1e-6)
+    if method == "class_weights_n":  # a batch of head images only gets its loss scaled by w_0 (0.02 at 1:99)
+        w2 = cw.inverse_frequency_weights([99, 1])
+        assert w2.tolist() == pytest.approx([0.02, 1.98])
+        only_head = torch.zeros(16, dtype=torch.long)
+        l = torch.rand(16)
+        assert float(S.method_loss(method, l, only_head, w2)) == pytest.approx(0.02 * float(l.mean()), rel=1e-5)
+        assert float(S.method_loss("class_weights", l, only_head, w2)) == pytest.approx(float(l.mean()), rel=1e-5)
+
+
+def test_batch_plans():
+    k = S.cores()
+    labels = torch.tensor([0] * 99 + [1] * 1)
+    g = torch.Generator().manual_seed(0)
+    erm, sizes = S.batch_plan("erm", labels, [99, 1], 25, 16, g, k)
+    assert sizes is None and erm.shape == (25, 16)
+    assert sorted(erm.flatten()[:100].tolist()) == list(range(100))  # each epoch is a permutation
+    pc, sizes = S.batch_plan("pcnsgd_o", labels, [99, 1], 30, 16, g, k)
+    assert sizes == [8, 8] and pc.shape == (30, 16)
+    assert S.no_group_fraction(S.presence(labels[pc], 2), [1]) == 0.0
+    pc, sizes = S.batch_plan("pcnsgd", labels, [99, 1], 30, 16, g, k)
+    assert sizes[1] == 1 and (labels[pc] == 1).sum(1).tolist() == [1] * 30
+    os_, _ = S.batch_plan("oversampling", labels, [99, 1], 200, 16, g, k)
+    share = float((labels[os_] == 1).float().mean())
+    assert 0.45 < share < 0.55  # class-balanced draws: the one minority image is half of every batch on average
+
+
+# ---- the quick mode end to end ---------------------------------------------------------------------
+
+# Both settings, all six methods, 2 seeds, on 8x8 synthetic images: the whole pipeline in a few CPU seconds.
+TINY = ["--quick", "--settings", "binary", "lt10", "--dataset", "synthetic", "--synthetic-train-per-class", "40",
+        "--synthetic-test-per-class", "5", "--synthetic-size", "8", "--binary-ratio", "8", "--lt-ratio", "10",
+        "--steps-binary", "12", "--steps-lt", "4", "--seeds", "2", "--width", "4", "--evals", "3", "--measures", "3",
+        "--probe-per-class", "3", "--device", "cpu"]
+
+
+def test_quick_mode_end_to_end(tmp_path):
+    out = tmp_path / "study"
+    proc = run_script(STUDY, *TINY, "--out", out, timeout=300)
+    assert "[24/24]" in proc.stdout  # 2 settings x 6 methods x 2 seeds, with progress lines
+    files = sorted(os.listdir(out))
+    for setting in ("binary", "lt10"):
+        for plot in ("per_class", "update_norms", "directional_noise", "final_spread"):
+            assert f"{setting}_{plot}.png" in files
+            assert os.path.getsize(out / f"{setting}_{plot}.png") > 5000
+    res = json.loads((out / "study.json").read_text())
+    b = res["settings"]["binary"]
+    assert b["train_counts"] == [40, 5] and b["minority"] == [1] and b["steps"] == 12
+    inv = [1 / 40, 1 / 5]  # inverse frequency, normalized to sum to C = 2
+    assert b["class_weights"] == pytest.approx([2 * v / sum(inv) for v in inv], rel=1e-4)
+    for m in S.METHODS:
+        runs = b["runs"][m]
+        assert [r["seed"] for r in runs] == [0, 1]
+        for r in runs:
+            assert len(r["update_norm"]) == 12 and all(u > 0 for u in r["update_norm"])
+            assert r["eval"]["step"][0] == 0 and r["eval"]["step"][-1] == 12
+            assert len(r["measure"]["cos_batch_full"]) == len(r["measure"]["step"]) >= 3
+            assert sum(r["sampled_class_counts"]) == 12 * r["images_per_step"]
+            assert 0 <= r["no_minority_frac"] <= 1
+            # recount the batches without a minority image from the per-step record
+            assert r["no_minority_frac"] == pytest.approx(1 - sum(r["minority_present"]) / 12)
+            for row in r["measure"]["cos_batch_full"]:
+                assert all(c is None or -1.0001 <= c <= 1.0001 for c in row)
+        if m.startswith("pcnsgd"):
+            assert all(r["no_minority_frac"] == 0 for r in runs)  # every class in every batch
+        s = b["summary"][m]
+        assert s["final_minority_acc"]["values"] == [r["final"]["minority_acc"] for r in runs]
+    # Paired design: erm and both class-weight variants see the same batches for a seed.
+    for m in ("class_weights", "class_weights_n"):
+        for r, e in zip(b["runs"][m], b["runs"]["erm"]):
+            assert r["minority_present"] == e["minority_present"]
+            assert r["sampled_class_counts"] == e["sampled_class_counts"]
+    # Same seed, same initial weights: the step-0 probe loss is identical for every method.
+    first = {m: b["runs"][m][0]["measure"]["probe_loss"][0] for m in S.METHODS}
+    assert all(v == pytest.approx(first["erm"]) for v in first.values())
+    # The summary's numbers come from the JSON: every method's final minority mean +- std appears as written.
+    md = (out / "SUMMARY.md").read_text()
+    assert "Mode **quick**" in md and "device **cpu**" in md and "synthetic" in md
+    for name, st in res["settings"].items():
+        for m, s in st["summary"].items():
+            f = s["final_minority_acc"]
+            assert f"| {m} | {f['mean']:.1f} ± {f['std']:.2f} |" in md
+        for c in st["comparisons"]:
+            fb = c["final_balanced_acc"]
+            assert f"{fb['a_mean']:.1f} ± {fb['a_std']:.2f} vs {fb['b_mean']:.1f} ± {fb['b_std']:.2f}" in md
+    # --from-json rebuilds the same summary from the JSON alone.
+    (out / "SUMMARY.md").unlink()
+    run_script(STUDY, "--from-json", out / "study.json", timeout=120)
+    again = (out / "SUMMARY.md").read_text()
+    assert again == md
+
+
+def test_bad_input_gives_a_one_line_error(tmp_path):
+    proc = run_script(STUDY, "--quick", "--data-dir", tmp_path / "nope", "--out", tmp_path, check=False)
+    assert proc.returncode == 1
+    assert re.fullmatch(r"error: data folder .*nope does not exist: .*\n", proc.stderr)
+    proc = run_script(STUDY, "--quick", "--dataset", "synthetic", "--methods", "erm", "magic", "--out", tmp_path,
+                      check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == "error: unknown method(s) magic: use " + " ".join(S.METHODS)
