@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -150,7 +151,7 @@ def load_arrays(args):
         return load_cifar(args.dataset, args.data_dir or os.path.join(ROOT, "data"), args.download)
     if args.dataset == "imagefolder":
         return load_imagefolder(args.data_dir, args.cache_dir)
-    return make_synthetic()
+    return make_synthetic(size=16)  # 16x16: a quarter of the compute of 32x32, for fast tests
 
 
 def load_cifar(name, root, download):
@@ -209,7 +210,11 @@ def load_imagefolder(root, cache_dir):
     h = hashlib.sha256(root.encode())
     for split in ("train", "test"):
         for path in files[split][0]:
-            st = os.stat(path)
+            try:
+                st = os.stat(path)
+            except OSError as e:  # e.g. a symlink whose target moved
+                raise UserError(f"cannot read image {path} ({e.__class__.__name__}: {e.strerror}): "
+                                "remove or replace the file")
             h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     cache = os.path.join(cache_dir, f"imagefolder-{h.hexdigest()[:20]}.npz")
     if os.path.exists(cache):
@@ -249,8 +254,8 @@ def make_synthetic(num_classes=10, train_per_class=100, test_per_class=20, size=
     """A tiny, learnable, class-conditional image set: each class is a smooth random colour pattern,
     each image that pattern under noise and a random brightness shift. Made from `seed`, no files."""
     rng = np.random.RandomState(seed)
-    coarse = rng.uniform(0, 255, size=(num_classes, 3, 4, 4))
-    templates = coarse.repeat(size // 4, axis=2).repeat(size // 4, axis=3).transpose(0, 2, 3, 1)
+    coarse = rng.uniform(0, 255, size=(num_classes, 3, 2, 2))  # 2x2 colour blocks: robust to crops
+    templates = coarse.repeat(size // 2, axis=2).repeat(size // 2, axis=3).transpose(0, 2, 3, 1)
 
     def draw(n):
         y = np.repeat(np.arange(num_classes), n)
@@ -522,11 +527,36 @@ def write_json(path, obj):
     """Atomic: a temporary file in the same folder, then a rename. A kill never leaves half a file."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # the dump failed: leave no half file behind
+            os.remove(tmp)
+    remove_stale_temps(path)
+
+
+def remove_stale_temps(path):
+    """Delete <path>.tmp<pid> files left by a process killed while writing (that pid no longer runs).
+    Nothing reads them as results; this only keeps results folders clean."""
+    if os.name != "posix":
+        return
+    for stale in glob.glob(glob.escape(path) + ".tmp*"):
+        pid = stale[len(path) + len(".tmp"):]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            try:
+                os.remove(stale)
+            except OSError:
+                pass
+        except OSError:  # it exists (another user's process): leave its file alone
+            pass
 
 
 def fmt_time(seconds):
@@ -548,6 +578,16 @@ class Run:
                 print(f"skip: {self.path} exists", flush=True)
                 raise SystemExit(0)
             raise UserError(f"{self.path} exists: pass --overwrite to replace it, or --skip-existing")
+        # The results folder must be creatable now, not after hours of training (nothing is written yet).
+        parent = os.path.abspath(os.path.dirname(self.path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        check(os.path.isdir(parent), f"cannot write {self.path}: {parent} is not a folder (see --out)")
+        try:  # a real probe (os.access can be wrong on network file systems); the file never shows up
+            tempfile.TemporaryFile(dir=parent).close()
+        except OSError as e:
+            raise UserError(f"cannot write {self.path}: {parent} is not writable ({e.__class__.__name__}); "
+                            "see --out")
         self.t0 = time.time()
         self.device = args.device
         self.generator = seed_everything(args.seed, args.deterministic, args.device)
@@ -574,7 +614,7 @@ class Run:
         self._loss_sum, self._steps = 0.0, 0
         if not math.isfinite(train_loss):
             self.save(status="diverged", epochs_completed=epoch, diverged_epoch=epoch)
-            raise SystemExit(f"error: {self.tag} the training loss became {train_loss} in epoch {epoch} "
+            raise SystemExit(f"error: {self.tag} the training loss became {train_loss} in epoch {epoch + 1} "
                              f"(lr {lr:g}): the run diverged; status 'diverged' written to {self.path}")
         entry = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "test_top1": None}
         last = epoch == args.epochs - 1
@@ -744,7 +784,7 @@ def report(results_dir):
             row = rows[method]
             top1 = f"{_cell(row['top1'])} ({row['n']})" if row["n"] else "—"
             if row["diverged"]:
-                top1 += " " + ", ".join(f"seed {s}: diverged (epoch {e})" for s, e in row["diverged"])
+                top1 += " " + ", ".join(f"seed {s}: diverged in epoch {e + 1}" for s, e in row["diverged"])
             paper = f"{row['paper']:.2f}" if row["paper"] is not None else "—"
             wall = f"{row['wall'][0]:.0f} s" if row["wall"][0] is not None else "—"
             lines.append(f"| {method} | {top1} | {_cell(row['many'])} | {_cell(row['medium'])} | "
@@ -841,11 +881,67 @@ def plot_setting(results_dir, setting, rows):
     return paths
 
 
+# ------------------------------------------------------------------------------------------------
+# The `Result:` line of each method file's header, generated from the committed JSON of the main setting
+# ------------------------------------------------------------------------------------------------
+
+HEADER_SETTING = "cifar10-jpeg-exp-r100"
+NOT_MEASURED = "not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run)."
+
+
+def header_result(script, results_dir=os.path.join(ROOT, "results")):
+    """What the header of methods/<script> must say under `Result:`, from results/<HEADER_SETTING>/."""
+    runs = [r for r in load_results(results_dir) if r["setting"] == HEADER_SETTING
+            and r["command"].split()[0] == f"methods/{script}"]
+    if not runs:
+        return NOT_MEASURED
+    rows = summarize(runs)[HEADER_SETTING]
+    parts = [f"{m} {_cell(rows[m]['top1'])} (n={rows[m]['n']})" for m in sorted(rows, key=lambda m: -rows[m]["top1"][0])]
+    devices = sorted({d for m in rows for d in rows[m]["devices"]})
+    torches = sorted({t for m in rows for t in rows[m]["torch"]})
+    return (f"{'; '.join(parts)} top-1 % on JPEG CIFAR-10-LT R=100, final epoch, mean ± std over seeds; "
+            f"{', '.join(devices)}, torch {', '.join(torches)} (results/RESULTS.md).")
+
+
+def read_header_result(path):
+    """The text of the `Result:` entry of a method file's docstring, whitespace collapsed."""
+    lines = open(path).read().split('"""')[1].splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("Result:"))
+    block = [lines[start][len("Result:"):]]
+    for l in lines[start + 1:]:
+        if not l.startswith(" ") or not l.strip():
+            break
+        block.append(l)
+    return " ".join(" ".join(block).split())
+
+
+def write_headers(results_dir=os.path.join(ROOT, "results")):
+    import textwrap
+    for path in sorted(glob.glob(os.path.join(ROOT, "methods", "*.py"))):
+        text = open(path).read()
+        old = read_header_result(path)
+        new = header_result(os.path.basename(path), results_dir)
+        if old == new:
+            continue
+        lines = text.splitlines(keepends=True)
+        start = next(i for i, l in enumerate(lines) if l.startswith("Result:"))
+        end = start + 1
+        while end < len(lines) and lines[end].startswith(" ") and lines[end].strip():
+            end += 1
+        wrapped = textwrap.fill(new, width=110, initial_indent="Result:    ", subsequent_indent=" " * 11)
+        with open(path, "w") as f:
+            f.write("".join(lines[:start]) + wrapped + "\n" + "".join(lines[end:]))
+        print(f"updated the Result line of {os.path.relpath(path, ROOT)}")
+
+
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description="imbalance-ref shared helpers")
+    p = ArgumentParser(description="imbalance-ref shared helpers")
     sub = p.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("report", help="results/**/seed*.json -> results/RESULTS.md and plots")
+    rep = sub.add_parser("report", help="results/**/seed*.json -> results/RESULTS.md, plots, README table, "
+                                        "and the Result line of each method file's header")
     rep.add_argument("results_dir", nargs="?", default=os.path.join(ROOT, "results"))
     cli = p.parse_args()
     if cli.command == "report":
         report(cli.results_dir)
+        if os.path.abspath(cli.results_dir) == os.path.join(ROOT, "results"):
+            write_headers(cli.results_dir)

@@ -6,11 +6,12 @@
 #   SETTINGS="exp:100 exp:10 step:100" bash run_all.sh
 #   SMOKE=1 bash run_all.sh                          # every run tiny: synthetic data, 2 epochs, CPU (tests)
 #
-# Environment: DATA_DIR (an ImageFolder with train/ and test/), SEEDS ("0 1 2"), SETTINGS ("exp:100"),
+# Environment: DATA_DIR (an ImageFolder with train/ and test/) or DATA_FLAGS (e.g. "--dataset cifar10
+# --download" for the original CIFAR-10 through torchvision), SEEDS ("0 1 2"), SETTINGS ("exp:100"),
 # JOBS (runs at once; 4 on one GPU gives about 3x the throughput of 1), OUT (results), PYTHON, EXTRA (flags
 # added to every run), ONLY (run only the rows whose script or flags match this grep pattern).
 # A run whose JSON already exists is skipped, so a killed table run resumes where it stopped; delete a
-# JSON (or add EXTRA=--overwrite) to run it again. The training seed varies; the data seed stays 0, the
+# JSON (or add EXTRA=--overwrite) to run it again. Logs are appended to, so a resumed run keeps its history. The training seed varies; the data seed stays 0, the
 # subset of the official code.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,7 +32,7 @@ else
   JOBS=${JOBS:-4}
   OUT=${OUT:-results}
   DATA_DIR=${DATA_DIR:-data/cifar10-jpeg}
-  DATA_FLAGS="--dataset imagefolder --data-dir $DATA_DIR"
+  DATA_FLAGS=${DATA_FLAGS:-"--dataset imagefolder --data-dir $DATA_DIR"}  # or "--dataset cifar10 --download"
 fi
 
 # One row of the table per line: the script in methods/ and its flags (the paper's row in the comment).
@@ -58,11 +59,15 @@ ROWS=(
   "sam.py --base ldam_drw"                # LDAM-DRW + SAM
 )
 
+# Several processes at once each with several CPU threads oversubscribe the cores and can run 10x slower
+# (eager runs on a GPU are bound by one CPU thread's kernel launches anyway): one thread each by default.
+if [ "$JOBS" -gt 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
+
 jobs_list=()
 for row in "${ROWS[@]}"; do
   script=${row%% *}
+  if [ -n "$ONLY" ] && ! grep -qE -- "$ONLY" <<<"$row"; then continue; fi  # rows not asked for need no file
   [ -f "methods/$script" ] || { echo "run_all.sh: methods/$script is missing" >&2; exit 1; }
-  if [ -n "$ONLY" ] && ! grep -qE -- "$ONLY" <<<"$row"; then continue; fi
   for setting in $SETTINGS; do
     for seed in $SEEDS; do
       jobs_list+=("$row|${setting%%:*}|${setting##*:}|$seed")
@@ -95,7 +100,7 @@ for job in "${jobs_list[@]}"; do
   echo "[run_all] start $started/$total: methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed"
   # shellcheck disable=SC2086  # flags are meant to split into words
   "$PYTHON" "methods/${row%% *}" ${row#"${row%% *}"} $DATA_FLAGS --imbalance-type "$itype" \
-    --imbalance-ratio "$ratio" --seed "$seed" --out "$OUT" --skip-existing $EXTRA >"$log" 2>&1 &
+    --imbalance-ratio "$ratio" --seed "$seed" --out "$OUT" --skip-existing $EXTRA >>"$log" 2>&1 &
 done
 while [ "$finished" -lt "$started" ]; do reap; done
 

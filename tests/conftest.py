@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -40,3 +42,13 @@ def read_results(out_dir):
                 with open(os.path.join(dirpath, f)) as fh:
                     found[os.path.relpath(os.path.join(dirpath, f), out_dir)] = json.load(fh)
     return found
+
+
+@pytest.fixture(scope="session")
+def smoke_table(tmp_path_factory):
+    """`SMOKE=1 bash run_all.sh` once per test session: every row of the table for 2 epochs on the synthetic
+    set. Returns (CompletedProcess, results folder). test_smoke and test_run_all both read it."""
+    out = tmp_path_factory.mktemp("smoke_table") / "results"
+    proc = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "SMOKE": "1", "OUT": str(out), "JOBS": "2"})
+    return proc, out

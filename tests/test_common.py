@@ -96,10 +96,11 @@ def test_augment_is_a_zero_padded_crop_or_its_flip_per_image():
     x = data.train_x[:64]
     out = data.augment(x, torch.Generator().manual_seed(0))
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    h = x.shape[-1]
     kinds = set()
     for k in range(len(x)):
         match = [(i, j, f) for i in range(9) for j in range(9) for f in (0, 1)
-                 if torch.equal(out[k], padded[k, :, i:i + 32, j:j + 32].flip(2) if f else padded[k, :, i:i + 32, j:j + 32])]
+                 if torch.equal(out[k], padded[k, :, i:i + h, j:j + h].flip(2) if f else padded[k, :, i:i + h, j:j + h])]
         assert match, f"image {k} is not a crop of its padded self"
         kinds.update(match)
     assert len({m[:2] for m in kinds}) > 10 and {m[2] for m in kinds} == {0, 1}  # offsets and flips vary per image
@@ -120,7 +121,7 @@ def test_batches_are_full_and_cover_every_image():
     assert len(data) == 403 and data.steps_per_epoch == 7 and len(seen) == 7 * 64
     assert np.array_equal(np.bincount(seen.numpy(), minlength=10) >= np.array(data.train_counts), [True] * 10)
     short = list(data.batches(order[:5], g))  # an order shorter than a batch still gives one full batch
-    assert len(short) == 1 and short[0][0].shape == (64, 3, 32, 32)
+    assert len(short) == 1 and short[0][0].shape == (64,) + data.train_x.shape[1:]
 
 
 # ---- evaluation -----------------------------------------------------------------------------------
@@ -176,6 +177,7 @@ def test_imagefolder_is_decoded_once_and_cached(tmp_path):
 
 
 def test_synthetic_is_reproducible_and_class_conditional():
+    """(the --dataset synthetic set is 16x16, a quarter of the compute of CIFAR's 32x32)"""
     a, b = common.make_synthetic(), common.make_synthetic()
     assert all(np.array_equal(x, y) for x, y in zip(a[:4], b[:4]))
     x, y = a[0].astype(float), a[1]

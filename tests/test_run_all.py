@@ -1,7 +1,6 @@
 """`SMOKE=1 bash run_all.sh` end to end: every row of the table runs, writes its JSON, and the report covers all."""
 import os
 import re
-import subprocess
 
 from conftest import ROOT, read_results
 
@@ -12,10 +11,8 @@ def table_rows():
     return [line.split("#")[0].strip().strip('"') for line in block.splitlines() if line.strip().startswith('"')]
 
 
-def test_smoke_run_all_end_to_end(tmp_path):
-    out = tmp_path / "results"
-    proc = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "SMOKE": "1", "OUT": str(out), "JOBS": "2"})
+def test_smoke_run_all_end_to_end(smoke_table):
+    proc, out = smoke_table
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = table_rows()
     assert len(rows) >= 20
@@ -24,6 +21,7 @@ def test_smoke_run_all_end_to_end(tmp_path):
     assert all(r["status"] == "completed" for r in results.values())
     assert len({r["method"] for r in results.values()}) == len(rows)  # every row has its own method name
     assert re.search(rf"\[run_all\] {len(rows)}/{len(rows)} done, 0 failed", proc.stdout)
+    assert re.search(r"eta \d+:\d\d:\d\d", proc.stdout)
     report = (out / "RESULTS.md").read_text()
     for r in results.values():
         assert f"| {r['method']} |" in report
