@@ -896,42 +896,43 @@ def header_result(script, results_dir=os.path.join(ROOT, "results")):
     if not runs:
         return NOT_MEASURED
     rows = summarize(runs)[HEADER_SETTING]
-    parts = [f"{m} {_cell(rows[m]['top1'])} (n={rows[m]['n']})" for m in sorted(rows, key=lambda m: -rows[m]["top1"][0])]
+    parts = [f"{m} {_cell(rows[m]['top1'])} (n={rows[m]['n']})" for m in sorted(rows, key=lambda m: -(rows[m]["top1"][0] or -1))]
     devices = sorted({d for m in rows for d in rows[m]["devices"]})
     torches = sorted({t for m in rows for t in rows[m]["torch"]})
     return (f"{'; '.join(parts)} top-1 % on JPEG CIFAR-10-LT R=100, final epoch, mean ± std over seeds; "
             f"{', '.join(devices)}, torch {', '.join(torches)} (results/RESULTS.md).")
 
 
+def _result_block(lines):
+    """(start, end) of the `Result:` entry among a docstring's lines: its line and the indented ones after it."""
+    start = next(i for i, l in enumerate(lines) if l.startswith("Result:"))
+    end = start + 1
+    while end < len(lines) and lines[end].startswith(" ") and lines[end].strip():
+        end += 1
+    return start, end
+
+
 def read_header_result(path):
     """The text of the `Result:` entry of a method file's docstring, whitespace collapsed."""
     lines = open(path).read().split('"""')[1].splitlines()
-    start = next(i for i, l in enumerate(lines) if l.startswith("Result:"))
-    block = [lines[start][len("Result:"):]]
-    for l in lines[start + 1:]:
-        if not l.startswith(" ") or not l.strip():
-            break
-        block.append(l)
-    return " ".join(" ".join(block).split())
+    start, end = _result_block(lines)
+    return " ".join(" ".join(lines[start:end])[len("Result:"):].split())
 
 
-def write_headers(results_dir=os.path.join(ROOT, "results")):
+def write_headers(results_dir=os.path.join(ROOT, "results"), methods_dir=os.path.join(ROOT, "methods")):
     import textwrap
-    for path in sorted(glob.glob(os.path.join(ROOT, "methods", "*.py"))):
+    for path in sorted(glob.glob(os.path.join(methods_dir, "*.py"))):
         text = open(path).read()
         old = read_header_result(path)
         new = header_result(os.path.basename(path), results_dir)
         if old == new:
             continue
         lines = text.splitlines(keepends=True)
-        start = next(i for i, l in enumerate(lines) if l.startswith("Result:"))
-        end = start + 1
-        while end < len(lines) and lines[end].startswith(" ") and lines[end].strip():
-            end += 1
+        start, end = _result_block(lines)
         wrapped = textwrap.fill(new, width=110, initial_indent="Result:    ", subsequent_indent=" " * 11)
         with open(path, "w") as f:
             f.write("".join(lines[:start]) + wrapped + "\n" + "".join(lines[end:]))
-        print(f"updated the Result line of {os.path.relpath(path, ROOT)}")
+        print(f"updated the Result line of {path}")
 
 
 if __name__ == "__main__":

@@ -23,3 +23,30 @@ def test_header_has_the_fields_of_the_template(script):
     doc = open(os.path.join(ROOT, "methods", script)).read().split('"""')[1]
     for field in ("Paper:", "Code:", "vs ERM:", "Result:", "Run:"):
         assert f"\n{field}" in doc, f"methods/{script} header lacks '{field}'"
+
+
+def test_report_writes_the_header_from_the_json(tmp_path):
+    """A fake committed result of erm.py in the main setting: the generated header states it, to the digit."""
+    import shutil
+    setting = common.HEADER_SETTING
+    data_dir = str(tmp_path / "cifar10-jpeg")
+    args = {"dataset": "imagefolder", "data_dir": data_dir, "imbalance_type": "exp", "imbalance_ratio": 100.0,
+            "method": "erm", "seed": 0}
+    for seed, top1 in ((0, 70.0), (1, 72.0)):
+        r = {"method": "erm", "status": "completed", "setting": setting, "args": {**args, "seed": seed},
+             "command": "methods/erm.py --seed 1", "train_class_counts": [5000, 50], "final": {
+                 "top1": top1, "per_class_acc": [top1, top1], "many": top1, "medium": None, "few": None, "ece": 1.0},
+             "history": [], "wall_time_s": 40.0, "device_name": "NVIDIA H100", "torch_version": "2.11.0"}
+        common.write_json(str(tmp_path / "results" / setting / "erm" / f"seed{seed}.json"), r)
+    methods = tmp_path / "methods"
+    methods.mkdir()
+    shutil.copy(os.path.join(ROOT, "methods", "erm.py"), methods / "erm.py")
+    expected = common.header_result("erm.py", str(tmp_path / "results"))
+    assert expected.startswith("erm 71.00 ± 1.41 (n=2) top-1 %") and "NVIDIA H100, torch 2.11.0" in expected
+    common.write_headers(str(tmp_path / "results"), str(methods))
+    assert common.read_header_result(str(methods / "erm.py")) == expected
+    text = (methods / "erm.py").read_text()
+    assert text.count("Result:") == 1 and "\nRun:" in text and "not measured yet" not in text
+    assert text.replace(text.split("Result:")[1].split("\nRun:")[0], "") == \
+        open(os.path.join(ROOT, "methods", "erm.py")).read().replace(
+            open(os.path.join(ROOT, "methods", "erm.py")).read().split("Result:")[1].split("\nRun:")[0], "")
