@@ -690,6 +690,9 @@ PAPER_TOP1 = {
                                "ldam_drw": 42.04, "mm_drw": 42.86, "mm_ldam_drw": 43.47,
                                "sam_ce_drw": 44.6, "sam_ldam_drw": 45.4},
 }
+# The methods the per-class plot shows when a setting has more than 8 (solid lines in the curves).
+MAIN_METHODS = ("erm", "oversampling", "drs", "class_weights", "cb_focal", "erm_drw", "ldam_drw", "mm_drw",
+                "logit_adjust", "vs", "pcnsgd_o", "sam_ldam_drw")
 PAPER_NOTES = ("Published numbers were measured on the original CIFAR pixels by the papers' own code, which reports "
                "the best test epoch of one run; on the JPEG copy every method scores a few points lower, the "
                "differences between methods carry over. "
@@ -832,14 +835,17 @@ def plot_setting(results_dir, setting, rows):
     if not methods:
         return []
     done = lambda m: [r for r in rows[m]["runs"] if r["status"] == "completed"]
+    colors = {m: plt.cm.tab20(k % 20) for k, m in enumerate(sorted(methods))}
+    main = [m for m in methods if m in MAIN_METHODS] if len(methods) > 8 else methods
+    main = main or methods[:8]
     counts = done(methods[0])[0]["train_class_counts"]
     C = len(counts)
     paths = []
-    fig, ax = plt.subplots(figsize=(max(8, 0.12 * C * len(methods) ** 0.5 + 6), 4.5))
-    width = 0.8 / len(methods)
-    for k, m in enumerate(methods):
+    fig, ax = plt.subplots(figsize=(max(8, 0.12 * C * len(main) ** 0.5 + 6), 4.5))
+    width = 0.8 / len(main)
+    for k, m in enumerate(main):
         acc = np.mean([r["final"]["per_class_acc"] for r in done(m)], axis=0)
-        ax.bar(np.arange(C) + (k - (len(methods) - 1) / 2) * width, acc, width, label=m)
+        ax.bar(np.arange(C) + (k - (len(main) - 1) / 2) * width, acc, width, label=m, color=colors[m])
     ax.set_xlabel("class (head to tail)")
     ax.set_ylabel("test accuracy (%), final epoch, mean over seeds")
     ax.set_ylim(0, 100)
@@ -848,7 +854,7 @@ def plot_setting(results_dir, setting, rows):
     ax2.set_yscale("log")
     ax2.set_ylabel("training images (log)")
     ax.legend(fontsize=7, ncol=2, loc="lower left")
-    ax.set_title(f"{setting}: per-class accuracy")
+    ax.set_title(f"{setting}: per-class accuracy" + (" (main methods)" if main != methods else ""))
     fig.tight_layout()
     paths.append(os.path.join(results_dir, setting, "per_class_acc.png"))
     fig.savefig(paths[-1], dpi=110)
@@ -861,9 +867,10 @@ def plot_setting(results_dir, setting, rows):
         epochs = [h["epoch"] + 1 for h in rs[0]["history"] if h["test_top1"] is not None]
         curves = [[h["test_top1"] for h in r["history"] if h["test_top1"] is not None] for r in rs]
         n = min(len(c) for c in curves)
-        ax.plot(epochs[:n], np.mean([c[:n] for c in curves], axis=0), label=m)
+        ax.plot(epochs[:n], np.mean([c[:n] for c in curves], axis=0), label=m, color=colors[m],
+                ls="-" if m in main else ":")
         a = rs[0]["args"]
-        marks.update(("lr decay", e) for e in a.get("lr_decay_epochs", []))
+        marks.update(("lr decay", e) for e in a.get("lr_decay_epochs", []) if e < a["epochs"])
         if a.get("drw_epoch") and a["drw_epoch"] < a["epochs"]:
             marks.add(("DRW", a["drw_epoch"]))
     for label, e in sorted(marks, key=lambda t: t[1]):
