@@ -824,6 +824,14 @@ def make_plots(res, out):
     import matplotlib.pyplot as plt
     import matplotlib.ticker  # noqa: F401 (matplotlib.ticker.NullFormatter below)
     paths = []
+
+    def save(fig, title, filename):  # every figure ends the same way: title, layout, PNG, close
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        paths.append(os.path.join(out, filename))
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+
     for name, st in res["settings"].items():
         methods = list(st["runs"])
         mnr, maj, classes = st["minority"], st["majority"], st["classes"]
@@ -855,12 +863,8 @@ def make_plots(res, out):
             ax.set_xlabel("step")
             ax.set_ylim(-2, 102)
         axes[0, 0].legend(fontsize=8)
-        fig.suptitle(f"{name}: per-class learning curves, mean ± std over {len(st['runs'][methods[0]])} seeds\n{where}",
-                     fontsize=10)
-        fig.tight_layout()
-        paths.append(os.path.join(out, f"{name}_per_class.png"))
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
+        save(fig, f"{name}: per-class learning curves, mean ± std over {len(st['runs'][methods[0]])} seeds\n{where}",
+             f"{name}_per_class.png")
 
         # 2. Update-norm histograms (log bins), split by whether the batch held a minority image.
         cols = min(3, len(methods))
@@ -886,12 +890,8 @@ def make_plots(res, out):
             ax.set_xlabel("||θ(t+1) − θ(t)||")
         for ax in list(axes.flat)[len(methods):]:
             ax.axis("off")
-        fig.suptitle(f"{name}: norm of every update before the lr drop (step < {drop}), all seeds\n{where}",
-                     fontsize=10)
-        fig.tight_layout()
-        paths.append(os.path.join(out, f"{name}_update_norms.png"))
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
+        save(fig, f"{name}: norm of every update before the lr drop (step < {drop}), all seeds\n{where}",
+             f"{name}_update_norms.png")
 
         # 3. Directional noise: cos(mini-batch class gradient, full class gradient) and the step's alignment.
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharex=True)
@@ -910,12 +910,8 @@ def make_plots(res, out):
             ax.set_ylim(-1.05, 1.05)
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
-        fig.suptitle(f"{name}: directional noise (1 = the mini-batch gradient points along the full gradient)\n{where}",
-                     fontsize=10)
-        fig.tight_layout()
-        paths.append(os.path.join(out, f"{name}_directional_noise.png"))
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
+        save(fig, f"{name}: directional noise (1 = the mini-batch gradient points along the full gradient)\n{where}",
+             f"{name}_directional_noise.png")
 
         # 4. Final accuracy spread over seeds.
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -933,11 +929,8 @@ def make_plots(res, out):
             ax.set_ylim(-5, 110)
             ax.set_title(t, fontsize=9)
             ax.grid(alpha=0.3, axis="y")
-        fig.suptitle(f"{name}: final accuracy of every seed (dots), mean ± std (squares)\n{where}", fontsize=10)
-        fig.tight_layout()
-        paths.append(os.path.join(out, f"{name}_final_spread.png"))
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
+        save(fig, f"{name}: final accuracy of every seed (dots), mean ± std (squares)\n{where}",
+             f"{name}_final_spread.png")
     return paths
 
 
