@@ -81,7 +81,15 @@ def make_parser(doc):
     t.add_argument("--seed", type=int, default=0, help="training seed (init, batch order, augmentation)")
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    r.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on GPU)")
+    r.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels where PyTorch has them, cuDNN autotuning off (slower on GPU)")
+    r.add_argument("--fast", action="store_true",
+                   help="CUDA only: capture the whole training step (forward, backward, optimizer step) as one CUDA "
+                        "graph and replay it, the same math without the CPU cost of ~600 kernel launches per step "
+                        "(see GraphedStep in common.py); ignored on CPU")
+    r.add_argument("--fp32", action="store_true",
+                   help="CUDA only: train and evaluate in fp32 (no bf16 autocast, no TF32), e.g. to compare --fast "
+                        "with the eager path bit for bit")
     r.add_argument("--eval-every", type=int, default=5, help="evaluate every N epochs (and always at the end)")
     r.add_argument("--out", default=os.path.join(ROOT, "results"), help="results root folder")
     r.add_argument("--name", default=None, help="name of the run's method folder (default: set by the method)")
@@ -119,6 +127,11 @@ def finish_args(args, method):
         check(args.data_dir is not None, "--dataset imagefolder needs --data-dir pointing at a folder with train/ and test/")
     args.method = args.name or method
     args.device = resolve_device(args.device)
+    cuda = torch.device(args.device).type == "cuda"
+    if (args.fast or args.fp32) and not cuda:
+        print(f"note: {'--fast' if args.fast else '--fp32'} only changes CUDA runs; this {args.device} run is "
+              "eager fp32 as always", file=sys.stderr, flush=True)
+    set_precision(bf16=cuda and not args.fp32)
     return args
 
 
@@ -417,7 +430,7 @@ class ResNet32(nn.Module):
 
     def features(self, x):
         out = self.layers(F.relu(self.bn1(self.conv1(x))))
-        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return F.avg_pool2d(out, out.shape[3]).flatten(1)  # as the official code (deterministic backward on CUDA)
 
     def forward(self, x):
         return self.linear(self.features(x))
@@ -447,22 +460,122 @@ def set_lr(optimizer, epoch, args):
     return lr
 
 
+BF16 = True  # bf16 autocast on CUDA; --fp32 turns it off (set_precision)
+
+
+def set_precision(bf16):
+    """bf16 autocast on CUDA (the default), or fp32 throughout with TF32 off too (--fp32)."""
+    global BF16
+    BF16 = bf16
+    if not bf16:  # PyTorch's defaults otherwise: TF32 convolutions, full-fp32 matmuls (NormedLinear's cosines)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
 def autocast(device):
-    """bf16 autocast on CUDA, plain fp32 on CPU. Losses take `logits.float()`."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" \
-        else torch.autocast("cpu", enabled=False)
+    """bf16 autocast on CUDA (unless --fp32), plain fp32 on CPU. Losses take `logits.float()`.
+    cache_enabled=False: no cast weights are kept between calls, which CUDA-graph capture (--fast) requires."""
+    kind = torch.device(device).type
+    if kind == "cuda" and BF16:
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+    return torch.autocast(kind, enabled=False)
 
 
 def seed_everything(seed, deterministic, device):
     torch.manual_seed(seed)
     np.random.seed(seed)
+    if torch.device(device).type == "cuda" and torch.device(device).index is not None:
+        torch.cuda.set_device(torch.device(device))  # streams and graphs (--fast) go to the current device
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        # warn_only: an op without a deterministic kernel warns (naming itself) instead of ending the run
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     elif torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = True
     return torch.Generator(device=device).manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# --fast: the whole training step as one CUDA graph
+# ------------------------------------------------------------------------------------------------
+
+class GraphedStep:
+    """`step(*inputs)` does what `fn(*inputs)` does (one training step: forward, loss, backward, optimizer step),
+    but replays it from a CUDA graph. Built by `run.fast_step(fn, model, optimizer)` when --fast is given on CUDA.
+
+    Why: eager PyTorch spends ~13 ms of CPU time per ResNet-32 step launching ~600 small kernels that take ~3 ms
+    on an H100. A CUDA graph records the kernels of one call of `fn` once and launches them all with one call.
+    What a replay does and does not see (the rules a step must follow):
+      - tensor arguments are copied into fixed input buffers before each replay (a new batch, new class weights);
+      - the non-tensor arguments (e.g. a class weight of None before DRW), the optimizer's learning rates (Python
+        floats, frozen into the kernels), train/eval mode and the inputs' shapes select the graph: when any of
+        them changes, the next `warmup` calls run eagerly, then a new graph is captured (8-10 times per run:
+        every lr value, the DRW switch). The eager calls create the optimizer state and let cuDNN pick its
+        kernels before capture (a captured step without momentum buffers would re-create them every replay);
+      - anything else `fn` reads that changes between calls (a Python variable of the loop) is NOT seen by a
+        replay: pass it as an argument. Host syncs (.item(), .tolist(), data-dependent shapes) cannot be
+        captured and fail at capture time.
+    Returned tensors are copies (a replay overwrites the graph's outputs). The counters in `stats` go into the
+    results JSON."""
+
+    def __init__(self, fn, model, optimizer, warmup=2):
+        if warmup < 1:
+            raise ValueError("warmup must be >= 1: the optimizer state has to exist before a capture")
+        self.fn, self.model, self.optimizer, self.warmup = fn, model, optimizer, warmup
+        self.side_stream = torch.cuda.Stream()  # eager warm-up runs on a side stream, as PyTorch's capture recipe
+        self.key, self.graph, self.eager_left = None, None, 0
+        self.static_inputs = self.static_output = None
+        self.stats = {"eager_steps": 0, "graph_captures": 0, "graph_replays": 0}
+
+    def configuration(self, inputs):
+        """What a graph is specific to (see the class docstring)."""
+        return (self.model.training, [group["lr"] for group in self.optimizer.param_groups],
+                [(a.shape, a.stride(), a.dtype, a.device) if torch.is_tensor(a) else ("value", a) for a in inputs])
+
+    def __call__(self, *inputs):
+        key = self.configuration(inputs)
+        if key != self.key:  # drop the old graph (and its memory); warm up, then capture a new one
+            self.key, self.eager_left = key, self.warmup
+            self.graph = self.static_inputs = self.static_output = None
+        if self.eager_left:
+            self.eager_left -= 1
+            self.stats["eager_steps"] += 1
+            self.side_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side_stream):
+                out = self.fn(*inputs)
+            torch.cuda.current_stream().wait_stream(self.side_stream)
+            return out
+        if self.graph is None:
+            self.capture(inputs)
+        for buffer, a in zip(self.static_inputs, inputs):
+            if torch.is_tensor(a):
+                buffer.copy_(a)
+        self.graph.replay()
+        self.stats["graph_replays"] += 1
+        return _clone_tensors(self.static_output)
+
+    def capture(self, inputs):
+        for a in inputs:
+            if torch.is_tensor(a) and a.device.type != "cuda":
+                raise ValueError(f"--fast: every tensor argument of the step must be on the GPU, got one on {a.device}")
+        self.static_inputs = [a.clone() if torch.is_tensor(a) else a for a in inputs]  # clone keeps channels_last
+        self.graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(self.graph):
+                self.static_output = self.fn(*self.static_inputs)
+        except RuntimeError as e:
+            raise RuntimeError("--fast: the training step could not be captured as a CUDA graph (a host sync such "
+                               "as .item() or a data-dependent shape inside it?); run without --fast") from e
+        self.stats["graph_captures"] += 1
+
+
+def _clone_tensors(out):
+    if torch.is_tensor(out):
+        return out.clone()
+    if isinstance(out, (tuple, list)):
+        return type(out)(_clone_tensors(o) for o in out)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -484,8 +597,10 @@ def predict(model, data):
 
 
 def metrics(probs, labels, train_counts):
-    """top-1, per-class accuracy, many/medium/few (None for an empty group) and ECE (15 bins), in %."""
+    """top-1, per-class accuracy, many/medium/few (None for an empty group) and ECE (15 bins), in %.
+    Computed on the CPU: small, and bincount with weights has no deterministic CUDA kernel."""
     num_classes = len(train_counts)
+    probs, labels = probs.float().cpu(), labels.cpu()
     conf, pred = probs.max(1)
     correct = (pred == labels).float()
     hits = torch.bincount(labels, weights=correct, minlength=num_classes)
@@ -592,6 +707,8 @@ class Run:
         self.device = args.device
         self.generator = seed_everything(args.seed, args.deterministic, args.device)
         self.data = Data(args, args.device)
+        self.setup_s = time.time() - self.t0  # data loading (the timed part of a benchmark starts after it)
+        self.graphed = None
         self.history, self.extra = [], {}
         self._loss_sum, self._steps = 0.0, 0
         self.last_eval = None
@@ -603,6 +720,14 @@ class Run:
     def device_name(self):
         d = torch.device(self.device)
         return torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu"
+
+    def fast_step(self, fn, model, optimizer):
+        """The training step to call: `fn` itself, or with --fast on CUDA a GraphedStep replaying it as one CUDA
+        graph (same math; `fn` must take every tensor that changes between steps as an argument)."""
+        if not self.args.fast or torch.device(self.device).type != "cuda":
+            return fn
+        self.graphed = GraphedStep(fn, model, optimizer)
+        return self.graphed
 
     def log_step(self, loss):
         self._loss_sum += loss.detach().float()   # a device tensor: no sync per step
@@ -621,8 +746,9 @@ class Run:
         if last or (epoch + 1) % args.eval_every == 0:
             self.last_eval = evaluate(model, self.data)
             entry["test_top1"] = self.last_eval["top1"]
-        self.history.append(entry)
         elapsed = time.time() - self.t0
+        entry["elapsed_s"] = round(elapsed, 3)  # since the start, including data loading and evaluations
+        self.history.append(entry)
         eta = elapsed / (epoch + 1) * (args.epochs - epoch - 1)
         test = f"  test {entry['test_top1']:5.2f}%" if entry["test_top1"] is not None else ""
         print(f"{self.tag} epoch {epoch + 1:3d}/{args.epochs}  lr {lr:.5f}  loss {train_loss:.4f}{test}  "
@@ -654,6 +780,8 @@ class Run:
             "history": self.history,
             "epochs_completed": epochs_completed,
             "wall_time_s": time.time() - self.t0,
+            "setup_time_s": self.setup_s,
+            "fast_path": self.graphed.stats if self.graphed is not None else None,
             "device_name": self.device_name(),
             "torch_version": torch.__version__,
             "git_commit": commit,

@@ -132,17 +132,23 @@ if __name__ == "__main__":
     uniform = torch.ones_like(weights)
     run.extra["class_weights"] = weights.tolist()
 
+    def train_step(x, y, class_weight):  # one SGD step on a batch
+        with common.autocast(args.device):
+            logits = model(x)
+        loss = cb_loss(args.loss, logits, y, class_weight, args.gamma)  # METHOD
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    step = run.fast_step(train_step, model, optimizer)  # train_step itself, or with --fast on CUDA its CUDA graph
+
     for epoch in range(args.epochs):
         lr = common.set_lr(optimizer, epoch, args)
         model.train()
         class_weight = weights if epoch >= args.drw_epoch else uniform  # METHOD: optionally deferred
         for x, y in data.batches(data.shuffled(run.generator), run.generator):
-            with common.autocast(args.device):
-                logits = model(x)
-            loss = cb_loss(args.loss, logits, y, class_weight, args.gamma)  # METHOD
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = step(x, y, class_weight)
             run.log_step(loss)
         run.end_epoch(epoch, lr, model)  # evaluates every --eval-every epochs, prints progress
 

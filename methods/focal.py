@@ -97,16 +97,22 @@ if __name__ == "__main__":
         alpha = alpha.to(args.device)
         run.extra["alpha"] = alpha.tolist()
 
+    def train_step(x, y):  # one SGD step on a batch
+        with common.autocast(args.device):
+            logits = model(x)
+        loss = focal_loss(logits, y, args.gamma, alpha)  # METHOD
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    step = run.fast_step(train_step, model, optimizer)  # train_step itself, or with --fast on CUDA its CUDA graph
+
     for epoch in range(args.epochs):
         lr = common.set_lr(optimizer, epoch, args)
         model.train()
         for x, y in data.batches(data.shuffled(run.generator), run.generator):
-            with common.autocast(args.device):
-                logits = model(x)
-            loss = focal_loss(logits, y, args.gamma, alpha)  # METHOD
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = step(x, y)
             run.log_step(loss)
         run.end_epoch(epoch, lr, model)  # evaluates every --eval-every epochs, prints progress
 

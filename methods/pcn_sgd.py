@@ -75,6 +75,9 @@ def parse_args(argv=None):
     common.check(args.gn_group_size >= 1 and 16 % args.gn_group_size == 0,
                  f"--gn-group-size must divide 16 (ResNet-32 has 16/32/64 channels), got {args.gn_group_size}")
     common.check(args.eps > 0, f"--eps must be > 0 (a zero class gradient would give 0/0), got {args.eps:g}")
+    if args.fast and args.norm == "group":
+        print("note: --norm group runs one forward per class with data-dependent shapes, which a CUDA graph cannot "
+              "replay: this run is eager despite --fast", file=sys.stderr, flush=True)
     name = args.variant + ("_gn" if args.norm == "group" else "")
     return common.finish_args(args, method=name)
 
@@ -122,16 +125,15 @@ def per_sample_ce(logits, labels):
 
 def per_class_grads(model, logits, labels, num_classes, loss_fn=per_sample_ce):
     """g_l = d/dw [sum_{y_i=l} loss_i / B] for every class l, from ONE joint forward (`logits`) and one backward per
-    class through the retained graph; None for a class absent from the batch. Returns (grads, per-sample losses)."""
+    class through the retained graph. A class absent from the batch gets an all-zero gradient, which
+    pcn_direction turns into a zero contribution (0 / (0 + eps)); no test of which classes are present, so the
+    step never waits for the GPU and can be captured as a CUDA graph (--fast). Returns (grads, per-sample losses)."""
     params = [p for p in model.parameters() if p.requires_grad]
     losses = loss_fn(logits, labels)
-    present = torch.bincount(labels, minlength=num_classes).tolist()
-    last = max((c for c in range(num_classes) if present[c]), default=-1)
-    grads = [None] * num_classes
+    grads = []
     for c in range(num_classes):
-        if present[c]:
-            class_loss = losses.masked_fill(labels != c, 0).sum() / len(labels)
-            grads[c] = list(torch.autograd.grad(class_loss, params, retain_graph=c < last, allow_unused=True))
+        class_loss = losses.masked_fill(labels != c, 0).sum() / len(labels)
+        grads.append(list(torch.autograd.grad(class_loss, params, retain_graph=c < num_classes - 1, allow_unused=True)))
     return grads, losses.detach()
 
 
@@ -153,8 +155,8 @@ def per_class_grads_split(model, x, labels, num_classes, loss_fn=per_sample_ce):
 
 
 def pcn_direction(class_grads, eps=1e-6):
-    """sum_l g_l / (||g_l|| + eps), per parameter; ||.|| over all parameters jointly; a None class (absent from the
-    batch) or a None parameter gradient contributes nothing."""
+    """sum_l g_l / (||g_l|| + eps), per parameter; ||.|| over all parameters jointly. A class absent from the batch
+    (an all-zero gradient, or None) and a None parameter gradient contribute nothing."""
     present = [g for g in class_grads if g is not None]
     if not present:
         raise ValueError("pcn_direction: no class has a gradient")
@@ -222,6 +224,15 @@ if __name__ == "__main__":
                      per_class_train_loss=[])
     normalize, split = args.variant != "sgd_o", args.norm == "group"
 
+    def train_step(x, y):  # one PCNSGD step on a batch; returns the per-sample losses
+        optimizer.zero_grad(set_to_none=True)
+        losses = update_direction(model, x, y, C, normalize=normalize, split=split, eps=args.eps)  # METHOD
+        optimizer.step()  # momentum and weight decay act on the normalized direction
+        return losses
+
+    # train_step itself, or with --fast on CUDA its CUDA graph (not --norm group: per-class shapes vary)
+    step = train_step if split else run.fast_step(train_step, model, optimizer)
+
     for epoch in range(args.epochs):
         lr = common.set_lr(optimizer, epoch, args)
         model.train()
@@ -229,9 +240,7 @@ if __name__ == "__main__":
         seen = torch.zeros(C, device=args.device)
         for idx in epoch_index_matrix(streams, sizes, steps):
             x, y = data.batch(idx, run.generator)
-            optimizer.zero_grad(set_to_none=True)
-            losses = update_direction(model, x, y, C, normalize=normalize, split=split, eps=args.eps)
-            optimizer.step()  # momentum and weight decay act on the normalized direction
+            losses = step(x, y)
             run.log_step(losses.mean())
             onehot = F.one_hot(y, C).float()  # a matmul, not bincount(weights=): deterministic on CUDA
             loss_sum += losses.float() @ onehot

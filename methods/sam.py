@@ -186,16 +186,21 @@ if __name__ == "__main__":
     run.extra["rho"] = args.rho
     run.extra["drw_class_weights"] = class_balanced_weights(data.train_counts, args.beta).tolist()
 
+    def train_step(x, y, weight):  # one SAM step on a batch
+        def closure():
+            with common.autocast(args.device):
+                logits = model(x)
+            return criterion(logits, y, weight)
+        return sam_step(model, closure, optimizer, args.rho)  # METHOD: ascent to w + e, SGD step at w
+
+    step = run.fast_step(train_step, model, optimizer)  # train_step itself, or with --fast on CUDA its CUDA graph
+
     for epoch in range(args.epochs):
         lr = common.set_lr(optimizer, epoch, args)
         weight = drw_weights(data.train_counts, args.beta, epoch, args.drw_epoch).to(args.device)  # METHOD: DRW
         model.train()
         for x, y in data.batches(data.shuffled(run.generator), run.generator):
-            def closure():
-                with common.autocast(args.device):
-                    logits = model(x)
-                return criterion(logits, y, weight)
-            loss = sam_step(model, closure, optimizer, args.rho)  # METHOD: ascent to w + e, SGD step at w
+            loss = step(x, y, weight)
             run.log_step(loss)
         run.end_epoch(epoch, lr, evaluated)  # evaluates every --eval-every epochs, prints progress
 

@@ -72,18 +72,24 @@ if __name__ == "__main__":
                                 weight_decay=args.weight_decay)
     run.extra["sampled_class_counts"] = []  # METHOD: per epoch, the class histogram of the order fed in
 
+    def train_step(x, y):  # one SGD step on a batch
+        with common.autocast(args.device):
+            logits = model(x)
+        loss = erm_loss(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    step = run.fast_step(train_step, model, optimizer)  # train_step itself, or with --fast on CUDA its CUDA graph
+
     for epoch in range(args.epochs):
         lr = common.set_lr(optimizer, epoch, args)
         model.train()
         order = undersample_order(data.train_y, data.train_counts, run.generator)  # METHOD: a new draw each epoch
         run.extra["sampled_class_counts"].append(class_histogram(data.train_y, order, data.num_classes))
         for x, y in data.batches(order, run.generator):
-            with common.autocast(args.device):
-                logits = model(x)
-            loss = erm_loss(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = step(x, y)
             run.log_step(loss)
         run.end_epoch(epoch, lr, model)  # evaluates every --eval-every epochs, prints progress
 

@@ -486,7 +486,7 @@ def probe_class_grads(model, pool, probe, num_classes, k):
     with torch.no_grad():
         for b, saved in zip(model.buffers(), buffers):
             b.copy_(saved)
-    return [None if g is None else [None if t is None else t * (len(y) / counts[c]) for t in g]
+    return [None if not counts[c] else [None if t is None else t * (len(y) / counts[c]) for t in g]
             for c, g in enumerate(grads)]
 
 
@@ -566,6 +566,7 @@ def train_one(args, setting, method, seed, log=print):
                 p.grad = None if d is None else d.to(p.dtype)
             if measure:
                 n_c = torch.bincount(y, minlength=C).tolist()
+                class_grads = [g if n_c[c] else None for c, g in enumerate(class_grads)]  # absent: None, not 0
                 mean_grads = [None if g is None else [None if t is None else t * (len(y) / n_c[c]) for t in g]
                               for c, g in enumerate(class_grads)]
                 norms = [None if g is None else flat(g, params).norm() for g in class_grads]

@@ -1,0 +1,262 @@
+"""Benchmark: seconds per epoch and per 200-epoch run of the --fast path (one CUDA graph per training step)
+next to the plain eager path of the same method file, and whether the two compute the same thing.
+
+For each method row it runs the method script twice as a subprocess, eager and with --fast, for --epochs epochs
+(default 10) with one evaluation at the end, and reads the times from the results JSON the run writes: the
+setup (data loading), the first epoch (cuDNN autotuning, graph capture), the steady epoch (the median over
+epochs 5.. after the lr warm-up, i.e. once no new graph is captured) and one evaluation (the last epoch minus a
+steady one). From them it projects a protocol run of --project-epochs epochs (200) with an evaluation every
+--project-eval-every epochs (5): setup + first + (E-1) x steady + E/5 x evaluation; the ratio eager / fast is the
+speed-up. Projections are labelled as such; --full also trains each row's fast path for the whole protocol
+(200 epochs) end to end and records its measured wall time and final accuracy.
+--check first compares the two paths in fp32 with deterministic kernels (--fp32 --deterministic) on a short
+schedule that crosses an lr change and the DRW switch: every epoch's mean training loss and the final accuracy
+must be equal bit for bit.
+
+Writes results/bench-<gpu>.json (device name, torch version, git commit, every measured number, the commands),
+prints a table, and regenerates results/SPEED.md and README's speed table from every results/bench-*.json
+(`--report` does only that). Not a timed test; run it on the GPU:
+    python studies/benchmark.py --check                        # ERM on data/cifar10-jpeg, eager vs --fast
+    python studies/benchmark.py --check --rows all --full      # every row of run_all.sh, plus 200-epoch fast runs
+On CPU, --fast changes nothing, so there the script only checks its own plumbing (tests/test_benchmark.py):
+    python studies/benchmark.py --device cpu --data-flags "--dataset synthetic" --epochs 3
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402
+
+ROOT = common.ROOT
+
+
+def table_rows():
+    """The rows of run_all.sh (script and flags), read from the script itself so the two never differ."""
+    text = open(os.path.join(ROOT, "run_all.sh")).read()
+    block = text[text.index("ROWS=("):]
+    block = block[:block.index("\n)")]
+    return [m.group(1) for m in re.finditer(r'^\s*"([^"]+)"', block, re.M)]
+
+
+def parse_args(argv=None):
+    p = common.ArgumentParser(description=__doc__.strip().splitlines()[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--rows", default="erm.py",
+                   help="'all' (every row of run_all.sh) or rows of run_all.sh separated by commas, e.g. "
+                        "'erm.py,sam.py --base ldam_drw'")
+    p.add_argument("--data-flags", default="--dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100",
+                   help="data flags passed to every run")
+    p.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu (cpu: plumbing check only)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs of each timed run (>= 3)")
+    p.add_argument("--project-epochs", type=int, default=200)
+    p.add_argument("--project-eval-every", type=int, default=5)
+    p.add_argument("--check", action="store_true", help="fp32 bit-for-bit comparison of --fast and eager first")
+    p.add_argument("--check-flags", default="--epochs 3 --warmup-epochs 1 --lr-decay-epochs 2 --drw-epoch 2",
+                   help="schedule of the --check runs (rows without --drw-epoch get it removed)")
+    p.add_argument("--full", action="store_true", help="also train each row's fast path for --project-epochs epochs")
+    p.add_argument("--out", default=None, help="the JSON to write (default results/bench-<device>.json)")
+    p.add_argument("--keep", default=None, help="keep the runs' results and logs in this folder (default: a temp folder)")
+    p.add_argument("--report", action="store_true",
+                   help="only regenerate results/SPEED.md and README's speed table from results/bench-*.json")
+    args = p.parse_args(argv)
+    if args.report:
+        return args
+    common.check(args.epochs >= 3, f"--epochs must be >= 3 (first, steady and evaluated epochs), got {args.epochs}")
+    common.check(args.project_epochs > 0 and args.project_eval_every > 0, "--project-* must be positive")
+    rows = table_rows() if args.rows == "all" else [r.strip() for r in args.rows.split(",") if r.strip()]
+    known = {r.split()[0] for r in table_rows()}
+    for r in rows:
+        common.check(r.split()[0] in known, f"unknown row '{r}': the script must be one of {', '.join(sorted(known))}")
+    args.rows = rows
+    args.device = common.resolve_device(args.device)
+    return args
+
+
+def run_method(row, flags, out, name, log_dir):
+    """Train methods/<row> with `flags` into out/; return (results JSON, the command). Raise on failure."""
+    cmd = [sys.executable, os.path.join("methods", row.split()[0])] + row.split()[1:] + flags + \
+        ["--out", out, "--name", name, "--overwrite"]
+    log = os.path.join(log_dir, f"{name}.log")
+    t0 = time.time()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    text = " ".join(shlex.quote(c) for c in cmd[1:])
+    if proc.returncode != 0:
+        tail = open(log).read()[-2000:]
+        raise SystemExit(f"error: `{text}` exited {proc.returncode} after {time.time() - t0:.0f} s; log {log}:\n{tail}")
+    found = [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs if f.endswith(".json")
+             and os.path.basename(d) == name]
+    if len(found) != 1:
+        raise SystemExit(f"error: expected one results JSON of `{text}` under {out}/*/{name}/, found {len(found)}")
+    with open(found[0]) as f:
+        return json.load(f), text
+
+
+def timings(result, warmup_epochs):
+    """setup, first epoch, steady epoch (median after the warm-up, without the evaluated last epoch), evaluation."""
+    ends = [h["elapsed_s"] for h in result["history"]]
+    setup = result["setup_time_s"]
+    epochs = [b - a for a, b in zip([setup] + ends[:-1], ends)]
+    steady_range = epochs[max(1, warmup_epochs):-1] or epochs[1:-1]
+    steady = statistics.median(steady_range)
+    return {"setup_s": setup, "first_epoch_s": epochs[0], "steady_epoch_s": steady,
+            "eval_s": max(0.0, epochs[-1] - steady), "epoch_s": epochs, "wall_s": result["wall_time_s"],
+            "fast_path": result.get("fast_path")}
+
+
+def project(t, epochs, eval_every):
+    evals = len([e for e in range(epochs) if (e + 1) % eval_every == 0 or e == epochs - 1])
+    return t["setup_s"] + t["first_epoch_s"] + (epochs - 1) * t["steady_epoch_s"] + evals * t["eval_s"]
+
+
+def fp32_check(row, data_flags, check_flags, work, log_dir):
+    """Eager and --fast in fp32 with deterministic kernels: per-epoch train losses and final metrics compared."""
+    flags = shlex.split(check_flags)
+    script_flags = row.split()[1:]
+    if "--drw-epoch" in flags and not accepts(row, "--drw-epoch"):
+        i = flags.index("--drw-epoch")
+        flags = flags[:i] + flags[i + 2:]
+    base = data_flags + flags + ["--eval-every", "1", "--fp32", "--deterministic", "--seed", "0"]
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", row).strip("_")
+    eager, cmd_e = run_method(row, base, work, f"check_{slug}_eager", log_dir)
+    fast, cmd_f = run_method(row, base + ["--fast"], work, f"check_{slug}_fast", log_dir)
+    le = [h["train_loss"] for h in eager["history"]]
+    lf = [h["train_loss"] for h in fast["history"]]
+    te = [h["test_top1"] for h in eager["history"]]
+    tf = [h["test_top1"] for h in fast["history"]]
+    return {"row": row, "flags": script_flags + flags, "identical": le == lf and te == tf,
+            "train_loss_eager": le, "train_loss_fast": lf, "test_top1_eager": te, "test_top1_fast": tf,
+            "max_abs_loss_diff": max(abs(a - b) for a, b in zip(le, lf)), "fast_path": fast.get("fast_path"),
+            "commands": [cmd_e, cmd_f]}
+
+
+def accepts(row, flag):
+    """Does the row's method file define this flag? (read from its source, without starting Python)"""
+    with open(os.path.join(ROOT, "methods", row.split()[0])) as f:
+        return f'"{flag}"' in f.read()
+
+
+def device_slug(name):
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
+
+
+def speed_lines(reports):
+    """The speed table (markdown lines) of a list of benchmark JSON objects; projected numbers labelled."""
+    lines = ["| device (torch) | row | steady epoch eager / --fast | speed-up | 200-epoch run, projected: eager / --fast "
+             "| measured --fast run (top-1) | fp32 --fast == eager | commit |", "|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        checks = {c["row"]: c["identical"] for c in r.get("checks", [])}
+        for row in r["rows"]:
+            e, f = row["eager"], row["fast"]
+            full = row.get("full_fast")
+            measured = f"{full['wall_s']:.0f} s ({full['top1']:.2f}%)" if full else "—"
+            same = {True: "yes, bit for bit", False: "**no**"}.get(checks.get(row["row"]), "not checked")
+            lines.append(f"| {r['device_name']} ({r['torch_version']}) | `{row['row']}` | {e['steady_epoch_s']:.2f} s / "
+                         f"{f['steady_epoch_s']:.2f} s | {row['speedup_steady_epoch']:.1f}x | "
+                         f"{e['projected_run_s']:.0f} s / {f['projected_run_s']:.0f} s | {measured} | {same} | "
+                         f"{(r['git_commit'] or '?')[:7]}{' (dirty)' if r.get('git_dirty') else ''} |")
+    return lines
+
+
+def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.join(ROOT, "README.md")):
+    """results/SPEED.md and README's block between the speed markers, from every results/bench-*.json."""
+    files = sorted(f for f in os.listdir(results_dir) if f.startswith("bench-") and f.endswith(".json")) \
+        if os.path.isdir(results_dir) else []
+    reports = [json.load(open(os.path.join(results_dir, f))) for f in files]
+    if reports:
+        body = [f"Generated by `python studies/benchmark.py --report` from {', '.join(f'`results/{f}`' for f in files)}. "
+                "Steady epoch: the median epoch after the lr warm-up; projected: setup + first epoch + 199 steady "
+                "epochs + 40 evaluations, from a short timed run; measured: a whole 200-epoch run, end to end.", ""]
+        body += speed_lines(reports)
+    else:
+        body = ["Not measured yet: no `results/bench-*.json` is committed. `python studies/benchmark.py --check` on "
+                "a GPU writes one and regenerates this table."]
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, "SPEED.md"), "w") as f:
+        f.write("\n".join(["# Speed: --fast (one CUDA graph per step) vs eager", ""] + body) + "\n")
+    if os.path.exists(readme):
+        text = open(readme).read()
+        start, end = "<!-- speed:start -->", "<!-- speed:end -->"
+        if start in text and end in text:
+            text = text.split(start)[0] + start + "\n" + "\n".join(body) + "\n" + end + text.split(end)[1]
+            with open(readme, "w") as f:
+                f.write(text)
+    return body
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.report:
+        write_speed_pages()
+        print(f"wrote {os.path.join(ROOT, 'results', 'SPEED.md')} and README's speed table")
+        return
+    data_flags = shlex.split(args.data_flags) + ["--device", args.device]
+    dev_name = common.torch.cuda.get_device_name(common.torch.device(args.device)) \
+        if args.device.startswith("cuda") else "cpu"
+    out_path = args.out or os.path.join(ROOT, "results", f"bench-{device_slug(dev_name)}.json")
+    work = args.keep or tempfile.mkdtemp(prefix="imbalance-ref-bench-")
+    log_dir = os.path.join(work, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    commit, dirty = common.git_state()
+    report = {"device_name": dev_name, "torch_version": common.torch.__version__, "git_commit": commit,
+              "git_dirty": dirty, "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+              "epochs": args.epochs, "project_epochs": args.project_epochs,
+              "project_eval_every": args.project_eval_every, "data_flags": args.data_flags,
+              "checks": [], "rows": []}
+    t_start = time.time()
+    print(f"[bench] {dev_name}, torch {common.torch.__version__}, rows: {', '.join(args.rows)}; runs in {work}", flush=True)
+    if args.check:
+        for row in args.rows:
+            c = fp32_check(row, data_flags, args.check_flags, work, log_dir)
+            report["checks"].append(c)
+            print(f"[bench] fp32 check {row}: {'identical' if c['identical'] else 'DIFFERENT'} "
+                  f"(max |loss diff| {c['max_abs_loss_diff']:.3g})", flush=True)
+    timed = ["--epochs", str(args.epochs), "--eval-every", str(args.epochs), "--seed", "0"]
+    for row in args.rows:
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", row).strip("_")
+        entry = {"row": row}
+        for path, extra in (("eager", []), ("fast", ["--fast"])):
+            result, cmd = run_method(row, data_flags + timed + extra, work, f"bench_{slug}_{path}", log_dir)
+            t = timings(result, result["args"]["warmup_epochs"])
+            t["projected_run_s"] = project(t, args.project_epochs, args.project_eval_every)
+            t["command"] = cmd
+            entry[path] = t
+        entry["speedup_steady_epoch"] = entry["eager"]["steady_epoch_s"] / entry["fast"]["steady_epoch_s"]
+        entry["speedup_projected_run"] = entry["eager"]["projected_run_s"] / entry["fast"]["projected_run_s"]
+        if args.full:
+            full = ["--epochs", str(args.project_epochs), "--eval-every", str(args.project_eval_every), "--seed", "0",
+                    "--fast"]
+            result, cmd = run_method(row, data_flags + full, work, f"full_{slug}_fast", log_dir)
+            entry["full_fast"] = {"wall_s": result["wall_time_s"], "setup_s": result["setup_time_s"],
+                                  "top1": result["final"]["top1"], "epochs": result["epochs_completed"],
+                                  "fast_path": result.get("fast_path"), "command": cmd}
+        report["rows"].append(entry)
+        e, f = entry["eager"], entry["fast"]
+        full_txt = f", full fast run {entry['full_fast']['wall_s']:.1f} s" if "full_fast" in entry else ""
+        print(f"[bench] {row}: steady epoch eager {e['steady_epoch_s']:.3f} s, fast {f['steady_epoch_s']:.3f} s "
+              f"({entry['speedup_steady_epoch']:.2f}x); projected {args.project_epochs}-epoch run eager "
+              f"{e['projected_run_s']:.1f} s, fast {f['projected_run_s']:.1f} s "
+              f"({entry['speedup_projected_run']:.2f}x){full_txt}", flush=True)
+    report["bench_wall_s"] = time.time() - t_start
+    common.write_json(out_path, report)
+    print(f"[bench] wrote {out_path} ({report['bench_wall_s']:.0f} s)", flush=True)
+    print("\n".join(speed_lines([report])), flush=True)
+    if os.path.dirname(os.path.abspath(out_path)) == os.path.join(ROOT, "results"):
+        write_speed_pages()
+    if any(not c["identical"] for c in report["checks"]):
+        raise SystemExit("error: --fast and eager differ in fp32 for: "
+                         + ", ".join(c["row"] for c in report["checks"] if not c["identical"]))
+
+
+if __name__ == "__main__":
+    main()

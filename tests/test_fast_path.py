@@ -1,0 +1,144 @@
+"""The --fast path (common.GraphedStep: the training step as one CUDA graph) and the benchmark command.
+
+On CPU: --fast changes nothing (the same JSON as eager), the rules that decide when a new graph is captured,
+and the benchmark's plumbing. With a CUDA GPU: --fast and eager give bit-identical fp32 runs for rows that
+cross an lr change and the DRW switch (skipped without a GPU)."""
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+import common
+from conftest import ROOT, SMOKE_ARGS, read_results, run_script
+
+CUDA = torch.cuda.is_available()
+
+
+def test_fast_on_cpu_is_the_eager_run(tmp_path):
+    runs = {}
+    for name, extra in (("eager", []), ("fast", ["--fast"])):
+        proc = run_script("methods/class_weights.py", *SMOKE_ARGS, "--deterministic", "--drw-epoch", "1",
+                          "--out", tmp_path / name, *extra)
+        (res,) = read_results(tmp_path / name).values()
+        runs[name] = (proc, res)
+    (pe, e), (pf, f) = runs["eager"], runs["fast"]
+    assert "--fast only changes CUDA runs" in pf.stderr and "--fast" not in pe.stderr
+    assert f["args"]["fast"] is True and f["fast_path"] is None and e["fast_path"] is None
+    assert [h["train_loss"] for h in e["history"]] == [h["train_loss"] for h in f["history"]]
+    assert e["final"] == f["final"]
+    assert all(h["elapsed_s"] > 0 for h in f["history"]) and f["setup_time_s"] > 0
+
+
+def configuration_of(lr, training=True):
+    """GraphedStep.configuration without a GPU: the object is built without __init__ (which makes a CUDA stream)."""
+    model = torch.nn.Linear(2, 2)
+    model.train(training)
+    step = object.__new__(common.GraphedStep)
+    step.model = model
+    step.optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    return step.configuration
+
+
+def test_what_selects_a_new_graph():
+    x, y = torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)
+    w = torch.ones(3)
+    key = configuration_of(0.1)
+    # new values in the same tensors: the same graph (they are copied into the graph's input buffers)
+    assert key((x, y, w)) == key((x + 1, y + 1, w * 5))
+    # a None class weight (before DRW) and a tensor one (after) need different graphs
+    assert key((x, y, None)) != key((x, y, w))
+    # the lr is a Python float baked into the captured optimizer kernels
+    assert configuration_of(0.1)((x, y)) != configuration_of(0.001)((x, y))
+    assert configuration_of(0.1)((x, y)) != configuration_of(0.1, training=False)((x, y))
+    # a different shape or layout cannot replay a graph recorded for another
+    assert key((x, y)) != key((torch.zeros(5, 3), torch.zeros(5, dtype=torch.long)))
+    assert key((x, y)) != key((x.t().contiguous().t(), y))
+    assert key((x, y)) != key((x.double(), y))
+    assert key((x, y, 1.0)) != key((x, y, 2.0))
+
+
+def test_graphed_step_needs_eager_warmup():
+    with pytest.raises(ValueError, match="warmup"):
+        common.GraphedStep(lambda: None, torch.nn.Linear(1, 1), None, warmup=0)
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", os.path.join(ROOT, "studies", "benchmark.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_plumbing_on_cpu(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_script("studies/benchmark.py", "--device", "cpu", "--rows", "class_weights.py",
+                      "--data-flags", "--dataset synthetic --imbalance-ratio 10 --batch-size 64", "--epochs", "3",
+                      "--check", "--check-flags", "--epochs 2 --warmup-epochs 1 --lr-decay-epochs 1 --drw-epoch 1",
+                      "--out", out, "--keep", tmp_path / "runs")
+    report = json.loads(out.read_text())
+    assert report["device_name"] == "cpu" and report["torch_version"] == torch.__version__
+    (check,) = report["checks"]
+    assert check["row"] == "class_weights.py" and "--drw-epoch" in check["flags"]
+    assert check["identical"] and len(check["train_loss_fast"]) == 2  # on CPU both are the eager path
+    for row in report["rows"]:
+        for path in ("eager", "fast"):
+            t = row[path]
+            assert len(t["epoch_s"]) == 3 and t["steady_epoch_s"] > 0 and t["projected_run_s"] > t["setup_s"]
+        assert row["speedup_projected_run"] > 0
+    assert "--fast" in report["rows"][0]["fast"]["command"] and "--fast" not in report["rows"][0]["eager"]["command"]
+    assert "steady epoch eager" in proc.stdout
+    lines = load_benchmark().speed_lines([report])
+    assert len(lines) == 3 and "projected" in lines[0] and "yes, bit for bit" in lines[2]
+
+
+def test_benchmark_rejects_unknown_rows():
+    proc = run_script("studies/benchmark.py", "--device", "cpu", "--rows", "nosuch.py", check=False)
+    assert proc.returncode != 0 and "unknown row 'nosuch.py'" in proc.stderr
+
+
+def test_benchmark_rows_are_run_all_rows():
+    mod = load_benchmark()
+    rows = mod.table_rows()
+    assert len(rows) == 20 and rows[0] == "erm.py" and "sam.py --base ldam_drw" in rows
+    # the fp32 check adds --drw-epoch only where the method has it
+    assert mod.accepts("ldam_drw.py", "--drw-epoch") and not mod.accepts("erm.py", "--drw-epoch")
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU only: the fast path computes exactly what the eager path computes
+# ------------------------------------------------------------------------------------------------
+
+GPU_ROWS = [
+    ("erm.py", []),
+    ("class_weights.py", ["--drw-epoch", "2"]),            # None -> tensor class weight: a new graph
+    ("ldam_drw.py", ["--drw-epoch", "2"]),                 # cosine head in fp32, DRW weights as a graph input
+    ("pcn_sgd.py", ["--variant", "pcnsgd_o"]),             # C backward passes per step in one graph
+    ("sam.py", ["--base", "ldam_drw", "--drw-epoch", "2"]),  # two forward/backward passes in one graph
+]
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("script,flags", GPU_ROWS, ids=[r[0] + "".join(r[1][:2]) for r in GPU_ROWS])
+def test_fast_equals_eager_in_fp32_on_gpu(tmp_path, script, flags):
+    args = ["--dataset", "synthetic", "--imbalance-ratio", "10", "--batch-size", "64", "--epochs", "3",
+            "--warmup-epochs", "1", "--lr-decay-epochs", "2", "--eval-every", "1", "--device", "cuda",
+            "--fp32", "--deterministic", *flags]
+    res = {}
+    for name, extra in (("eager", []), ("fast", ["--fast"])):
+        run_script(f"methods/{script}", *args, "--out", tmp_path / name, *extra)
+        (res[name],) = read_results(tmp_path / name).values()
+    e, f = res["eager"], res["fast"]
+    stats = f["fast_path"]
+    assert stats["graph_replays"] > 0 and stats["graph_captures"] == 2  # lr 0.1 (epochs 0-1), 0.001 (+DRW) from 2
+    assert [h["train_loss"] for h in e["history"]] == [h["train_loss"] for h in f["history"]]
+    assert e["final"] == f["final"]
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_fast_bf16_run_learns_on_gpu(tmp_path):
+    run_script("methods/erm.py", "--dataset", "synthetic", "--epochs", "6", "--warmup-epochs", "1", "--device",
+               "cuda", "--fast", "--out", tmp_path)
+    (res,) = read_results(tmp_path).values()
+    assert res["final"]["top1"] > 60 and res["fast_path"]["graph_replays"] > 0
