@@ -556,9 +556,11 @@ class GraphedStep:
         return _clone_tensors(self.static_output)
 
     def capture(self, inputs):
+        device = next(self.model.parameters()).device
         for a in inputs:
-            if torch.is_tensor(a) and a.device.type != "cuda":
-                raise ValueError(f"--fast: every tensor argument of the step must be on the GPU, got one on {a.device}")
+            if torch.is_tensor(a) and a.device != device:
+                raise ValueError(f"--fast: every tensor argument of the step must be on {device} (the model's "
+                                 f"device), got one on {a.device}")
         self.static_inputs = [a.clone() if torch.is_tensor(a) else a for a in inputs]  # clone keeps channels_last
         self.graph = torch.cuda.CUDAGraph()
         try:

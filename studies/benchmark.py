@@ -8,7 +8,9 @@ epochs 5.. after the lr warm-up, i.e. once no new graph is captured) and one eva
 steady one). From them it projects a protocol run of --project-epochs epochs (200) with an evaluation every
 --project-eval-every epochs (5): setup + first + (E-1) x steady + E/5 x evaluation; the ratio eager / fast is the
 speed-up. Projections are labelled as such; --full also trains each row's fast path for the whole protocol
-(200 epochs) end to end and records its measured wall time and final accuracy.
+(200 epochs) end to end and records its measured wall time and final accuracy. --parallel N runs N copies of
+each path at once (seeds 0..N-1) and reports their aggregate throughput against one run; --mps does that under
+a CUDA MPS daemon (several graphed processes gain nothing without it, performance.md Sec. 6).
 --check first compares the two paths in fp32 with deterministic kernels (--fp32 --deterministic) on a short
 schedule that crosses an lr change and the DRW switch: every epoch's mean training loss and the final accuracy
 must be equal bit for bit.
@@ -63,6 +65,11 @@ def parse_args(argv=None):
     p.add_argument("--check-flags", default="--epochs 3 --warmup-epochs 1 --lr-decay-epochs 2 --drw-epoch 2",
                    help="schedule of the --check runs (rows without --drw-epoch get it removed)")
     p.add_argument("--full", action="store_true", help="also train each row's fast path for --project-epochs epochs")
+    p.add_argument("--parallel", type=int, default=0,
+                   help="N > 1: also run N copies (seeds 0..N-1) of each path at once and report the aggregate "
+                        "throughput against one run (eager runs are CPU-bound, graphed runs GPU-bound)")
+    p.add_argument("--mps", action="store_true",
+                   help="with --parallel: run the parallel copies under a CUDA MPS daemon (started and stopped here)")
     p.add_argument("--out", default=None, help="the JSON to write (default results/bench-<device>.json)")
     p.add_argument("--keep", default=None, help="keep the runs' results and logs in this folder (default: a temp folder)")
     p.add_argument("--report", action="store_true",
@@ -72,6 +79,7 @@ def parse_args(argv=None):
         return args
     common.check(args.epochs >= 3, f"--epochs must be >= 3 (first, steady and evaluated epochs), got {args.epochs}")
     common.check(args.project_epochs > 0 and args.project_eval_every > 0, "--project-* must be positive")
+    common.check(args.parallel >= 0, f"--parallel must be >= 0, got {args.parallel}")
     rows = table_rows() if args.rows == "all" else [r.strip() for r in args.rows.split(",") if r.strip()]
     known = {r.split()[0] for r in table_rows()}
     for r in rows:
@@ -81,24 +89,50 @@ def parse_args(argv=None):
     return args
 
 
+def run_methods(jobs, out, log_dir):
+    """Train methods/<row> with `flags` into out/<setting>/<name>/ for every (row, flags, name) in `jobs`, all at
+    once (one CPU thread each when several); return [(results JSON, the command)]. Raise if any fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if len(jobs) > 1 else None
+    started = []
+    for row, flags, name in jobs:
+        cmd = [sys.executable, os.path.join("methods", row.split()[0])] + row.split()[1:] + flags + \
+            ["--out", out, "--name", name, "--overwrite"]
+        log = os.path.join(log_dir, f"{name}.log")
+        with open(log, "w") as f:
+            started.append((subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env), cmd, log, name))
+    t0, results = time.time(), []
+    for proc, cmd, log, name in started:
+        text = " ".join(shlex.quote(c) for c in cmd[1:])
+        if proc.wait() != 0:
+            for other in started:
+                other[0].kill()
+            tail = open(log).read()[-2000:]
+            raise SystemExit(f"error: `{text}` exited {proc.returncode} after {time.time() - t0:.0f} s; "
+                             f"log {log}:\n{tail}")
+        found = [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs if f.endswith(".json")
+                 and os.path.basename(d) == name]
+        if len(found) != 1:
+            raise SystemExit(f"error: expected one results JSON of `{text}` under {out}/*/{name}/, found {len(found)}")
+        with open(found[0]) as f:
+            results.append((json.load(f), text))
+    return results
+
+
 def run_method(row, flags, out, name, log_dir):
-    """Train methods/<row> with `flags` into out/; return (results JSON, the command). Raise on failure."""
-    cmd = [sys.executable, os.path.join("methods", row.split()[0])] + row.split()[1:] + flags + \
-        ["--out", out, "--name", name, "--overwrite"]
-    log = os.path.join(log_dir, f"{name}.log")
-    t0 = time.time()
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    text = " ".join(shlex.quote(c) for c in cmd[1:])
-    if proc.returncode != 0:
-        tail = open(log).read()[-2000:]
-        raise SystemExit(f"error: `{text}` exited {proc.returncode} after {time.time() - t0:.0f} s; log {log}:\n{tail}")
-    found = [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs if f.endswith(".json")
-             and os.path.basename(d) == name]
-    if len(found) != 1:
-        raise SystemExit(f"error: expected one results JSON of `{text}` under {out}/*/{name}/, found {len(found)}")
-    with open(found[0]) as f:
-        return json.load(f), text
+    return run_methods([(row, flags, name)], out, log_dir)[0]
+
+
+def mps(action):
+    """Start ('start') or stop ('stop') the CUDA MPS daemon; returns None when done, else why not."""
+    try:
+        if action == "start":
+            proc = subprocess.run(["nvidia-cuda-mps-control", "-d"], capture_output=True, text=True, timeout=30)
+        else:
+            proc = subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", capture_output=True, text=True,
+                                  timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"{e.__class__.__name__}: {e}"
+    return None if proc.returncode == 0 else (proc.stderr or proc.stdout).strip() or f"exit {proc.returncode}"
 
 
 def timings(result, warmup_epochs):
@@ -149,10 +183,16 @@ def device_slug(name):
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
 
 
+def _x(parallel_path):
+    t = parallel_path.get("throughput_vs_one_run")
+    return "failed" if t is None else f"{t:.2f}x"
+
+
 def speed_lines(reports):
     """The speed table (markdown lines) of a list of benchmark JSON objects; projected numbers labelled."""
     lines = ["| device (torch) | row | steady epoch eager / --fast | speed-up | 200-epoch run, projected: eager / --fast "
-             "| measured --fast run (top-1) | fp32 --fast == eager | commit |", "|---|---|---|---|---|---|---|---|"]
+             "| measured --fast run (top-1) | N runs at once: throughput vs one, eager / --fast "
+             "| fp32 --fast == eager | commit |", "|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         checks = {c["row"]: c["identical"] for c in r.get("checks", [])}
         for row in r["rows"]:
@@ -160,9 +200,12 @@ def speed_lines(reports):
             full = row.get("full_fast")
             measured = f"{full['wall_s']:.0f} s ({full['top1']:.2f}%)" if full else "—"
             same = {True: "yes, bit for bit", False: "**no**"}.get(checks.get(row["row"]), "not checked")
+            par = row.get("parallel")
+            par = (f"{par['n']}{' (MPS)' if par['mps'] is True else ''}: {_x(par['eager'])} / {_x(par['fast'])}"
+                   if par else "—")
             lines.append(f"| {r['device_name']} ({r['torch_version']}) | `{row['row']}` | {e['steady_epoch_s']:.2f} s / "
                          f"{f['steady_epoch_s']:.2f} s | {row['speedup_steady_epoch']:.1f}x | "
-                         f"{e['projected_run_s']:.0f} s / {f['projected_run_s']:.0f} s | {measured} | {same} | "
+                         f"{e['projected_run_s']:.0f} s / {f['projected_run_s']:.0f} s | {measured} | {par} | {same} | "
                          f"{(r['git_commit'] or '?')[:7]}{' (dirty)' if r.get('git_dirty') else ''} |")
     return lines
 
@@ -200,21 +243,19 @@ def main(argv=None):
         print(f"wrote {os.path.join(ROOT, 'results', 'SPEED.md')} and README's speed table")
         return
     data_flags = shlex.split(args.data_flags) + ["--device", args.device]
-    dev_name = common.torch.cuda.get_device_name(common.torch.device(args.device)) \
-        if args.device.startswith("cuda") else "cpu"
-    out_path = args.out or os.path.join(ROOT, "results", f"bench-{device_slug(dev_name)}.json")
     work = args.keep or tempfile.mkdtemp(prefix="imbalance-ref-bench-")
     log_dir = os.path.join(work, "logs")
     os.makedirs(log_dir, exist_ok=True)
     commit, dirty = common.git_state()
-    report = {"device_name": dev_name, "torch_version": common.torch.__version__, "git_commit": commit,
+    report = {"device_name": None, "torch_version": common.torch.__version__, "git_commit": commit,
               "git_dirty": dirty, "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
               "epochs": args.epochs, "project_epochs": args.project_epochs,
               "project_eval_every": args.project_eval_every, "data_flags": args.data_flags,
               "checks": [], "rows": []}
     t_start = time.time()
-    print(f"[bench] {dev_name}, torch {common.torch.__version__}, rows: {', '.join(args.rows)}; runs in {work}", flush=True)
+    print(f"[bench] {args.device}, torch {common.torch.__version__}, rows: {', '.join(args.rows)}; runs in {work}",
+          flush=True)
     if args.check:
         for row in args.rows:
             c = fp32_check(row, data_flags, args.check_flags, work, log_dir)
@@ -227,12 +268,35 @@ def main(argv=None):
         entry = {"row": row}
         for path, extra in (("eager", []), ("fast", ["--fast"])):
             result, cmd = run_method(row, data_flags + timed + extra, work, f"bench_{slug}_{path}", log_dir)
+            report["device_name"] = result["device_name"]
             t = timings(result, result["args"]["warmup_epochs"])
             t["projected_run_s"] = project(t, args.project_epochs, args.project_eval_every)
             t["command"] = cmd
             entry[path] = t
         entry["speedup_steady_epoch"] = entry["eager"]["steady_epoch_s"] / entry["fast"]["steady_epoch_s"]
         entry["speedup_projected_run"] = entry["eager"]["projected_run_s"] / entry["fast"]["projected_run_s"]
+        if args.parallel > 1:
+            entry["parallel"] = {"n": args.parallel, "mps": None}
+            if args.mps:
+                why = mps("start")
+                entry["parallel"]["mps"] = True if why is None else f"not started: {why}"
+            try:
+                for path, extra in (("eager", []), ("fast", ["--fast"])):
+                    jobs = [(row, data_flags + timed[:-1] + [str(k)] + extra, f"par_{slug}_{path}_{k}")
+                            for k in range(args.parallel)]
+                    try:  # a failure here (e.g. no MPS server) is recorded, the rest of the benchmark goes on
+                        steady = [timings(r, r["args"]["warmup_epochs"])["steady_epoch_s"]
+                                  for r, _ in run_methods(jobs, work, log_dir)]
+                    except SystemExit as e:
+                        print(f"[bench] {args.parallel} {path} runs at once failed: {str(e)[:300]}", flush=True)
+                        entry["parallel"][path] = {"error": str(e)[-1000:], "throughput_vs_one_run": None}
+                        continue
+                    entry["parallel"][path] = {
+                        "steady_epoch_s": steady,
+                        "throughput_vs_one_run": args.parallel * entry[path]["steady_epoch_s"] / max(steady)}
+            finally:
+                if entry["parallel"]["mps"] is True:
+                    mps("stop")
         if args.full:
             full = ["--epochs", str(args.project_epochs), "--eval-every", str(args.project_eval_every), "--seed", "0",
                     "--fast"]
@@ -243,11 +307,15 @@ def main(argv=None):
         report["rows"].append(entry)
         e, f = entry["eager"], entry["fast"]
         full_txt = f", full fast run {entry['full_fast']['wall_s']:.1f} s" if "full_fast" in entry else ""
+        par = entry.get("parallel")
+        par_txt = (f"; {par['n']} at once{' (MPS)' if par['mps'] is True else ''}: eager {_x(par['eager'])}, "
+                   f"fast {_x(par['fast'])} the throughput of one run") if par else ""
         print(f"[bench] {row}: steady epoch eager {e['steady_epoch_s']:.3f} s, fast {f['steady_epoch_s']:.3f} s "
               f"({entry['speedup_steady_epoch']:.2f}x); projected {args.project_epochs}-epoch run eager "
               f"{e['projected_run_s']:.1f} s, fast {f['projected_run_s']:.1f} s "
-              f"({entry['speedup_projected_run']:.2f}x){full_txt}", flush=True)
+              f"({entry['speedup_projected_run']:.2f}x){full_txt}{par_txt}", flush=True)
     report["bench_wall_s"] = time.time() - t_start
+    out_path = args.out or os.path.join(ROOT, "results", f"bench-{device_slug(report['device_name'] or 'device')}.json")
     common.write_json(out_path, report)
     print(f"[bench] wrote {out_path} ({report['bench_wall_s']:.0f} s)", flush=True)
     print("\n".join(speed_lines([report])), flush=True)

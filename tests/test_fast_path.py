@@ -76,7 +76,7 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     proc = run_script("studies/benchmark.py", "--device", "cpu", "--rows", "class_weights.py",
                       "--data-flags", "--dataset synthetic --imbalance-ratio 10 --batch-size 64", "--epochs", "3",
                       "--check", "--check-flags", "--epochs 2 --warmup-epochs 1 --lr-decay-epochs 1 --drw-epoch 1",
-                      "--out", out, "--keep", tmp_path / "runs")
+                      "--parallel", "2", "--out", out, "--keep", tmp_path / "runs")
     report = json.loads(out.read_text())
     assert report["device_name"] == "cpu" and report["torch_version"] == torch.__version__
     (check,) = report["checks"]
@@ -87,10 +87,13 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
             t = row[path]
             assert len(t["epoch_s"]) == 3 and t["steady_epoch_s"] > 0 and t["projected_run_s"] > t["setup_s"]
         assert row["speedup_projected_run"] > 0
+        par = row["parallel"]
+        assert par["n"] == 2 and par["mps"] is None and len(par["fast"]["steady_epoch_s"]) == 2
+        assert par["eager"]["throughput_vs_one_run"] > 0
     assert "--fast" in report["rows"][0]["fast"]["command"] and "--fast" not in report["rows"][0]["eager"]["command"]
     assert "steady epoch eager" in proc.stdout
     lines = load_benchmark().speed_lines([report])
-    assert len(lines) == 3 and "projected" in lines[0] and "yes, bit for bit" in lines[2]
+    assert len(lines) == 3 and "projected" in lines[0] and "yes, bit for bit" in lines[2] and "| 2: " in lines[2]
 
 
 def test_benchmark_rejects_unknown_rows():
@@ -142,3 +145,85 @@ def test_fast_bf16_run_learns_on_gpu(tmp_path):
                "cuda", "--fast", "--out", tmp_path)
     (res,) = read_results(tmp_path).values()
     assert res["final"]["top1"] > 60 and res["fast_path"]["graph_replays"] > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# GraphedStep's bookkeeping on CPU, with CUDA's stream and graph API replaced by fakes: a fake capture records
+# what to run instead of running it (as a real capture records kernels without executing them); a replay runs
+# the recorded step on the graph's input buffers and writes the result into the graph's output tensor.
+# ------------------------------------------------------------------------------------------------
+
+class FakeStream:
+    def wait_stream(self, other):
+        pass
+
+
+class FakeGraph:
+    capturing = []
+
+    def replay(self):
+        fn, args, out = self.recorded
+        out.copy_(fn(*args))
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    import contextlib
+
+    @contextlib.contextmanager
+    def graph(g, **kwargs):
+        FakeGraph.capturing.append(g)
+        try:
+            yield
+        finally:
+            FakeGraph.capturing.pop()
+
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: FakeStream())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+
+
+def test_graphed_step_bookkeeping(fake_cuda):
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = torch.zeros(())     # stands for the parameters a step updates in place
+    log = []
+
+    def real_step(x, w):
+        log.append("run")
+        state.add_(x.sum() * (1.0 if w is None else w))
+        return state.clone()
+
+    def step_fn(x, w):
+        if FakeGraph.capturing:  # capture: record, compute nothing
+            log.append("capture")
+            out = torch.empty(())
+            FakeGraph.capturing[-1].recorded = (real_step, (x, w), out)
+            return out
+        return real_step(x, w)
+
+    step = common.GraphedStep(step_fn, model, optimizer, warmup=2)
+    x = torch.ones(3)
+    outs = [step(x * k, None).item() for k in (1, 2, 3, 4)]
+    # 2 eager warm-up steps, then one capture and replays that see each call's new input values
+    assert log == ["run", "run", "capture", "run", "run"] and outs == [3, 9, 18, 30]
+    assert step.stats == {"eager_steps": 2, "graph_captures": 1, "graph_replays": 2}
+    out = step(x, None)
+    out.add_(100)  # a returned tensor is a copy: changing it does not touch the graph's output
+    assert step.static_output.item() == 33 and step(x, None).item() == 36
+    # a new lr: the old graph is dropped, 2 eager steps, then a new capture
+    optimizer.param_groups[0]["lr"] = 0.01
+    log.clear()
+    for _ in range(3):
+        step(x, None)
+    assert log == ["run", "run", "capture", "run"] and step.stats["graph_captures"] == 2
+    # a tensor argument that changes value replays the same graph; None -> tensor is a new configuration
+    w = torch.tensor(2.0)
+    log.clear()
+    results = [step(x, w * k).item() for k in (1, 1, 1, 5)]
+    assert log == ["run", "run", "capture", "run", "run"] and step.stats["graph_captures"] == 3
+    assert results[-1] - results[-2] == 3 * 10
+    with pytest.raises(ValueError, match="model's device"):
+        common.GraphedStep(step_fn, model, optimizer).capture([torch.ones(1, device="meta"), None])
