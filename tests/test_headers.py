@@ -50,3 +50,23 @@ def test_report_writes_the_header_from_the_json(tmp_path):
     assert text.replace(text.split("Result:")[1].split("\nRun:")[0], "") == \
         open(os.path.join(ROOT, "methods", "erm.py")).read().replace(
             open(os.path.join(ROOT, "methods", "erm.py")).read().split("Result:")[1].split("\nRun:")[0], "")
+
+
+def test_report_lists_methods_against_the_published_direction():
+    """ERM 70 / 72 (paper 70.36): LDAM-DRW above it (paper +6.67), oversampling below it (paper +0.19: no direction),
+    class weights below it by more than the noise (paper +2.01: opposite), focal within noise."""
+    def row(method, tops):
+        m, s = common.mean_std(tops)
+        return {"n": len(tops), "top1": (m, s), "paper": common.paper_top1("cifar10-jpeg-exp-r100", method)}
+    rows = {"erm": row("erm", [70.0, 72.0]), "ldam_drw": row("ldam_drw", [75.0, 76.0]),
+            "oversampling": row("oversampling", [60.0, 61.0]), "class_weights": row("class_weights", [66.0, 67.0]),
+            "focal": row("focal", [70.5, 72.5]), "vs": row("vs", [80.0])}
+    rows["focal"]["paper"] = 75.0  # pretend a clear published gain, to see "within seed noise"
+    lines = common.direction_lines(rows)
+    table = {l.split(" | ")[0][2:]: l for l in lines if l.startswith("| ") and "---" not in l and "method" not in l}
+    assert "reproduced" in table["ldam_drw"] and "+6.67" in table["ldam_drw"]
+    assert "no difference" in table["oversampling"]
+    assert "**opposite**" in table["class_weights"] and "within seed noise" in table["focal"]
+    assert "vs" not in table  # no published number for VS in this setting
+    assert lines[-1] == "Opposite to the published direction: class_weights."
+    assert common.direction_lines({"ldam_drw": rows["ldam_drw"]}) == []  # no ERM row: nothing to compare
