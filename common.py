@@ -971,17 +971,24 @@ def report(results_dir):
 
 def update_readme(lines, results_dir):
     """Put the generated tables into README.md between its results markers (links made relative to ROOT)."""
-    path = os.path.join(ROOT, "README.md")
-    text = open(path).read()
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
-    if start not in text or end not in text:
-        return
     rel = os.path.relpath(results_dir, ROOT)
     body = [l.replace("](", f"]({rel}/") if l.startswith("![") else l.replace("## ", "### ", 1) if l.startswith("## ")
             else l for l in lines]
     body = ["Generated from `results/**/*.json` by `python common.py report` "
             "(full page: [results/RESULTS.md](results/RESULTS.md))."] + body
-    text = text.split(start)[0] + start + "\n" + "\n".join(body).strip() + "\n" + end + text.split(end)[1]
+    write_readme_block("results", body)
+
+
+def write_readme_block(name, lines, path=os.path.join(ROOT, "README.md")):
+    """Replace what stands between `<!-- name:start -->` and `<!-- name:end -->` in README.md by `lines`
+    (nothing happens where the markers are missing)."""
+    if not os.path.exists(path):
+        return
+    text = open(path).read()
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text:
+        return
+    text = text.split(start)[0] + start + "\n" + "\n".join(lines).strip() + "\n" + end + text.split(end)[1]
     with open(path, "w") as f:
         f.write(text)
 

@@ -226,13 +226,7 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, "SPEED.md"), "w") as f:
         f.write("\n".join(["# Speed: --fast (one CUDA graph per step) vs eager", ""] + body) + "\n")
-    if os.path.exists(readme):
-        text = open(readme).read()
-        start, end = "<!-- speed:start -->", "<!-- speed:end -->"
-        if start in text and end in text:
-            text = text.split(start)[0] + start + "\n" + "\n".join(body) + "\n" + end + text.split(end)[1]
-            with open(readme, "w") as f:
-                f.write(text)
+    common.write_readme_block("speed", body, readme)
     return body
 
 

@@ -94,6 +94,15 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     assert "steady epoch eager" in proc.stdout
     lines = load_benchmark().speed_lines([report])
     assert len(lines) == 3 and "projected" in lines[0] and "yes, bit for bit" in lines[2] and "| 2: " in lines[2]
+    # the generated pages: results/SPEED.md and README's block between the speed markers, from bench-*.json
+    results, readme = tmp_path / "results", tmp_path / "README.md"
+    results.mkdir()
+    (results / "bench-cpu.json").write_text(out.read_text())
+    readme.write_text("intro\n<!-- speed:start -->\nold\n<!-- speed:end -->\nrest\n")
+    load_benchmark().write_speed_pages(str(results), str(readme))
+    text = readme.read_text()
+    assert "old" not in text and lines[2] in text and text.startswith("intro\n") and text.endswith("rest\n")
+    assert lines[2] in (results / "SPEED.md").read_text() and "`results/bench-cpu.json`" in text
 
 
 def test_benchmark_rejects_unknown_rows():
