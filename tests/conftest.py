@@ -25,12 +25,18 @@ def run_script(script, *args, check=True, env=None, timeout=600):
     return proc
 
 
-def load_method(name):
-    """Import methods/<name>.py as a module (its training loop sits under __main__, so nothing runs)."""
-    spec = importlib.util.spec_from_file_location(f"method_{name}", os.path.join(ROOT, "methods", f"{name}.py"))
+def load_script(path, name=None):
+    """Import a repository script (path relative to the root) as a module; what sits under __main__ does not run."""
+    spec = importlib.util.spec_from_file_location(name or os.path.splitext(os.path.basename(path))[0],
+                                                  os.path.join(ROOT, path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_method(name):
+    """Import methods/<name>.py as a module (its training loop sits under __main__, so nothing runs)."""
+    return load_script(os.path.join("methods", f"{name}.py"), f"method_{name}")
 
 
 def read_results(out_dir):

@@ -15,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import common
-from conftest import ROOT, load_method  # noqa: F401  (ROOT puts the repository on sys.path)
+from conftest import ROOT, load_script
 
 SYNCING = {  # aten operator -> why a CUDA graph cannot hold it
     "_local_scalar_dense": ".item() / .tolist() / bool() / float() of a tensor copies it to the host",
@@ -88,12 +88,7 @@ def test_the_check_catches_what_a_capture_refuses():
     assert ok() is not None and ok.calls == 1
 
 
-def rows():
-    bench = runpy.run_path(f"{ROOT}/studies/benchmark.py", run_name="not_main")
-    return bench["table_rows"]()
-
-
-@pytest.mark.parametrize("row", rows())
+@pytest.mark.parametrize("row", load_script("studies/benchmark.py").table_rows())
 def test_every_step_is_capturable(row, tmp_path, monkeypatch):
     made = []
     original = common.Run.fast_step

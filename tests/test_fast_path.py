@@ -3,15 +3,13 @@
 On CPU: --fast changes nothing (the same JSON as eager), the rules that decide when a new graph is captured,
 and the benchmark's plumbing. With a CUDA GPU: --fast and eager give bit-identical fp32 runs for rows that
 cross an lr change and the DRW switch (skipped without a GPU)."""
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
 
 import common
-from conftest import ROOT, SMOKE_ARGS, read_results, run_script
+from conftest import SMOKE_ARGS, load_script, read_results, run_script
 
 CUDA = torch.cuda.is_available()
 
@@ -65,10 +63,7 @@ def test_graphed_step_needs_eager_warmup():
 
 
 def load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", os.path.join(ROOT, "studies", "benchmark.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("studies/benchmark.py")
 
 
 def test_benchmark_plumbing_on_cpu(tmp_path):

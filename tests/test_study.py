@@ -1,6 +1,5 @@
 """studies/oversampling_vs_weights.py: its measurement helpers on cases with known answers, the per-class
 assembly of each method's gradient, and one tiny end-to-end run of the quick mode on synthetic data."""
-import importlib.util
 import json
 import math
 import os
@@ -11,19 +10,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import ROOT, load_method, run_script
+from conftest import load_method, load_script, run_script
 
 STUDY = "studies/oversampling_vs_weights.py"
 
 
-def load_study():
-    spec = importlib.util.spec_from_file_location("study_ovw", os.path.join(ROOT, STUDY))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-S = load_study()
+S = load_script(STUDY, "study_ovw")
 
 
 # ---- measurement helpers -------------------------------------------------------------------------
