@@ -886,6 +886,8 @@ def summarize(runs):
             row["wall"] = mean_std([r["wall_time_s"] for r in done])
             row["devices"] = sorted({r["device_name"] for r in done})
             row["torch"] = sorted({r["torch_version"] for r in done})
+            # which training path made the numbers: one CUDA graph per step (--fast) or plain eager
+            row["paths"] = sorted({"--fast" if r.get("fast_path") else "eager" for r in done})
             out.setdefault(setting, {})[method] = row
     return out
 
@@ -940,7 +942,7 @@ def report(results_dir):
         rows = summary[setting]
         counts = rows[next(iter(rows))]["runs"][0]["train_class_counts"]
         lines += [f"## {setting}", "", f"Training counts per class: {counts}.", "",
-                  "| method | top-1 (n) | many | medium | few | ECE | paper (orig. CIFAR) | wall time / run | device |",
+                  "| method | top-1 (n) | many | medium | few | ECE | paper (orig. CIFAR) | wall time / run | device (torch; training path) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         order = sorted(rows, key=lambda m: -(rows[m]["top1"][0] or -1))
         for method in order:
@@ -952,7 +954,7 @@ def report(results_dir):
             wall = f"{row['wall'][0]:.0f} s" if row["wall"][0] is not None else "—"
             lines.append(f"| {method} | {top1} | {_cell(row['many'])} | {_cell(row['medium'])} | "
                          f"{_cell(row['few'])} | {_cell(row['ece'])} | {paper} | {wall} | "
-                         f"{', '.join(row['devices'])} (torch {', '.join(row['torch'])}) |")
+                         f"{', '.join(row['devices'])} (torch {', '.join(row['torch'])}; {', '.join(row['paths'])}) |")
         lines.append("")
         direction = direction_lines(rows)
         if direction:

@@ -70,3 +70,15 @@ def test_report_lists_methods_against_the_published_direction():
     assert "vs" not in table  # no published number for VS in this setting
     assert lines[-1] == "Opposite to the published direction: class_weights."
     assert common.direction_lines({"ldam_drw": rows["ldam_drw"]}) == []  # no ERM row: nothing to compare
+
+
+def test_report_says_which_training_path_made_the_numbers():
+    def run(seed, fast_path):
+        return {"method": "erm", "status": "completed", "setting": "cifar10-jpeg-exp-r100", "args": {"seed": seed},
+                "final": {"top1": 70.0, "many": 70.0, "medium": None, "few": None, "ece": 1.0}, "wall_time_s": 60.0,
+                "device_name": "NVIDIA H100", "torch_version": "2.11.0", "fast_path": fast_path}
+    graphed = {"eager_steps": 18, "graph_captures": 9, "graph_replays": 19382}
+    rows = common.summarize([run(0, graphed), run(1, graphed)])["cifar10-jpeg-exp-r100"]
+    assert rows["erm"]["paths"] == ["--fast"]
+    rows = common.summarize([run(0, graphed), run(1, None)])["cifar10-jpeg-exp-r100"]
+    assert rows["erm"]["paths"] == ["--fast", "eager"]

@@ -1,14 +1,9 @@
 """`SMOKE=1 bash run_all.sh` end to end: every row of the table runs, writes its JSON, and the report covers all."""
-import os
 import re
 
-from conftest import ROOT, read_results
+from conftest import load_script, read_results
 
-
-def table_rows():
-    text = open(os.path.join(ROOT, "run_all.sh")).read()
-    block = text.split("ROWS=(")[1].split("\n)")[0]
-    return [line.split("#")[0].strip().strip('"') for line in block.splitlines() if line.strip().startswith('"')]
+table_rows = load_script("studies/benchmark.py").table_rows  # the rows of run_all.sh, read from the script
 
 
 def test_smoke_run_all_end_to_end(smoke_table):
@@ -25,5 +20,6 @@ def test_smoke_run_all_end_to_end(smoke_table):
     report = (out / "RESULTS.md").read_text()
     for r in results.values():
         assert f"| {r['method']} |" in report
+    assert "(torch " in report and "; eager) |" in report and "--fast" not in report  # CPU runs: the eager path
     assert (out / "synthetic-exp-r10" / "per_class_acc.png").exists()
     assert (out / "synthetic-exp-r10" / "curves.png").exists()
