@@ -160,9 +160,8 @@ def fp32_check(row, data_flags, check_flags, work, log_dir):
         i = flags.index("--drw-epoch")
         flags = flags[:i] + flags[i + 2:]
     base = data_flags + flags + ["--eval-every", "1", "--fp32", "--deterministic", "--seed", "0"]
-    slug = re.sub(r"[^A-Za-z0-9]+", "_", row).strip("_")
-    eager, cmd_e = run_method(row, base, work, f"check_{slug}_eager", log_dir)
-    fast, cmd_f = run_method(row, base + ["--fast"], work, f"check_{slug}_fast", log_dir)
+    eager, cmd_e = run_method(row, base, work, f"check_{slug(row)}_eager", log_dir)
+    fast, cmd_f = run_method(row, base + ["--fast"], work, f"check_{slug(row)}_fast", log_dir)
     le = [h["train_loss"] for h in eager["history"]]
     lf = [h["train_loss"] for h in fast["history"]]
     te = [h["test_top1"] for h in eager["history"]]
@@ -179,8 +178,9 @@ def accepts(row, flag):
         return f'"{flag}"' in f.read()
 
 
-def device_slug(name):
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
+def slug(text, sep="_"):
+    """A file-name-safe form of a row ('sam.py --base ldam_drw' -> 'sam_py_base_ldam_drw') or a device name."""
+    return re.sub(r"[^A-Za-z0-9]+", sep, text).strip(sep) or "device"
 
 
 def _x(parallel_path):
@@ -258,10 +258,10 @@ def main(argv=None):
                   f"(max |loss diff| {c['max_abs_loss_diff']:.3g})", flush=True)
     timed = ["--epochs", str(args.epochs), "--eval-every", str(args.epochs), "--seed", "0"]
     for row in args.rows:
-        slug = re.sub(r"[^A-Za-z0-9]+", "_", row).strip("_")
+        name = slug(row)
         entry = {"row": row}
         for path, extra in (("eager", []), ("fast", ["--fast"])):
-            result, cmd = run_method(row, data_flags + timed + extra, work, f"bench_{slug}_{path}", log_dir)
+            result, cmd = run_method(row, data_flags + timed + extra, work, f"bench_{name}_{path}", log_dir)
             report["device_name"] = result["device_name"]
             t = timings(result, result["args"]["warmup_epochs"])
             t["projected_run_s"] = project(t, args.project_epochs, args.project_eval_every)
@@ -276,7 +276,7 @@ def main(argv=None):
                 entry["parallel"]["mps"] = True if why is None else f"not started: {why}"
             try:
                 for path, extra in (("eager", []), ("fast", ["--fast"])):
-                    jobs = [(row, data_flags + timed[:-1] + [str(k)] + extra, f"par_{slug}_{path}_{k}")
+                    jobs = [(row, data_flags + timed[:-1] + [str(k)] + extra, f"par_{name}_{path}_{k}")
                             for k in range(args.parallel)]
                     try:  # a failure here (e.g. no MPS server) is recorded, the rest of the benchmark goes on
                         steady = [timings(r, r["args"]["warmup_epochs"])["steady_epoch_s"]
@@ -294,7 +294,7 @@ def main(argv=None):
         if args.full:
             full = ["--epochs", str(args.project_epochs), "--eval-every", str(args.project_eval_every), "--seed", "0",
                     "--fast"]
-            result, cmd = run_method(row, data_flags + full, work, f"full_{slug}_fast", log_dir)
+            result, cmd = run_method(row, data_flags + full, work, f"full_{name}_fast", log_dir)
             entry["full_fast"] = {"wall_s": result["wall_time_s"], "setup_s": result["setup_time_s"],
                                   "top1": result["final"]["top1"], "epochs": result["epochs_completed"],
                                   "fast_path": result.get("fast_path"), "command": cmd}
@@ -309,7 +309,7 @@ def main(argv=None):
               f"{e['projected_run_s']:.1f} s, fast {f['projected_run_s']:.1f} s "
               f"({entry['speedup_projected_run']:.2f}x){full_txt}{par_txt}", flush=True)
     report["bench_wall_s"] = time.time() - t_start
-    out_path = args.out or os.path.join(ROOT, "results", f"bench-{device_slug(report['device_name'] or 'device')}.json")
+    out_path = args.out or os.path.join(ROOT, "results", f"bench-{slug(report['device_name'] or 'device', '-').lower()}.json")
     common.write_json(out_path, report)
     print(f"[bench] wrote {out_path} ({report['bench_wall_s']:.0f} s)", flush=True)
     print("\n".join(speed_lines([report])), flush=True)
