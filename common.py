@@ -5,13 +5,20 @@ No algorithm lives here: no loss, sampler or optimizer step. Each method file im
 nothing else of ours, so copying a method into your own project means copying that file and this one.
 
     python common.py report [results/]      # results/**/seed*.json -> results/RESULTS.md (+ plots)
+    python common.py plan ...                # used by run_all.sh: which runs exist, how long the others take
 """
 import argparse
+import contextlib
+import functools
 import glob
 import hashlib
+import importlib.util
+import io
 import json
 import math
 import os
+import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -629,15 +636,18 @@ def evaluate(model, data):
 # ------------------------------------------------------------------------------------------------
 
 def git_state():
+    """(commit, dirty) of the checkout. A copy without .git (e.g. a working tree sent to a GPU machine) can name its
+    commit in IMBALANCE_REF_GIT_COMMIT; whether it was dirty is then unknown (None)."""
     try:
         head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, timeout=10)
-        commit = head.stdout.strip() if head.returncode == 0 else None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-        return commit, dirty
+        if head.returncode == 0:
+            dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                        capture_output=True, text=True, timeout=10).stdout.strip())
+            return head.stdout.strip(), dirty
     except (OSError, subprocess.SubprocessError):
-        return None, None
+        pass
+    return os.environ.get("IMBALANCE_REF_GIT_COMMIT") or None, None
 
 
 def write_json(path, obj):
@@ -784,6 +794,9 @@ class Run:
             "wall_time_s": time.time() - self.t0,
             "setup_time_s": self.setup_s,
             "fast_path": self.graphed.stats if self.graphed is not None else None,
+            # set by run_all.sh: how many runs shared the device (JOBS), and whether under a CUDA MPS daemon
+            "runs_at_once": int(os.environ.get("IMBALANCE_REF_RUNS_AT_ONCE", "1")),
+            "mps": os.environ.get("IMBALANCE_REF_MPS") == "1",
             "device_name": self.device_name(),
             "torch_version": torch.__version__,
             "git_commit": commit,
@@ -795,6 +808,82 @@ class Run:
 
 def start(args):
     return Run(args)
+
+
+# ------------------------------------------------------------------------------------------------
+# The table of run_all.sh: its rows and seeds (read from the script), which runs exist, how long they take
+# ------------------------------------------------------------------------------------------------
+
+RUN_ALL = os.path.join(ROOT, "run_all.sh")
+
+
+def table_rows(path=RUN_ALL):
+    """The rows of run_all.sh (script and flags), read from the script itself so the two never differ."""
+    text = open(path).read()
+    block = text[text.index("ROWS=("):]
+    block = block[:block.index("\n)")]
+    return [m.group(1) for m in re.finditer(r'^\s*"([^"]+)"', block, re.M)]
+
+
+def table_seeds(path=RUN_ALL):
+    """The seeds of a table run: run_all.sh's default SEEDS (the last default in the script, outside SMOKE=1)."""
+    found = re.findall(r"SEEDS=\$\{SEEDS:-([^}]*)\}", open(path).read())
+    return [int(s) for s in found[-1].split()]
+
+
+@functools.lru_cache(maxsize=None)
+def _method_module(script):
+    path = os.path.join(ROOT, "methods", script)
+    check(script.endswith(".py") and os.path.isfile(path), f"methods/{script} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_imbalance_ref_{script[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row_args(row, flags=()):
+    """The arguments methods/<row> runs with when `flags` are added (its own parse_args: the method name, hence the
+    results folder, comes from the method file). Notes the parser prints are swallowed."""
+    script, *row_flags = shlex.split(row)
+    with contextlib.redirect_stderr(io.StringIO()):
+        return _method_module(script).parse_args(row_flags + list(flags))
+
+
+def table_methods(path=RUN_ALL):
+    """{row of run_all.sh: the method name (results folder) it writes}; rows whose script is missing are left out."""
+    return {row: row_args(row, ["--dataset", "synthetic", "--device", "cpu"]).method for row in table_rows(path)
+            if os.path.isfile(os.path.join(ROOT, "methods", row.split()[0]))}
+
+
+def _completed_walls(out):
+    """{(setting, method): [wall_time_s of each completed run]} of the results JSON under `out` (others ignored)."""
+    walls = {}
+    for path in glob.glob(os.path.join(out, "*", "*", "seed*.json")):
+        try:
+            with open(path) as f:
+                r = json.load(f)
+            if r["status"] == "completed":
+                walls.setdefault((r["setting"], r["method"]), []).append(float(r["wall_time_s"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return walls
+
+
+def plan(jobs, flags, out):
+    """For run_all.sh: for each job "row|imbalance type|ratio|seed", the line "<done> <seconds> <results JSON>":
+    done is 1 when the JSON exists (the run is skipped), seconds the longest wall time of the same method's
+    completed runs in the same setting (else in any setting; -1: never run). Checks every job's flags first."""
+    walls = _completed_walls(out)
+    lines = []
+    for job in jobs:
+        row, itype, ratio, seed = job.split("|")
+        args = row_args(row, list(flags) + ["--imbalance-type", itype, "--imbalance-ratio", ratio, "--seed", seed,
+                                            "--out", out])
+        setting = setting_name(args)
+        same = walls.get((setting, args.method)) or [w for (s, m), ws in walls.items() if m == args.method for w in ws]
+        path = result_path(args)
+        lines.append(f"{int(os.path.exists(path))} {round(max(same)) if same else -1} {path}")
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------
@@ -884,6 +973,9 @@ def summarize(runs):
             for key in ("top1", "many", "medium", "few", "ece"):
                 row[key] = mean_std([r["final"][key] for r in done])
             row["wall"] = mean_std([r["wall_time_s"] for r in done])
+            # runs that shared the GPU (run_all.sh JOBS > 1) each took longer than one alone would
+            row["at_once"] = max([r.get("runs_at_once") or 1 for r in done], default=1)
+            row["mps"] = any(r.get("mps") for r in done)
             row["devices"] = sorted({r["device_name"] for r in done})
             row["torch"] = sorted({r["torch_version"] for r in done})
             # which training path made the numbers: one CUDA graph per step (--fast) or plain eager
@@ -929,6 +1021,45 @@ def direction_lines(rows):
     return lines
 
 
+def missing_lines(rows, methods, seeds):
+    """The runs of run_all.sh's table (`methods`: its rows' method names, `seeds`) that a setting's `rows` lack,
+    as one Markdown line grouped by the missing seeds."""
+    have = {m: {r["args"]["seed"] for r in row["runs"]} for m, row in rows.items()}
+    by_seeds = {}
+    for method in methods:
+        lack = tuple(s for s in seeds if s not in have.get(method, set()))
+        if lack:
+            by_seeds.setdefault(lack, []).append(method)
+    total = len(methods) * len(seeds)
+    if not by_seeds:
+        return [f"Every run of run_all.sh's table is here: {len(methods)} rows x seeds {', '.join(map(str, seeds))}."]
+    n = sum(len(lack) * len(ms) for lack, ms in by_seeds.items())
+    parts = [f"seed{'s' if len(lack) > 1 else ''} {', '.join(map(str, lack))} of "
+             f"{'every row' if len(ms) == len(methods) else ', '.join(ms)}" for lack, ms in by_seeds.items()]
+    return [f"Not run yet: {n} of the {total} runs of run_all.sh's table ({len(methods)} rows x seeds "
+            f"{', '.join(map(str, seeds))}): {'; '.join(parts)} (run_all.sh skips the runs whose JSON exists)."]
+
+
+def session_lines(results_dir):
+    """How the files were made: one line per run_all.sh invocation that wrote results_dir/run_all.jsonl."""
+    path = os.path.join(results_dir, "run_all.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        sessions = [json.loads(l) for l in f if l.strip()]
+    if not sessions:
+        return []
+    trained = [s for s in sessions if s.get("runs_finished")]
+    wall = sum(s["wall_s"] for s in trained)
+    kinds = sorted({f"JOBS={s['jobs']}, {'--fast' if s.get('fast') else 'eager'}{', MPS' if s.get('mps') else ''}"
+                    for s in trained})
+    return [f"Made by {len(trained)} invocation{'s' if len(trained) != 1 else ''} of run_all.sh that trained "
+            f"({sum(s['runs_finished'] for s in trained)} runs, {sum(s['failed'] for s in trained)} failed, "
+            f"{fmt_time(wall)} of wall time in all; {'; '.join(kinds) or 'none'}), "
+            f"{' to '.join(sorted({sessions[0]['date_utc'][:10], sessions[-1]['date_utc'][:10]}))} "
+            "(run_all.jsonl in the results folder).", ""]
+
+
 def report(results_dir):
     runs = load_results(results_dir)
     check(runs, f"no results JSON under {results_dir} (expected <setting>/<method>/seed<k>.json)")
@@ -937,7 +1068,11 @@ def report(results_dir):
              "Generated by `python common.py report` from the JSON files beside this page; do not edit by hand.",
              "Top-1 is the accuracy of the **final epoch** on the balanced test set (no best-epoch selection), "
              "mean ± std over seeds (n). Many / medium / few: classes with > 100, 20-100, < 20 training images "
-             "(n/a: the setting has no such class). ECE: 15 equal-width bins, in %.", "", PAPER_NOTES, ""]
+             "(n/a: the setting has no such class). ECE: 15 equal-width bins, in %. Wall time / run: from the "
+             "start of the script to its JSON, data loading and evaluations included; runs that shared the GPU "
+             "with others (k at once) each took longer than one alone.", "", PAPER_NOTES, ""]
+    lines += session_lines(results_dir)
+    methods, seeds = list(table_methods().values()), table_seeds()
     for setting in sorted(summary):
         rows = summary[setting]
         counts = rows[next(iter(rows))]["runs"][0]["train_class_counts"]
@@ -952,10 +1087,12 @@ def report(results_dir):
                 top1 += " " + ", ".join(f"seed {s}: diverged in epoch {e + 1}" for s, e in row["diverged"])
             paper = f"{row['paper']:.2f}" if row["paper"] is not None else "—"
             wall = f"{row['wall'][0]:.0f} s" if row["wall"][0] is not None else "—"
+            if row["at_once"] > 1 or row["mps"]:
+                wall += f" ({row['at_once']} at once{', MPS' if row['mps'] else ''})"
             lines.append(f"| {method} | {top1} | {_cell(row['many'])} | {_cell(row['medium'])} | "
                          f"{_cell(row['few'])} | {_cell(row['ece'])} | {paper} | {wall} | "
                          f"{', '.join(row['devices'])} (torch {', '.join(row['torch'])}; {', '.join(row['paths'])}) |")
-        lines.append("")
+        lines += [""] + missing_lines(rows, methods, seeds) + [""]
         direction = direction_lines(rows)
         if direction:
             lines += [f"Against ERM ({setting}): does each method change top-1 in the direction of the published "
@@ -1121,7 +1258,14 @@ if __name__ == "__main__":
     rep = sub.add_parser("report", help="results/**/seed*.json -> results/RESULTS.md, plots, README table, "
                                         "and the Result line of each method file's header")
     rep.add_argument("results_dir", nargs="?", default=os.path.join(ROOT, "results"))
+    pl = sub.add_parser("plan", help="for run_all.sh: read jobs 'row|type|ratio|seed' from stdin, print for each "
+                                     "'<done 0|1> <estimated seconds or -1> <results JSON>'")
+    pl.add_argument("--out", required=True, help="the results root of the runs")
+    pl.add_argument("flags", nargs=argparse.REMAINDER, help="flags added to every run (after --)")
     cli = p.parse_args()
+    if cli.command == "plan":
+        flags = cli.flags[1:] if cli.flags[:1] == ["--"] else cli.flags
+        print("\n".join(plan([l for l in sys.stdin.read().splitlines() if l.strip()], flags, cli.out)))
     if cli.command == "report":
         report(cli.results_dir)
         if os.path.abspath(cli.results_dir) == os.path.join(ROOT, "results"):

@@ -4,17 +4,24 @@
 #
 #   bash run_all.sh                                  # JPEG CIFAR-10-LT R=100 from data/cifar10-jpeg, 3 seeds
 #   SETTINGS="exp:100 exp:10 step:100" bash run_all.sh
+#   DEADLINE=600 bash run_all.sh                     # start only the runs expected to end within 10 minutes
 #   SMOKE=1 bash run_all.sh                          # every run tiny: synthetic data, 2 epochs, CPU (tests)
 #
 # Environment: DATA_DIR (an ImageFolder with train/ and test/) or DATA_FLAGS (e.g. "--dataset cifar10
 # --download" for the original CIFAR-10 through torchvision), SEEDS ("0 1 2"), SETTINGS ("exp:100"),
 # JOBS (runs at once; 4 eager runs on one GPU give about 3x the throughput of 1), FAST (1: every run with --fast,
 # one CUDA graph per training step, the same math ~4x faster on a GPU; 0: the plain eager path; no effect on CPU),
-# OUT (results), PYTHON, EXTRA (flags added to every run), ONLY (run only the rows whose script or flags match this
-# grep pattern).
-# A run whose JSON already exists is skipped, so a killed table run resumes where it stopped; delete a
-# JSON (or add EXTRA=--overwrite) to run it again. Logs are appended to, so a resumed run keeps its history. The training seed varies; the data seed stays 0, the
-# subset of the official code.
+# MPS (1: run under a CUDA MPS daemon, started here and stopped at the end, so that the kernels of the JOBS runs
+# can share the GPU at once instead of taking turns), DEADLINE (seconds: no run starts that is expected to end
+# later, judged by the wall time of the same method's finished runs, or the longest known run for a method never
+# run; the rest is left for the next invocation),
+# OUT (results), PYTHON, EXTRA (flags added to every run), ONLY (run only the rows whose script or flags match
+# this grep pattern).
+# Order: setting by setting, seed 0 of every row first, so that a stopped run leaves a whole one-seed table.
+# A run whose JSON already exists is skipped, so a killed or DEADLINE-stopped table run resumes where it stopped;
+# delete a JSON (or add EXTRA=--overwrite) to run it again. Logs are appended to, so a resumed run keeps its
+# history. Each invocation appends a line to $OUT/run_all.jsonl (wall time, runs, JOBS/FAST/MPS), which the
+# report sums. The training seed varies; the data seed stays 0, the subset of the official code.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -22,6 +29,7 @@ SMOKE=${SMOKE:-0}
 PYTHON=${PYTHON:-python}
 EXTRA=${EXTRA:-}
 ONLY=${ONLY:-}
+DEADLINE=${DEADLINE:-}
 if [ "$SMOKE" = 1 ]; then
   SEEDS=${SEEDS:-0}
   SETTINGS=${SETTINGS:-exp:10}
@@ -33,6 +41,7 @@ else
   SETTINGS=${SETTINGS:-exp:100}
   JOBS=${JOBS:-4}
   FAST=${FAST:-1}
+  MPS=${MPS:-0}
   OUT=${OUT:-results}
   DATA_DIR=${DATA_DIR:-data/cifar10-jpeg}
   DATA_FLAGS=${DATA_FLAGS:-"--dataset imagefolder --data-dir $DATA_DIR"}  # or "--dataset cifar10 --download"
@@ -68,48 +77,105 @@ if [ "$JOBS" -gt 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
 if [ "${FAST:-0}" = 1 ]; then EXTRA="--fast $EXTRA"; fi
 
 jobs_list=()
-for row in "${ROWS[@]}"; do
-  script=${row%% *}
-  if [ -n "$ONLY" ] && ! grep -qE -- "$ONLY" <<<"$row"; then continue; fi  # rows not asked for need no file
-  [ -f "methods/$script" ] || { echo "run_all.sh: methods/$script is missing" >&2; exit 1; }
-  for setting in $SETTINGS; do
-    for seed in $SEEDS; do
+for setting in $SETTINGS; do
+  for seed in $SEEDS; do
+    for row in "${ROWS[@]}"; do
+      script=${row%% *}
+      if [ -n "$ONLY" ] && ! grep -qE -- "$ONLY" <<<"$row"; then continue; fi  # rows not asked for need no file
+      [ -f "methods/$script" ] || { echo "run_all.sh: methods/$script is missing" >&2; exit 1; }
       jobs_list+=("$row|${setting%%:*}|${setting##*:}|$seed")
     done
   done
 done
+[ -n "$DEADLINE" ] && ! [[ "$DEADLINE" =~ ^[0-9]+$ ]] && { echo "run_all.sh: DEADLINE must be whole seconds" >&2; exit 1; }
+
+# One line per job: "<done 0|1> <seconds the method's finished runs took, -1: unknown> <results JSON>". This also
+# checks every job's flags before anything trains.
+# shellcheck disable=SC2086  # flags are meant to split into words
+mapfile -t plan < <(printf '%s\n' "${jobs_list[@]}" | "$PYTHON" common.py plan --out "$OUT" -- $DATA_FLAGS $EXTRA)
+[ "${#plan[@]}" -eq "${#jobs_list[@]}" ] || { echo "run_all.sh: could not plan the runs (see above)" >&2; exit 1; }
 
 total=${#jobs_list[@]}
-started=0 finished=0 failed=0
+todo=() done_before=0
+declare -A est  # row|setting -> expected seconds of one run (from earlier runs, then from this invocation's)
+for i in "${!jobs_list[@]}"; do
+  read -r done seconds _ <<<"${plan[$i]}"
+  IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
+  if [ "$done" = 1 ]; then done_before=$((done_before + 1)); else todo+=("$i"); fi
+  [ "$seconds" -ge 0 ] && est["$row|$itype$ratio"]=$seconds
+done
+
+started=0 finished=0 failed=0 deferred=0
 t0=$(date +%s)
 mkdir -p "$OUT/logs"
+durations="$OUT/logs/.durations.$$"  # "<seconds> <row|setting>" of each run of this invocation as it ends
+: >"$durations"
 hms() { printf '%d:%02d:%02d' $(($1 / 3600)) $(($1 / 60 % 60)) $(($1 % 60)); }
 progress() {
   local now=$(( $(date +%s) - t0 )) eta="?"
-  [ "$finished" -gt 0 ] && eta=$(hms $(( now * (total - finished) / finished )))
-  echo "[run_all] $finished/$total done, $failed failed, elapsed $(hms $now), eta $eta"
+  [ "$finished" -gt 0 ] && eta=$(hms $(( now * (${#todo[@]} - deferred - finished) / finished )))
+  echo "[run_all] $finished/$(( ${#todo[@]} - deferred )) done, $failed failed, elapsed $(hms $now), eta $eta"
 }
 reap() {  # wait for one run to end
   if wait -n; then :; else failed=$((failed + 1)); fi
   finished=$((finished + 1))
+  while read -r seconds key; do est["$key"]=$seconds; done <"$durations"
   progress
 }
+session() {  # append this invocation to $OUT/run_all.jsonl (the report sums them)
+  printf '{"date_utc": "%s", "wall_s": %d, "runs_planned": %d, "runs_done_before": %d, "runs_finished": %d, "failed": %d, "left_for_later": %d, "jobs": %d, "fast": %s, "mps": %s, "deadline_s": %s, "settings": "%s", "seeds": "%s", "git_commit": "%s"}\n' \
+    "$(date -u +%Y-%m-%dT%H:%M:%SZ)" $(( $(date +%s) - t0 )) "$total" "$done_before" "$finished" "$failed" "$deferred" \
+    "$JOBS" "$([ "${FAST:-0}" = 1 ] && echo true || echo false)" "$([ "${MPS:-0}" = 1 ] && echo true || echo false)" \
+    "${DEADLINE:-null}" "$SETTINGS" "$SEEDS" "$(git rev-parse --short HEAD 2>/dev/null || echo "${IMBALANCE_REF_GIT_COMMIT:-unknown}")" >>"$OUT/run_all.jsonl"
+}
 
-echo "[run_all] $total runs ($JOBS at a time) -> $OUT; logs in $OUT/logs/"
-for job in "${jobs_list[@]}"; do
-  IFS='|' read -r row itype ratio seed <<<"$job"
+# Several processes at once each with several CPU threads oversubscribe the cores and can run 10x slower
+# (eager runs on a GPU are bound by one CPU thread's kernel launches anyway): one thread each by default.
+if [ "$JOBS" -gt 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
+if [ "${FAST:-0}" = 1 ]; then EXTRA="--fast $EXTRA"; fi
+export IMBALANCE_REF_RUNS_AT_ONCE=$JOBS IMBALANCE_REF_MPS=0  # recorded in every results JSON
+if [ "${MPS:-0}" = 1 ] && [ "${#todo[@]}" -gt 0 ]; then
+  if nvidia-cuda-mps-control -d; then
+    IMBALANCE_REF_MPS=1
+    trap 'echo quit | nvidia-cuda-mps-control >/dev/null 2>&1 || true' EXIT
+    echo "[run_all] CUDA MPS daemon started (stopped at the end)"
+  else
+    echo "[run_all] warning: could not start the CUDA MPS daemon (nvidia-cuda-mps-control -d); the runs take turns on the GPU" >&2
+  fi
+fi
+
+echo "[run_all] $total runs, $done_before done before, ${#todo[@]} to run ($JOBS at a time${DEADLINE:+, deadline ${DEADLINE} s}) -> $OUT; logs in $OUT/logs/"
+for i in "${todo[@]}"; do
+  IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
   while [ $((started - finished)) -ge "$JOBS" ]; do reap; done
+  key="$row|$itype$ratio" expect=${est["$row|$itype$ratio"]:-}
+  if [ -z "$expect" ]; then  # never run: guess the longest run known (unknown before the first one ends)
+    for e in "${est[@]}"; do [ "$e" -gt "${expect:--1}" ] && expect=$e; done
+  fi
+  if [ -n "$DEADLINE" ] && [ -n "$expect" ] && [ $(( $(date +%s) - t0 + expect )) -gt "$DEADLINE" ]; then
+    deferred=$((deferred + 1))
+    echo "[run_all] deadline: not starting methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed (~$expect s, $(( DEADLINE - $(date +%s) + t0 )) s left)"
+    continue
+  fi
   started=$((started + 1))
   log="$OUT/logs/$(tr -c 'A-Za-z0-9_.\n-' '_' <<<"${row}_${itype}${ratio}_seed${seed}" | sed 's/_\+/_/g').log"
-  echo "[run_all] start $started/$total: methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed"
-  # shellcheck disable=SC2086  # flags are meant to split into words
-  "$PYTHON" "methods/${row%% *}" ${row#"${row%% *}"} $DATA_FLAGS --imbalance-type "$itype" \
-    --imbalance-ratio "$ratio" --seed "$seed" --out "$OUT" --skip-existing $EXTRA >>"$log" 2>&1 &
+  echo "[run_all] start $started/$(( ${#todo[@]} - deferred )): methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed"
+  (
+    t=$(date +%s)
+    # shellcheck disable=SC2086  # flags are meant to split into words
+    "$PYTHON" "methods/${row%% *}" ${row#"${row%% *}"} $DATA_FLAGS --imbalance-type "$itype" \
+      --imbalance-ratio "$ratio" --seed "$seed" --out "$OUT" --skip-existing $EXTRA >>"$log" 2>&1
+    rc=$?
+    [ "$rc" = 0 ] && echo "$(( $(date +%s) - t )) $key" >>"$durations"
+    exit "$rc"
+  ) &
 done
 while [ "$finished" -lt "$started" ]; do reap; done
+rm -f "$durations"
+session
 
 "$PYTHON" common.py report "$OUT"
-echo "[run_all] finished $total runs in $(hms $(( $(date +%s) - t0 ))), $failed failed"
+echo "[run_all] finished $finished runs in $(hms $(( $(date +%s) - t0 ))), $failed failed, $done_before done before$([ "$deferred" -gt 0 ] && echo ", $deferred left for the next invocation (DEADLINE)")"
 if [ "$failed" -gt 0 ]; then
   echo "[run_all] see the logs of the failed runs: grep -l '^error' $OUT/logs/*.log" >&2
   exit 1

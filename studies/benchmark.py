@@ -25,6 +25,7 @@ On CPU, --fast changes nothing, so there the script only checks its own plumbing
 """
 import argparse
 import datetime
+import glob
 import json
 import os
 import re
@@ -39,14 +40,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 ROOT = common.ROOT
-
-
-def table_rows():
-    """The rows of run_all.sh (script and flags), read from the script itself so the two never differ."""
-    text = open(os.path.join(ROOT, "run_all.sh")).read()
-    block = text[text.index("ROWS=("):]
-    block = block[:block.index("\n)")]
-    return [m.group(1) for m in re.finditer(r'^\s*"([^"]+)"', block, re.M)]
 
 
 def parse_args(argv=None):
@@ -74,14 +67,17 @@ def parse_args(argv=None):
     p.add_argument("--keep", default=None, help="keep the runs' results and logs in this folder (default: a temp folder)")
     p.add_argument("--report", action="store_true",
                    help="only regenerate results/SPEED.md and README's speed table from results/bench-*.json")
+    p.add_argument("--choose", action="store_true",
+                   help="only print the run_all.sh settings the newest results/bench-*.json supports, e.g. "
+                        "'FAST=1 MPS=0' (used by .ci/gpu-session)")
     args = p.parse_args(argv)
-    if args.report:
+    if args.report or args.choose:
         return args
     common.check(args.epochs >= 3, f"--epochs must be >= 3 (first, steady and evaluated epochs), got {args.epochs}")
     common.check(args.project_epochs > 0 and args.project_eval_every > 0, "--project-* must be positive")
     common.check(args.parallel >= 0, f"--parallel must be >= 0, got {args.parallel}")
-    rows = table_rows() if args.rows == "all" else [r.strip() for r in args.rows.split(",") if r.strip()]
-    known = {r.split()[0] for r in table_rows()}
+    rows = common.table_rows() if args.rows == "all" else [r.strip() for r in args.rows.split(",") if r.strip()]
+    known = {r.split()[0] for r in common.table_rows()}
     for r in rows:
         common.check(r.split()[0] in known, f"unknown row '{r}': the script must be one of {', '.join(sorted(known))}")
     args.rows = rows
@@ -220,6 +216,10 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
                 "Steady epoch: the median epoch after the lr warm-up; projected: setup + first epoch + 199 steady "
                 "epochs + 40 evaluations, from a short timed run; measured: a whole 200-epoch run, end to end.", ""]
         body += speed_lines(reports)
+        partial = [f for f, r in zip(files, reports) if r.get("complete") is False]
+        if partial:
+            body += ["", f"Stopped before the end (a time limit): {', '.join(f'`results/{f}`' for f in partial)}; "
+                         "its rows above are whole, the rest was not measured."]
     else:
         body = ["Not measured yet: no `results/bench-*.json` is committed. `python studies/benchmark.py --check` on "
                 "a GPU writes one and regenerates this table."]
@@ -230,8 +230,27 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
     return body
 
 
+def choose(results_dir=os.path.join(ROOT, "results"), mps_gain=1.2):
+    """(fast, mps) for run_all.sh from the newest bench-*.json: --fast only where its fp32 checks found --fast and
+    eager identical; MPS only where 4 graphed runs under MPS had more than `mps_gain` times one run's throughput."""
+    files = sorted(glob.glob(os.path.join(results_dir, "bench-*.json")), key=os.path.getmtime)
+    if not files:
+        return False, False
+    with open(files[-1]) as f:
+        bench = json.load(f)
+    checks = bench.get("checks") or []
+    fast = bool(checks) and all(c["identical"] for c in checks)
+    par = [row["parallel"] for row in bench.get("rows", []) if row.get("parallel")]
+    gains = [(p.get("fast") or {}).get("throughput_vs_one_run") for p in par if p.get("mps") is True]
+    return fast, fast and bool(gains) and all(g is not None and g > mps_gain for g in gains)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.choose:
+        fast, use_mps = choose()
+        print(f"FAST={int(fast)} MPS={int(use_mps)}")
+        return
     if args.report:
         write_speed_pages()
         print(f"wrote {os.path.join(ROOT, 'results', 'SPEED.md')} and README's speed table")
@@ -248,6 +267,15 @@ def main(argv=None):
               "project_eval_every": args.project_eval_every, "data_flags": args.data_flags,
               "checks": [], "rows": []}
     t_start = time.time()
+    dev = common.torch.device(args.device)
+    report["device_name"] = common.torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    out_path = args.out or os.path.join(ROOT, "results", f"bench-{slug(report['device_name'], '-').lower()}.json")
+
+    def save(complete):  # after every step, so that a benchmark stopped by a time limit keeps what it measured
+        report["complete"] = complete
+        report["bench_wall_s"] = time.time() - t_start
+        common.write_json(out_path, report)
+
     print(f"[bench] {args.device}, torch {common.torch.__version__}, rows: {', '.join(args.rows)}; runs in {work}",
           flush=True)
     if args.check:
@@ -256,13 +284,13 @@ def main(argv=None):
             report["checks"].append(c)
             print(f"[bench] fp32 check {row}: {'identical' if c['identical'] else 'DIFFERENT'} "
                   f"(max |loss diff| {c['max_abs_loss_diff']:.3g})", flush=True)
+            save(complete=False)
     timed = ["--epochs", str(args.epochs), "--eval-every", str(args.epochs), "--seed", "0"]
     for row in args.rows:
         name = slug(row)
         entry = {"row": row}
         for path, extra in (("eager", []), ("fast", ["--fast"])):
             result, cmd = run_method(row, data_flags + timed + extra, work, f"bench_{name}_{path}", log_dir)
-            report["device_name"] = result["device_name"]
             t = timings(result, result["args"]["warmup_epochs"])
             t["projected_run_s"] = project(t, args.project_epochs, args.project_eval_every)
             t["command"] = cmd
@@ -299,6 +327,7 @@ def main(argv=None):
                                   "top1": result["final"]["top1"], "epochs": result["epochs_completed"],
                                   "fast_path": result.get("fast_path"), "command": cmd}
         report["rows"].append(entry)
+        save(complete=False)
         e, f = entry["eager"], entry["fast"]
         full_txt = f", full fast run {entry['full_fast']['wall_s']:.1f} s" if "full_fast" in entry else ""
         par = entry.get("parallel")
@@ -308,9 +337,7 @@ def main(argv=None):
               f"({entry['speedup_steady_epoch']:.2f}x); projected {args.project_epochs}-epoch run eager "
               f"{e['projected_run_s']:.1f} s, fast {f['projected_run_s']:.1f} s "
               f"({entry['speedup_projected_run']:.2f}x){full_txt}{par_txt}", flush=True)
-    report["bench_wall_s"] = time.time() - t_start
-    out_path = args.out or os.path.join(ROOT, "results", f"bench-{slug(report['device_name'] or 'device', '-').lower()}.json")
-    common.write_json(out_path, report)
+    save(complete=True)
     print(f"[bench] wrote {out_path} ({report['bench_wall_s']:.0f} s)", flush=True)
     print("\n".join(speed_lines([report])), flush=True)
     if os.path.dirname(os.path.abspath(out_path)) == os.path.join(ROOT, "results"):

@@ -88,7 +88,7 @@ def test_the_check_catches_what_a_capture_refuses():
     assert ok() is not None and ok.calls == 1
 
 
-@pytest.mark.parametrize("row", load_script("studies/benchmark.py").table_rows())
+@pytest.mark.parametrize("row", common.table_rows())
 def test_every_step_is_capturable(row, tmp_path, monkeypatch):
     made = []
     original = common.Run.fast_step

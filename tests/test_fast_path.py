@@ -4,12 +4,14 @@ On CPU: --fast changes nothing (the same JSON as eager), the rules that decide w
 and the benchmark's plumbing. With a CUDA GPU: --fast and eager give bit-identical fp32 runs for rows that
 cross an lr change and the DRW switch (skipped without a GPU)."""
 import json
+import os
+import subprocess
 
 import pytest
 import torch
 
 import common
-from conftest import SMOKE_ARGS, load_script, read_results, run_script
+from conftest import ROOT, SMOKE_ARGS, load_script, read_results, run_script
 
 CUDA = torch.cuda.is_available()
 
@@ -74,6 +76,7 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
                       "--parallel", "2", "--out", out, "--keep", tmp_path / "runs")
     report = json.loads(out.read_text())
     assert report["device_name"] == "cpu" and report["torch_version"] == torch.__version__
+    assert report["complete"] is True  # written after each step with complete False, so a killed run keeps its part
     (check,) = report["checks"]
     assert check["row"] == "class_weights.py" and "--drw-epoch" in check["flags"]
     assert check["identical"] and len(check["train_loss_fast"]) == 2  # on CPU both are the eager path
@@ -98,6 +101,41 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     text = readme.read_text()
     assert "old" not in text and lines[2] in text and text.startswith("intro\n") and text.endswith("rest\n")
     assert lines[2] in (results / "SPEED.md").read_text() and "`results/bench-cpu.json`" in text
+    assert "Stopped before the end" not in text
+    (results / "bench-cpu.json").write_text(json.dumps({**report, "complete": False}))
+    load_benchmark().write_speed_pages(str(results), str(readme))
+    assert "Stopped before the end (a time limit): `results/bench-cpu.json`" in readme.read_text()
+
+
+def test_benchmark_choose_reads_the_newest_json(tmp_path):
+    """.ci/gpu-session trains the table with --fast only where the newest benchmark's fp32 checks passed, and under
+    MPS only where 4 graphed runs under MPS beat one run by > 1.2x."""
+    choose = load_benchmark().choose
+    assert choose(str(tmp_path)) == (False, False)  # never benchmarked: eager
+
+    def bench(name, identical, mps=None, gain=None, age=0):
+        par = {"n": 4, "mps": mps, "fast": {"throughput_vs_one_run": gain}} if mps is not None else None
+        path = tmp_path / name
+        path.write_text(json.dumps({"checks": [{"row": "erm.py", "identical": identical}] if identical is not None
+                                    else [], "rows": [{"row": "erm.py", "parallel": par}]}))
+        os.utime(path, (1e9 + age, 1e9 + age))
+
+    bench("bench-a.json", True)
+    assert choose(str(tmp_path)) == (True, False)
+    bench("bench-b.json", True, mps=True, gain=1.5, age=10)
+    assert choose(str(tmp_path)) == (True, True)
+    bench("bench-c.json", True, mps=True, gain=1.1, age=20)          # MPS not worth it
+    assert choose(str(tmp_path)) == (True, False)
+    bench("bench-d.json", True, mps="not started: no daemon", gain=2.0, age=30)
+    assert choose(str(tmp_path)) == (True, False)
+    bench("bench-e.json", False, mps=True, gain=3.0, age=40)         # --fast differs from eager: eager, no MPS
+    assert choose(str(tmp_path)) == (False, False)
+    bench("bench-f.json", None, age=50)                               # not checked: eager
+    assert choose(str(tmp_path)) == (False, False)
+    bench("bench-a.json", True, age=60)                               # the newest file decides
+    assert choose(str(tmp_path)) == (True, False)
+    proc = run_script("studies/benchmark.py", "--choose")
+    assert proc.stdout.strip() in ("FAST=0 MPS=0", "FAST=1 MPS=0", "FAST=1 MPS=1")
 
 
 def test_benchmark_rejects_unknown_rows():
@@ -107,7 +145,7 @@ def test_benchmark_rejects_unknown_rows():
 
 def test_benchmark_rows_are_run_all_rows():
     mod = load_benchmark()
-    rows = mod.table_rows()
+    rows = common.table_rows()
     assert len(rows) == 20 and rows[0] == "erm.py" and "sam.py --base ldam_drw" in rows
     # the fp32 check adds --drw-epoch only where the method has it
     assert mod.accepts("ldam_drw.py", "--drw-epoch") and not mod.accepts("erm.py", "--drw-epoch")
@@ -231,3 +269,10 @@ def test_graphed_step_bookkeeping(fake_cuda):
     assert results[-1] - results[-2] == 3 * 10
     with pytest.raises(ValueError, match="model's device"):
         common.GraphedStep(step_fn, model, optimizer).capture([torch.ones(1, device="meta"), None])
+
+
+@pytest.mark.parametrize("script", [".ci/gpu", ".ci/gpu-session", "run_all.sh"])
+def test_gpu_scripts_parse(script):
+    """The GPU-session scripts cannot run here; bash must at least accept them (a typo costs a lent GPU session)."""
+    proc = subprocess.run(["bash", "-n", script], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

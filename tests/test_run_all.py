@@ -1,9 +1,16 @@
 """`SMOKE=1 bash run_all.sh` end to end: every row of the table runs, writes its JSON, and the report covers all."""
+import json
+import os
 import re
+import shutil
+import subprocess
 
-from conftest import load_script, read_results
+import pytest
 
-table_rows = load_script("studies/benchmark.py").table_rows  # the rows of run_all.sh, read from the script
+import common
+from conftest import ROOT, read_results
+
+table_rows = common.table_rows  # the rows of run_all.sh, read from the script
 
 
 def test_smoke_run_all_end_to_end(smoke_table):
@@ -21,5 +28,91 @@ def test_smoke_run_all_end_to_end(smoke_table):
     for r in results.values():
         assert f"| {r['method']} |" in report
     assert "(torch " in report and "; eager) |" in report and "--fast" not in report  # CPU runs: the eager path
+    assert all(r["runs_at_once"] == 2 and r["mps"] is False for r in results.values())  # JOBS=2, recorded
+    assert " s (2 at once) |" in report
+    assert "Made by 1 invocation of run_all.sh that trained (20 runs, 0 failed" in report
+    assert "Not run yet: 40 of the 60 runs of run_all.sh's table (20 rows x seeds 0, 1, 2): seeds 1, 2 of every row" \
+        in report
     assert (out / "synthetic-exp-r10" / "per_class_acc.png").exists()
     assert (out / "synthetic-exp-r10" / "curves.png").exists()
+
+
+def test_run_all_resumes_and_keeps_its_deadline(smoke_table, tmp_path):
+    """A second invocation skips the runs whose JSON exists without starting them, and under DEADLINE starts no run
+    that the same method's earlier wall time says would end too late; run_all.jsonl and the report record it."""
+    proc, out = smoke_table
+    assert proc.returncode == 0
+    copy = tmp_path / "results"
+    shutil.copytree(out, copy)
+    n = len(table_rows())
+    again = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "SMOKE": "1", "OUT": str(copy), "JOBS": "2", "SEEDS": "0 1",
+                                "DEADLINE": "0"})
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"{2 * n} runs, {n} done before, {n} to run (2 at a time, deadline 0 s)" in again.stdout
+    assert again.stdout.count("[run_all] deadline: not starting methods/") == n
+    assert "[run_all] start" not in again.stdout
+    assert f"{n} left for the next invocation (DEADLINE)" in again.stdout
+    first, second = [json.loads(l) for l in (copy / "run_all.jsonl").read_text().splitlines()]
+    assert first["runs_finished"] == n and first["left_for_later"] == 0 and first["jobs"] == 2
+    assert second["runs_done_before"] == n and second["runs_finished"] == 0 and second["left_for_later"] == n
+    assert second["deadline_s"] == 0 and second["seeds"] == "0 1"
+    assert "Made by 1 invocation of run_all.sh that trained" in (copy / "RESULTS.md").read_text()
+
+
+def write_run(root, setting, method, seed, status="completed", wall=10.0):
+    path = root / setting / method / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"setting": setting, "method": method, "status": status, "wall_time_s": wall}))
+    return str(path)
+
+
+def test_plan_marks_existing_runs_and_estimates_from_the_same_method(tmp_path):
+    done = write_run(tmp_path, "synthetic-exp-r10", "erm", 0, wall=30.4)
+    write_run(tmp_path, "synthetic-exp-r50", "erm", 0, wall=50.0)
+    write_run(tmp_path, "synthetic-exp-r10", "focal", 0, status="diverged", wall=5.0)
+    (tmp_path / "synthetic-exp-r10" / "cdt").mkdir()
+    (tmp_path / "synthetic-exp-r10" / "cdt" / "seed0.json").write_text("{not json")  # ignored, not a crash
+    flags = ["--dataset", "synthetic", "--device", "cpu"]
+    lines = common.plan(["erm.py|exp|10|0", "erm.py|exp|10|1", "erm.py|step|10|0", "focal.py|exp|10|1",
+                         "ldam_drw.py --loss ce|exp|10|0"], flags, str(tmp_path))
+    path = lambda s, m, k: os.path.join(str(tmp_path), s, m, f"seed{k}.json")  # noqa: E731
+    assert lines == [f"1 30 {done}",                                     # exists: skipped
+                     f"0 30 {path('synthetic-exp-r10', 'erm', 1)}",      # the same setting's erm runs
+                     f"0 50 {path('synthetic-step-r10', 'erm', 0)}",     # no erm run there: any setting's longest
+                     f"0 -1 {path('synthetic-exp-r10', 'focal', 1)}",    # a diverged run is no estimate
+                     f"0 -1 {path('synthetic-exp-r10', 'erm_drw', 0)}"]  # the row's method name, from its flags
+    with pytest.raises(common.UserError, match="imbalance-ratio"):
+        common.plan(["erm.py|exp|0.5|0"], flags, str(tmp_path))         # every job's flags checked before training
+    with pytest.raises(common.UserError, match="nosuch.py"):
+        common.plan(["nosuch.py|exp|10|0"], flags, str(tmp_path))
+
+
+def test_table_methods_and_seeds_come_from_run_all():
+    methods = common.table_methods()
+    assert list(methods) == table_rows() and len(set(methods.values())) == len(methods)
+    assert methods["ldam_drw.py --loss ce"] == "erm_drw" and methods["oversampling.py --start-epoch 160"] == "drs"
+    assert common.table_seeds() == [0, 1, 2]
+
+
+def test_missing_lines_group_runs_by_missing_seeds():
+    row = lambda *seeds: {"runs": [{"args": {"seed": k}} for k in seeds]}  # noqa: E731
+    (line,) = common.missing_lines({"erm": row(0, 1, 2), "focal": row(0), "cdt": row(0)},
+                                   ["erm", "focal", "cdt", "vs"], [0, 1, 2])
+    assert line.startswith("Not run yet: 7 of the 12 runs of run_all.sh's table (4 rows x seeds 0, 1, 2): "
+                           "seeds 1, 2 of focal, cdt; seeds 0, 1, 2 of vs")
+    (line,) = common.missing_lines({"erm": row(0, 1)}, ["erm"], [0, 1])
+    assert line.startswith("Every run of run_all.sh's table is here")
+    assert "of every row" in common.missing_lines({}, ["erm", "vs"], [0])[0]
+
+
+def test_session_lines_sum_the_invocations(tmp_path):
+    assert common.session_lines(str(tmp_path)) == []
+    base = {"jobs": 2, "fast": True, "mps": False, "failed": 0}
+    lines = [{**base, "date_utc": "2026-11-28T01:00:00Z", "wall_s": 600, "runs_finished": 7, "failed": 1},
+             {**base, "date_utc": "2026-11-29T01:00:00Z", "wall_s": 5, "runs_finished": 0},  # only skipped or deferred
+             {**base, "date_utc": "2026-11-30T01:00:00Z", "wall_s": 300, "runs_finished": 3, "jobs": 4, "mps": True}]
+    (tmp_path / "run_all.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    text = common.session_lines(str(tmp_path))[0]
+    assert text.startswith("Made by 2 invocations of run_all.sh that trained (10 runs, 1 failed, 0:15:00 of wall time "
+                           "in all; JOBS=2, --fast; JOBS=4, --fast, MPS), 2026-11-28 to 2026-11-30")
