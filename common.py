@@ -98,6 +98,10 @@ def make_parser(doc):
                    help="CUDA only: train and evaluate in fp32 (no bf16 autocast, no TF32), e.g. to compare --fast "
                         "with the eager path bit for bit")
     r.add_argument("--eval-every", type=int, default=5, help="evaluate every N epochs (and always at the end)")
+    r.add_argument("--profile-steps", type=int, default=0,
+                   help="profile this many training steps of the second epoch with torch.profiler: kernels per step, "
+                        "their summed GPU time and the wall time per step (what bounds a step: the CPU launching "
+                        "kernels, or the GPU running them), saved as 'profile' in the JSON; 0: off")
     r.add_argument("--out", default=os.path.join(ROOT, "results"), help="results root folder")
     r.add_argument("--name", default=None, help="name of the run's method folder (default: set by the method)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing result file")
@@ -129,6 +133,7 @@ def finish_args(args, method):
     check(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
     check(args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
     check(args.eval_every > 0, f"--eval-every must be positive, got {args.eval_every}")
+    check(args.profile_steps >= 0, f"--profile-steps must be >= 0, got {args.profile_steps}")
     check(0 < args.lr_decay <= 1, f"--lr-decay must be in (0, 1], got {args.lr_decay}")
     if args.dataset == "imagefolder":
         check(args.data_dir is not None, "--dataset imagefolder needs --data-dir pointing at a folder with train/ and test/")
@@ -691,6 +696,82 @@ def fmt_time(seconds):
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+class StepProfiler:
+    """--profile-steps: torch.profiler over `steps` training steps, from the `start`-th call of tick() (one call
+    after each step) on. The result says where a step's time goes: GPU activities (kernels, copies) per step, their
+    summed GPU time, and the wall time per step between two synchronizations. Wall time far above the GPU time:
+    the CPU launching kernels bounds the step (eager PyTorch); about equal: the GPU does (then only fewer or larger
+    kernels help). The profiler's own CPU cost inflates eager wall times a little. Never stops a run: a profiler
+    failure is recorded as {"error": ...}; close() ends a window the run did not reach the end of."""
+
+    def __init__(self, start, steps, device):
+        self.start, self.steps, self.device = start, steps, torch.device(device)
+        self.calls, self.prof, self.t0, self.result = 0, None, None, None
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def tick(self):
+        self.calls += 1
+        if self.result is not None or self.calls < self.start:
+            return
+        try:
+            if self.prof is None:
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if self.device.type == "cuda":
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                self._sync()
+                self.prof = torch.profiler.profile(activities=activities)
+                self.prof.__enter__()
+                self.t0 = time.perf_counter()
+            elif self.calls == self.start + self.steps:
+                self._finish(self.steps)
+        except Exception as e:  # a diagnostic must not end a long run
+            self._fail(e)
+
+    def close(self):
+        """At the end of the run: a window still open ends here (fewer steps), one never reached says so."""
+        if self.result is not None:
+            return
+        if self.prof is None:
+            self.result = {"error": f"the run ended before step {self.start + 1}, where profiling starts"}
+            return
+        try:
+            self._finish(self.calls - self.start)
+        except Exception as e:
+            self._fail(e)
+
+    def _finish(self, steps):
+        self._sync()
+        wall = time.perf_counter() - self.t0
+        prof, self.prof = self.prof, None
+        prof.__exit__(None, None, None)
+        events = prof.events()
+        gpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        gpu_us = sum(e.time_range.elapsed_us() for e in gpu)
+        top = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU and e.cpu_parent is None]
+        steps = max(steps, 1)
+        self.result = {
+            "steps": steps, "first_step": self.start + 1, "device": str(self.device),
+            "wall_ms_per_step": 1e3 * wall / steps,
+            "cpu_ops_per_step": len(top) / steps,  # top-level operator calls (a graph replay: one)
+            "gpu_activities_per_step": len(gpu) / steps,
+            "gpu_ms_per_step": gpu_us / 1e3 / steps,
+            "mean_gpu_activity_us": gpu_us / len(gpu) if gpu else None,
+            "gpu_busy_fraction": gpu_us / 1e6 / wall if wall > 0 else None,
+        }
+
+    def _fail(self, e):
+        self.result = {"error": f"{e.__class__.__name__}: {e}"}
+        prof, self.prof = self.prof, None
+        if prof is not None:
+            try:
+                prof.__exit__(None, None, None)
+            except Exception:
+                pass
+
+
 class Run:
     """Bookkeeping of one training run. `start(args)` checks the output path before any work, seeds,
     loads the data; `log_step(loss)` after each step; `end_epoch(...)` evaluates every --eval-every
@@ -724,6 +805,11 @@ class Run:
         self.history, self.extra = [], {}
         self._loss_sum, self._steps = 0.0, 0
         self.last_eval = None
+        # --profile-steps: in the second epoch, 10 steps in (past its eager warm-up steps and graph capture), and not
+        # past its end (no evaluation inside the window)
+        spe, offset = self.data.steps_per_epoch, min(10, self.data.steps_per_epoch // 2)
+        self.profiler = StepProfiler(spe + offset, min(args.profile_steps, spe - offset), args.device) \
+            if args.profile_steps else None
         self.tag = f"[{args.method} seed{args.seed}]"
         print(f"{self.tag} {setting_name(args)}: {len(self.data)} training images, counts {self.data.train_counts}, "
               f"{len(self.data.test_y)} test images, device {self.device_name()}, "
@@ -744,6 +830,8 @@ class Run:
     def log_step(self, loss):
         self._loss_sum += loss.detach().float()   # a device tensor: no sync per step
         self._steps += 1
+        if self.profiler is not None:
+            self.profiler.tick()
 
     def end_epoch(self, epoch, lr, model):
         args = self.args
@@ -775,6 +863,12 @@ class Run:
         print(f"{self.tag} final (epoch {len(self.history)}): top-1 {f['top1']:.2f}%  {groups}  "
               f"ECE {f['ece']:.2f}  wall {fmt_time(time.time() - self.t0)}  -> {self.path}", flush=True)
 
+    def _profile(self):
+        if self.profiler is None:
+            return None
+        self.profiler.close()
+        return self.profiler.result
+
     def save(self, status, epochs_completed, final=None, **more):
         commit, dirty = git_state()
         args = {k: v for k, v in vars(self.args).items()}
@@ -794,6 +888,7 @@ class Run:
             "wall_time_s": time.time() - self.t0,
             "setup_time_s": self.setup_s,
             "fast_path": self.graphed.stats if self.graphed is not None else None,
+            "profile": self._profile(),
             # set by run_all.sh: how many runs shared the device (JOBS), and whether under a CUDA MPS daemon
             "runs_at_once": int(os.environ.get("IMBALANCE_REF_RUNS_AT_ONCE", "1")),
             "mps": os.environ.get("IMBALANCE_REF_MPS") == "1",

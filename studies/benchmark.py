@@ -52,6 +52,10 @@ def parse_args(argv=None):
                    help="data flags passed to every run")
     p.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu (cpu: plumbing check only)")
     p.add_argument("--epochs", type=int, default=10, help="epochs of each timed run (>= 3)")
+    p.add_argument("--profile-steps", type=int, default=20,
+                   help="after the timed runs, a 2-epoch run of each path profiles this many steps of its second epoch "
+                        "with torch.profiler (GPU kernels and their time vs wall time per step: what bounds a step); "
+                        "a separate run, so a profiler problem costs no timing; 0: off")
     p.add_argument("--project-epochs", type=int, default=200)
     p.add_argument("--project-eval-every", type=int, default=5)
     p.add_argument("--check", action="store_true", help="fp32 bit-for-bit comparison of --fast and eager first")
@@ -143,6 +147,21 @@ def timings(result, warmup_epochs):
             "fast_path": result.get("fast_path")}
 
 
+def bound_by(profile):
+    """What bounds a training step, from a --profile-steps result: a sentence, or None without a usable profile."""
+    if not profile or profile.get("error") or not profile.get("wall_ms_per_step"):
+        return None
+    n, busy = profile["gpu_activities_per_step"], profile["gpu_busy_fraction"]
+    if not n:
+        return f"CPU run: {profile['wall_ms_per_step']:.1f} ms per step, {profile['cpu_ops_per_step']:.0f} operator calls"
+    what = (f"{profile['cpu_ops_per_step']:.0f} operator calls and {n:.0f} GPU kernels/copies per step, "
+            f"{profile['gpu_ms_per_step']:.2f} ms of GPU time in {profile['wall_ms_per_step']:.2f} ms of wall time")
+    if busy < 0.6:
+        return f"the CPU (launching kernels): the GPU is busy {busy:.0%} of a step; {what}"
+    return (f"the GPU: busy {busy:.0%} of a step, {profile['mean_gpu_activity_us']:.1f} us per kernel on average "
+            f"(tiny kernels: fewer or larger ones would help, e.g. several models in one); {what}")
+
+
 def project(t, epochs, eval_every):
     evals = len([e for e in range(epochs) if (e + 1) % eval_every == 0 or e == epochs - 1])
     return t["setup_s"] + t["first_epoch_s"] + (epochs - 1) * t["steady_epoch_s"] + evals * t["eval_s"]
@@ -188,7 +207,8 @@ def speed_lines(reports):
     """The speed table (markdown lines) of a list of benchmark JSON objects; projected numbers labelled."""
     lines = ["| device (torch) | row | steady epoch eager / --fast | speed-up | 200-epoch run, projected: eager / --fast "
              "| measured --fast run (top-1) | N runs at once: throughput vs one, eager / --fast "
-             "| fp32 --fast == eager | commit |", "|---|---|---|---|---|---|---|---|---|"]
+             "| profiled step: wall / GPU ms (GPU kernels), eager / --fast "
+             "| fp32 --fast == eager | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         checks = {c["row"]: c["identical"] for c in r.get("checks", [])}
         for row in r["rows"]:
@@ -201,8 +221,28 @@ def speed_lines(reports):
                    if par else "—")
             lines.append(f"| {r['device_name']} ({r['torch_version']}) | `{row['row']}` | {e['steady_epoch_s']:.2f} s / "
                          f"{f['steady_epoch_s']:.2f} s | {row['speedup_steady_epoch']:.1f}x | "
-                         f"{e['projected_run_s']:.0f} s / {f['projected_run_s']:.0f} s | {measured} | {par} | {same} | "
+                         f"{e['projected_run_s']:.0f} s / {f['projected_run_s']:.0f} s | {measured} | {par} | "
+                         f"{_step(e.get('profile'))} / {_step(f.get('profile'))} | {same} | "
                          f"{(r['git_commit'] or '?')[:7]}{' (dirty)' if r.get('git_dirty') else ''} |")
+    return lines
+
+
+def _step(profile):
+    if not profile or profile.get("error") or not profile.get("wall_ms_per_step"):
+        return "—"
+    return (f"{profile['wall_ms_per_step']:.2f} / {profile['gpu_ms_per_step']:.2f} ms "
+            f"({profile['gpu_activities_per_step']:.0f})")
+
+
+def bound_lines(reports):
+    """One line per row and path: what bounds its training step (bound_by), from the profiled steps."""
+    lines = []
+    for r in reports:
+        for row in r["rows"]:
+            for path, name in (("eager", "eager"), ("fast", "--fast")):
+                why = bound_by(row[path].get("profile"))
+                if why:
+                    lines.append(f"- `{row['row']}` {name} on {r['device_name']}: a step is bound by {why}.")
     return lines
 
 
@@ -216,6 +256,10 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
                 "Steady epoch: the median epoch after the lr warm-up; projected: setup + first epoch + 199 steady "
                 "epochs + 40 evaluations, from a short timed run; measured: a whole 200-epoch run, end to end.", ""]
         body += speed_lines(reports)
+        bounds = bound_lines(reports)
+        if bounds:
+            body += ["", "Where a step's time goes (`--profile-steps`: torch.profiler over steps of the second epoch "
+                         "of a 2-epoch run):", ""] + bounds
         partial = [f for f, r in zip(files, reports) if r.get("complete") is False]
         if partial:
             body += ["", f"Stopped before the end (a time limit): {', '.join(f'`results/{f}`' for f in partial)}; "
@@ -285,7 +329,7 @@ def main(argv=None):
             print(f"[bench] fp32 check {row}: {'identical' if c['identical'] else 'DIFFERENT'} "
                   f"(max |loss diff| {c['max_abs_loss_diff']:.3g})", flush=True)
             save(complete=False)
-    timed = ["--epochs", str(args.epochs), "--eval-every", str(args.epochs), "--seed", "0"]
+    timed = ["--epochs", str(args.epochs), "--eval-every", str(args.epochs), "--seed", "0"]  # the seed last
     for row in args.rows:
         name = slug(row)
         entry = {"row": row}
@@ -295,6 +339,14 @@ def main(argv=None):
             t["projected_run_s"] = project(t, args.project_epochs, args.project_eval_every)
             t["command"] = cmd
             entry[path] = t
+            if args.profile_steps:
+                profiled = ["--epochs", "2", "--eval-every", "2", "--profile-steps", str(args.profile_steps), "--seed", "0"]
+                try:
+                    result, _ = run_method(row, data_flags + profiled + extra, work, f"prof_{name}_{path}", log_dir)
+                    t["profile"] = result.get("profile")
+                except SystemExit as e:  # e.g. the profiler crashed the process: recorded, the benchmark goes on
+                    t["profile"] = {"error": str(e)[-500:]}
+                print(f"[bench] {row} {path}: a step is bound by {bound_by(t['profile']) or t['profile']}", flush=True)
         entry["speedup_steady_epoch"] = entry["eager"]["steady_epoch_s"] / entry["fast"]["steady_epoch_s"]
         entry["speedup_projected_run"] = entry["eager"]["projected_run_s"] / entry["fast"]["projected_run_s"]
         if args.parallel > 1:
@@ -339,7 +391,7 @@ def main(argv=None):
               f"({entry['speedup_projected_run']:.2f}x){full_txt}{par_txt}", flush=True)
     save(complete=True)
     print(f"[bench] wrote {out_path} ({report['bench_wall_s']:.0f} s)", flush=True)
-    print("\n".join(speed_lines([report])), flush=True)
+    print("\n".join(speed_lines([report]) + [""] + bound_lines([report])), flush=True)
     if os.path.dirname(os.path.abspath(out_path)) == os.path.join(ROOT, "results"):
         write_speed_pages()
     if any(not c["identical"] for c in report["checks"]):

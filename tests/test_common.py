@@ -195,3 +195,36 @@ def test_erm_learns_the_synthetic_set():
                           "--warmup-epochs", "0", "--lr", "0.05", "--out", out)
     top1 = float(proc.stdout.split("top-1 ")[1].split("%")[0])
     assert top1 > 60, proc.stdout
+
+
+def test_step_profiler_measures_its_window_and_never_raises(monkeypatch):
+    """--profile-steps: the steps after the start-th tick are profiled (wall time, operator calls, GPU activities);
+    a profiler failure is recorded, not raised (a diagnostic must not end a 200-epoch run)."""
+    model = torch.nn.Linear(4, 2)
+    prof = common.StepProfiler(start=3, steps=2, device="cpu")
+    for _ in range(6):
+        model(torch.randn(8, 4)).sum().backward()
+        prof.tick()
+    r = prof.result
+    assert r["steps"] == 2 and r["first_step"] == 4 and r["device"] == "cpu"
+    assert r["wall_ms_per_step"] > 0 and r["cpu_ops_per_step"] >= 2
+    assert r["gpu_activities_per_step"] == 0 and r["gpu_busy_fraction"] == 0 and r["mean_gpu_activity_us"] is None
+
+    prof = common.StepProfiler(start=3, steps=50, device="cpu")  # the run ends inside the window: close() ends it
+    for _ in range(5):
+        prof.tick()
+    prof.close()
+    assert prof.result["steps"] == 2 and prof.result["wall_ms_per_step"] > 0
+    prof = common.StepProfiler(start=30, steps=5, device="cpu")  # never reached: said so
+    prof.tick()
+    prof.close()
+    assert prof.result == {"error": "the run ended before step 31, where profiling starts"}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no profiler here")
+
+    monkeypatch.setattr(torch.profiler, "profile", broken)
+    prof = common.StepProfiler(start=1, steps=2, device="cpu")
+    for _ in range(4):
+        prof.tick()
+    assert prof.result == {"error": "RuntimeError: no profiler here"}

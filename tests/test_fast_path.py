@@ -85,6 +85,9 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
             t = row[path]
             assert len(t["epoch_s"]) == 3 and t["steady_epoch_s"] > 0 and t["projected_run_s"] > t["setup_s"]
         assert row["speedup_projected_run"] > 0
+        for path in ("eager", "fast"):  # --profile-steps of the timed runs (on CPU: no GPU activity)
+            prof = row[path]["profile"]
+            assert prof["steps"] >= 1 and prof["wall_ms_per_step"] > 0 and prof["gpu_activities_per_step"] == 0
         par = row["parallel"]
         assert par["n"] == 2 and par["mps"] is None and len(par["fast"]["steady_epoch_s"]) == 2
         assert par["eager"]["throughput_vs_one_run"] > 0
@@ -92,6 +95,9 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     assert "steady epoch eager" in proc.stdout
     lines = load_benchmark().speed_lines([report])
     assert len(lines) == 3 and "projected" in lines[0] and "yes, bit for bit" in lines[2] and "| 2: " in lines[2]
+    assert "profiled step" in lines[0] and " ms (0) / " in lines[2]
+    bounds = load_benchmark().bound_lines([report])
+    assert len(bounds) == 2 and all("a step is bound by CPU run" in b for b in bounds)
     # the generated pages: results/SPEED.md and README's block between the speed markers, from bench-*.json
     results, readme = tmp_path / "results", tmp_path / "README.md"
     results.mkdir()
@@ -105,6 +111,16 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     (results / "bench-cpu.json").write_text(json.dumps({**report, "complete": False}))
     load_benchmark().write_speed_pages(str(results), str(readme))
     assert "Stopped before the end (a time limit): `results/bench-cpu.json`" in readme.read_text()
+
+
+def test_bound_by_reads_the_profile():
+    bound_by = load_benchmark().bound_by
+    eager = {"wall_ms_per_step": 13.0, "gpu_ms_per_step": 3.0, "gpu_activities_per_step": 603, "cpu_ops_per_step": 350,
+             "mean_gpu_activity_us": 5.0, "gpu_busy_fraction": 0.23}
+    graphed = {**eager, "wall_ms_per_step": 3.2, "cpu_ops_per_step": 3, "gpu_busy_fraction": 0.94}
+    assert bound_by(eager).startswith("the CPU (launching kernels): the GPU is busy 23% of a step")
+    assert bound_by(graphed).startswith("the GPU: busy 94% of a step, 5.0 us per kernel on average")
+    assert bound_by(None) is None and bound_by({"error": "RuntimeError: x"}) is None
 
 
 def test_benchmark_choose_reads_the_newest_json(tmp_path):
