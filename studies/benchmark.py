@@ -13,20 +13,23 @@ each path at once (seeds 0..N-1) and reports their aggregate throughput against 
 a CUDA MPS daemon (several graphed processes gain nothing without it, performance.md Sec. 6).
 --check first compares the two paths in fp32 with deterministic kernels (--fp32 --deterministic) on a short
 schedule that crosses an lr change and the DRW switch: every epoch's mean training loss and the final accuracy
-must be equal bit for bit.
+must be equal bit for bit. --accuracy N trains N seeds of each path for the whole protocol, as the table is
+trained (bf16 on CUDA), and compares their final top-1: the same within seed noise (2 standard errors) or not.
+Those runs are kept under results/accuracy/ and reused, so a check cut short resumes.
 
 Writes results/bench-<gpu>.json (device name, torch version, git commit, every measured number, the commands),
 prints a table, and regenerates results/SPEED.md and README's speed table from every results/bench-*.json
 (`--report` does only that). Not a timed test; run it on the GPU:
     python studies/benchmark.py --check                        # ERM on data/cifar10-jpeg, eager vs --fast
     python studies/benchmark.py --check --rows all --full      # every row of run_all.sh, plus 200-epoch fast runs
-On CPU, --fast changes nothing, so there the script only checks its own plumbing (tests/test_benchmark.py):
+On CPU, --fast changes nothing, so there the script only checks its own plumbing (tests/test_fast_path.py):
     python studies/benchmark.py --device cpu --data-flags "--dataset synthetic" --epochs 3
 """
 import argparse
 import datetime
 import glob
 import json
+import math
 import os
 import re
 import shlex
@@ -67,6 +70,11 @@ def parse_args(argv=None):
                         "throughput against one run (eager runs are CPU-bound, graphed runs GPU-bound)")
     p.add_argument("--mps", action="store_true",
                    help="with --parallel: run the parallel copies under a CUDA MPS daemon (started and stopped here)")
+    p.add_argument("--accuracy", type=int, default=0,
+                   help="N >= 2: also train N seeds (0..N-1) of each row with each path for --project-epochs epochs "
+                        "and compare their final top-1 (mean ± std; same within 2 standard errors?)")
+    p.add_argument("--accuracy-dir", default=os.path.join(ROOT, "results", "accuracy"),
+                   help="where the --accuracy runs are kept; a finished run there is reused, not trained again")
     p.add_argument("--out", default=None, help="the JSON to write (default results/bench-<device>.json)")
     p.add_argument("--keep", default=None, help="keep the runs' results and logs in this folder (default: a temp folder)")
     p.add_argument("--report", action="store_true",
@@ -80,6 +88,8 @@ def parse_args(argv=None):
     common.check(args.epochs >= 3, f"--epochs must be >= 3 (first, steady and evaluated epochs), got {args.epochs}")
     common.check(args.project_epochs > 0 and args.project_eval_every > 0, "--project-* must be positive")
     common.check(args.parallel >= 0, f"--parallel must be >= 0, got {args.parallel}")
+    common.check(args.accuracy == 0 or args.accuracy >= 2,
+                 f"--accuracy needs at least 2 seeds per path for a standard deviation, got {args.accuracy}")
     rows = common.table_rows() if args.rows == "all" else [r.strip() for r in args.rows.split(",") if r.strip()]
     known = {r.split()[0] for r in common.table_rows()}
     for r in rows:
@@ -89,14 +99,15 @@ def parse_args(argv=None):
     return args
 
 
-def run_methods(jobs, out, log_dir):
+def run_methods(jobs, out, log_dir, reuse=False):
     """Train methods/<row> with `flags` into out/<setting>/<name>/ for every (row, flags, name) in `jobs`, all at
-    once (one CPU thread each when several); return [(results JSON, the command)]. Raise if any fails."""
+    once (one CPU thread each when several); return [(results JSON, the command)]. Raise if any fails.
+    reuse: a run whose JSON exists is not trained again (--skip-existing instead of --overwrite)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"} if len(jobs) > 1 else None
     started = []
     for row, flags, name in jobs:
         cmd = [sys.executable, os.path.join("methods", row.split()[0])] + row.split()[1:] + flags + \
-            ["--out", out, "--name", name, "--overwrite"]
+            ["--out", out, "--name", name, "--skip-existing" if reuse else "--overwrite"]
         log = os.path.join(log_dir, f"{name}.log")
         with open(log, "w") as f:
             started.append((subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env), cmd, log, name))
@@ -165,6 +176,40 @@ def bound_by(profile):
 def project(t, epochs, eval_every):
     evals = len([e for e in range(epochs) if (e + 1) % eval_every == 0 or e == epochs - 1])
     return t["setup_s"] + t["first_epoch_s"] + (epochs - 1) * t["steady_epoch_s"] + evals * t["eval_s"]
+
+
+def accuracy_check(row, data_flags, n, epochs, eval_every, out, log_dir):
+    """N seeds of each path for the whole protocol (both in the table's precision), their final top-1 compared:
+    the difference of the means against 2 standard errors. Runs in `out` are reused."""
+    name, entry = slug(row), {"n": n, "epochs": epochs}
+    for path, extra in (("eager", []), ("fast", ["--fast"])):
+        jobs = [(row, data_flags + ["--epochs", str(epochs), "--eval-every", str(eval_every), "--seed", str(k)] + extra,
+                 f"acc_{name}_{path}_seed{k}") for k in range(n)]
+        done = run_methods(jobs, out, log_dir, reuse=True)
+        top1 = [r["final"]["top1"] for r, _ in done]
+        entry[path] = {"top1": top1, "mean": statistics.mean(top1), "std": statistics.stdev(top1),
+                       "wall_s": [r["wall_time_s"] for r, _ in done], "fast_path": [r.get("fast_path") for r, _ in done],
+                       "commands": [c for _, c in done]}
+    e, f = entry["eager"], entry["fast"]
+    entry["difference"] = f["mean"] - e["mean"]
+    entry["two_standard_errors"] = 2 * math.sqrt(e["std"] ** 2 / n + f["std"] ** 2 / n)
+    entry["same_within_noise"] = abs(entry["difference"]) <= entry["two_standard_errors"]
+    return entry
+
+
+def accuracy_lines(reports):
+    """One line per row with an --accuracy comparison."""
+    lines = []
+    for r in reports:
+        for row in r["rows"]:
+            a = row.get("accuracy")
+            if a:
+                lines.append(f"- `{row['row']}` on {r['device_name']}, final top-1 over {a['n']} seeds of "
+                             f"{a['epochs']} epochs: eager {a['eager']['mean']:.2f} ± {a['eager']['std']:.2f}, "
+                             f"--fast {a['fast']['mean']:.2f} ± {a['fast']['std']:.2f}; difference "
+                             f"{a['difference']:+.2f} (2 s.e. {a['two_standard_errors']:.2f}): "
+                             f"{'the same within seed noise' if a['same_within_noise'] else '**different**'}.")
+    return lines
 
 
 def fp32_check(row, data_flags, check_flags, work, log_dir):
@@ -256,6 +301,10 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
                 "Steady epoch: the median epoch after the lr warm-up; projected: setup + first epoch + 199 steady "
                 "epochs + 40 evaluations, from a short timed run; measured: a whole 200-epoch run, end to end.", ""]
         body += speed_lines(reports)
+        accuracy = accuracy_lines(reports)
+        if accuracy:
+            body += ["", "Accuracy of the two paths (`--accuracy N`: N seeds each for the whole protocol, in the "
+                         "table's precision):", ""] + accuracy
         bounds = bound_lines(reports)
         if bounds:
             body += ["", "Where a step's time goes (`--profile-steps`: torch.profiler over steps of the second epoch "
@@ -274,10 +323,14 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
     return body
 
 
-def choose(results_dir=os.path.join(ROOT, "results"), mps_gain=1.2):
-    """(fast, mps) for run_all.sh from the newest bench-*.json: --fast only where its fp32 checks found --fast and
-    eager identical; MPS only where 4 graphed runs under MPS had more than `mps_gain` times one run's throughput."""
+def choose(results_dir=os.path.join(ROOT, "results"), device_name=None, mps_gain=1.2):
+    """(fast, mps) for run_all.sh from the benchmark of this GPU (results/bench-<device_name>.json), else the newest
+    bench-*.json: --fast only where its fp32 checks found --fast and eager identical; MPS only where 4 graphed runs
+    under MPS had more than `mps_gain` times one run's throughput."""
     files = sorted(glob.glob(os.path.join(results_dir, "bench-*.json")), key=os.path.getmtime)
+    own = os.path.join(results_dir, f"bench-{slug(device_name, '-').lower()}.json") if device_name else None
+    if own in files:
+        files.append(own)
     if not files:
         return False, False
     with open(files[-1]) as f:
@@ -292,7 +345,8 @@ def choose(results_dir=os.path.join(ROOT, "results"), mps_gain=1.2):
 def main(argv=None):
     args = parse_args(argv)
     if args.choose:
-        fast, use_mps = choose()
+        cuda = common.torch.cuda.is_available()
+        fast, use_mps = choose(device_name=common.torch.cuda.get_device_name() if cuda else None)
         print(f"FAST={int(fast)} MPS={int(use_mps)}")
         return
     if args.report:
@@ -378,6 +432,11 @@ def main(argv=None):
             entry["full_fast"] = {"wall_s": result["wall_time_s"], "setup_s": result["setup_time_s"],
                                   "top1": result["final"]["top1"], "epochs": result["epochs_completed"],
                                   "fast_path": result.get("fast_path"), "command": cmd}
+        if args.accuracy:
+            entry["accuracy"] = accuracy_check(row, data_flags, args.accuracy, args.project_epochs,
+                                               args.project_eval_every, args.accuracy_dir, log_dir)
+            print("[bench] " + accuracy_lines([{"device_name": report["device_name"], "rows": [entry]}])[0][2:],
+                  flush=True)
         report["rows"].append(entry)
         save(complete=False)
         e, f = entry["eager"], entry["fast"]
@@ -391,7 +450,7 @@ def main(argv=None):
               f"({entry['speedup_projected_run']:.2f}x){full_txt}{par_txt}", flush=True)
     save(complete=True)
     print(f"[bench] wrote {out_path} ({report['bench_wall_s']:.0f} s)", flush=True)
-    print("\n".join(speed_lines([report]) + [""] + bound_lines([report])), flush=True)
+    print("\n".join(speed_lines([report]) + [""] + accuracy_lines([report]) + bound_lines([report])), flush=True)
     if os.path.dirname(os.path.abspath(out_path)) == os.path.join(ROOT, "results"):
         write_speed_pages()
     if any(not c["identical"] for c in report["checks"]):

@@ -73,7 +73,8 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     proc = run_script("studies/benchmark.py", "--device", "cpu", "--rows", "class_weights.py",
                       "--data-flags", "--dataset synthetic --imbalance-ratio 10 --batch-size 64", "--epochs", "3",
                       "--check", "--check-flags", "--epochs 2 --warmup-epochs 1 --lr-decay-epochs 1 --drw-epoch 1",
-                      "--parallel", "2", "--out", out, "--keep", tmp_path / "runs")
+                      "--parallel", "2", "--accuracy", "2", "--project-epochs", "3", "--project-eval-every", "3",
+                      "--accuracy-dir", tmp_path / "accuracy", "--out", out, "--keep", tmp_path / "runs")
     report = json.loads(out.read_text())
     assert report["device_name"] == "cpu" and report["torch_version"] == torch.__version__
     assert report["complete"] is True  # written after each step with complete False, so a killed run keeps its part
@@ -92,6 +93,17 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
         assert par["n"] == 2 and par["mps"] is None and len(par["fast"]["steady_epoch_s"]) == 2
         assert par["eager"]["throughput_vs_one_run"] > 0
     assert "--fast" in report["rows"][0]["fast"]["command"] and "--fast" not in report["rows"][0]["eager"]["command"]
+    acc = report["rows"][0]["accuracy"]  # --accuracy 2: 2 seeds per path for --project-epochs, compared
+    assert acc["n"] == 2 and acc["epochs"] == 3 and len(acc["eager"]["top1"]) == len(acc["fast"]["top1"]) == 2
+    assert acc["eager"]["top1"] == acc["fast"]["top1"] and acc["same_within_noise"]  # on CPU the same path
+    assert all("--seed 1" in c for c in (acc["eager"]["commands"][1], acc["fast"]["commands"][1]))
+    assert len(list((tmp_path / "accuracy").glob("*/acc_class_weights_py_*_seed*/seed*.json"))) == 4
+    again = load_benchmark().accuracy_check(  # kept runs are reused, not trained again
+        "class_weights.py", ["--dataset", "synthetic", "--imbalance-ratio", "10", "--batch-size", "64", "--device",
+                             "cpu"], 2, 3, 3, str(tmp_path / "accuracy"), str(tmp_path))
+    assert again["eager"]["top1"] == acc["eager"]["top1"] and again["fast"]["top1"] == acc["fast"]["top1"]
+    assert all("skip:" in (tmp_path / f"acc_class_weights_py_{p}_seed{k}.log").read_text()
+               for p in ("eager", "fast") for k in (0, 1))
     assert "steady epoch eager" in proc.stdout
     lines = load_benchmark().speed_lines([report])
     assert len(lines) == 3 and "projected" in lines[0] and "yes, bit for bit" in lines[2] and "| 2: " in lines[2]
@@ -108,6 +120,7 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     assert "old" not in text and lines[2] in text and text.startswith("intro\n") and text.endswith("rest\n")
     assert lines[2] in (results / "SPEED.md").read_text() and "`results/bench-cpu.json`" in text
     assert "Stopped before the end" not in text
+    assert "difference +0.00" in text and "the same within seed noise" in text  # the --accuracy line
     (results / "bench-cpu.json").write_text(json.dumps({**report, "complete": False}))
     load_benchmark().write_speed_pages(str(results), str(readme))
     assert "Stopped before the end (a time limit): `results/bench-cpu.json`" in readme.read_text()
@@ -150,6 +163,9 @@ def test_benchmark_choose_reads_the_newest_json(tmp_path):
     assert choose(str(tmp_path)) == (False, False)
     bench("bench-a.json", True, age=60)                               # the newest file decides
     assert choose(str(tmp_path)) == (True, False)
+    bench("bench-nvidia-h100-80gb-hbm3.json", True, mps=True, gain=2.0, age=0)  # ... unless this GPU has its own
+    assert choose(str(tmp_path), device_name="NVIDIA H100 80GB HBM3") == (True, True)
+    assert choose(str(tmp_path), device_name="NVIDIA H200") == (True, False)  # none of its own: the newest
     proc = run_script("studies/benchmark.py", "--choose")
     assert proc.stdout.strip() in ("FAST=0 MPS=0", "FAST=1 MPS=0", "FAST=1 MPS=1")
 
