@@ -23,7 +23,9 @@ Choices:   BatchNorm (--norm batch, default): ONE joint forward of the whole bat
            and running statistics, as ERM), per-class losses L_l = sum_{y_i=l} CE_i / B (so sum_l L_l is the
            batch-mean CE), and one backward per class through the retained graph. g_l therefore includes the
            coupling through the batch statistics; it costs C full backward passes (10x on CIFAR-10, 100x on
-           CIFAR-100). --norm group swaps every BatchNorm2d for GroupNorm(channels/4, channels) as the official
+           CIFAR-100); --class-grads batched runs the C of them as one batched backward (the same g_l, fewer and
+           larger kernels; whether that is faster on a GPU is for studies/benchmark.py to say). --norm group swaps
+           every BatchNorm2d for GroupNorm(channels/4, channels) as the official
            code (GF=4 in PythonRunManager.sh); GroupNorm has no cross-sample coupling, so each class is then
            forwarded and back-propagated alone (exactly the same g_l, about the cost of one ERM step).
            Learning rate: kept as given (the paper uses the plain lr with the normalized direction). The
@@ -69,9 +71,15 @@ def parse_args(argv=None):
                    help="channels per GroupNorm group with --norm group (official GF=4, PythonRunManager.sh)")
     m.add_argument("--eps", type=float, default=1e-6,
                    help="g_l / (||g_l|| + eps) (official CodeBlocks.py: 1e-6)")
+    m.add_argument("--class-grads", default="loop",
+                   help="how the C per-class gradients are computed with --norm batch (the same numbers): loop (one "
+                        "backward per class) | batched (one backward of the C class masks at once, vmap inside "
+                        "autograd: fewer, larger kernels)")
     args = parser.parse_args(argv)
     common.check(args.variant in VARIANTS, f"unknown --variant '{args.variant}': use {', '.join(VARIANTS)}")
     common.check(args.norm in ("batch", "group"), f"unknown --norm '{args.norm}': use batch or group")
+    common.check(args.class_grads in ("loop", "batched"),
+                 f"unknown --class-grads '{args.class_grads}': use loop or batched")
     common.check(args.gn_group_size >= 1 and 16 % args.gn_group_size == 0,
                  f"--gn-group-size must divide 16 (ResNet-32 has 16/32/64 channels), got {args.gn_group_size}")
     common.check(args.eps > 0, f"--eps must be > 0 (a zero class gradient would give 0/0), got {args.eps:g}")
@@ -137,6 +145,17 @@ def per_class_grads(model, logits, labels, num_classes, loss_fn=per_sample_ce):
     return grads, losses.detach()
 
 
+def per_class_grads_batched(model, logits, labels, num_classes, loss_fn=per_sample_ce):
+    """The g_l of per_class_grads from ONE batched backward: row l of the (C, B) matrix of class masks / B is the
+    cotangent of class l, and autograd runs all C at once (is_grads_batched=True, i.e. vmap over the backward):
+    the same numbers (tests), with about the kernels of one backward, each C times larger, instead of C backwards."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses = loss_fn(logits, labels)
+    masks = F.one_hot(labels, num_classes).T.to(losses.dtype) / len(labels)  # (C, B); an absent class: a zero row
+    grads = torch.autograd.grad(losses, params, grad_outputs=(masks,), is_grads_batched=True, allow_unused=True)
+    return [[None if g is None else g[c] for g in grads] for c in range(num_classes)], losses.detach()
+
+
 def per_class_grads_split(model, x, labels, num_classes, loss_fn=per_sample_ce):
     """The same g_l from a separate forward of each class's samples: equal to per_class_grads only for a model
     without cross-sample coupling (GroupNorm, no BatchNorm in train mode), at the cost of one ERM step."""
@@ -170,10 +189,11 @@ def pcn_direction(class_grads, eps=1e-6):
     return out
 
 
-def update_direction(model, x, labels, num_classes, normalize=True, split=False, eps=1e-6):
+def update_direction(model, x, labels, num_classes, normalize=True, split=False, eps=1e-6, batched=False):
     """Forward, then write the update direction into each parameter's .grad: sum_l g_l / (||g_l|| + eps)
     (normalize) or the plain sum_l g_l = the gradient of the batch-mean CE (one backward). `split`: per-class
-    forwards (GroupNorm models only). Returns the per-sample losses (detached)."""
+    forwards (GroupNorm models only); `batched`: the g_l from one batched backward. Returns the per-sample losses
+    (detached)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not normalize:  # sgd_o: sum_l g_l is the gradient of sum_l L_l = the batch mean, so one backward suffices
         with common.autocast(x.device):
@@ -187,7 +207,8 @@ def update_direction(model, x, labels, num_classes, normalize=True, split=False,
         else:
             with common.autocast(x.device):
                 logits = model(x)
-            class_grads, losses = per_class_grads(model, logits, labels, num_classes)
+            class_grads, losses = (per_class_grads_batched if batched else per_class_grads)(model, logits, labels,
+                                                                                            num_classes)
         grads = pcn_direction(class_grads, eps)
     for p, g in zip(params, grads):
         p.grad = None if g is None else g.to(p.dtype)
@@ -226,7 +247,8 @@ if __name__ == "__main__":
 
     def train_step(x, y):  # one PCNSGD step on a batch; returns the per-sample losses
         optimizer.zero_grad(set_to_none=True)
-        losses = update_direction(model, x, y, C, normalize=normalize, split=split, eps=args.eps)  # METHOD
+        losses = update_direction(model, x, y, C, normalize=normalize, split=split, eps=args.eps,  # METHOD
+                                  batched=args.class_grads == "batched")
         optimizer.step()  # momentum and weight decay act on the normalized direction
         return losses
 

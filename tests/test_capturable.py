@@ -88,7 +88,8 @@ def test_the_check_catches_what_a_capture_refuses():
     assert ok() is not None and ok.calls == 1
 
 
-@pytest.mark.parametrize("row", common.table_rows())
+# every row of the table, and the options that only change how a step computes (the same numbers, other kernels)
+@pytest.mark.parametrize("row", common.table_rows() + ["pcn_sgd.py --variant pcnsgd_o --class-grads batched"])
 def test_every_step_is_capturable(row, tmp_path, monkeypatch):
     made = []
     original = common.Run.fast_step

@@ -192,12 +192,13 @@ GPU_ROWS = [
     ("class_weights.py", ["--drw-epoch", "2"]),            # None -> tensor class weight: a new graph
     ("ldam_drw.py", ["--drw-epoch", "2"]),                 # cosine head in fp32, DRW weights as a graph input
     ("pcn_sgd.py", ["--variant", "pcnsgd_o"]),             # C backward passes per step in one graph
+    ("pcn_sgd.py", ["--variant", "pcnsgd_o", "--class-grads", "batched"]),  # one batched backward (vmap) captured
     ("sam.py", ["--base", "ldam_drw", "--drw-epoch", "2"]),  # two forward/backward passes in one graph
 ]
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-@pytest.mark.parametrize("script,flags", GPU_ROWS, ids=[r[0] + "".join(r[1][:2]) for r in GPU_ROWS])
+@pytest.mark.parametrize("script,flags", GPU_ROWS, ids=[r[0] + "".join(r[1]) for r in GPU_ROWS])
 def test_fast_equals_eager_in_fp32_on_gpu(tmp_path, script, flags):
     args = ["--dataset", "synthetic", "--imbalance-ratio", "10", "--batch-size", "64", "--epochs", "3",
             "--warmup-epochs", "1", "--lr-decay-epochs", "2", "--eval-every", "1", "--device", "cuda",

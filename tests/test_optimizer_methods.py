@@ -254,3 +254,20 @@ def test_default_names_and_rho():
     a = sam.parse_args(SMOKE_ARGS)
     assert a.method == "sam_ldam_drw" and a.rho == 0.8
     assert sam.parse_args([*SMOKE_ARGS, "--base", "ce_drw", "--rho", "0"]).rho == 0.0
+
+
+@pytest.mark.parametrize("labels", [[0] * 9 + [1] * 2 + [2] * 1, [0] * 8 + [1] * 4])  # the second: class 2 absent
+def test_batched_class_grads_equal_the_loop(labels):
+    """--class-grads batched: the C per-class gradients from one batched backward are the loop's numbers."""
+    x, y = batch(labels=labels)
+    model = tiny_bn_model()
+    loop, losses = pcn.per_class_grads(model, model(x), y, C)
+    batched, losses_b = pcn.per_class_grads_batched(model, model(x), y, C)
+    for a, b in zip(loop, batched):
+        torch.testing.assert_close(flat(b), flat(a), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(losses_b, losses)
+    first, second = tiny_bn_model(), tiny_bn_model()
+    pcn.update_direction(first, x, y, C)
+    pcn.update_direction(second, x, y, C, batched=True)
+    torch.testing.assert_close(flat(p.grad for p in second.parameters()), flat(p.grad for p in first.parameters()),
+                               rtol=1e-5, atol=1e-7)
