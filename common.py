@@ -897,12 +897,27 @@ class Run:
             "git_commit": commit,
             "git_dirty": dirty,
             "script_sha256": hashlib.sha256(open(script, "rb").read()).hexdigest() if os.path.exists(script) else None,
+            "code_sha256": code_sha256(script),
             "extra": self.extra,
         })
 
 
 def start(args):
     return Run(args)
+
+
+def code_sha256(path):
+    """sha256 of a script's code without its docstring and comments (ast.unparse of the rest): the header's
+    generated Result line and comment edits leave it unchanged, a change to what runs does not."""
+    import ast
+    try:
+        tree = ast.parse(open(path).read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    if tree.body and isinstance(tree.body[0], ast.Expr) and isinstance(getattr(tree.body[0], "value", None), ast.Constant) \
+            and isinstance(tree.body[0].value.value, str):
+        tree.body = tree.body[1:]
+    return hashlib.sha256(ast.unparse(tree).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1075,6 +1090,10 @@ def summarize(runs):
             row["torch"] = sorted({r["torch_version"] for r in done})
             # which training path made the numbers: one CUDA graph per step (--fast) or plain eager
             row["paths"] = sorted({"--fast" if r.get("fast_path") else "eager" for r in done})
+            # which version of the method file's code made each seed (a table made over several sessions)
+            row["code"] = {}
+            for r in done:
+                row["code"].setdefault(r.get("code_sha256"), []).append(r["args"]["seed"])
             out.setdefault(setting, {})[method] = row
     return out
 
@@ -1114,6 +1133,21 @@ def direction_lines(rows):
         lines.append(f"| {method} | {paper:+.2f} | {ours:+.2f} ({2 * se:.2f}) | {verdict} |")
     lines += ["", "Opposite to the published direction: " + (", ".join(opposite) if opposite else "none") + "."]
     return lines
+
+
+def code_lines(rows):
+    """Rows whose seeds were trained by different versions of their method file's code (code_sha256)."""
+    mixed = []
+    for method in sorted(rows):
+        versions = {k: v for k, v in rows[method]["code"].items() if k is not None}
+        if len(versions) > 1:
+            mixed.append(f"{method} (" + "; ".join(f"seed{'s' if len(v) > 1 else ''} {', '.join(map(str, sorted(v)))}: "
+                                                    f"{k[:10]}" for k, v in sorted(versions.items(), key=lambda kv: min(kv[1])))
+                         + ")")
+    if not mixed:
+        return []
+    return ["Seeds trained by different versions of their method file's code (code_sha256 of the file without "
+            "docstring and comments; rerun the older seeds to compare like with like): " + ", ".join(mixed) + "."]
 
 
 def missing_lines(rows, methods, seeds):
@@ -1188,6 +1222,9 @@ def report(results_dir):
                          f"{_cell(row['few'])} | {_cell(row['ece'])} | {paper} | {wall} | "
                          f"{', '.join(row['devices'])} (torch {', '.join(row['torch'])}; {', '.join(row['paths'])}) |")
         lines += [""] + missing_lines(rows, methods, seeds) + [""]
+        mixed = code_lines(rows)
+        if mixed:
+            lines += mixed + [""]
         direction = direction_lines(rows)
         if direction:
             lines += [f"Against ERM ({setting}): does each method change top-1 in the direction of the published "

@@ -116,3 +116,27 @@ def test_session_lines_sum_the_invocations(tmp_path):
     text = common.session_lines(str(tmp_path))[0]
     assert text.startswith("Made by 2 invocations of run_all.sh that trained (10 runs, 1 failed, 0:15:00 of wall time "
                            "in all; JOBS=2, --fast; JOBS=4, --fast, MPS), 2026-11-28 to 2026-11-30")
+
+
+def test_code_sha256_ignores_the_header_and_comments_and_the_report_flags_mixed_versions(tmp_path):
+    src = open(os.path.join(ROOT, "methods", "erm.py")).read()
+    path = tmp_path / "erm.py"
+    path.write_text(src)
+    base = common.code_sha256(str(path))
+    assert base == common.code_sha256(os.path.join(ROOT, "methods", "erm.py")) and len(base) == 64
+    path.write_text(src.replace("Result:    ", "Result:    71.02 ± 0.40 (n=3); was: ", 1)
+                    .replace("# one SGD step on a batch", "# a reworded comment"))
+    assert common.code_sha256(str(path)) == base  # the generated Result line and comments are not code
+    path.write_text(src.replace("momentum=args.momentum", "momentum=0.5"))
+    assert common.code_sha256(str(path)) != base
+    row = lambda code: {"code": code}  # noqa: E731
+    assert common.code_lines({"erm": row({"a" * 64: [0, 1, 2]}), "vs": row({None: [0]})}) == []
+    (line,) = common.code_lines({"erm": row({"a" * 64: [0, 1], "b" * 64: [2]}), "vs": row({"c" * 64: [0]})})
+    assert "erm (seeds 0, 1: aaaaaaaaaa; seed 2: bbbbbbbbbb)" in line and "vs" not in line
+
+
+def test_results_record_their_code_version(smoke_table):
+    proc, out = smoke_table
+    for r in read_results(out).values():
+        script = r["command"].split()[0]
+        assert r["code_sha256"] == common.code_sha256(os.path.join(ROOT, script)), script
