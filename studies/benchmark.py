@@ -403,6 +403,8 @@ def main(argv=None):
                 print(f"[bench] {row} {path}: a step is bound by {bound_by(t['profile']) or t['profile']}", flush=True)
         entry["speedup_steady_epoch"] = entry["eager"]["steady_epoch_s"] / entry["fast"]["steady_epoch_s"]
         entry["speedup_projected_run"] = entry["eager"]["projected_run_s"] / entry["fast"]["projected_run_s"]
+        report["rows"].append(entry)  # saved now and again after each part below: a time limit keeps the timings
+        save(complete=False)
         if args.parallel > 1:
             entry["parallel"] = {"n": args.parallel, "mps": None}
             if args.mps:
@@ -425,6 +427,7 @@ def main(argv=None):
             finally:
                 if entry["parallel"]["mps"] is True:
                     mps("stop")
+            save(complete=False)
         if args.full:
             full = ["--epochs", str(args.project_epochs), "--eval-every", str(args.project_eval_every), "--seed", "0",
                     "--fast"]
@@ -432,12 +435,12 @@ def main(argv=None):
             entry["full_fast"] = {"wall_s": result["wall_time_s"], "setup_s": result["setup_time_s"],
                                   "top1": result["final"]["top1"], "epochs": result["epochs_completed"],
                                   "fast_path": result.get("fast_path"), "command": cmd}
+            save(complete=False)
         if args.accuracy:
             entry["accuracy"] = accuracy_check(row, data_flags, args.accuracy, args.project_epochs,
                                                args.project_eval_every, args.accuracy_dir, log_dir)
             print("[bench] " + accuracy_lines([{"device_name": report["device_name"], "rows": [entry]}])[0][2:],
                   flush=True)
-        report["rows"].append(entry)
         save(complete=False)
         e, f = entry["eager"], entry["fast"]
         full_txt = f", full fast run {entry['full_fast']['wall_s']:.1f} s" if "full_fast" in entry else ""
