@@ -148,7 +148,8 @@ echo "[run_all] $total runs, $done_before done before, ${#todo[@]} to run ($JOBS
 for i in "${todo[@]}"; do
   IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
   while [ $((started - finished)) -ge "$JOBS" ]; do reap; done
-  key="$row|$itype$ratio" expect=${est["$row|$itype$ratio"]:-}
+  key="$row|$itype$ratio"
+  expect=${est[$key]:-}
   if [ -z "$expect" ]; then  # never run: guess the longest run known (unknown before the first one ends)
     for e in "${est[@]}"; do [ "$e" -gt "${expect:--1}" ] && expect=$e; done
   fi
