@@ -80,8 +80,8 @@ def parse_args(argv=None):
     p.add_argument("--report", action="store_true",
                    help="only regenerate results/SPEED.md and README's speed table from results/bench-*.json")
     p.add_argument("--choose", action="store_true",
-                   help="only print the run_all.sh settings the newest results/bench-*.json supports, e.g. "
-                        "'FAST=1 MPS=0' (used by .ci/gpu-session)")
+                   help="only print the run_all.sh settings that this GPU's results/bench-<gpu>.json (else the "
+                        "newest bench-*.json) supports, e.g. 'FAST=1 MPS=0' (used by .ci/gpu-session)")
     args = p.parse_args(argv)
     if args.report or args.choose:
         return args
@@ -186,6 +186,10 @@ def accuracy_check(row, data_flags, n, epochs, eval_every, out, log_dir):
         jobs = [(row, data_flags + ["--epochs", str(epochs), "--eval-every", str(eval_every), "--seed", str(k)] + extra,
                  f"acc_{name}_{path}_seed{k}") for k in range(n)]
         done = run_methods(jobs, out, log_dir, reuse=True)
+        for r, cmd in done:  # a kept run must be a whole run of this protocol, not one of another --project-epochs
+            common.check(r["status"] == "completed" and r["args"]["epochs"] == epochs,
+                         f"--accuracy: the kept run of `{cmd}` is {r['status']} after {r['epochs_completed']} of "
+                         f"{r['args']['epochs']} epochs, not a completed {epochs}-epoch run: delete it from {out}")
         top1 = [r["final"]["top1"] for r, _ in done]
         entry[path] = {"top1": top1, "mean": statistics.mean(top1), "std": statistics.stdev(top1),
                        "wall_s": [r["wall_time_s"] for r, _ in done], "fast_path": [r.get("fast_path") for r, _ in done],

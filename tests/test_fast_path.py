@@ -104,6 +104,10 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     assert again["eager"]["top1"] == acc["eager"]["top1"] and again["fast"]["top1"] == acc["fast"]["top1"]
     assert all("skip:" in (tmp_path / f"acc_class_weights_py_{p}_seed{k}.log").read_text()
                for p in ("eager", "fast") for k in (0, 1))
+    with pytest.raises(common.UserError, match="not a completed 4-epoch run"):  # kept runs of another length
+        load_benchmark().accuracy_check("class_weights.py", ["--dataset", "synthetic", "--imbalance-ratio", "10",
+                                                             "--batch-size", "64", "--device", "cpu"],
+                                        2, 4, 4, str(tmp_path / "accuracy"), str(tmp_path))
     assert "steady epoch eager" in proc.stdout
     lines = load_benchmark().speed_lines([report])
     assert len(lines) == 3 and "projected" in lines[0] and "yes, bit for bit" in lines[2] and "| 2: " in lines[2]
