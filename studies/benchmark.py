@@ -158,9 +158,14 @@ def timings(result, warmup_epochs):
             "fast_path": result.get("fast_path")}
 
 
+def usable(profile):
+    """A --profile-steps result with numbers in it (not None, not {"error": ...})."""
+    return bool(profile) and not profile.get("error") and bool(profile.get("wall_ms_per_step"))
+
+
 def bound_by(profile):
     """What bounds a training step, from a --profile-steps result: a sentence, or None without a usable profile."""
-    if not profile or profile.get("error") or not profile.get("wall_ms_per_step"):
+    if not usable(profile):
         return None
     n, busy = profile["gpu_activities_per_step"], profile["gpu_busy_fraction"]
     if not n:
@@ -277,7 +282,7 @@ def speed_lines(reports):
 
 
 def _step(profile):
-    if not profile or profile.get("error") or not profile.get("wall_ms_per_step"):
+    if not usable(profile):
         return "—"
     return (f"{profile['wall_ms_per_step']:.2f} / {profile['gpu_ms_per_step']:.2f} ms "
             f"({profile['gpu_activities_per_step']:.0f})")
