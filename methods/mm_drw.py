@@ -123,9 +123,8 @@ def mm_margins(logits, labels, beta, delta_minus):
     target = z.gather(1, labels[:, None]).squeeze(1)
     others = z.masked_fill(F.one_hot(labels, z.shape[1]).bool(), float("-inf")).amax(1)
     gap = target - others
-    correct = z.argmax(1) == labels
-    delta_minus = torch.as_tensor(delta_minus, dtype=z.dtype, device=z.device)
-    delta = torch.where(correct, beta * delta_minus, delta_minus)
+    correct = (z.argmax(1) == labels).to(z.dtype)
+    delta = delta_minus * (1.0 + (beta - 1.0) * correct)   # beta * delta- if correct, else delta- (no host copy)
     return torch.exp(-gap.abs() - delta)
 
 

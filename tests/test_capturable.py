@@ -3,8 +3,11 @@
 A capture fails on any operation that makes the host wait for the GPU or whose output shape depends on the data
 (.item(), .tolist(), bool(tensor), nonzero, boolean-mask indexing, unique, bincount, ...). Each row of run_all.sh
 runs one short epoch on the synthetic set with its step (what `run.fast_step` receives) executed under a dispatch
-mode that refuses those operations. F.one_hot with an explicit number of classes is allowed: its CPU kernel
-checks the labels with .item(), its CUDA kernel does not (it relies on a device-side assert; ATen Onehot.cpp)."""
+mode that refuses those operations. It also refuses a tensor made from host data inside the step: on CUDA,
+torch.as_tensor(0.5, device=...) is a copy from the host, which a capture cannot hold, while on CPU it costs
+nothing, so only this check finds it on a machine without a GPU. F.one_hot with an explicit number of classes is
+allowed: its CPU kernel checks the labels with .item(), its CUDA kernel does not (it relies on a device-side
+assert; ATen Onehot.cpp)."""
 import runpy
 import sys
 
@@ -27,6 +30,7 @@ SYNCING = {  # aten operator -> why a CUDA graph cannot hold it
 }
 INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}
 HOST_COPIES = (torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu)
+FROM_HOST = (torch.tensor, torch.as_tensor, torch.asarray)  # of a Python number or list: on CUDA a host-to-device copy
 
 
 class HostSyncError(AssertionError):
@@ -57,6 +61,9 @@ class OneHotIsSyncFreeOnCuda(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in HOST_COPIES and not self.mode.exempt:  # on CPU these never reach the dispatcher
             raise HostSyncError(f"the step calls Tensor.{func.__name__}: a copy to the host")
+        if func in FROM_HOST and not self.mode.exempt and args and not torch.is_tensor(args[0]):
+            raise HostSyncError(f"the step calls torch.{func.__name__} on host data: on CUDA a copy from the host "
+                                "(make the tensor once, before the loop, on the device)")
         num_classes = kwargs.get("num_classes", args[1] if len(args) > 1 else -1)
         if func is F.one_hot and num_classes > 0:
             self.mode.exempt += 1
@@ -81,10 +88,11 @@ def checked(fn):
 def test_the_check_catches_what_a_capture_refuses():
     x, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
     for bad in (lambda: x.sum().item(), lambda: x[y == 1], lambda: (y == 1).nonzero(), lambda: torch.bincount(y),
-                lambda: float(x.max()), lambda: y.tolist(), lambda: x.cpu(), lambda: F.one_hot(y)):
+                lambda: float(x.max()), lambda: y.tolist(), lambda: x.cpu(), lambda: F.one_hot(y),
+                lambda: torch.as_tensor(0.5, device=x.device), lambda: torch.tensor([1.0, 2.0]) * x[0, :2]):
         with pytest.raises(HostSyncError):
             checked(bad)()
-    ok = checked(lambda: (F.one_hot(y, 3) * x).masked_fill(y[:, None] == 0, 0).sum())
+    ok = checked(lambda: (F.one_hot(y, 3) * torch.as_tensor(x)).masked_fill(y[:, None] == 0, 0).sum() * 0.5)
     assert ok() is not None and ok.calls == 1
 
 
