@@ -162,6 +162,19 @@ def setting_name(args):
     return f"{data}-{args.imbalance_type}-r{args.imbalance_ratio:g}"
 
 
+def class_count(args):
+    """The number of classes of the run's data, known before it is loaded (None where it cannot be read yet): a
+    method whose published hyperparameters differ between CIFAR-10 and CIFAR-100 picks them by it."""
+    if args.dataset in ("cifar10", "cifar100"):
+        return int(args.dataset[5:])
+    if args.dataset == "synthetic":
+        return 10
+    train = os.path.join(args.data_dir or "", "train")
+    if not os.path.isdir(train):
+        return None
+    return sum(1 for c in os.listdir(train) if os.path.isdir(os.path.join(train, c)) and not c.startswith("."))
+
+
 def result_path(args):
     return os.path.join(args.out, setting_name(args), args.method, f"seed{args.seed}.json")
 

@@ -4,14 +4,17 @@ The MM loss subtracts from each sample's target logit a margin that depends on h
 classified: Delta = exp(-|z_y - max_{j!=y} z_j| - delta), with delta+ = beta * delta- for a correctly
 classified sample and delta- otherwise, so hard (near-boundary) samples get the largest margin, up to
 exp(-delta). The margin is a constant (detached); loss = CE(s * (z - Delta onehot), y) on cosine logits z.
-DRW weights the loss by class-balanced weights from epoch 160 (Algorithm 1, stage 2). --ldam gives
+DRW weights the loss by class weights from epoch 160 (Algorithm 1, stage 2, writes n_y^-1; the official
+code, as LDAM's, uses the class-balanced weights with beta 0.9999, and so does this file). --ldam gives
 MM-LDAM-DRW: as in the official HMM-LDAM, the LDAM margin m_y (n_y^(-1/4), largest 0.5) lowers each
 sample's delta- to delta- - m_y (and delta+ to beta * (delta- - m_y)), so tail classes get larger MM
 margins; the LDAM margin is not subtracted on top.
 
 Paper:     Kang, Vu, Yoo, "Learning Imbalanced Datasets with Maximum Margin Loss", ICIP 2021 (arXiv 2206.05380),
            slides Table 1 (CIFAR-10-LT R=100: MM-DRW 21.98% error, i.e. 78.02% top-1; MM-LDAM-DRW 21.37%;
-           MM 26.56%), Table 2 ablation (beta 1.5, delta- 0.6 best for CIFAR-10-LT R=100).
+           MM 26.56%); Tables 2-3 tune (beta, delta-) per setting (CIFAR-10-LT R=100: 1.5 / 0.6; CIFAR-100-LT
+           R=100: 1.3 / 1.2), and --beta / --delta-minus default to the tuned pair of the run's setting (MM_TUNED;
+           CIFAR-10-LT R=100's where the slides tuned none). MM-LDAM-DRW has no published pair: it uses MM-DRW's.
 Code:      ihaeyong/Maximum-Margin-LDAM @ e7ed20d, losses.py HMMLoss (L48-126), cifar_train.py --loss_type
            HMM|HMM-LDAM --train_rule DRW (NormedLinear head, L134; DRW weights L227-234).
 vs ERM:    (1) the head is NormedLinear (cosine logits, no bias); (2) the loss is MM with scale --scale;
@@ -33,6 +36,7 @@ Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has
 Run:       python methods/mm_drw.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
 """
 import argparse
+import math
 import os
 import sys
 
@@ -45,16 +49,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 
+# The slides' hyperparameter ablation (Tables 2-3): the (beta, delta-) of the lowest MM-DRW error in each column,
+# {(classes, imbalance type, ratio): (beta, delta-)}. The slides give none for MM-LDAM-DRW, which uses the same.
+MM_TUNED = {(10, "exp", 100): (1.5, 0.6), (10, "step", 100): (1.3, 0.6), (10, "exp", 10): (1.2, 0.7),
+            (10, "step", 10): (1.0, 2.1), (100, "exp", 100): (1.3, 1.2), (100, "step", 100): (1.8, 1.8),
+            (100, "exp", 10): (1.4, 1.5), (100, "step", 10): (1.1, 2.4)}
+
+
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
     # METHOD: the MM and DRW arguments.
     m = parser.add_argument_group("MM-DRW")
-    m.add_argument("--beta", type=float, default=1.5,
-                   help="delta+ = beta * delta- (slides Table 2: 1.5 for CIFAR-10-LT R=100, 1.3 for CIFAR-100-LT "
-                        "R=100). Official --gamma")
-    m.add_argument("--delta-minus", type=float, default=0.6,
-                   help="delta- of the wrongly classified samples; the largest margin is exp(-delta-) (slides "
-                        "Table 2: 0.6 for CIFAR-10-LT R=100, 1.2 for CIFAR-100-LT R=100). Official --max_m")
+    m.add_argument("--beta", type=float, default=None,
+                   help="delta+ = beta * delta- (official --gamma). Default: the slides' best for the setting "
+                        "(Table 2 CIFAR-10 / Table 3 CIFAR-100, e.g. 1.5 for CIFAR-10-LT R=100; see MM_TUNED)")
+    m.add_argument("--delta-minus", type=float, default=None,
+                   help="delta- of the wrongly classified samples; the largest margin is exp(-delta-) (official "
+                        "--max_m). Default: the slides' best for the setting (e.g. 0.6 for CIFAR-10-LT R=100)")
     m.add_argument("--scale", type=float, default=30.0,
                    help="logit scale s of the cosine logits (official cifar_train.py default; the slides give none)")
     m.add_argument("--ldam", action="store_true",
@@ -68,9 +79,9 @@ def parse_args(argv=None):
     m.add_argument("--drw", action=argparse.BooleanOptionalAction, default=True,
                    help="deferred re-weighting; --no-drw trains the unweighted loss throughout")
     args = parser.parse_args(argv)
-    common.check(args.beta >= 0, f"--beta must be >= 0 (delta+ = beta * delta-), got {args.beta:g}")
-    common.check(args.delta_minus >= 0, f"--delta-minus must be >= 0 (margins at most exp(-delta-) <= 1), "
-                                        f"got {args.delta_minus:g}")
+    for flag, value in (("--beta", args.beta), ("--delta-minus", args.delta_minus)):
+        if value is not None:
+            common.check(math.isfinite(value) and value >= 0, f"{flag} must be >= 0, got {value:g}")
     common.check(args.scale > 0, f"--scale must be positive, got {args.scale:g}")
     common.check(args.max_m >= 0, f"--max-m must be >= 0, got {args.max_m:g}")
     common.check(0 <= args.cb_beta < 1, f"--cb-beta must be in [0, 1), got {args.cb_beta:g}")
@@ -78,7 +89,19 @@ def parse_args(argv=None):
     if not args.drw:
         args.drw_epoch = None  # no switch: the report then marks no DRW epoch on the plots
     name = "mm" + ("_ldam" if args.ldam else "") + ("_drw" if args.drw else "")
-    return common.finish_args(args, method=name)
+    args = common.finish_args(args, method=name)
+    if args.beta is None or args.delta_minus is None:  # METHOD: the tuned values of the setting
+        key = (common.class_count(args), args.imbalance_type, args.imbalance_ratio)
+        beta, delta_minus = MM_TUNED.get(key, MM_TUNED[(10, "exp", 100)])
+        if key not in MM_TUNED:
+            print(f"note: the MM slides tuned no (beta, delta-) for {common.setting_name(args)}: using CIFAR-10-LT "
+                  f"R=100's {beta:g} / {delta_minus:g}", file=sys.stderr, flush=True)
+        args.beta = beta if args.beta is None else args.beta
+        args.delta_minus = delta_minus if args.delta_minus is None else args.delta_minus
+    if args.ldam and args.delta_minus < args.max_m:
+        print(f"warning: --ldam with --delta-minus {args.delta_minus:g} < --max-m {args.max_m:g}: the tail classes' "
+              "delta- - m_y is negative, their margins exceed 1", file=sys.stderr, flush=True)
+    return args
 
 
 # METHOD: the cosine classifier of the official models/resnet_cifar.py, put in place of model.linear.

@@ -14,9 +14,10 @@ vs ERM:    two forward/backward passes per step (both count in the wall time); t
            weights (--base ce_drw) or LDAM with DRW on a NormedLinear head (--base ldam_drw). rho is constant over
            all epochs from epoch 0 (`--rho_schedule none`): 0.5 for ce_drw and 0.8 for ldam_drw on CIFAR-10-LT,
            0.8 for both on CIFAR-100-LT (run.sh). Results folders: sam_ce_drw, sam_ldam_drw.
-Deviation: the official code updates the BatchNorm running statistics in BOTH forward passes (no
-           disable_running_stats); here only the first forward updates them (the second runs with
-           track_running_stats off, which leaves running_mean/var and num_batches_tracked untouched).
+BatchNorm: as the official code (no disable_running_stats), both forward passes update the BN running statistics,
+           so the statistics used at test time average the weights w and the perturbed w + e. --bn-second-pass
+           frozen leaves them to the first pass only (davda54's recommended `disable_running_stats`; the second
+           forward runs with track_running_stats off), a deviation from the published runs.
 Copies:    the DRW weights (CB weights, beta 0.9999, from --drw-epoch 160) and the LDAM pieces (NormedLinear,
            margins n^-1/4 scaled to max 0.5, s 30) are small copies of kaidic/LDAM-DRW @ 2536330 (losses.py,
            cifar_train.py, models/resnet_cifar.py) kept in this file: method files never import each other.
@@ -46,14 +47,20 @@ def parse_args(argv=None):
     m = parser.add_argument_group("SAM (Rangwani et al. 2022) on CE-DRW / LDAM-DRW")
     m.add_argument("--base", default="ldam_drw", help="ce_drw | ldam_drw (results folder sam_<base>)")
     m.add_argument("--rho", type=float, default=None,
-                   help="SAM radius, constant from epoch 0 (default: Saddle-LongTail run.sh: 0.5 for ce_drw and 0.8 "
-                        "for ldam_drw on CIFAR-10-LT, 0.8 for both when the setting name contains cifar100)")
+                   help="SAM radius, constant from epoch 0 (default: Saddle-LongTail run.sh, given for LT R=100 only "
+                        "and used here for every ratio: 0.5 for ce_drw and 0.8 for ldam_drw with 10 classes, 0.8 "
+                        "for both with 100)")
+    m.add_argument("--bn-second-pass", default="update",
+                   help="update | frozen: whether the perturbed (second) forward also updates the BatchNorm running "
+                        "statistics. update: the official cifar_train_sam.py; frozen: davda54's disable_running_stats")
     m.add_argument("--beta", type=float, default=0.9999, help="DRW class-balanced weights (LDAM-DRW cifar_train.py)")
     m.add_argument("--drw-epoch", type=int, default=160, help="0-based epoch from which DRW weights apply (LDAM-DRW)")
     m.add_argument("--max-m", type=float, default=0.5, help="largest LDAM margin, ldam_drw only (LDAM-DRW)")
     m.add_argument("--s", type=float, default=30.0, help="LDAM logit scale, ldam_drw only (LDAM-DRW losses.py)")
     args = parser.parse_args(argv)
     common.check(args.base in BASES, f"unknown --base '{args.base}': use {' or '.join(BASES)}")
+    common.check(args.bn_second_pass in ("update", "frozen"),
+                 f"unknown --bn-second-pass '{args.bn_second_pass}': use update or frozen")
     if args.rho is not None:
         common.check(math.isfinite(args.rho) and args.rho >= 0, f"--rho must be >= 0 (0 = plain SGD), got {args.rho:g}")
     common.check(0 <= args.beta < 1, f"--beta must be in [0, 1), got {args.beta:g}")
@@ -62,7 +69,7 @@ def parse_args(argv=None):
     common.check(args.s > 0, f"--s must be positive, got {args.s:g}")
     args = common.finish_args(args, method=f"sam_{args.base}")
     if args.rho is None:
-        args.rho = 0.8 if args.base == "ldam_drw" or "cifar100" in common.setting_name(args) else 0.5
+        args.rho = 0.8 if args.base == "ldam_drw" or (common.class_count(args) or 0) >= 100 else 0.5
     return args
 
 
@@ -118,7 +125,7 @@ def ce_loss(logits, labels, weight=None):
     return F.cross_entropy(logits.float(), labels, weight=weight)
 
 
-# METHOD: SAM. BatchNorm running statistics are updated by the first forward only.
+# METHOD: SAM. With freeze_bn the BatchNorm running statistics are updated by the first forward only.
 def disable_bn_running_stats(model):
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -143,10 +150,10 @@ def bn_running_stats_frozen(model):
         enable_bn_running_stats(model)
 
 
-def sam_step(model, loss_closure, optimizer, rho, eps=1e-12):
+def sam_step(model, loss_closure, optimizer, rho, eps=1e-12, freeze_bn=False):
     """One SAM step. `loss_closure()` runs the forward on a fixed batch and returns the loss (no backward).
     g = grad L(w); e = rho g / (||g|| + eps); the gradient at w + e is then used by optimizer.step() at w.
-    Returns the loss at w (detached)."""
+    freeze_bn: the second forward leaves the BatchNorm running statistics alone. Returns the loss at w (detached)."""
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
     optimizer.zero_grad(set_to_none=True)
     loss = loss_closure()
@@ -159,7 +166,7 @@ def sam_step(model, loss_closure, optimizer, rho, eps=1e-12):
         for p in live:
             p.add_(p.grad * scale.to(p.dtype))
     optimizer.zero_grad(set_to_none=True)
-    with bn_running_stats_frozen(model):
+    with bn_running_stats_frozen(model) if freeze_bn else contextlib.nullcontext():
         loss_closure().backward()
     with torch.no_grad():
         for p, w in zip(live, saved):
@@ -191,7 +198,8 @@ if __name__ == "__main__":
             with common.autocast(args.device):
                 logits = model(x)
             return criterion(logits, y, weight)
-        return sam_step(model, closure, optimizer, args.rho)  # METHOD: ascent to w + e, SGD step at w
+        return sam_step(model, closure, optimizer, args.rho,  # METHOD: ascent to w + e, SGD step at w
+                        freeze_bn=args.bn_second_pass == "frozen")
 
     step = run.fast_step(train_step, model, optimizer)  # train_step itself, or with --fast on CUDA its CUDA graph
 

@@ -109,6 +109,17 @@ def test_variant_names_and_drw_switch():
     assert vs.parse_args(base).method == "vs"
 
 
+def test_mm_defaults_are_the_slides_tuned_pair_of_the_setting():
+    def pick(*flags):
+        a = mm.parse_args(["--dataset", "synthetic", "--device", "cpu", *flags])
+        return a.beta, a.delta_minus
+    assert pick("--imbalance-ratio", "100") == (1.5, 0.6)  # slides Table 2, CIFAR-10-LT R=100 (21.98% error)
+    assert pick("--imbalance-type", "step", "--imbalance-ratio", "10") == (1.0, 2.1)  # Table 2 (11.48%)
+    assert pick("--dataset", "cifar100", "--imbalance-ratio", "100") == (1.3, 1.2)  # Table 3 (57.14%)
+    assert pick("--imbalance-ratio", "50") == (1.5, 0.6)  # not tuned by the slides: CIFAR-10-LT R=100's
+    assert pick("--imbalance-ratio", "100", "--beta", "2") == (2.0, 0.6)  # a flag given wins
+
+
 # ---------------------------------------------------------------- MM
 
 def test_mm_margin_in_range_and_plus_for_correct_minus_for_wrong():

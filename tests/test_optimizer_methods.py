@@ -54,15 +54,25 @@ def test_sam_with_rho_zero_takes_the_base_sgd_step():
     assert not torch.equal(flat(a.parameters()), flat(tiny_bn_model().parameters()))  # it did move
 
 
-def test_sam_updates_bn_running_stats_once():
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_sam_bn_running_stats_follow_both_passes_unless_frozen(freeze_bn):
+    rho = 0.5
     model, ref = tiny_bn_model(), tiny_bn_model()
     x, y = batch()
-    sam.sam_step(model, lambda: F.cross_entropy(model(x), y), sgd(model), rho=0.5)
-    ref(x)  # one plain train-mode forward
+    sam.sam_step(model, lambda: F.cross_entropy(model(x), y), sgd(model), rho=rho, freeze_bn=freeze_bn)
+    # by hand: one train-mode forward at w; unless frozen (the official code), one more at w + rho g / ||g||
+    probe = copy.deepcopy(ref)
+    g = torch.autograd.grad(F.cross_entropy(probe(x), y), list(probe.parameters()))
+    ref(x)
+    if not freeze_bn:
+        with torch.no_grad():
+            for p, gi in zip(ref.parameters(), g):
+                p.add_(rho * gi / flat(g).norm())
+        ref(x)
     bn, bn_ref = model[1], ref[1]
-    torch.testing.assert_close(bn.running_mean, bn_ref.running_mean, rtol=0, atol=0)
-    torch.testing.assert_close(bn.running_var, bn_ref.running_var, rtol=0, atol=0)
-    assert bn.num_batches_tracked.item() == bn_ref.num_batches_tracked.item() == 1
+    torch.testing.assert_close(bn.running_mean, bn_ref.running_mean, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(bn.running_var, bn_ref.running_var, rtol=1e-6, atol=1e-7)
+    assert bn.num_batches_tracked.item() == bn_ref.num_batches_tracked.item() == (1 if freeze_bn else 2)
     assert bn.track_running_stats  # restored afterwards
 
 
@@ -252,7 +262,8 @@ def test_default_names_and_rho():
     a = sam.parse_args([*SMOKE_ARGS, "--base", "ce_drw"])
     assert a.method == "sam_ce_drw" and a.rho == 0.5
     a = sam.parse_args(SMOKE_ARGS)
-    assert a.method == "sam_ldam_drw" and a.rho == 0.8
+    assert a.method == "sam_ldam_drw" and a.rho == 0.8 and a.bn_second_pass == "update"
+    assert sam.parse_args([*SMOKE_ARGS, "--base", "ce_drw", "--dataset", "cifar100"]).rho == 0.8  # by class count
     assert sam.parse_args([*SMOKE_ARGS, "--base", "ce_drw", "--rho", "0"]).rho == 0.0
 
 
