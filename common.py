@@ -610,14 +610,16 @@ def _clone_tensors(out):
 # ------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict(model, data):
-    """Softmax probabilities of the whole test set, in one pass of large batches."""
+def predict(model, data, fp32=False):
+    """Softmax probabilities of the whole test set, in one pass of large batches: in bf16 on CUDA as the training
+    (fast, for the curves), or in fp32 (fp32=True: the final evaluation, whose top-1 and ECE are reported; bf16
+    logits, 8-bit mantissa, can flip near-ties)."""
     was_training = model.training
     model.eval()
     size = 2500 if data.device.type == "cuda" else 500
     probs = []
     for x, _ in data.test_batches(size):
-        with autocast(data.device):
+        with torch.autocast(data.device.type, enabled=False) if fp32 else autocast(data.device):
             probs.append(model(x).float().softmax(1))
     model.train(was_training)
     return torch.cat(probs)
@@ -645,8 +647,8 @@ def metrics(probs, labels, train_counts):
     return out
 
 
-def evaluate(model, data):
-    return metrics(predict(model, data), data.test_y, data.train_counts)
+def evaluate(model, data, fp32=False):
+    return metrics(predict(model, data, fp32), data.test_y, data.train_counts)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -857,7 +859,7 @@ class Run:
         entry = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "test_top1": None}
         last = epoch == args.epochs - 1
         if last or (epoch + 1) % args.eval_every == 0:
-            self.last_eval = evaluate(model, self.data)
+            self.last_eval = evaluate(model, self.data, fp32=last)  # the reported final evaluation in fp32
             entry["test_top1"] = self.last_eval["top1"]
         elapsed = time.time() - self.t0
         entry["elapsed_s"] = round(elapsed, 3)  # since the start, including data loading and evaluations
@@ -869,7 +871,7 @@ class Run:
 
     def finish(self, model):
         if self.last_eval is None or self.history[-1]["test_top1"] is None:
-            self.last_eval = evaluate(model, self.data)
+            self.last_eval = evaluate(model, self.data, fp32=True)
         self.save(status="completed", epochs_completed=len(self.history), final=self.last_eval)
         f = self.last_eval
         groups = "  ".join(f"{g} {f[g]:.2f}" for g in ("many", "medium", "few") if f[g] is not None)
@@ -1163,6 +1165,38 @@ def code_lines(rows):
             "docstring and comments; rerun the older seeds to compare like with like): " + ", ".join(mixed) + "."]
 
 
+# Arguments that say where and how a run was made, not what it trained: args_lines does not compare them.
+RUN_ONLY_ARGS = {"data_dir", "download", "cache_dir", "seed", "device", "deterministic", "fast", "fp32", "eval_every",
+                 "profile_steps", "out", "name", "overwrite", "skip_existing", "method"}
+
+
+def args_lines(rows, table):
+    """Runs of a setting whose training arguments differ from those their row of run_all.sh trains with (`table`:
+    {row: method name}), grouped by the difference: a short or smoke table (--epochs 2), a sweep written into a
+    row's folder (--beta 0). The table averages them into the row all the same; this line says so. A default of
+    None is a value the run fills in from its data (oversampling's --num-samples): not compared."""
+    groups, expected, total = {}, {}, 0
+    for row, method in table.items():
+        for r in rows.get(method, {}).get("runs", []):
+            a, total = r["args"], total + 1
+            flags = ["--dataset", a["dataset"], "--imbalance-type", a["imbalance_type"], "--imbalance-ratio",
+                     repr(a["imbalance_ratio"]), "--device", "cpu"] + (["--data-dir", a["data_dir"]] if a.get("data_dir") else [])
+            if (row, tuple(flags)) not in expected:
+                expected[row, tuple(flags)] = vars(row_args(row, flags))
+            show = lambda v: " ".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
+            diff = ", ".join(f"--{k.replace('_', '-')} {show(a.get(k))} instead of {show(v)}"
+                             for k, v in sorted(expected[row, tuple(flags)].items())
+                             if k not in RUN_ONLY_ARGS and v is not None and a.get(k) != v)
+            if diff:
+                groups.setdefault(diff, []).append(f"{method} seed {a['seed']}")
+    if not groups:
+        return []
+    parts = [f"{diff} ({'every run' if len(runs) == total else ', '.join(runs)})" for diff, runs in groups.items()]
+    return ["Runs trained with other arguments than their row of run_all.sh (averaged into the row all the same; "
+            "rerun them with the row's arguments, or give an experiment its own folder with --name): "
+            + "; ".join(parts) + "."]
+
+
 def missing_lines(rows, methods, seeds):
     """The runs of run_all.sh's table (`methods`: its rows' method names, `seeds`) that a setting's `rows` lack,
     as one Markdown line grouped by the missing seeds."""
@@ -1214,7 +1248,8 @@ def report(results_dir):
              "start of the script to its JSON, data loading and evaluations included; runs that shared the GPU "
              "with others (k at once) each took longer than one alone.", "", PAPER_NOTES, ""]
     lines += session_lines(results_dir)
-    methods, seeds = list(table_methods().values()), table_seeds()
+    table = table_methods()
+    methods, seeds = list(table.values()), table_seeds()
     for setting in sorted(summary):
         rows = summary[setting]
         counts = rows[next(iter(rows))]["runs"][0]["train_class_counts"]
@@ -1235,9 +1270,9 @@ def report(results_dir):
                          f"{_cell(row['few'])} | {_cell(row['ece'])} | {paper} | {wall} | "
                          f"{', '.join(row['devices'])} (torch {', '.join(row['torch'])}; {', '.join(row['paths'])}) |")
         lines += [""] + missing_lines(rows, methods, seeds) + [""]
-        mixed = code_lines(rows)
-        if mixed:
-            lines += mixed + [""]
+        for extra in (args_lines(rows, table), code_lines(rows)):
+            if extra:
+                lines += extra + [""]
         direction = direction_lines(rows)
         if direction:
             lines += [f"Against ERM ({setting}): does each method change top-1 in the direction of the published "

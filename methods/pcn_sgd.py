@@ -3,9 +3,15 @@
 Every step draws a mini-batch that holds every class, computes each class's gradient g_l (of the summed
 cross-entropy of its samples in the batch) and steps along sum_l g_l / (||g_l|| + eps), the norm taken over all
 parameters jointly. Each class then pulls with the same strength, so the majority can no longer drown the
-minority gradients; the paper shows this removes the "minority initial drop" of plain (S)GD. Variants:
-  pcnsgd    per-class batch sizes proportional to the class counts (each class at least 1), so every class
-            runs through its data at about the same rate, as the official code splits the batch by the ratios;
+minority gradients; the paper proves that this removes the "minority initial drop" of plain GD for full-batch
+PCNGD, and finds that with mini-batches the minority's higher directional noise weakens PCNSGD, which
+oversampling (+O) restores. Variants:
+  pcnsgd    per-class batch sizes proportional to the class counts, as the official code splits the batch by the
+            ratios, but each class at least 1 (the official code gives such a class 0 and truncates every class
+            to the same number of batches). Whole-image rounding and that floor make the classes run through
+            their data at different rates: 0.7 to 1.9 passes per epoch on CIFAR-10-LT R=100; on CIFAR-100-LT
+            R=100 47 of 100 classes sit on the floor, up to 17 passes, a batch of 169, closer to PCNSGD+O there
+            (the JSON records the draws per epoch);
   pcnsgd_o  equal per-class batch sizes round(B/C); a class that runs out is re-shuffled and drawn again
             (oversampling, the paper's PCNSGD+O);
   sgd_o     the same balanced batches with the plain update sum_l g_l (the paper's SGD+O comparison).
@@ -21,7 +27,8 @@ vs ERM:    per-class batches instead of a plain shuffle; C backward passes per s
            epoch, the mean training loss of each class's samples seen that epoch (the minority initial drop).
 Choices:   BatchNorm (--norm batch, default): ONE joint forward of the whole batch (ordinary BN batch statistics
            and running statistics, as ERM), per-class losses L_l = sum_{y_i=l} CE_i / B (so sum_l L_l is the
-           batch-mean CE), and one backward per class through the retained graph. g_l therefore includes the
+           batch-mean CE; eps is applied on the scale of the official sums), and one backward per class through
+           the retained graph. g_l therefore includes the
            coupling through the batch statistics; it costs C full backward passes (10x on CIFAR-10, 100x on
            CIFAR-100); --class-grads batched runs the C of them as one batched backward (the same g_l, fewer and
            larger kernels; whether that is faster on a GPU is for studies/benchmark.py to say). --norm group swaps
@@ -29,8 +36,9 @@ Choices:   BatchNorm (--norm batch, default): ONE joint forward of the whole bat
            code (GF=4 in PythonRunManager.sh); GroupNorm has no cross-sample coupling, so each class is then
            forwarded and back-propagated alone (exactly the same g_l, about the cost of one ERM step).
            Learning rate: kept as given (the paper uses the plain lr with the normalized direction). The
-           direction has norm between 1 and C (about sqrt(C) when the g_l are orthogonal), so a step is longer
-           than an ERM step with the same lr; pass a smaller --lr to compare at equal step length.
+           direction has norm between 0 and C (about sqrt(C) when the g_l are orthogonal, less when classes pull
+           against each other), and unlike the ERM gradient it does not shrink as the loss falls: a step can be
+           shorter or longer than an ERM step at the same lr, and is relatively longer late in training.
            Steps per epoch = ceil(N / B) for every variant, as ERM (the official +O epoch is N_b^(0) =
            n_0 / (B/C) steps, about C x n_0 / N times more: 4x on CIFAR-10-LT R=100). With the at-least-1 floor
            (pcnsgd), classes with n_c < steps/epoch are drawn more than once per epoch; the JSON records
@@ -38,8 +46,9 @@ Choices:   BatchNorm (--norm batch, default): ONE joint forward of the whole bat
 Protocol:  the shared one (momentum 0.9, wd 2e-4, 200 epochs, warm-up, decays at 160/180) gives a CIFAR-LT number
            comparable to the other methods. The published behaviour is `--momentum 0 --weight-decay 0 --norm
            group` (MainBlock.py: momentum 0, weight_decay 0; GroupNorm models); the official runs also use
-           other nets, batch sizes and lr schedules (protocol.md §12), and sum-reduced CE (irrelevant after the
-           normalization; sgd_o here uses the batch mean, as the official plain SGD divides by the batch size).
+           other nets, batch sizes and lr schedules (protocol.md §12), and sum-reduced CE (after the
+           normalization it matters only through eps, which is applied on that scale here; sgd_o uses the batch
+           mean, as the official plain SGD divides by the batch size).
 Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
 Run:       python methods/pcn_sgd.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100 --variant pcnsgd
 """
@@ -70,7 +79,8 @@ def parse_args(argv=None):
     m.add_argument("--gn-group-size", type=int, default=4,
                    help="channels per GroupNorm group with --norm group (official GF=4, PythonRunManager.sh)")
     m.add_argument("--eps", type=float, default=1e-6,
-                   help="g_l / (||g_l|| + eps) (official CodeBlocks.py: 1e-6)")
+                   help="g_l / (||g_l|| + eps), g_l the gradient of class l's summed CE (official CodeBlocks.py: "
+                        "1e-6)")
     m.add_argument("--class-grads", default="loop",
                    help="how the C per-class gradients are computed with --norm batch (the same numbers): loop (one "
                         "backward per class) | batched (one backward of the C class masks at once, vmap inside "
@@ -83,7 +93,9 @@ def parse_args(argv=None):
     common.check(args.gn_group_size >= 1 and 16 % args.gn_group_size == 0,
                  f"--gn-group-size must divide 16 (ResNet-32 has 16/32/64 channels), got {args.gn_group_size}")
     common.check(args.eps > 0, f"--eps must be > 0 (a zero class gradient would give 0/0), got {args.eps:g}")
-    if args.fast and args.norm == "group":
+    common.check(not (args.class_grads == "batched" and args.norm == "group"),
+                 "--class-grads batched needs --norm batch (--norm group forwards each class on its own)")
+    if args.fast and args.norm == "group" and args.variant != "sgd_o":
         print("note: --norm group runs one forward per class with data-dependent shapes, which a CUDA graph cannot "
               "replay: this run is eager despite --fast", file=sys.stderr, flush=True)
     name = args.variant + ("_gn" if args.norm == "group" else "")
@@ -209,7 +221,9 @@ def update_direction(model, x, labels, num_classes, normalize=True, split=False,
                 logits = model(x)
             class_grads, losses = (per_class_grads_batched if batched else per_class_grads)(model, logits, labels,
                                                                                             num_classes)
-        grads = pcn_direction(class_grads, eps)
+        # eps on the official scale: the g_l here are of the class sums / B, the official ones of the sums
+        # (CrossEntropyLoss(reduction='sum')), and g / (||g|| + eps / B) = B g / (||B g|| + eps)
+        grads = pcn_direction(class_grads, eps / len(labels))
     for p, g in zip(params, grads):
         p.grad = None if g is None else g.to(p.dtype)
     return losses
@@ -243,7 +257,8 @@ if __name__ == "__main__":
     run.extra.update(per_class_batch_sizes=sizes, steps_per_epoch=steps,
                      per_class_draws_per_epoch=[steps * b / n for b, n in zip(sizes, data.train_counts)],
                      per_class_train_loss=[])
-    normalize, split = args.variant != "sgd_o", args.norm == "group"
+    normalize = args.variant != "sgd_o"
+    split = args.norm == "group" and normalize  # per-class forwards; sgd_o needs one joint backward only
 
     def train_step(x, y):  # one PCNSGD step on a batch; returns the per-sample losses
         optimizer.zero_grad(set_to_none=True)

@@ -525,7 +525,7 @@ def train_one(args, setting, method, seed, log=print):
                 "cos_batch_full": [], "descent_alignment": [], "direction_norm": []}
 
     def evaluate(step):
-        m = common.evaluate(model, pool)
+        m = common.evaluate(model, pool, fp32=step == steps)  # the reported final evaluation in fp32
         rec_eval["step"].append(step)
         rec_eval["per_class_acc"].append(rnd(m["per_class_acc"]))
         rec_eval["top1"].append(rnd(m["top1"]))
@@ -561,7 +561,8 @@ def train_one(args, setting, method, seed, log=print):
                 coefs = class_coefficients(method, y, weights, C)
             else:
                 coefs = None
-            direction = combine(class_grads, coefs) if coefs else k.pcn_direction(class_grads, args.eps)
+            # PCN's eps on the scale of the class sums, as methods/pcn_sgd.py update_direction
+            direction = combine(class_grads, coefs) if coefs else k.pcn_direction(class_grads, args.eps / len(y))
             for p, d in zip(params, direction):
                 p.grad = None if d is None else d.to(p.dtype)
             if measure:
@@ -571,7 +572,7 @@ def train_one(args, setting, method, seed, log=print):
                               for c, g in enumerate(class_grads)]
                 norms = [None if g is None else flat(g, params).norm() for g in class_grads]
                 terms = ([None if n is None else n * abs(s) for n, s in zip(norms, coefs)] if coefs else
-                         [None if n is None else n / (n + args.eps) for n in norms])
+                         [None if n is None else n / (n + args.eps / len(y)) for n in norms])
                 for key, val in measure_rows(mean_grads, full, direction, terms, params).items():
                     rec_meas[key].append(val)
         optimizer.step()

@@ -155,6 +155,17 @@ def test_pcn_direction_equals_sum_of_unit_class_gradients():
     assert (want / want.norm() - plain / plain.norm()).abs().max() > 1e-3
 
 
+def test_pcn_eps_is_on_the_scale_of_the_official_class_sums():
+    # official: g_l of CrossEntropyLoss(reduction='sum') over the class's samples, g_l / (||g_l|| + eps)
+    x, y = batch(labels=[0] * 7 + [1] * 3 + [2] * 2)
+    eps = 0.5  # large enough to matter
+    sums = [[t * len(y) for t in g] for g in hand_class_grads(tiny_bn_model, x, y, C)]
+    want = sum(flat(g) / (flat(g).norm() + eps) for g in sums)
+    model = tiny_bn_model()
+    pcn.update_direction(model, x, y, C, normalize=True, eps=eps)
+    torch.testing.assert_close(flat(p.grad for p in model.parameters()), want, rtol=1e-4, atol=1e-6)
+
+
 def test_each_class_contributes_unit_norm():
     x, y = batch(labels=[0] * 9 + [1] * 2 + [2] * 1)
     model = tiny_bn_model()
@@ -247,6 +258,8 @@ def test_groupnorm_swap_and_split_forward_match_joint():
     (sam, ["--base", "focal_drw"], "--base"),
     (pcn, ["--variant", "pcngd"], "--variant"),
     (pcn, ["--norm", "layer"], "--norm"),
+    (pcn, ["--norm", "group", "--class-grads", "batched"], "--class-grads"),
+    (sam, ["--bn-second-pass", "skip"], "--bn-second-pass"),
 ])
 def test_bad_input_gives_one_line_error(module, flags, needle, tmp_path):
     with pytest.raises(SystemExit) as e:

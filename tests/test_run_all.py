@@ -33,6 +33,8 @@ def test_smoke_run_all_end_to_end(smoke_table):
     assert "Made by 1 invocation of run_all.sh that trained (20 runs, 0 failed" in report
     assert "Not run yet: 40 of the 60 runs of run_all.sh's table (20 rows x seeds 0, 1, 2): seeds 1, 2 of every row" \
         in report
+    # a smoke table is not the protocol, and says so
+    assert "--batch-size 64 instead of 128, --epochs 2 instead of 200 (every run)." in report
     assert (out / "synthetic-exp-r10" / "per_class_acc.png").exists()
     assert (out / "synthetic-exp-r10" / "curves.png").exists()
 
@@ -133,6 +135,17 @@ def test_code_sha256_ignores_the_header_and_comments_and_the_report_flags_mixed_
     assert common.code_lines({"erm": row({"a" * 64: [0, 1, 2]}), "vs": row({None: [0]})}) == []
     (line,) = common.code_lines({"erm": row({"a" * 64: [0, 1], "b" * 64: [2]}), "vs": row({"c" * 64: [0]})})
     assert "erm (seeds 0, 1: aaaaaaaaaa; seed 2: bbbbbbbbbb)" in line and "vs" not in line
+
+
+def test_args_lines_name_runs_trained_with_other_arguments_than_their_row():
+    run = lambda seed, **kw: {"args": {**vars(common.row_args(  # noqa: E731
+        "class_balanced.py --loss focal", ["--dataset", "synthetic", "--imbalance-ratio", "10", "--device", "cpu",
+                                           "--seed", str(seed)])), **kw}}
+    table = {"class_balanced.py --loss focal": "cb_focal"}
+    assert common.args_lines({"cb_focal": {"runs": [run(0), run(1, device="cuda", fast=True, eval_every=1)]}},
+                             table) == []  # where and how a run was made is not what it trained
+    (line,) = common.args_lines({"cb_focal": {"runs": [run(0), run(1, beta=0.0), run(2, beta=0.0)]}}, table)
+    assert line.endswith("--beta 0.0 instead of 0.9999 (cb_focal seed 1, cb_focal seed 2).")
 
 
 def test_results_record_their_code_version(smoke_table):
