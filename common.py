@@ -1040,8 +1040,12 @@ MAIN_METHODS = ("erm", "oversampling", "drs", "class_weights", "cb_focal", "erm_
 PAPER_NOTES = ("Published numbers were measured on the original CIFAR pixels by the papers' own code, which reports "
                "the best test epoch of one run; on the JPEG copy every method scores a few points lower, the "
                "differences between methods carry over. "
-               "'oversampling' and 'class_weights' are compared with LDAM's CB-RS / CB-RW rows (beta 0.9999 "
-               "weights, close to 1/n).")
+               "'oversampling', 'drs' and 'class_weights' are compared with LDAM's CB-RS / DRS / CB-RW rows "
+               "(beta 0.9999 weights, close to 1/n; ours use 1/n). 'cb_focal' is compared with the best of Cui's "
+               "beta grid for the setting: beta 0.9999, the one run here, on CIFAR-10-LT R=100, but 0.999 on "
+               "CIFAR-100-LT R=100 (Cui Fig. 10). 'mm_drw' and 'mm_ldam_drw' run the MM loss of the slides, each "
+               "sample with its own label; the official HMMLoss reads the first sample's label for the whole "
+               "batch, so the published numbers come from a different loss.")
 
 
 def paper_top1(setting, method):

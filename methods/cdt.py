@@ -8,10 +8,17 @@ logits larger, and at test time the raw logits are used.
 
 Paper:     Ye, Chen, Zhan, Chao, "Identifying and Compensating for Feature Deviation in Imbalanced Deep
            Learning", arXiv 2001.01385 (2020). Published top-1 not verified here.
+           Behnia, Kini, Vakilian, Thrampoulidis, "On the Implicit Geometry of Cross-Entropy Parameterizations for
+           Label-Imbalanced Data", AISTATS 2023 (code valavakilian/Implicit_geometry, train_models/criterion.py
+           CDTLoss): the same per-class ratios (majority R^gamma, minority 1 on their step data), rescaled so the
+           multipliers sum to C (--normalize sum), and gamma swept over [-1.5, 1.5] on step R=10 (a negative
+           gamma cools the head instead); they publish geometry, not a CIFAR-LT-100 accuracy.
 Code:      orparask/VS-Loss @ 7ade9c9, class_imbalance/train.py --loss_type CDT = VSLoss with tau=0
            (L228-230), losses.py VSLoss (L34-53): x / ((1/n)^gamma / min (1/n)^gamma).
-vs ERM:    the loss multiplies class c's logit by (n_c / n_max)^gamma. Nothing else changes: plain linear
-           head, no re-weighting, raw logits at test time.
+vs ERM:    the loss multiplies class c's logit by delta_c = (n_c / n_max)^gamma (--normalize head: 1 for the head
+           class, as VS-Loss) or by C delta_c / sum_j delta_j (--normalize sum: Behnia et al.; the same ratios,
+           another overall logit scale, so not the same training). Nothing else changes: plain linear head, no
+           re-weighting, raw logits at test time. Results folders "cdt" (head), "cdt_sum" (sum).
 gamma:     --gamma 0.3, the default of VS-Loss train.py (`--gamma default=0.3, help='CDT hyperparameter'`,
            L32), the code that runs CDT on this protocol; Saddle-LongTail's VS loss uses the same default.
            Ye et al.'s own per-dataset value was not checked; VS's README value for C10 LT-100 (0.2) was
@@ -21,6 +28,7 @@ Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight deca
 Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
 Run:       python methods/cdt.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
 """
+import math
 import os
 import sys
 
@@ -36,17 +44,25 @@ def parse_args(argv=None):
     # METHOD: the temperature exponent.
     parser.add_argument("--gamma", type=float, default=0.3,
                         help="temperature a_c = (n_max / n_c)^gamma (VS-Loss train.py default 0.3, "
-                             "'CDT hyperparameter'); 0 gives plain CE")
+                             "'CDT hyperparameter'); 0 gives plain CE; Behnia et al. sweep -1.5 to 1.5")
+    parser.add_argument("--normalize", default="head",
+                        help="head: multipliers (n_c / n_max)^gamma, 1 for the head class (VS-Loss, Ye et al.) | "
+                             "sum: rescaled to sum to C (Behnia et al.'s CDTLoss)")
     args = parser.parse_args(argv)
-    common.check(args.gamma >= 0, f"--gamma must be >= 0, got {args.gamma:g}")
-    return common.finish_args(args, method="cdt")
+    common.check(math.isfinite(args.gamma), f"--gamma must be a finite number, got {args.gamma:g}")
+    common.check(args.normalize in ("head", "sum"), f"unknown --normalize '{args.normalize}': use head or sum")
+    return common.finish_args(args, method="cdt" + ("_sum" if args.normalize == "sum" else ""))
 
 
-# METHOD: the loss, CE(z * (n_c / n_max)^gamma, y), in fp32. `counts` is a list or a tensor of n_c.
-def cdt_loss(logits, labels, counts, gamma):
+# METHOD: the loss, CE(z * delta, y) in fp32, delta_c = (n_c / n_max)^gamma, with normalize="sum" rescaled to
+# sum to C. `counts` is a list or a tensor of n_c.
+def cdt_loss(logits, labels, counts, gamma, normalize="head"):
     z = logits.float()
     counts = torch.as_tensor(counts, dtype=torch.float32, device=z.device)
-    return F.cross_entropy(z * (counts / counts.max()) ** gamma, labels)
+    delta = (counts / counts.max()) ** gamma
+    if normalize == "sum":
+        delta = delta * (len(delta) / delta.sum())
+    return F.cross_entropy(z * delta, labels)
 
 
 if __name__ == "__main__":
@@ -61,7 +77,7 @@ if __name__ == "__main__":
     def train_step(x, y):  # one SGD step on a batch
         with common.autocast(args.device):
             logits = model(x)
-        loss = cdt_loss(logits, y, counts, args.gamma)  # METHOD
+        loss = cdt_loss(logits, y, counts, args.gamma, args.normalize)  # METHOD
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -8,7 +8,7 @@ softmax CE, one-vs-all sigmoid CE, or sigmoid focal loss (the default; best on C
 
 Paper:     Cui, Jia, Lin, Song, Belongie, "Class-Balanced Loss Based on Effective Number of Samples", CVPR 2019,
            Eq. 2-7, Table 2: CIFAR-10-LT R=100 best is CB focal, beta=0.9999, gamma=1: 25.43% error, i.e.
-           74.57% top-1; CIFAR-100-LT R=100 best is CB focal, beta=0.9, gamma=1: 60.40%. Final checkpoint.
+           74.57% top-1; CIFAR-100-LT R=100 best is CB focal, beta=0.9, gamma=1: 60.40%.
 Code:      richardaecn/class-balanced-loss @ 1d78572 (TensorFlow 1): src/cifar_main.py weights (L425-430),
            _tower_fn losses and weight decay (L323-356), focal_loss (L226-266); src/model_base.py
            _fully_connected (L188-197, the bias init).
@@ -34,7 +34,7 @@ Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight deca
            same multipliers 1, 0.01, 0.0001); final-epoch accuracy reported.
 Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
 Run:       python methods/class_balanced.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
-           (CIFAR-100-LT: add --beta 0.9, Cui's best there)
+           (CIFAR-100-LT: add --beta 0.9 --name cb_focal_beta0.9, Cui's best there, in a folder of its own)
 """
 import math
 import os

@@ -9,7 +9,8 @@ Paper:     Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017 (Eq. 5
            Cao et al., NeurIPS 2019, Table 2 row Focal (CIFAR-10-LT R=100: 29.62% error, i.e. 70.38% top-1;
            CIFAR-100-LT R=100: 61.59%), gamma=1. That row is Cui et al.'s TensorFlow SIGMOID focal loss
            (Cui Table 2 "Focal (gamma=1.0)"); its exact counterpart here is methods/class_balanced.py
-           --loss focal --beta 0 (uniform weights). A softmax focal run need not reach 29.62.
+           --loss focal --beta 0 --name sigmoid_focal (uniform weights; --name keeps it out of the cb_focal
+           folder). A softmax focal run need not reach 29.62.
 Code:      kaidic/LDAM-DRW @ 2536330, losses.py focal_loss / FocalLoss (L7-21): p = exp(-CE), mean((1-p)^gamma
            * CE), with CE = F.cross_entropy(..., reduction='none', weight=w). cifar_train.py L214-215 uses
            gamma=1. That is the softmax focal loss; it is NOT torchvision.ops.sigmoid_focal_loss.
@@ -47,7 +48,8 @@ def parse_args(argv=None):
                         "of LDAM Table 2 / Cui Table 2")
     m.add_argument("--alpha", default="none",
                    help="per-class weight alpha_y: none | inverse (1/n_c, normalized to sum to C) | cb ((1-beta)/"
-                        "(1-beta^n_c), normalized to sum to C; LDAM's Focal with Reweight)")
+                        "(1-beta^n_c), normalized to sum to C: the weights of LDAM's Reweight; LDAM's weighted FocalLoss differs, "
+                        "see the header)")
     m.add_argument("--beta", type=float, default=0.9999,
                    help="beta of --alpha cb, in [0, 1). 0.9999: cifar_train.py Reweight")
     args = parser.parse_args(argv)

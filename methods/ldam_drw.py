@@ -15,7 +15,8 @@ vs ERM:    (1) the head is NormedLinear (cosine logits, no bias) for --loss ldam
            max margin --max-m 0.5 and scale --scale 30; (3) from --drw-epoch 160 the loss is weighted by the
            class-balanced weights (--beta 0.9999). --no-drw gives plain LDAM; --loss ce gives ERM-DRW.
            The official code builds the margins as a CUDA-only float tensor; here they live on any device.
-           The cosine head runs in fp32 even under bf16 autocast (a bf16 cosine times s=30 is off by ~0.1).
+           The cosine head runs in fp32 even under bf16 autocast (a bf16 cosine times s=30 is off by up to ~0.05;
+           the head's inputs, the features, still come in bf16).
            Evaluation (top-1, ECE) uses softmax(s * cos), the probabilities the loss trains; top-1 is the
            argmax of the cosines as in the official code, only the ECE depends on s.
 Variants:  results folders "ldam_drw" (default), "ldam" (--no-drw), "erm_drw" (--loss ce), "ce" (--loss ce

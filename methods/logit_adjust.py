@@ -20,6 +20,7 @@ Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight deca
 Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
 Run:       python methods/logit_adjust.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
 """
+import math
 import os
 import sys
 
@@ -37,7 +38,7 @@ def parse_args(argv=None):
                         help="weight of log prior added to the logits (Menon et al. and their code: 1.0; "
                              "VS-Loss train.py --tau default 1.0)")
     args = parser.parse_args(argv)
-    common.check(args.tau >= 0, f"--tau must be >= 0, got {args.tau:g}")
+    common.check(math.isfinite(args.tau) and args.tau >= 0, f"--tau must be >= 0, got {args.tau:g}")
     return common.finish_args(args, method="logit_adjust")
 
 

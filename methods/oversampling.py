@@ -21,8 +21,8 @@ Code:      kaidic/LDAM-DRW @ 2536330, utils.py ImbalancedDatasetSampler (L11-47)
            Here the sampler's index order IS the order the batches are cut from (data.batches(order, ...)),
            and the class histogram of every epoch's order is saved in the JSON (extra.sampled_class_counts).
 vs ERM:    only the epoch's index order: multinomial draws instead of data.shuffled(). The weights are
-           n_y^(-q), i.e. exactly 1/n_y for q=1, not the official beta=0.9999 weights (which put ~25% more
-           mass on the head class of CIFAR-10-LT R=100); the report still compares "oversampling" and "drs"
+           n_y^(-q), i.e. exactly 1/n_y for q=1, not the official beta=0.9999 weights (which draw the head class of
+           CIFAR-10-LT R=100 with probability 0.119 instead of 1/C = 0.100, ~2% more on CIFAR-100-LT); the report still compares "oversampling" and "drs"
            with the CB RS / DRS rows. Each draw is i.i.d., so the order needs no extra shuffle.
            common.Data.batches fills a short last batch with indices drawn without replacement from the same
            order, so the images fed in an epoch are the recorded order plus at most batch_size-1 repeats.

@@ -11,13 +11,14 @@ Paper:     Kini, Paraskevas, Oymak, Thrampoulidis, "Label-Imbalanced and Group-S
            top-1 as quoted by Rangwani et al.; an independent re-run, wang22ti/DDC: 80.29 +- 0.23).
 Code:      orparask/VS-Loss @ 7ade9c9, class_imbalance/losses.py VSLoss (L34-53), train.py --loss_type VS.
 vs ERM:    the loss rescales and shifts every logit per class (--gamma 0.2, --tau 1.2: the VS-Loss README's
-           CIFAR-10 LT-100 command). Nothing else changes: plain linear head (VS-Loss uses NormedLinear only
+           CIFAR-10 LT-100 command, the only published pair; run_all.sh uses it in every setting, untuned there). Nothing else changes: plain linear head (VS-Loss uses NormedLinear only
            for LDAM), no re-weighting. The official code divides by (n_max / n_c)^gamma, the same number.
 Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight decay 2e-4, linear warm-up over
            5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
 Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
 Run:       python methods/vs_loss.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
 """
+import math
 import os
 import sys
 
@@ -38,8 +39,8 @@ def parse_args(argv=None):
                         help="additive iota_c = tau * log(n_c / n) (VS-Loss README, CIFAR-10 LT-100; train.py "
                              "default 1.0)")
     args = parser.parse_args(argv)
-    common.check(args.gamma >= 0, f"--gamma must be >= 0, got {args.gamma:g}")
-    common.check(args.tau >= 0, f"--tau must be >= 0, got {args.tau:g}")
+    common.check(math.isfinite(args.gamma) and args.gamma >= 0, f"--gamma must be >= 0, got {args.gamma:g}")
+    common.check(math.isfinite(args.tau) and args.tau >= 0, f"--tau must be >= 0, got {args.tau:g}")
     return common.finish_args(args, method="vs")
 
 

@@ -226,6 +226,15 @@ def test_la_cdt_vs_match_the_official_forms():
                           F.cross_entropy(z.double() / temp + 1.2 * torch.log(prior), y).float(), atol=1e-5)
     assert torch.allclose(cdt.cdt_loss(z, y, SMALL, 0.3),
                           F.cross_entropy(z.double() / (n.max() / n) ** 0.3, y).float(), atol=1e-5)
+    # Behnia et al.'s CDTLoss on step data (R = 10): majority R^gamma, minority 1, normalized to sum to K
+    step, g = [500, 500, 50, 50], 0.5
+    behnia = torch.tensor([10 ** g, 10 ** g, 1, 1], dtype=torch.float64)
+    behnia = behnia * len(behnia) / behnia.sum()
+    z4, y4 = batch(n=20, c=4, seed=8)
+    assert torch.allclose(cdt.cdt_loss(z4, y4, step, g, normalize="sum"),
+                          F.cross_entropy(z4.double() * behnia, y4).float(), atol=1e-5)
+    assert not torch.allclose(cdt.cdt_loss(z4, y4, step, g), cdt.cdt_loss(z4, y4, step, g, normalize="sum"))
+    assert cdt.parse_args(["--dataset", "synthetic", "--device", "cpu", "--normalize", "sum"]).method == "cdt_sum"
     # protocol.md section 14: the VS divisors for C10 LT-100 with gamma 0.2
     divisors = (max(C10_LT100) / torch.tensor(C10_LT100, dtype=torch.float64)) ** 0.2
     assert divisors.tolist() == pytest.approx([1, 1.108, 1.227, 1.359, 1.506, 1.668, 1.848, 2.047, 2.270, 2.512],
@@ -249,8 +258,9 @@ BAD = [(ldam, ["--beta", "1"], "--beta"), (ldam, ["--beta", "-0.1"], "--beta"), 
        (ldam, ["--drw-epoch", "-1"], "--drw-epoch"),
        (mm, ["--cb-beta", "1"], "--cb-beta"), (mm, ["--beta", "-1"], "--beta"),
        (mm, ["--delta-minus", "-0.5"], "--delta-minus"), (mm, ["--max-m", "-0.1"], "--max-m"),
-       (la, ["--tau", "-1"], "--tau"), (cdt, ["--gamma", "-0.1"], "--gamma"),
-       (vs, ["--gamma", "-0.1"], "--gamma"), (vs, ["--tau", "-1"], "--tau")]
+       (la, ["--tau", "-1"], "--tau"), (la, ["--tau", "inf"], "--tau"), (cdt, ["--gamma", "nan"], "--gamma"),
+       (cdt, ["--normalize", "max"], "--normalize"),
+       (vs, ["--gamma", "-0.1"], "--gamma"), (vs, ["--tau", "-1"], "--tau"), (vs, ["--tau", "inf"], "--tau")]
 
 
 @pytest.mark.parametrize("module,flags,word", BAD, ids=[f"{m.__name__}{' '.join(f)}" for m, f, _ in BAD])
