@@ -22,12 +22,14 @@ Code:      kaidic/LDAM-DRW @ 2536330, utils.py ImbalancedDatasetSampler (L11-47)
            and the class histogram of every epoch's order is saved in the JSON (extra.sampled_class_counts).
 vs ERM:    only the epoch's index order: multinomial draws instead of data.shuffled(). The weights are
            n_y^(-q), i.e. exactly 1/n_y for q=1, not the official beta=0.9999 weights (which draw the head class of
-           CIFAR-10-LT R=100 with probability 0.119 instead of 1/C = 0.100, ~2% more on CIFAR-100-LT); the report still compares "oversampling" and "drs"
+           CIFAR-10-LT R=100 with probability 0.119 instead of 1/C = 0.100, ~2% more on CIFAR-100-LT; --beta
+           0.9999 draws with those); the report still compares "oversampling" and "drs"
            with the CB RS / DRS rows. Each draw is i.i.d., so the order needs no extra shuffle.
            common.Data.batches fills a short last batch with indices drawn without replacement from the same
            order, so the images fed in an epoch are the recorded order plus at most batch_size-1 repeats.
 Variants:  results folders "oversampling" (--start-epoch 0, q=1), "drs" (--start-epoch > 0, q=1), otherwise
-           "oversampling_q<q>" / "drs_q<q>", e.g. "oversampling_q0.5" for square-root sampling.
+           "oversampling_q<q>" / "drs_q<q>", e.g. "oversampling_q0.5" for square-root sampling, and
+           "oversampling_cb" / "drs_cb" with --beta (the official class-balanced sampler weights).
 Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight decay 2e-4, linear warm-up over
            5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
            An epoch is --num-samples draws (default len(train set) = 12,406 on CIFAR-10-LT R=100, as the
@@ -53,6 +55,9 @@ def parse_args(argv=None):
     m.add_argument("--sampling-power", type=float, default=1.0,
                    help="q in [0, 1]: sample i is drawn with probability proportional to n_{y_i}^(-q). 1 = class-"
                         "balanced (LDAM Sec. 4 'RS'), 0.5 = square-root sampling (Kang et al. 2020), 0 = natural")
+    m.add_argument("--beta", type=float, default=None,
+                   help="instead of n^(-q): the class-balanced weight (1-beta)/(1-beta^n_y) of the official "
+                        "ImbalancedDatasetSampler (utils.py, beta 0.9999: LDAM's CB RS row); results folder + '_cb'")
     m.add_argument("--num-samples", type=int, default=None,
                    help="draws per re-sampled epoch (the epoch length); default len(train set), as the official "
                         "ImbalancedDatasetSampler")
@@ -62,30 +67,35 @@ def parse_args(argv=None):
                         "the first decay at 160 as DRW in the official code)")
     args = parser.parse_args(argv)
     common.check(0 <= args.sampling_power <= 1, f"--sampling-power must be in [0, 1], got {args.sampling_power:g}")
+    if args.beta is not None:
+        common.check(0 <= args.beta < 1, f"--beta must be in [0, 1), got {args.beta:g}")
+        common.check(args.sampling_power == 1, "--beta replaces --sampling-power: give one of them")
     common.check(args.num_samples is None or args.num_samples > 0,
                  f"--num-samples must be positive, got {args.num_samples}")
     common.check(args.start_epoch >= 0, f"--start-epoch must be >= 0, got {args.start_epoch}")
     if args.start_epoch >= args.epochs:
         print(f"warning: --start-epoch {args.start_epoch} >= --epochs {args.epochs}: the sampler is never used, "
               "this run is plain ERM", file=sys.stderr, flush=True)
-    return common.finish_args(args, method=method_name(args.start_epoch, args.sampling_power))
+    return common.finish_args(args, method=method_name(args.start_epoch, args.sampling_power, args.beta))
 
 
-def method_name(start_epoch, power):
+def method_name(start_epoch, power, beta=None):
     base = "drs" if start_epoch > 0 else "oversampling"
-    return base if power == 1 else f"{base}_q{power:g}"
+    return f"{base}_cb" if beta is not None else base if power == 1 else f"{base}_q{power:g}"
 
 
-# METHOD: the sampler. One weight per SAMPLE (not per class), n_{y_i}^(-q); torch.multinomial does not need
-# them normalized. Class c's total probability per draw is n_c^(1-q) / sum_k n_k^(1-q).
-def sampling_weights(labels, counts, power=1.0):
+# METHOD: the sampler. One weight per SAMPLE (not per class), n_{y_i}^(-q), or with beta the official
+# (1-beta)/(1-beta^n_{y_i}); torch.multinomial does not need them normalized. Class c's total probability per
+# draw is n_c w_c / sum_k n_k w_k: n_c^(1-q) / sum_k n_k^(1-q) for the power.
+def sampling_weights(labels, counts, power=1.0, beta=None):
     counts = torch.as_tensor(counts, dtype=torch.float64, device=labels.device)
-    return counts.pow(-power)[labels].float()
+    w = (1 - beta) / (1 - beta ** counts) if beta is not None else counts.pow(-power)
+    return w[labels].float()
 
 
-def oversample_order(labels, counts, num_samples, generator, power=1.0):
+def oversample_order(labels, counts, num_samples, generator, power=1.0, beta=None):
     """One epoch's training indices: num_samples i.i.d. draws with replacement (WeightedRandomSampler)."""
-    weights = sampling_weights(labels, counts, power)
+    weights = sampling_weights(labels, counts, power, beta)
     return torch.multinomial(weights, num_samples, replacement=True, generator=generator)
 
 
@@ -126,7 +136,7 @@ if __name__ == "__main__":
         # METHOD: the sampler drives the batches (from --start-epoch on; before it the plain shuffle).
         if epoch >= args.start_epoch:
             order = oversample_order(data.train_y, data.train_counts, args.num_samples, run.generator,
-                                     args.sampling_power)
+                                     args.sampling_power, args.beta)
         else:
             order = data.shuffled(run.generator)
         run.extra["sampled_class_counts"].append(class_histogram(data.train_y, order, data.num_classes))

@@ -65,6 +65,22 @@ def test_oversampler_histogram_is_balanced_and_the_plain_shuffle_is_not():
     assert len(tail_draws) > 1000 and len(torch.unique(tail_draws)) == 50
 
 
+def test_cb_sampler_draws_with_the_official_effective_number_weights():
+    labels = long_tail_labels(C10_LT100)
+    counts = torch.tensor(C10_LT100, dtype=torch.float64)
+    w = over.sampling_weights(labels, C10_LT100, beta=0.9999)
+    want = ((1 - 0.9999) / (1 - 0.9999 ** counts))[labels]  # utils.ImbalancedDatasetSampler, per sample
+    assert torch.allclose(w.double(), want, rtol=1e-6)
+    probs = counts * (1 - 0.9999) / (1 - 0.9999 ** counts)
+    probs = probs / probs.sum()
+    assert probs[0] == pytest.approx(0.119, abs=5e-4) and probs[9] == pytest.approx(0.094, abs=5e-4)  # header
+    order = over.oversample_order(labels, C10_LT100, len(labels), torch.Generator().manual_seed(2), beta=0.9999)
+    hist = torch.bincount(labels[order], minlength=10)
+    assert chi_square(hist, probs) < CHI2_BOUND and chi_square(hist, [0.1] * 10) > CHI2_BOUND
+    assert over.parse_args([*NAME_ARGS, "--beta", "0.9999"]).method == "oversampling_cb"
+    assert over.parse_args([*NAME_ARGS, "--beta", "0.9999", "--start-epoch", "160"]).method == "drs_cb"
+
+
 def test_sqrt_sampling_lands_between_natural_and_balanced():
     labels = long_tail_labels(C10_LT100)
     order = over.oversample_order(labels, C10_LT100, len(labels), torch.Generator().manual_seed(1), power=0.5)
@@ -281,6 +297,7 @@ def test_defaults_are_the_published_ones():
     (cb, ["--loss", "hinge"]), (cb, ["--drw-epoch", "-1"]),
     (focal, ["--gamma", "-1"]), (focal, ["--alpha", "cb", "--beta", "1.5"]), (focal, ["--alpha", "sqrt"]),
     (over, ["--sampling-power", "1.5"]), (over, ["--sampling-power", "-0.1"]), (over, ["--num-samples", "0"]),
+    (over, ["--beta", "1"]), (over, ["--beta", "0.9999", "--sampling-power", "0.5"]),
     (over, ["--start-epoch", "-1"]), (cw, ["--drw-epoch", "-3"]),
 ])
 def test_bad_arguments_raise_a_one_line_error(module, flags):
