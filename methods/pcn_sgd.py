@@ -116,26 +116,30 @@ def class_batch_sizes(counts, batch_size, variant):
 
 class ClassStream:
     """The training indices of one class, drawn without replacement in random order; when they run out they are
-    re-shuffled and drawing goes on (the official minority loaders re-built when exhausted)."""
+    re-shuffled and drawing goes on (the official minority loaders re-built when exhausted). take(k, batch) draws
+    k = a whole number of batches; a batch that spans two passes gets the images the old pass left over, then
+    images of the new pass that are not among them (those wait until the end of the new pass): no image twice in
+    one batch while the class has at least `batch` images, and each pass still holds every image once."""
 
     def __init__(self, indices, generator):
         self.indices, self.generator = indices, generator
         self.buffer = indices[:0]
 
-    def take(self, k):
-        parts, have = [self.buffer], len(self.buffer)
-        while have < k:
-            perm = torch.randperm(len(self.indices), device=self.indices.device, generator=self.generator)
-            parts.append(self.indices[perm])
-            have += len(self.indices)
-        pool = torch.cat(parts)
+    def take(self, k, batch=None):
+        batch = batch or k
+        pool = self.buffer
+        while len(pool) < k:
+            perm = self.indices[torch.randperm(len(self.indices), device=self.indices.device,
+                                               generator=self.generator)]
+            held = torch.isin(perm, pool[len(pool) - len(pool) % batch:])  # in the batch the new pass starts in
+            pool = torch.cat([pool, perm[~held], perm[held]])
         self.buffer = pool[k:]
         return pool[:k]
 
 
 def epoch_index_matrix(streams, sizes, steps):
     """(steps, sum(sizes)) training indices: row t is batch t, class 0's samples first, then class 1's, ..."""
-    return torch.cat([s.take(steps * b).view(steps, b) for s, b in zip(streams, sizes)], dim=1)
+    return torch.cat([s.take(steps * b, b).view(steps, b) for s, b in zip(streams, sizes)], dim=1)
 
 
 # METHOD: the per-class gradients and the normalized direction.

@@ -225,9 +225,15 @@ def test_batch_composition_proportional_and_balanced():
         assert m.shape == (steps, sum(sizes))
         for row in m:
             assert torch.bincount(labels[row], minlength=10).tolist() == sizes
-    # oversampling: class 9 (10 images) drawn 6 per step over 5 steps = every image exactly 3 times
-    drawn = m[:, -6:].reshape(-1)
-    assert torch.bincount(drawn - drawn.min(), minlength=10).tolist() == [3] * 10
+    # oversampling: class 9 (10 images) drawn 6 per step over 5 steps = every image exactly 3 times, and no image
+    # twice in one batch, also in the batches that span two passes (6 = 4 left over + 2 of the next pass)
+    drawn = m[:, -6:]
+    assert torch.bincount(drawn.reshape(-1) - drawn.min(), minlength=10).tolist() == [3] * 10
+    assert all(len(torch.unique(row)) == 6 for row in drawn)
+    stream = pcn.ClassStream(torch.arange(7), torch.Generator().manual_seed(3))
+    batches = [stream.take(5) for _ in range(70)]
+    assert all(len(torch.unique(b)) == 5 for b in batches)
+    assert all(torch.bincount(torch.cat(batches[7 * i:7 * i + 7])).tolist() == [5] * 7 for i in range(10))
 
 
 def test_groupnorm_swap_and_split_forward_match_joint():
