@@ -195,6 +195,7 @@ GPU_ROWS = [
     ("erm.py", []),
     ("class_weights.py", ["--drw-epoch", "2"]),            # None -> tensor class weight: a new graph
     ("ldam_drw.py", ["--drw-epoch", "2"]),                 # cosine head in fp32, DRW weights as a graph input
+    ("mm_drw.py", ["--drw-epoch", "2"]),                   # a per-sample margin from the logits, in the graph
     ("pcn_sgd.py", ["--variant", "pcnsgd_o"]),             # C backward passes per step in one graph
     ("pcn_sgd.py", ["--variant", "pcnsgd_o", "--class-grads", "batched"]),  # one batched backward (vmap) captured
     ("sam.py", ["--base", "ldam_drw", "--drw-epoch", "2"]),  # two forward/backward passes in one graph
