@@ -95,6 +95,7 @@ done
 mapfile -t plan < <(printf '%s\n' "${jobs_list[@]}" | "$PYTHON" common.py plan --out "$OUT" -- $DATA_FLAGS $EXTRA)
 [ "${#plan[@]}" -eq "${#jobs_list[@]}" ] || { echo "run_all.sh: could not plan the runs (see above)" >&2; exit 1; }
 
+logname() { echo "$OUT/logs/$(tr -c 'A-Za-z0-9_.\n-' '_' <<<"${1}_${2}${3}_seed${4}" | sed 's/_\+/_/g').log"; }
 total=${#jobs_list[@]}
 todo=() done_before=0
 declare -A est  # row|setting -> expected seconds of one run (from earlier runs, then from this invocation's)
@@ -102,7 +103,13 @@ for i in "${!jobs_list[@]}"; do
   read -r done seconds _ <<<"${plan[$i]}"
   IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
   if [ "$done" = 1 ]; then done_before=$((done_before + 1)); else todo+=("$i"); fi
-  [ "$seconds" -ge 0 ] && est["$row|$itype$ratio"]=$seconds
+  if [ "$seconds" -lt 0 ] && [ -f "$(logname "$row" "$itype" "$ratio" "$seed")" ]; then
+    # a run stopped before its JSON (DEADLINE/timeout kill): its last "elapsed H:MM:SS  eta H:MM:SS" line
+    seconds=$(grep -o 'elapsed [0-9:]*  eta [0-9:]*' "$(logname "$row" "$itype" "$ratio" "$seed")" | tail -1 |
+      awk '{split($2,a,":"); split($4,b,":"); print a[1]*3600+a[2]*60+a[3]+b[1]*3600+b[2]*60+b[3]}' || true)
+    seconds=${seconds:--1}
+  fi
+  [ "$seconds" -ge 0 ] && { [ "${est["$row|$itype$ratio"]:--1}" -ge "$seconds" ] || est["$row|$itype$ratio"]=$seconds; }
 done
 
 started=0 finished=0 failed=0 deferred=0
@@ -110,6 +117,7 @@ t0=$(date +%s)
 mkdir -p "$OUT/logs"
 durations="$OUT/logs/.durations.$$"  # "<seconds> <row|setting>" of each run of this invocation as it ends
 : >"$durations"
+trap 'rm -f "$durations"' EXIT  # (replaced by the MPS trap below, which removes it too)
 hms() { printf '%d:%02d:%02d' $(($1 / 3600)) $(($1 / 60 % 60)) $(($1 % 60)); }
 progress() {
   local now=$(( $(date +%s) - t0 )) eta="?"
@@ -135,10 +143,15 @@ if [ "$JOBS" -gt 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
 if [ "${FAST:-0}" = 1 ]; then EXTRA="--fast $EXTRA"; fi
 export IMBALANCE_REF_RUNS_AT_ONCE=$JOBS IMBALANCE_REF_MPS=0  # recorded in every results JSON
 if [ "${MPS:-0}" = 1 ] && [ "${#todo[@]}" -gt 0 ]; then
-  if nvidia-cuda-mps-control -d; then
-    IMBALANCE_REF_MPS=1
-    trap 'echo quit | nvidia-cuda-mps-control >/dev/null 2>&1 || true' EXIT
-    echo "[run_all] CUDA MPS daemon started (stopped at the end)"
+  if nvidia-cuda-mps-control -d </dev/null >/dev/null 2>&1; then
+    trap 'echo quit | timeout -k 5 20 nvidia-cuda-mps-control >/dev/null 2>&1 || true; rm -f "${durations:-}"' EXIT
+    if timeout -k 5 120 "$PYTHON" -c "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()"; then
+      IMBALANCE_REF_MPS=1
+      echo "[run_all] CUDA MPS daemon started (stopped at the end)"
+    else  # e.g. a sandbox without MPS: every run would fail, or find no GPU (--device auto: the CPU)
+      echo "[run_all] warning: no CUDA context through the MPS daemon; stopped it, the runs take turns on the GPU" >&2
+      echo quit | timeout -k 5 20 nvidia-cuda-mps-control >/dev/null 2>&1 || true
+    fi
   else
     echo "[run_all] warning: could not start the CUDA MPS daemon (nvidia-cuda-mps-control -d); the runs take turns on the GPU" >&2
   fi
@@ -150,16 +163,17 @@ for i in "${todo[@]}"; do
   while [ $((started - finished)) -ge "$JOBS" ]; do reap; done
   key="$row|$itype$ratio"
   expect=${est[$key]:-}
-  if [ -z "$expect" ]; then  # never run: guess the longest run known (unknown before the first one ends)
+  if [ -z "$expect" ]; then  # never run: guess the longest run known, else NEW_RUN_S (e.g. the benchmark's projection)
     for e in "${est[@]}"; do [ "$e" -gt "${expect:--1}" ] && expect=$e; done
+    [ -z "$expect" ] && expect=${NEW_RUN_S:-}
   fi
-  if [ -n "$DEADLINE" ] && [ -n "$expect" ] && [ $(( $(date +%s) - t0 + expect )) -gt "$DEADLINE" ]; then
+  if [ -n "$DEADLINE" ] && [ -n "$expect" ] && [ $(( $(date +%s) - t0 + expect * 11 / 10 + 15 )) -gt "$DEADLINE" ]; then
     deferred=$((deferred + 1))
     echo "[run_all] deadline: not starting methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed (~$expect s, $(( DEADLINE - $(date +%s) + t0 )) s left)"
     continue
   fi
   started=$((started + 1))
-  log="$OUT/logs/$(tr -c 'A-Za-z0-9_.\n-' '_' <<<"${row}_${itype}${ratio}_seed${seed}" | sed 's/_\+/_/g').log"
+  log=$(logname "$row" "$itype" "$ratio" "$seed")
   echo "[run_all] start $started/$(( ${#todo[@]} - deferred )): methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed"
   (
     t=$(date +%s)

@@ -136,8 +136,12 @@ def run_method(row, flags, out, name, log_dir):
 def mps(action):
     """Start ('start') or stop ('stop') the CUDA MPS daemon; returns None when done, else why not."""
     try:
-        if action == "start":
-            proc = subprocess.run(["nvidia-cuda-mps-control", "-d"], capture_output=True, text=True, timeout=30)
+        if action == "start":  # the daemon must not inherit a pipe: run() would wait for it to close (timeout)
+            with tempfile.TemporaryFile("w+") as err:
+                proc = subprocess.run(["nvidia-cuda-mps-control", "-d"], stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=err, text=True, timeout=30)
+                err.seek(0)
+                proc.stderr = err.read()
         else:
             proc = subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", capture_output=True, text=True,
                                   timeout=30)
@@ -187,10 +191,12 @@ def accuracy_check(row, data_flags, n, epochs, eval_every, out, log_dir):
     """N seeds of each path for the whole protocol (both in the table's precision), their final top-1 compared:
     the difference of the means against 2 standard errors. Runs in `out` are reused."""
     name, entry = slug(row), {"n": n, "epochs": epochs}
-    for path, extra in (("eager", []), ("fast", ["--fast"])):
-        jobs = [(row, data_flags + ["--epochs", str(epochs), "--eval-every", str(eval_every), "--seed", str(k)] + extra,
-                 f"acc_{name}_{path}_seed{k}") for k in range(n)]
-        done = run_methods(jobs, out, log_dir, reuse=True)
+    paths = (("eager", []), ("fast", ["--fast"]))
+    jobs = [(row, data_flags + ["--epochs", str(epochs), "--eval-every", str(eval_every), "--seed", str(k)] + extra,
+             f"acc_{name}_{path}_seed{k}") for path, extra in paths for k in range(n)]
+    finished = run_methods(jobs, out, log_dir, reuse=True)  # all 2N at once: eager runs load the CPU, graphed the GPU
+    for i, (path, _) in enumerate(paths):
+        done = finished[i * n:(i + 1) * n]
         for r, cmd in done:  # a kept run must be a whole run of this protocol, not one of another --project-epochs
             common.check(r["status"] == "completed" and r["args"]["epochs"] == epochs,
                          f"--accuracy: the kept run of `{cmd}` is {r['status']} after {r['epochs_completed']} of "
@@ -345,18 +351,32 @@ def choose(results_dir=os.path.join(ROOT, "results"), device_name=None, mps_gain
     with open(files[-1]) as f:
         bench = json.load(f)
     checks = bench.get("checks") or []
-    fast = bool(checks) and all(c["identical"] for c in checks)
+    fast = bool(checks) and all(c["identical"] for c in checks) and bench.get("gpu_tests") != "failed"
     par = [row["parallel"] for row in bench.get("rows", []) if row.get("parallel")]
     gains = [(p.get("fast") or {}).get("throughput_vs_one_run") for p in par if p.get("mps") is True]
     return fast, fast and bool(gains) and all(g is not None and g > mps_gain for g in gains)
+
+
+def projected_run_s(fast, results_dir=os.path.join(ROOT, "results"), device_name=None):
+    """The longest projected protocol run (s) of the path `fast` picks in the benchmark JSON choose() reads; 0: none."""
+    files = sorted(glob.glob(os.path.join(results_dir, "bench-*.json")), key=os.path.getmtime)
+    own = os.path.join(results_dir, f"bench-{slug(device_name, '-').lower()}.json") if device_name else None
+    files += [own] if own in files else []
+    if not files:
+        return 0
+    with open(files[-1]) as f:
+        rows = json.load(f).get("rows", [])
+    path = "fast" if fast else "eager"
+    return max((r[path]["projected_run_s"] for r in rows if r.get(path, {}).get("projected_run_s")), default=0)
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.choose:
         cuda = common.torch.cuda.is_available()
-        fast, use_mps = choose(device_name=common.torch.cuda.get_device_name() if cuda else None)
-        print(f"FAST={int(fast)} MPS={int(use_mps)}")
+        name = common.torch.cuda.get_device_name() if cuda else None
+        fast, use_mps = choose(device_name=name)
+        print(f"FAST={int(fast)} MPS={int(use_mps)} RUN_S={round(projected_run_s(fast, device_name=name))}")
         return
     if args.report:
         write_speed_pages()
@@ -372,11 +392,22 @@ def main(argv=None):
               "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
               "epochs": args.epochs, "project_epochs": args.project_epochs,
               "project_eval_every": args.project_eval_every, "data_flags": args.data_flags,
-              "checks": [], "rows": []}
+              "checks": [], "rows": [],
+              # .ci/gpu: did tests/test_fast_path.py's GPU tests pass before this benchmark ("failed": no --fast)
+              "gpu_tests": os.environ.get("IMBALANCE_REF_GPU_TESTS")}
     t_start = time.time()
     dev = common.torch.device(args.device)
     report["device_name"] = common.torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     out_path = args.out or os.path.join(ROOT, "results", f"bench-{slug(report['device_name'], '-').lower()}.json")
+    earlier = {}  # a row's "parallel" measurement of the JSON this one replaces, kept when not measured again
+    if os.path.exists(out_path) and args.parallel <= 1:
+        try:
+            with open(out_path) as f:
+                old = json.load(f)
+            earlier = {r["row"]: {**r["parallel"], "measured": old.get("date_utc")} for r in old.get("rows", [])
+                       if r.get("parallel")}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            earlier = {}
 
     def save(complete):  # after every step, so that a benchmark stopped by a time limit keeps what it measured
         report["complete"] = complete
@@ -412,6 +443,8 @@ def main(argv=None):
                 print(f"[bench] {row} {path}: a step is bound by {bound_by(t['profile']) or t['profile']}", flush=True)
         entry["speedup_steady_epoch"] = entry["eager"]["steady_epoch_s"] / entry["fast"]["steady_epoch_s"]
         entry["speedup_projected_run"] = entry["eager"]["projected_run_s"] / entry["fast"]["projected_run_s"]
+        if args.parallel <= 1 and row in earlier:
+            entry["parallel"] = earlier[row]  # from the earlier benchmark (its date in "measured")
         report["rows"].append(entry)  # saved now and again after each part below: a time limit keeps the timings
         save(complete=False)
         if args.parallel > 1:

@@ -4,7 +4,9 @@ On CPU: --fast changes nothing (the same JSON as eager), the rules that decide w
 and the benchmark's plumbing. With a CUDA GPU: --fast and eager give bit-identical fp32 runs for rows that
 cross an lr change and the DRW switch (skipped without a GPU)."""
 import json
+import math
 import os
+import re
 import subprocess
 
 import pytest
@@ -128,6 +130,12 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     (results / "bench-cpu.json").write_text(json.dumps({**report, "complete": False}))
     load_benchmark().write_speed_pages(str(results), str(readme))
     assert "Stopped before the end (a time limit): `results/bench-cpu.json`" in readme.read_text()
+    # a later benchmark without --parallel (e.g. an --accuracy session) keeps the earlier parallel timing, dated
+    run_script("studies/benchmark.py", "--device", "cpu", "--rows", "class_weights.py", "--data-flags",
+               "--dataset synthetic --imbalance-ratio 10 --batch-size 64", "--epochs", "3", "--profile-steps", "0",
+               "--out", out)
+    later = json.loads(out.read_text())
+    assert later["rows"][0]["parallel"] == {**report["rows"][0]["parallel"], "measured": report["date_utc"]}
 
 
 def test_bound_by_reads_the_profile():
@@ -171,7 +179,7 @@ def test_benchmark_choose_reads_the_newest_json(tmp_path):
     assert choose(str(tmp_path), device_name="NVIDIA H100 80GB HBM3") == (True, True)
     assert choose(str(tmp_path), device_name="NVIDIA H200") == (True, False)  # none of its own: the newest
     proc = run_script("studies/benchmark.py", "--choose")
-    assert proc.stdout.strip() in ("FAST=0 MPS=0", "FAST=1 MPS=0", "FAST=1 MPS=1")
+    assert re.fullmatch(r"FAST=[01] MPS=[01] RUN_S=\d+", proc.stdout.strip()), proc.stdout
 
 
 def test_benchmark_rejects_unknown_rows():
@@ -221,10 +229,13 @@ def test_fast_equals_eager_in_fp32_on_gpu(tmp_path, script, flags):
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_fast_bf16_run_learns_on_gpu(tmp_path):
-    run_script("methods/erm.py", "--dataset", "synthetic", "--epochs", "6", "--warmup-epochs", "1", "--device",
-               "cuda", "--fast", "--out", tmp_path)
+    # 20 epochs of the synthetic set at R=10, batch 64 (140 steps): 96-99% top-1 on CPU for seeds 0-2
+    run_script("methods/erm.py", "--dataset", "synthetic", "--imbalance-ratio", "10", "--batch-size", "64",
+               "--epochs", "20", "--warmup-epochs", "1", "--device", "cuda", "--fast", "--out", tmp_path)
     (res,) = read_results(tmp_path).values()
-    assert res["final"]["top1"] > 60 and res["fast_path"]["graph_replays"] > 0
+    losses = [h["train_loss"] for h in res["history"]]
+    assert res["fast_path"]["graph_replays"] > 0 and all(map(math.isfinite, losses)) and losses[-1] < losses[0]
+    assert res["final"]["top1"] > 70, res["final"]["top1"]
 
 
 # ------------------------------------------------------------------------------------------------
