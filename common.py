@@ -102,6 +102,12 @@ def make_parser(doc):
                    help="profile this many training steps of the second epoch with torch.profiler: kernels per step, "
                         "their summed GPU time and the wall time per step (what bounds a step: the CPU launching "
                         "kernels, or the GPU running them), saved as 'profile' in the JSON; 0: off")
+    r.add_argument("--checkpoint-every", type=int, default=0,
+                   help="save the whole training state every N epochs to <out>/checkpoints/<setting>/<method>/"
+                        "seed<k>.pt (removed when the run ends); 0: never")
+    r.add_argument("--resume", action="store_true",
+                   help="continue from this run's checkpoint where one exists (same arguments and code), else start "
+                        "from epoch 0; the resumed run computes what the uninterrupted run would")
     r.add_argument("--out", default=os.path.join(ROOT, "results"), help="results root folder")
     r.add_argument("--name", default=None, help="name of the run's method folder (default: set by the method)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing result file")
@@ -134,6 +140,7 @@ def finish_args(args, method):
     check(args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
     check(args.eval_every > 0, f"--eval-every must be positive, got {args.eval_every}")
     check(args.profile_steps >= 0, f"--profile-steps must be >= 0, got {args.profile_steps}")
+    check(args.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     check(0 < args.lr_decay <= 1, f"--lr-decay must be in (0, 1], got {args.lr_decay}")
     if args.dataset == "imagefolder":
         check(args.data_dir is not None, "--dataset imagefolder needs --data-dir pointing at a folder with train/ and test/")
@@ -177,6 +184,10 @@ def class_count(args):
 
 def result_path(args):
     return os.path.join(args.out, setting_name(args), args.method, f"seed{args.seed}.json")
+
+
+def checkpoint_path(args):
+    return os.path.join(args.out, "checkpoints", setting_name(args), args.method, f"seed{args.seed}.pt")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -791,7 +802,8 @@ class Run:
     """Bookkeeping of one training run. `start(args)` checks the output path before any work, seeds,
     loads the data; `log_step(loss)` after each step; `end_epoch(...)` evaluates every --eval-every
     epochs, prints progress and stops a diverged run; `finish(model)` writes the JSON.
-    Methods put what they want saved besides into `run.extra` (a dict)."""
+    Methods put what they want saved besides into `run.extra` (a dict). `restore(model, optimizer, ...)` before the
+    loop names what a checkpoint holds (--checkpoint-every) and, with --resume, returns the epoch to go on from."""
 
     def __init__(self, args):
         self.args = args
@@ -820,6 +832,7 @@ class Run:
         self.history, self.extra = [], {}
         self._loss_sum, self._steps = 0.0, 0
         self.last_eval = None
+        self.state, self.resumed = None, []  # what a checkpoint holds (restore); epochs a run was resumed at
         # --profile-steps: in the second epoch, 10 steps in (past its eager warm-up steps and graph capture), and not
         # past its end (no evaluation inside the window)
         spe, offset = self.data.steps_per_epoch, min(10, self.data.steps_per_epoch // 2)
@@ -864,15 +877,77 @@ class Run:
         elapsed = time.time() - self.t0
         entry["elapsed_s"] = round(elapsed, 3)  # since the start, including data loading and evaluations
         self.history.append(entry)
+        if args.checkpoint_every and (epoch + 1) % args.checkpoint_every == 0 and not last:
+            self.checkpoint(epoch)
         eta = elapsed / (epoch + 1) * (args.epochs - epoch - 1)
         test = f"  test {entry['test_top1']:5.2f}%" if entry["test_top1"] is not None else ""
         print(f"{self.tag} epoch {epoch + 1:3d}/{args.epochs}  lr {lr:.5f}  loss {train_loss:.4f}{test}  "
               f"elapsed {fmt_time(elapsed)}  eta {fmt_time(eta)}", flush=True)
 
+    def restore(self, model, optimizer, *more):
+        """Name what a checkpoint holds: the model, the optimizer and any object with state_dict() and
+        load_state_dict() (e.g. a sampler's per-class streams); the run's history, extra, elapsed time and every
+        random generator go in too. With --resume and a checkpoint of this run made by the same arguments and
+        code, load it and return the epoch after it; else return 0."""
+        self.state = (model, optimizer, more)
+        path = checkpoint_path(self.args)
+        if not (self.args.resume and os.path.exists(path)):
+            return 0
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        if (ck["args"], ck["code_sha256"]) != (self._resume_key(), code_sha256(os.path.abspath(sys.argv[0]))):
+            print(f"{self.tag} note: {path} was made with other arguments or code: starting from epoch 1",
+                  file=sys.stderr, flush=True)
+            return 0
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        for obj, state in zip(more, ck["more"]):
+            obj.load_state_dict(state)
+        torch.set_rng_state(ck["rng"]["torch"])
+        np.random.set_state(ck["rng"]["numpy"])
+        self.generator.set_state(ck["rng"]["generator"])
+        if ck["rng"]["cuda"] is not None and torch.device(self.device).type == "cuda":
+            torch.cuda.set_rng_state(ck["rng"]["cuda"], torch.device(self.device))
+        self.history, self.last_eval, self.resumed = ck["history"], ck["last_eval"], ck["resumed"] + [ck["epoch"] + 1]
+        self.extra.clear()
+        self.extra.update(ck["extra"])
+        self.t0 = time.time() - ck["elapsed_s"]  # the wall time counts the time trained so far, not the pause
+        self.profiler = None  # its window (the second epoch) is over
+        if self.graphed is not None:
+            for k, v in ck["fast_path"].items():
+                self.graphed.stats[k] += v
+        print(f"{self.tag} resumed from {path}: epoch {ck['epoch'] + 1} done, going on with epoch {ck['epoch'] + 2}",
+              flush=True)
+        return ck["epoch"] + 1
+
+    def _resume_key(self):  # every argument but those that only say whether to write, resume or checkpoint
+        return {k: v for k, v in vars(self.args).items()
+                if k not in ("resume", "overwrite", "skip_existing", "checkpoint_every")}
+
+    def checkpoint(self, epoch):
+        """The state after `epoch`, written atomically (a temporary file, then a rename)."""
+        if self.state is None:
+            return
+        model, optimizer, more = self.state
+        cuda = torch.device(self.device).type == "cuda"
+        ck = {"epoch": epoch, "args": self._resume_key(), "code_sha256": code_sha256(os.path.abspath(sys.argv[0])),
+              "model": model.state_dict(), "optimizer": optimizer.state_dict(), "more": [o.state_dict() for o in more],
+              "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "generator": self.generator.get_state(),
+                      "cuda": torch.cuda.get_rng_state(torch.device(self.device)) if cuda else None},
+              "history": self.history, "last_eval": self.last_eval, "extra": self.extra, "resumed": self.resumed,
+              "elapsed_s": time.time() - self.t0,
+              "fast_path": dict(self.graphed.stats) if self.graphed is not None else {}}
+        path = checkpoint_path(self.args)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save(ck, tmp)
+        os.replace(tmp, path)
+
     def finish(self, model):
         if self.last_eval is None or self.history[-1]["test_top1"] is None:
             self.last_eval = evaluate(model, self.data, fp32=True)
         self.save(status="completed", epochs_completed=len(self.history), final=self.last_eval)
+        if os.path.exists(checkpoint_path(self.args)):
+            os.remove(checkpoint_path(self.args))  # the run is whole: its JSON says all
         f = self.last_eval
         groups = "  ".join(f"{g} {f[g]:.2f}" for g in ("many", "medium", "few") if f[g] is not None)
         print(f"{self.tag} final (epoch {len(self.history)}): top-1 {f['top1']:.2f}%  {groups}  "
@@ -903,6 +978,7 @@ class Run:
             "wall_time_s": time.time() - self.t0,
             "setup_time_s": self.setup_s,
             "fast_path": self.graphed.stats if self.graphed is not None else None,
+            "resumed_at_epochs": self.resumed,  # --resume: the 0-based epochs a killed run went on from
             "profile": self._profile(),
             # set by run_all.sh: how many runs shared the device (JOBS), and whether under a CUDA MPS daemon
             "runs_at_once": int(os.environ.get("IMBALANCE_REF_RUNS_AT_ONCE", "1")),
@@ -995,9 +1071,11 @@ def _completed_walls(out):
 
 
 def plan(jobs, flags, out):
-    """For run_all.sh: for each job "row|imbalance type|ratio|seed", the line "<done> <seconds> <results JSON>":
-    done is 1 when the JSON exists (the run is skipped), seconds the longest wall time of the same method's
-    completed runs in the same setting (else in any setting; -1: never run). Checks every job's flags first."""
+    """For run_all.sh: for each job "row|imbalance type|ratio|seed", the line
+    "<done> <seconds> <epochs done> <epochs> <results JSON>": done is 1 when the JSON exists (the run is skipped),
+    seconds the longest wall time of the same method's completed runs in the same setting (else in any setting;
+    -1: never run), epochs done those its checkpoint holds (--checkpoint-every; 0 without one). Checks every
+    job's flags first."""
     walls = _completed_walls(out)
     lines = []
     for job in jobs:
@@ -1006,8 +1084,13 @@ def plan(jobs, flags, out):
                                             "--out", out])
         setting = setting_name(args)
         same = walls.get((setting, args.method)) or [w for (s, m), ws in walls.items() if m == args.method for w in ws]
-        path = result_path(args)
-        lines.append(f"{int(os.path.exists(path))} {round(max(same)) if same else -1} {path}")
+        path, ckpt, done = result_path(args), checkpoint_path(args), 0
+        if os.path.exists(ckpt):
+            try:
+                done = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"] + 1
+            except Exception:  # noqa: BLE001  (a damaged checkpoint: the run starts over)
+                done = 0
+        lines.append(f"{int(os.path.exists(path))} {round(max(same)) if same else -1} {done} {args.epochs} {path}")
     return lines
 
 
@@ -1171,7 +1254,7 @@ def code_lines(rows):
 
 # Arguments that say where and how a run was made, not what it trained: args_lines does not compare them.
 RUN_ONLY_ARGS = {"data_dir", "download", "cache_dir", "seed", "device", "deterministic", "fast", "fp32", "eval_every",
-                 "profile_steps", "out", "name", "overwrite", "skip_existing", "method"}
+                 "profile_steps", "out", "name", "overwrite", "skip_existing", "method", "checkpoint_every", "resume"}
 
 
 def args_lines(rows, table):

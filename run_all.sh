@@ -15,6 +15,9 @@
 # can share the GPU at once instead of taking turns), DEADLINE (seconds: no run starts that is expected to end
 # later, judged by the wall time of the same method's finished runs, or the longest known run for a method never
 # run; the rest is left for the next invocation),
+# CHECKPOINT_EVERY (10: every run saves its state every 10 epochs under $OUT/checkpoints/ and resumes from it when
+# run again, so a killed run loses at most 10 epochs; a run longer than the DEADLINE window is started whenever it
+# can reach its next checkpoint, and ends over several invocations; 0: off),
 # OUT (results), PYTHON, EXTRA (flags added to every run), ONLY (run only the rows whose script or flags match
 # this grep pattern).
 # Order: setting by setting, seed 0 of every row first, so that a stopped run leaves a whole one-seed table.
@@ -75,6 +78,9 @@ ROWS=(
 # (eager runs on a GPU are bound by one CPU thread's kernel launches anyway): one thread each by default.
 if [ "$JOBS" -gt 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
 if [ "${FAST:-0}" = 1 ]; then EXTRA="--fast $EXTRA"; fi
+# a run killed part-way (a deadline, a time limit) goes on from its last checkpoint next time
+CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-10}
+[ "$CHECKPOINT_EVERY" -gt 0 ] && EXTRA="--checkpoint-every $CHECKPOINT_EVERY --resume $EXTRA"
 
 jobs_list=()
 for setting in $SETTINGS; do
@@ -89,8 +95,8 @@ for setting in $SETTINGS; do
 done
 [ -n "$DEADLINE" ] && ! [[ "$DEADLINE" =~ ^[0-9]+$ ]] && { echo "run_all.sh: DEADLINE must be whole seconds" >&2; exit 1; }
 
-# One line per job: "<done 0|1> <seconds the method's finished runs took, -1: unknown> <results JSON>". This also
-# checks every job's flags before anything trains.
+# One line per job: "<done 0|1> <seconds the method's finished runs took, -1: unknown> <epochs its checkpoint holds>
+# <epochs> <results JSON>". This also checks every job's flags before anything trains.
 # shellcheck disable=SC2086  # flags are meant to split into words
 mapfile -t plan < <(printf '%s\n' "${jobs_list[@]}" | "$PYTHON" common.py plan --out "$OUT" -- $DATA_FLAGS $EXTRA)
 [ "${#plan[@]}" -eq "${#jobs_list[@]}" ] || { echo "run_all.sh: could not plan the runs (see above)" >&2; exit 1; }
@@ -99,8 +105,10 @@ logname() { echo "$OUT/logs/$(tr -c 'A-Za-z0-9_.\n-' '_' <<<"${1}_${2}${3}_seed$
 total=${#jobs_list[@]}
 todo=() done_before=0
 declare -A est  # row|setting -> expected seconds of one run (from earlier runs, then from this invocation's)
+declare -A left epochs_of  # job -> per mille of its epochs still to train (a checkpoint holds the rest); epochs
 for i in "${!jobs_list[@]}"; do
-  read -r done seconds _ <<<"${plan[$i]}"
+  read -r done seconds epochs_done epochs _ <<<"${plan[$i]}"
+  left[$i]=$(( 1000 * (epochs - epochs_done) / epochs )) epochs_of[$i]=$epochs
   IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
   if [ "$done" = 1 ]; then done_before=$((done_before + 1)); else todo+=("$i"); fi
   if [ "$seconds" -lt 0 ] && [ -f "$(logname "$row" "$itype" "$ratio" "$seed")" ]; then
@@ -115,7 +123,7 @@ done
 started=0 finished=0 failed=0 deferred=0
 t0=$(date +%s)
 mkdir -p "$OUT/logs"
-durations="$OUT/logs/.durations.$$"  # "<seconds> <row|setting>" of each run of this invocation as it ends
+durations="$OUT/logs/.durations.$$"  # "<seconds> <1: from epoch 0> <row|setting>" of each run of this invocation
 : >"$durations"
 trap 'rm -f "$durations"' EXIT  # (replaced by the MPS trap below, which removes it too)
 hms() { printf '%d:%02d:%02d' $(($1 / 3600)) $(($1 / 60 % 60)) $(($1 % 60)); }
@@ -127,7 +135,7 @@ progress() {
 reap() {  # wait for one run to end
   if wait -n; then :; else failed=$((failed + 1)); fi
   finished=$((finished + 1))
-  while read -r seconds key; do est["$key"]=$seconds; done <"$durations"
+  while read -r seconds whole key; do [ "$whole" = 1 ] && est["$key"]=$seconds; done <"$durations"  # whole runs only
   progress
 }
 session() {  # append this invocation to $OUT/run_all.jsonl (the report sums them)
@@ -137,10 +145,6 @@ session() {  # append this invocation to $OUT/run_all.jsonl (the report sums the
     "${DEADLINE:-null}" "$SETTINGS" "$SEEDS" "$(git rev-parse --short HEAD 2>/dev/null || echo "${IMBALANCE_REF_GIT_COMMIT:-unknown}")" >>"$OUT/run_all.jsonl"
 }
 
-# Several processes at once each with several CPU threads oversubscribe the cores and can run 10x slower
-# (eager runs on a GPU are bound by one CPU thread's kernel launches anyway): one thread each by default.
-if [ "$JOBS" -gt 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
-if [ "${FAST:-0}" = 1 ]; then EXTRA="--fast $EXTRA"; fi
 export IMBALANCE_REF_RUNS_AT_ONCE=$JOBS IMBALANCE_REF_MPS=0  # recorded in every results JSON
 if [ "${MPS:-0}" = 1 ] && [ "${#todo[@]}" -gt 0 ]; then
   if nvidia-cuda-mps-control -d </dev/null >/dev/null 2>&1; then
@@ -162,15 +166,23 @@ for i in "${todo[@]}"; do
   IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
   while [ $((started - finished)) -ge "$JOBS" ]; do reap; done
   key="$row|$itype$ratio"
-  expect=${est[$key]:-}
-  if [ -z "$expect" ]; then  # never run: guess the longest run known, else NEW_RUN_S (e.g. the benchmark's projection)
-    for e in "${est[@]}"; do [ "$e" -gt "${expect:--1}" ] && expect=$e; done
-    [ -z "$expect" ] && expect=${NEW_RUN_S:-}
+  whole=${est[$key]:-}
+  if [ -z "$whole" ]; then  # never run: guess the longest run known, else NEW_RUN_S (e.g. the benchmark's projection)
+    for e in "${est[@]}"; do [ "$e" -gt "${whole:--1}" ] && whole=$e; done
+    [ -z "$whole" ] && whole=${NEW_RUN_S:-}
   fi
+  expect=${whole:+$(( whole * ${left[$i]} / 1000 ))}  # what its checkpoint leaves to train
   if [ -n "$DEADLINE" ] && [ -n "$expect" ] && [ $(( $(date +%s) - t0 + expect * 11 / 10 + 15 )) -gt "$DEADLINE" ]; then
-    deferred=$((deferred + 1))
-    echo "[run_all] deadline: not starting methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed (~$expect s, $(( DEADLINE - $(date +%s) + t0 )) s left)"
-    continue
+    remaining=$(( DEADLINE - $(date +%s) + t0 ))
+    # a run longer than the whole window can never end within one: it starts if it can reach its next checkpoint,
+    # and the next invocation goes on from there
+    if ! { [ "$CHECKPOINT_EVERY" -gt 0 ] && [ $(( expect * 11 / 10 + 15 )) -gt "$DEADLINE" ] &&
+           [ $(( whole * CHECKPOINT_EVERY / epochs_of[$i] + 30 )) -lt "$remaining" ]; }; then
+      deferred=$((deferred + 1))
+      echo "[run_all] deadline: not starting methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed (~$expect s, $remaining s left)"
+      continue
+    fi
+    echo "[run_all] methods/$row --seed $seed (~$expect s) is longer than the window: trained up to its checkpoints"
   fi
   started=$((started + 1))
   log=$(logname "$row" "$itype" "$ratio" "$seed")
@@ -181,7 +193,7 @@ for i in "${todo[@]}"; do
     "$PYTHON" "methods/${row%% *}" ${row#"${row%% *}"} $DATA_FLAGS --imbalance-type "$itype" \
       --imbalance-ratio "$ratio" --seed "$seed" --out "$OUT" --skip-existing $EXTRA >>"$log" 2>&1
     rc=$?
-    [ "$rc" = 0 ] && echo "$(( $(date +%s) - t )) $key" >>"$durations"
+    [ "$rc" = 0 ] && echo "$(( $(date +%s) - t )) $([ "${left[$i]}" = 1000 ] && echo 1 || echo 0) $key" >>"$durations"
     exit "$rc"
   ) &
 done

@@ -48,8 +48,8 @@ def parse_args(argv=None):
                         "of LDAM Table 2 / Cui Table 2")
     m.add_argument("--alpha", default="none",
                    help="per-class weight alpha_y: none | inverse (1/n_c, normalized to sum to C) | cb ((1-beta)/"
-                        "(1-beta^n_c), normalized to sum to C: the weights of LDAM's Reweight; LDAM's weighted FocalLoss differs, "
-                        "see the header)")
+                        "(1-beta^n_c), normalized to sum to C: the weights of LDAM's Reweight; LDAM's weighted "
+                        "FocalLoss differs, see the header)")
     m.add_argument("--beta", type=float, default=0.9999,
                    help="beta of --alpha cb, in [0, 1). 0.9999: cifar_train.py Reweight")
     args = parser.parse_args(argv)
@@ -110,7 +110,8 @@ if __name__ == "__main__":
 
     step = run.fast_step(train_step, model, optimizer)  # train_step itself, or with --fast on CUDA its CUDA graph
 
-    for epoch in range(args.epochs):
+    start = run.restore(model, optimizer)  # 0, or with --resume the epoch after the run's last checkpoint
+    for epoch in range(start, args.epochs):
         lr = common.set_lr(optimizer, epoch, args)
         model.train()
         for x, y in data.batches(data.shuffled(run.generator), run.generator):

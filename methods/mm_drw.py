@@ -198,7 +198,8 @@ if __name__ == "__main__":
 
     step = run.fast_step(train_step, model, optimizer)  # train_step itself, or with --fast on CUDA its CUDA graph
 
-    for epoch in range(args.epochs):
+    start = run.restore(model, optimizer)  # 0, or with --resume the epoch after the run's last checkpoint
+    for epoch in range(start, args.epochs):
         lr = common.set_lr(optimizer, epoch, args)
         weight = drw_weights(data.train_counts, args.cb_beta, epoch, args.drw_epoch).to(args.device)  # METHOD
         model.train()

@@ -125,6 +125,12 @@ class ClassStream:
         self.indices, self.generator = indices, generator
         self.buffer = indices[:0]
 
+    def state_dict(self):  # for a checkpoint (run.restore): the draws left of the current pass
+        return {"buffer": self.buffer.cpu()}
+
+    def load_state_dict(self, state):
+        self.buffer = state["buffer"].to(self.indices.device)
+
     def take(self, k, batch=None):
         batch = batch or k
         pool = self.buffer
@@ -274,7 +280,8 @@ if __name__ == "__main__":
     # train_step itself, or with --fast on CUDA its CUDA graph (not --norm group: per-class shapes vary)
     step = train_step if split else run.fast_step(train_step, model, optimizer)
 
-    for epoch in range(args.epochs):
+    start = run.restore(model, optimizer, *streams)  # METHOD: a checkpoint holds the class streams too
+    for epoch in range(start, args.epochs):
         lr = common.set_lr(optimizer, epoch, args)
         model.train()
         loss_sum = torch.zeros(C, device=args.device)

@@ -11,8 +11,9 @@ Paper:     Kini, Paraskevas, Oymak, Thrampoulidis, "Label-Imbalanced and Group-S
            top-1 as quoted by Rangwani et al.; an independent re-run, wang22ti/DDC: 80.29 +- 0.23).
 Code:      orparask/VS-Loss @ 7ade9c9, class_imbalance/losses.py VSLoss (L34-53), train.py --loss_type VS.
 vs ERM:    the loss rescales and shifts every logit per class (--gamma 0.2, --tau 1.2: the VS-Loss README's
-           CIFAR-10 LT-100 command, the only published pair; run_all.sh uses it in every setting, untuned there). Nothing else changes: plain linear head (VS-Loss uses NormedLinear only
-           for LDAM), no re-weighting. The official code divides by (n_max / n_c)^gamma, the same number.
+           CIFAR-10 LT-100 command, the only published pair; run_all.sh uses it in every setting, untuned there).
+           Nothing else changes: plain linear head (VS-Loss uses NormedLinear only for LDAM), no re-weighting.
+           The official code divides by (n_max / n_c)^gamma, the same number.
 Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight decay 2e-4, linear warm-up over
            5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
 Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
@@ -74,7 +75,8 @@ if __name__ == "__main__":
 
     step = run.fast_step(train_step, model, optimizer)  # train_step itself, or with --fast on CUDA its CUDA graph
 
-    for epoch in range(args.epochs):
+    start = run.restore(model, optimizer)  # 0, or with --resume the epoch after the run's last checkpoint
+    for epoch in range(start, args.epochs):
         lr = common.set_lr(optimizer, epoch, args)
         model.train()
         for x, y in data.batches(data.shuffled(run.generator), run.generator):

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 import common
-from conftest import ROOT, read_results
+from conftest import ROOT, read_results, run_script
 
 table_rows = common.table_rows  # the rows of run_all.sh, read from the script
 
@@ -62,6 +62,25 @@ def test_run_all_resumes_and_keeps_its_deadline(smoke_table, tmp_path):
     assert "Made by 1 invocation of run_all.sh that trained" in (copy / "RESULTS.md").read_text()
 
 
+def test_a_run_longer_than_the_window_starts_when_it_can_reach_a_checkpoint(tmp_path):
+    """DEADLINE defers a run that would end too late, unless it is longer than the whole window (it could never end
+    in one): that one starts when it can reach its next checkpoint, and a later invocation goes on from there."""
+    out = tmp_path / "results"
+    smoke = ["--dataset", "synthetic", "--batch-size", "64", "--eval-every", "1", "--device", "cpu", "--epochs", "4"]
+    run_script("methods/erm.py", *smoke, "--imbalance-ratio", "10", "--seed", "0", "--out", out)
+    seed0 = out / "synthetic-exp-r10" / "erm" / "seed0.json"
+    env = {**os.environ, "SMOKE": "1", "OUT": str(out), "JOBS": "1", "SEEDS": "0 1", "ONLY": "^erm.py$",
+           "EXTRA": "--epochs 4", "CHECKPOINT_EVERY": "1", "DEADLINE": "60"}
+    for wall, starts in ((1000.0, False), (100.0, True)):  # 4 epochs: 250 s or 25 s to the first checkpoint
+        r = json.loads(seed0.read_text())
+        seed0.write_text(json.dumps({**r, "wall_time_s": wall}))  # as if seed 0 had taken that long
+        proc = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert ("is longer than the window: trained up to its checkpoints" in proc.stdout) == starts, proc.stdout
+        assert ("deadline: not starting methods/erm.py" in proc.stdout) != starts
+        assert (out / "synthetic-exp-r10" / "erm" / "seed1.json").exists() == starts
+
+
 def write_run(root, setting, method, seed, status="completed", wall=10.0):
     path = root / setting / method / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,11 +98,15 @@ def test_plan_marks_existing_runs_and_estimates_from_the_same_method(tmp_path):
     lines = common.plan(["erm.py|exp|10|0", "erm.py|exp|10|1", "erm.py|step|10|0", "focal.py|exp|10|1",
                          "ldam_drw.py --loss ce|exp|10|0"], flags, str(tmp_path))
     path = lambda s, m, k: os.path.join(str(tmp_path), s, m, f"seed{k}.json")  # noqa: E731
-    assert lines == [f"1 30 {done}",                                     # exists: skipped
-                     f"0 30 {path('synthetic-exp-r10', 'erm', 1)}",      # the same setting's erm runs
-                     f"0 50 {path('synthetic-step-r10', 'erm', 0)}",     # no erm run there: any setting's longest
-                     f"0 -1 {path('synthetic-exp-r10', 'focal', 1)}",    # a diverged run is no estimate
-                     f"0 -1 {path('synthetic-exp-r10', 'erm_drw', 0)}"]  # the row's method name, from its flags
+    assert lines == [f"1 30 0 200 {done}",                                     # exists: skipped
+                     f"0 30 0 200 {path('synthetic-exp-r10', 'erm', 1)}",      # the same setting's erm runs
+                     f"0 50 0 200 {path('synthetic-step-r10', 'erm', 0)}",     # no erm run there: any setting's longest
+                     f"0 -1 0 200 {path('synthetic-exp-r10', 'focal', 1)}",    # a diverged run is no estimate
+                     f"0 -1 0 200 {path('synthetic-exp-r10', 'erm_drw', 0)}"]  # the row's method name, from its flags
+    ckpt = tmp_path / "checkpoints" / "synthetic-exp-r10" / "erm" / "seed1.pt"  # a killed run's checkpoint
+    ckpt.parent.mkdir(parents=True)
+    common.torch.save({"epoch": 49}, ckpt)
+    assert common.plan(["erm.py|exp|10|1"], flags, str(tmp_path)) == [f"0 30 50 200 {path('synthetic-exp-r10', 'erm', 1)}"]
     with pytest.raises(common.UserError, match="imbalance-ratio"):
         common.plan(["erm.py|exp|0.5|0"], flags, str(tmp_path))         # every job's flags checked before training
     with pytest.raises(common.UserError, match="nosuch.py"):

@@ -1,0 +1,60 @@
+"""--checkpoint-every / --resume: a run killed part-way and started again with --resume computes what the
+uninterrupted run computes (CPU, --deterministic): the same per-epoch losses and accuracies, the same final
+metrics, the same `extra` (a sampler's class histograms, PCN's per-class losses). Rows chosen for the state a
+checkpoint must hold beyond the model and the optimizer: the batch-order generator (oversampling's draws) and
+PCN's per-class index streams."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, read_results
+
+ARGS = ["--dataset", "synthetic", "--imbalance-ratio", "10", "--batch-size", "128", "--epochs", "4",
+        "--eval-every", "1", "--device", "cpu", "--deterministic"]
+ROWS = [["oversampling.py"], ["pcn_sgd.py", "--variant", "pcnsgd_o"]]  # (ERM: the oversampling loop without its sampler)
+
+
+def launch(row, out, *extra):
+    return subprocess.Popen([sys.executable, f"methods/{row[0]}", *row[1:], *ARGS, "--out", str(out), *extra],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def without_times(history):
+    return [{k: v for k, v in e.items() if k != "elapsed_s"} for e in history]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[" ".join(r) for r in ROWS])
+def test_a_killed_run_resumed_computes_the_uninterrupted_run(row, tmp_path):
+    whole = launch(row, tmp_path / "whole")
+    assert whole.wait() == 0, whole.stdout.read()
+    cut = launch(row, tmp_path / "cut", "--checkpoint-every", "1")
+    for line in cut.stdout:  # the checkpoint of an epoch is written before its progress line
+        if " epoch   1/4" in line:
+            cut.kill()
+            break
+    assert cut.wait() != 0
+    (ckpt,) = (tmp_path / "cut" / "checkpoints").rglob("seed0.pt")
+    assert not list((tmp_path / "cut").glob("*/*/seed0.json"))  # killed before its end
+    again = launch(row, tmp_path / "cut", "--checkpoint-every", "1", "--resume")
+    text = again.stdout.read()
+    assert again.wait() == 0 and "resumed from" in text, text
+    (a,), (b,) = read_results(tmp_path / "whole").values(), read_results(tmp_path / "cut").values()
+    assert a["resumed_at_epochs"] == [] and b["resumed_at_epochs"] in ([1], [2], [3])  # wherever the kill landed
+    assert without_times(a["history"]) == without_times(b["history"])
+    assert a["final"] == b["final"] and a["extra"] == b["extra"]
+    assert not ckpt.exists()  # a finished run leaves no checkpoint
+
+
+def test_a_checkpoint_of_other_arguments_is_not_resumed(tmp_path):
+    cut = launch(["erm.py"], tmp_path, "--checkpoint-every", "1")
+    for line in cut.stdout:
+        if " epoch   1/4" in line:
+            cut.kill()
+            break
+    cut.wait()
+    other = launch(["erm.py"], tmp_path, "--checkpoint-every", "1", "--resume", "--lr", "0.05")
+    text = other.stdout.read()
+    assert other.wait() == 0 and "made with other arguments or code: starting from epoch 1" in text, text
+    (r,) = read_results(tmp_path).values()
+    assert r["resumed_at_epochs"] == [] and len(r["history"]) == 4
