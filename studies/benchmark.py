@@ -370,6 +370,18 @@ def projected_run_s(fast, results_dir=os.path.join(ROOT, "results"), device_name
     return max((r[path]["projected_run_s"] for r in rows if r.get(path, {}).get("projected_run_s")), default=0)
 
 
+def earlier_parallel(path):
+    """{row: its "parallel" measurement} of the benchmark JSON at `path` (the one a new benchmark replaces), each
+    dated ("measured"): kept by a benchmark that does not measure it again (e.g. an --accuracy session)."""
+    try:
+        with open(path) as f:
+            old = json.load(f)
+        return {r["row"]: {**r["parallel"], "measured": old.get("date_utc")} for r in old.get("rows", [])
+                if r.get("parallel")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.choose:
@@ -399,15 +411,7 @@ def main(argv=None):
     dev = common.torch.device(args.device)
     report["device_name"] = common.torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     out_path = args.out or os.path.join(ROOT, "results", f"bench-{slug(report['device_name'], '-').lower()}.json")
-    earlier = {}  # a row's "parallel" measurement of the JSON this one replaces, kept when not measured again
-    if os.path.exists(out_path) and args.parallel <= 1:
-        try:
-            with open(out_path) as f:
-                old = json.load(f)
-            earlier = {r["row"]: {**r["parallel"], "measured": old.get("date_utc")} for r in old.get("rows", [])
-                       if r.get("parallel")}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            earlier = {}
+    earlier = earlier_parallel(out_path) if args.parallel <= 1 else {}
 
     def save(complete):  # after every step, so that a benchmark stopped by a time limit keeps what it measured
         report["complete"] = complete
