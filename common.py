@@ -190,6 +190,33 @@ def checkpoint_path(args):
     return os.path.join(args.out, "checkpoints", setting_name(args), args.method, f"seed{args.seed}.pt")
 
 
+# Arguments a checkpoint may be resumed under with other values: where and how a run is written or sped up.
+RESUME_FREE_ARGS = {"resume", "overwrite", "skip_existing", "checkpoint_every", "cache_dir", "out", "download", "fast",
+                    "profile_steps"}
+
+
+def checkpoint_key(args, script):
+    """What a checkpoint must match to be resumed: every other argument, and the code of the method file and of
+    common.py (code_sha256), so that no run mixes two versions of either."""
+    return {"args": {k: v for k, v in vars(args).items() if k not in RESUME_FREE_ARGS},
+            "code": [code_sha256(script), code_sha256(os.path.abspath(__file__))]}
+
+
+def load_checkpoint(args, script):
+    """(checkpoint, None) for this run's checkpoint when --resume is given and it matches checkpoint_key, else
+    (None, why not); a damaged file is a reason, not a crash."""
+    path = checkpoint_path(args)
+    if not (args.resume and os.path.exists(path)):
+        return None, None
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        if ck["key"] != checkpoint_key(args, script):
+            return None, f"{path} was made with other arguments or code"
+        return ck, None
+    except Exception as e:  # noqa: BLE001  (a damaged or foreign file: the run starts over)
+        return None, f"{path} is not a readable checkpoint ({e.__class__.__name__})"
+
+
 # ------------------------------------------------------------------------------------------------
 # Data: decoded uint8 arrays (N, H, W, 3) and int64 labels, then the long-tailed subset
 # ------------------------------------------------------------------------------------------------
@@ -628,11 +655,17 @@ def predict(model, data, fp32=False):
     was_training = model.training
     model.eval()
     size = 2500 if data.device.type == "cuda" else 500
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    if fp32:  # no TF32 either (PyTorch lets cuDNN convolutions use it by default)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     probs = []
-    for x, _ in data.test_batches(size):
-        with torch.autocast(data.device.type, enabled=False) if fp32 else autocast(data.device):
-            probs.append(model(x).float().softmax(1))
-    model.train(was_training)
+    try:
+        for x, _ in data.test_batches(size):
+            with torch.autocast(data.device.type, enabled=False) if fp32 else autocast(data.device):
+                probs.append(model(x).float().softmax(1))
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+        model.train(was_training)
     return torch.cat(probs)
 
 
@@ -867,6 +900,8 @@ class Run:
         self._loss_sum, self._steps = 0.0, 0
         if not math.isfinite(train_loss):
             self.save(status="diverged", epochs_completed=epoch, diverged_epoch=epoch)
+            if os.path.exists(checkpoint_path(args)):
+                os.remove(checkpoint_path(args))  # its JSON ends it: no later invocation goes on
             raise SystemExit(f"error: {self.tag} the training loss became {train_loss} in epoch {epoch + 1} "
                              f"(lr {lr:g}): the run diverged; status 'diverged' written to {self.path}")
         entry = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "test_top1": None}
@@ -891,12 +926,10 @@ class Run:
         code, load it and return the epoch after it; else return 0."""
         self.state = (model, optimizer, more)
         path = checkpoint_path(self.args)
-        if not (self.args.resume and os.path.exists(path)):
-            return 0
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-        if (ck["args"], ck["code_sha256"]) != (self._resume_key(), code_sha256(os.path.abspath(sys.argv[0]))):
-            print(f"{self.tag} note: {path} was made with other arguments or code: starting from epoch 1",
-                  file=sys.stderr, flush=True)
+        ck, why = load_checkpoint(self.args, os.path.abspath(sys.argv[0]))
+        if ck is None:
+            if why:
+                print(f"{self.tag} note: {why}: starting from epoch 1", file=sys.stderr, flush=True)
             return 0
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
@@ -911,7 +944,7 @@ class Run:
         self.extra.clear()
         self.extra.update(ck["extra"])
         self.t0 = time.time() - ck["elapsed_s"]  # the wall time counts the time trained so far, not the pause
-        self.profiler = None  # its window (the second epoch) is over
+        self.profiler = None  # its window (the second epoch) is past, or would land elsewhere
         if self.graphed is not None:
             for k, v in ck["fast_path"].items():
                 self.graphed.stats[k] += v
@@ -919,17 +952,13 @@ class Run:
               flush=True)
         return ck["epoch"] + 1
 
-    def _resume_key(self):  # every argument but those that only say whether to write, resume or checkpoint
-        return {k: v for k, v in vars(self.args).items()
-                if k not in ("resume", "overwrite", "skip_existing", "checkpoint_every")}
-
     def checkpoint(self, epoch):
         """The state after `epoch`, written atomically (a temporary file, then a rename)."""
         if self.state is None:
             return
         model, optimizer, more = self.state
         cuda = torch.device(self.device).type == "cuda"
-        ck = {"epoch": epoch, "args": self._resume_key(), "code_sha256": code_sha256(os.path.abspath(sys.argv[0])),
+        ck = {"epoch": epoch, "key": checkpoint_key(self.args, os.path.abspath(sys.argv[0])),
               "model": model.state_dict(), "optimizer": optimizer.state_dict(), "more": [o.state_dict() for o in more],
               "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "generator": self.generator.get_state(),
                       "cuda": torch.cuda.get_rng_state(torch.device(self.device)) if cuda else None},
@@ -1074,8 +1103,8 @@ def plan(jobs, flags, out):
     """For run_all.sh: for each job "row|imbalance type|ratio|seed", the line
     "<done> <seconds> <epochs done> <epochs> <results JSON>": done is 1 when the JSON exists (the run is skipped),
     seconds the longest wall time of the same method's completed runs in the same setting (else in any setting;
-    -1: never run), epochs done those its checkpoint holds (--checkpoint-every; 0 without one). Checks every
-    job's flags first."""
+    -1: never run), epochs done those its checkpoint holds (0 without --resume or a checkpoint it can use).
+    Checks every job's flags first."""
     walls = _completed_walls(out)
     lines = []
     for job in jobs:
@@ -1084,12 +1113,9 @@ def plan(jobs, flags, out):
                                             "--out", out])
         setting = setting_name(args)
         same = walls.get((setting, args.method)) or [w for (s, m), ws in walls.items() if m == args.method for w in ws]
-        path, ckpt, done = result_path(args), checkpoint_path(args), 0
-        if os.path.exists(ckpt):
-            try:
-                done = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"] + 1
-            except Exception:  # noqa: BLE001  (a damaged checkpoint: the run starts over)
-                done = 0
+        path = result_path(args)
+        ck, _ = load_checkpoint(args, os.path.join(ROOT, "methods", row.split()[0]))  # what the run will resume
+        done = min(ck["epoch"] + 1, args.epochs) if ck else 0
         lines.append(f"{int(os.path.exists(path))} {round(max(same)) if same else -1} {done} {args.epochs} {path}")
     return lines
 
@@ -1316,8 +1342,10 @@ def session_lines(results_dir):
     wall = sum(s["wall_s"] for s in trained)
     kinds = sorted({f"JOBS={s['jobs']}, {'--fast' if s.get('fast') else 'eager'}{', MPS' if s.get('mps') else ''}"
                     for s in trained})
+    cut = sum(s.get("cut_at_deadline", 0) for s in trained)
+    stopped = f"{cut} stopped at a deadline to go on from their checkpoints, " if cut else ""
     return [f"Made by {len(trained)} invocation{'s' if len(trained) != 1 else ''} of run_all.sh that trained "
-            f"({sum(s['runs_finished'] for s in trained)} runs, {sum(s['failed'] for s in trained)} failed, "
+            f"({sum(s['runs_finished'] for s in trained)} runs, {sum(s['failed'] for s in trained)} failed, {stopped}"
             f"{fmt_time(wall)} of wall time in all; {'; '.join(kinds) or 'none'}), "
             f"{' to '.join(sorted({sessions[0]['date_utc'][:10], sessions[-1]['date_utc'][:10]}))} "
             "(run_all.jsonl in the results folder).", ""]

@@ -4,7 +4,7 @@
 #
 #   bash run_all.sh                                  # JPEG CIFAR-10-LT R=100 from data/cifar10-jpeg, 3 seeds
 #   SETTINGS="exp:100 exp:10 step:100" bash run_all.sh
-#   DEADLINE=600 bash run_all.sh                     # start only the runs expected to end within 10 minutes
+#   DEADLINE=600 bash run_all.sh                     # end within 10 minutes (runs that would not: next time)
 #   SMOKE=1 bash run_all.sh                          # every run tiny: synthetic data, 2 epochs, CPU (tests)
 #
 # Environment: DATA_DIR (an ImageFolder with train/ and test/) or DATA_FLAGS (e.g. "--dataset cifar10
@@ -14,7 +14,7 @@
 # MPS (1: run under a CUDA MPS daemon, started here and stopped at the end, so that the kernels of the JOBS runs
 # can share the GPU at once instead of taking turns), DEADLINE (seconds: no run starts that is expected to end
 # later, judged by the wall time of the same method's finished runs, or the longest known run for a method never
-# run; the rest is left for the next invocation),
+# run; the rest is left for the next invocation; a run still going at the deadline is stopped there),
 # CHECKPOINT_EVERY (10: every run saves its state every 10 epochs under $OUT/checkpoints/ and resumes from it when
 # run again, so a killed run loses at most 10 epochs; a run longer than the DEADLINE window is started whenever it
 # can reach its next checkpoint, and ends over several invocations; 0: off),
@@ -22,7 +22,7 @@
 # this grep pattern).
 # Order: setting by setting, seed 0 of every row first, so that a stopped run leaves a whole one-seed table.
 # A run whose JSON already exists is skipped, so a killed or DEADLINE-stopped table run resumes where it stopped;
-# delete a JSON (or add EXTRA=--overwrite) to run it again. Logs are appended to, so a resumed run keeps its
+# delete a JSON to run it again. Logs are appended to, so a resumed run keeps its
 # history. Each invocation appends a line to $OUT/run_all.jsonl (wall time, runs, JOBS/FAST/MPS), which the
 # report sums. The training seed varies; the data seed stays 0, the subset of the official code.
 set -euo pipefail
@@ -120,7 +120,7 @@ for i in "${!jobs_list[@]}"; do
   [ "$seconds" -ge 0 ] && { [ "${est["$row|$itype$ratio"]:--1}" -ge "$seconds" ] || est["$row|$itype$ratio"]=$seconds; }
 done
 
-started=0 finished=0 failed=0 deferred=0
+started=0 finished=0 failed=0 deferred=0 cut=0
 t0=$(date +%s)
 mkdir -p "$OUT/logs"
 durations="$OUT/logs/.durations.$$"  # "<seconds> <1: from epoch 0> <row|setting>" of each run of this invocation
@@ -130,17 +130,19 @@ hms() { printf '%d:%02d:%02d' $(($1 / 3600)) $(($1 / 60 % 60)) $(($1 % 60)); }
 progress() {
   local now=$(( $(date +%s) - t0 )) eta="?"
   [ "$finished" -gt 0 ] && eta=$(hms $(( now * (${#todo[@]} - deferred - finished) / finished )))
-  echo "[run_all] $finished/$(( ${#todo[@]} - deferred )) done, $failed failed, elapsed $(hms $now), eta $eta"
+  echo "[run_all] $finished/$(( ${#todo[@]} - deferred )) done, $failed failed$([ "$cut" -gt 0 ] && echo ", $cut stopped at the deadline"), elapsed $(hms $now), eta $eta"
 }
 reap() {  # wait for one run to end
-  if wait -n; then :; else failed=$((failed + 1)); fi
+  local rc=0
+  wait -n || rc=$?
+  if [ "$rc" = 124 ]; then cut=$((cut + 1)); elif [ "$rc" != 0 ]; then failed=$((failed + 1)); fi
   finished=$((finished + 1))
   while read -r seconds whole key; do [ "$whole" = 1 ] && est["$key"]=$seconds; done <"$durations"  # whole runs only
   progress
 }
 session() {  # append this invocation to $OUT/run_all.jsonl (the report sums them)
-  printf '{"date_utc": "%s", "wall_s": %d, "runs_planned": %d, "runs_done_before": %d, "runs_finished": %d, "failed": %d, "left_for_later": %d, "jobs": %d, "fast": %s, "mps": %s, "deadline_s": %s, "settings": "%s", "seeds": "%s", "git_commit": "%s"}\n' \
-    "$(date -u +%Y-%m-%dT%H:%M:%SZ)" $(( $(date +%s) - t0 )) "$total" "$done_before" "$finished" "$failed" "$deferred" \
+  printf '{"date_utc": "%s", "wall_s": %d, "runs_planned": %d, "runs_done_before": %d, "runs_finished": %d, "failed": %d, "cut_at_deadline": %d, "left_for_later": %d, "jobs": %d, "fast": %s, "mps": %s, "deadline_s": %s, "settings": "%s", "seeds": "%s", "git_commit": "%s"}\n' \
+    "$(date -u +%Y-%m-%dT%H:%M:%SZ)" $(( $(date +%s) - t0 )) "$total" "$done_before" "$finished" "$failed" "$cut" "$deferred" \
     "$JOBS" "$([ "${FAST:-0}" = 1 ] && echo true || echo false)" "$([ "${MPS:-0}" = 1 ] && echo true || echo false)" \
     "${DEADLINE:-null}" "$SETTINGS" "$SEEDS" "$(git rev-parse --short HEAD 2>/dev/null || echo "${IMBALANCE_REF_GIT_COMMIT:-unknown}")" >>"$OUT/run_all.jsonl"
 }
@@ -189,8 +191,10 @@ for i in "${todo[@]}"; do
   echo "[run_all] start $started/$(( ${#todo[@]} - deferred )): methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed"
   (
     t=$(date +%s)
+    limit=()  # under DEADLINE a run still going then is stopped (rc 124); its checkpoint is where the next goes on
+    [ -n "$DEADLINE" ] && limit=(timeout -k 10 $(( DEADLINE - t + t0 > 1 ? DEADLINE - t + t0 : 1 )))
     # shellcheck disable=SC2086  # flags are meant to split into words
-    "$PYTHON" "methods/${row%% *}" ${row#"${row%% *}"} $DATA_FLAGS --imbalance-type "$itype" \
+    "${limit[@]}" "$PYTHON" "methods/${row%% *}" ${row#"${row%% *}"} $DATA_FLAGS --imbalance-type "$itype" \
       --imbalance-ratio "$ratio" --seed "$seed" --out "$OUT" --skip-existing $EXTRA >>"$log" 2>&1
     rc=$?
     [ "$rc" = 0 ] && echo "$(( $(date +%s) - t )) $([ "${left[$i]}" = 1000 ] && echo 1 || echo 0) $key" >>"$durations"
@@ -201,8 +205,12 @@ while [ "$finished" -lt "$started" ]; do reap; done
 rm -f "$durations"
 session
 
-"$PYTHON" common.py report "$OUT"
-echo "[run_all] finished $finished runs in $(hms $(( $(date +%s) - t0 ))), $failed failed, $done_before done before$([ "$deferred" -gt 0 ] && echo ", $deferred left for the next invocation (DEADLINE)")"
+if compgen -G "$OUT/*/*/seed*.json" >/dev/null; then
+  "$PYTHON" common.py report "$OUT"
+else
+  echo "[run_all] no run has ended yet: no report"
+fi
+echo "[run_all] finished $finished runs in $(hms $(( $(date +%s) - t0 ))), $failed failed, $done_before done before$([ "$cut" -gt 0 ] && echo ", $cut stopped at the deadline (they go on from their checkpoints)")$([ "$deferred" -gt 0 ] && echo ", $deferred left for the next invocation (DEADLINE)")"
 if [ "$failed" -gt 0 ]; then
   echo "[run_all] see the logs of the failed runs: grep -l '^error' $OUT/logs/*.log" >&2
   exit 1

@@ -192,7 +192,8 @@ def accuracy_check(row, data_flags, n, epochs, eval_every, out, log_dir):
     the difference of the means against 2 standard errors. Runs in `out` are reused."""
     name, entry = slug(row), {"n": n, "epochs": epochs}
     paths = (("eager", []), ("fast", ["--fast"]))
-    jobs = [(row, data_flags + ["--epochs", str(epochs), "--eval-every", str(eval_every), "--seed", str(k)] + extra,
+    keep = ["--checkpoint-every", "10", "--resume"]  # a session cut short keeps their progress
+    jobs = [(row, data_flags + ["--epochs", str(epochs), "--eval-every", str(eval_every), "--seed", str(k)] + keep + extra,
              f"acc_{name}_{path}_seed{k}") for path, extra in paths for k in range(n)]
     finished = run_methods(jobs, out, log_dir, reuse=True)  # all 2N at once: eager runs load the CPU, graphed the GPU
     for i, (path, _) in enumerate(paths):
@@ -382,6 +383,15 @@ def earlier_parallel(path):
         return {}
 
 
+def earlier_gpu_tests(path):
+    """The "gpu_tests" outcome of the benchmark JSON at `path` (None if none)."""
+    try:
+        with open(path) as f:
+            return json.load(f).get("gpu_tests")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.choose:
@@ -405,13 +415,15 @@ def main(argv=None):
               "epochs": args.epochs, "project_epochs": args.project_epochs,
               "project_eval_every": args.project_eval_every, "data_flags": args.data_flags,
               "checks": [], "rows": [],
-              # .ci/gpu: did tests/test_fast_path.py's GPU tests pass before this benchmark ("failed": no --fast)
+              # .ci/gpu: did the GPU tests pass before this benchmark ("failed": no --fast; "skipped": as before)
               "gpu_tests": os.environ.get("IMBALANCE_REF_GPU_TESTS")}
     t_start = time.time()
     dev = common.torch.device(args.device)
     report["device_name"] = common.torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     out_path = args.out or os.path.join(ROOT, "results", f"bench-{slug(report['device_name'], '-').lower()}.json")
     earlier = earlier_parallel(out_path) if args.parallel <= 1 else {}
+    if report["gpu_tests"] == "skipped":  # not run this time: what the JSON this one replaces says
+        report["gpu_tests"] = earlier_gpu_tests(out_path) or "skipped"
 
     def save(complete):  # after every step, so that a benchmark stopped by a time limit keeps what it measured
         report["complete"] = complete

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, read_results
 
@@ -25,10 +26,10 @@ def without_times(history):
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[" ".join(r) for r in ROWS])
-def test_a_killed_run_resumed_computes_the_uninterrupted_run(row, tmp_path):
-    whole = launch(row, tmp_path / "whole")
+def test_a_killed_run_resumed_computes_the_uninterrupted_run(row, tmp_path, gpu=()):
+    whole = launch(row, tmp_path / "whole", *gpu)
     assert whole.wait() == 0, whole.stdout.read()
-    cut = launch(row, tmp_path / "cut", "--checkpoint-every", "1")
+    cut = launch(row, tmp_path / "cut", "--checkpoint-every", "1", *gpu)
     for line in cut.stdout:  # the checkpoint of an epoch is written before its progress line
         if " epoch   1/3" in line:
             cut.kill()
@@ -36,7 +37,7 @@ def test_a_killed_run_resumed_computes_the_uninterrupted_run(row, tmp_path):
     assert cut.wait() != 0
     (ckpt,) = (tmp_path / "cut" / "checkpoints").rglob("seed0.pt")
     assert not list((tmp_path / "cut").glob("*/*/seed0.json"))  # killed before its end
-    again = launch(row, tmp_path / "cut", "--checkpoint-every", "1", "--resume")
+    again = launch(row, tmp_path / "cut", "--checkpoint-every", "1", "--resume", *gpu)
     text = again.stdout.read()
     assert again.wait() == 0 and "resumed from" in text, text
     (a,), (b,) = read_results(tmp_path / "whole").values(), read_results(tmp_path / "cut").values()
@@ -44,6 +45,14 @@ def test_a_killed_run_resumed_computes_the_uninterrupted_run(row, tmp_path):
     assert without_times(a["history"]) == without_times(b["history"])
     assert a["final"] == b["final"] and a["extra"] == b["extra"]
     assert not ckpt.exists()  # a finished run leaves no checkpoint
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("row", ROWS, ids=[" ".join(r) for r in ROWS])
+def test_a_killed_graphed_run_resumed_computes_the_uninterrupted_run_on_gpu(row, tmp_path):
+    # the CUDA generator's state, the optimizer state back on the GPU, a graph captured again after the resume
+    test_a_killed_run_resumed_computes_the_uninterrupted_run(row, tmp_path, gpu=("--device", "cuda", "--fp32",
+                                                                                 "--fast"))
 
 
 def test_a_checkpoint_of_other_arguments_is_not_resumed(tmp_path):
@@ -58,3 +67,13 @@ def test_a_checkpoint_of_other_arguments_is_not_resumed(tmp_path):
     assert other.wait() == 0 and "made with other arguments or code: starting from epoch 1" in text, text
     (r,) = read_results(tmp_path).values()
     assert r["resumed_at_epochs"] == [] and len(r["history"]) == 3
+
+
+def test_a_damaged_checkpoint_is_not_resumed(tmp_path):
+    ckpt = tmp_path / "checkpoints" / "synthetic-exp-r10" / "erm" / "seed0.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"not a checkpoint")
+    run = launch(["erm.py"], tmp_path, "--checkpoint-every", "1", "--resume")
+    text = run.stdout.read()
+    assert run.wait() == 0 and "is not a readable checkpoint (" in text and "starting from epoch 1" in text, text
+    assert not ckpt.exists()  # the finished run removed it

@@ -81,6 +81,23 @@ def test_a_run_longer_than_the_window_starts_when_it_can_reach_a_checkpoint(tmp_
         assert (out / "synthetic-exp-r10" / "erm" / "seed1.json").exists() == starts
 
 
+def test_a_run_still_going_at_the_deadline_is_stopped_and_goes_on_next_time(tmp_path):
+    out = tmp_path / "results"
+    env = {**os.environ, "SMOKE": "1", "OUT": str(out), "JOBS": "1", "SEEDS": "0", "ONLY": "^erm.py$",
+           "EXTRA": "--epochs 40", "CHECKPOINT_EVERY": "1"}
+    first = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                           env={**env, "DEADLINE": "10"})  # no estimate yet: it starts, and is stopped at 10 s
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "1 stopped at the deadline (they go on from their checkpoints)" in first.stdout
+    assert not (out / "synthetic-exp-r10" / "erm" / "seed0.json").exists()
+    assert json.loads((out / "run_all.jsonl").read_text())["cut_at_deadline"] == 1
+    second = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    (r,) = read_results(out).values()
+    assert r["status"] == "completed" and len(r["resumed_at_epochs"]) == 1 and len(r["history"]) == 40
+    assert "1 stopped at a deadline to go on from their checkpoints" in (out / "RESULTS.md").read_text()
+
+
 def write_run(root, setting, method, seed, status="completed", wall=10.0):
     path = root / setting / method / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,8 +122,15 @@ def test_plan_marks_existing_runs_and_estimates_from_the_same_method(tmp_path):
                      f"0 -1 0 200 {path('synthetic-exp-r10', 'erm_drw', 0)}"]  # the row's method name, from its flags
     ckpt = tmp_path / "checkpoints" / "synthetic-exp-r10" / "erm" / "seed1.pt"  # a killed run's checkpoint
     ckpt.parent.mkdir(parents=True)
-    common.torch.save({"epoch": 49}, ckpt)
-    assert common.plan(["erm.py|exp|10|1"], flags, str(tmp_path)) == [f"0 30 50 200 {path('synthetic-exp-r10', 'erm', 1)}"]
+    run = common.row_args("erm.py", flags + ["--imbalance-type", "exp", "--imbalance-ratio", "10", "--seed", "1",
+                                             "--out", str(tmp_path), "--resume"])
+    common.torch.save({"epoch": 49, "key": common.checkpoint_key(run, os.path.join(ROOT, "methods", "erm.py"))}, ckpt)
+    plan = lambda *more: common.plan(["erm.py|exp|10|1"], flags + list(more), str(tmp_path))  # noqa: E731
+    assert plan("--resume") == [f"0 30 50 200 {path('synthetic-exp-r10', 'erm', 1)}"]
+    assert plan() == [f"0 30 0 200 {path('synthetic-exp-r10', 'erm', 1)}"]  # without --resume it starts over
+    assert plan("--resume", "--lr", "0.05") == [f"0 30 0 200 {path('synthetic-exp-r10', 'erm', 1)}"]  # not its run
+    ckpt.write_bytes(b"damaged")
+    assert plan("--resume") == [f"0 30 0 200 {path('synthetic-exp-r10', 'erm', 1)}"]
     with pytest.raises(common.UserError, match="imbalance-ratio"):
         common.plan(["erm.py|exp|0.5|0"], flags, str(tmp_path))         # every job's flags checked before training
     with pytest.raises(common.UserError, match="nosuch.py"):
