@@ -184,7 +184,7 @@ def test_code_sha256_ignores_the_header_and_comments_and_the_report_flags_mixed_
     assert "erm (seeds 0, 1: aaaaaaaaaa; seed 2: bbbbbbbbbb)" in line and "vs" not in line
 
 
-def test_args_lines_name_runs_trained_with_other_arguments_than_their_row():
+def test_args_lines_name_runs_trained_with_other_arguments_than_their_row(tmp_path):
     run = lambda seed, **kw: {"args": {**vars(common.row_args(  # noqa: E731
         "class_balanced.py --loss focal", ["--dataset", "synthetic", "--imbalance-ratio", "10", "--device", "cpu",
                                            "--seed", str(seed)])), **kw}}
@@ -193,6 +193,9 @@ def test_args_lines_name_runs_trained_with_other_arguments_than_their_row():
                              table) == []  # where and how a run was made is not what it trained
     (line,) = common.args_lines({"cb_focal": {"runs": [run(0), run(1, beta=0.0), run(2, beta=0.0)]}}, table)
     assert line.endswith("--beta 0.0 instead of 0.9999 (cb_focal seed 1, cb_focal seed 2).")
+    elsewhere = run(0, dataset="imagefolder", data_dir=str(tmp_path / "absent"))  # a report made without the data
+    assert common.args_lines({"cb_focal": {"runs": [elsewhere]}}, table) == [
+        "The arguments of 1 runs were not compared with their rows: their data folder is not here."]
 
 
 def test_results_record_their_code_version(smoke_table):
