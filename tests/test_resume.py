@@ -1,8 +1,7 @@
 """--checkpoint-every / --resume: a run killed part-way and started again with --resume computes what the
 uninterrupted run computes (CPU, --deterministic): the same per-epoch losses and accuracies, the same final
-metrics, the same `extra` (a sampler's class histograms, PCN's per-class losses). Rows chosen for the state a
-checkpoint must hold beyond the model and the optimizer: the batch-order generator (oversampling's draws) and
-PCN's per-class index streams."""
+metrics, the same `extra` (PCN's per-class losses). The row is chosen for the state a checkpoint must hold
+beyond the model and the optimizer: the batch-order generator and PCN's per-class index streams."""
 import subprocess
 import sys
 
@@ -13,7 +12,9 @@ from conftest import ROOT, read_results
 
 ARGS = ["--dataset", "synthetic", "--imbalance-ratio", "10", "--batch-size", "128", "--epochs", "3",
         "--eval-every", "1", "--device", "cpu", "--deterministic"]
-ROWS = [["oversampling.py"], ["pcn_sgd.py", "--variant", "pcnsgd_o"]]  # (ERM: the oversampling loop without its sampler)
+# PCNSGD+O: every kind of state a checkpoint holds (model, momentum, the batch-order and augmentation generator, the
+# per-class index streams, per-epoch extras); the other methods' loops hold a subset of it
+ROWS = [["pcn_sgd.py", "--variant", "pcnsgd_o"]]
 
 
 def launch(row, out, *extra):

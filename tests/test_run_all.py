@@ -84,9 +84,9 @@ def test_a_run_longer_than_the_window_starts_when_it_can_reach_a_checkpoint(tmp_
 def test_a_run_still_going_at_the_deadline_is_stopped_and_goes_on_next_time(tmp_path):
     out = tmp_path / "results"
     env = {**os.environ, "SMOKE": "1", "OUT": str(out), "JOBS": "1", "SEEDS": "0", "ONLY": "^erm.py$",
-           "EXTRA": "--epochs 40", "CHECKPOINT_EVERY": "1"}
+           "EXTRA": "--epochs 30", "CHECKPOINT_EVERY": "1"}
     first = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                           env={**env, "DEADLINE": "10"})  # no estimate yet: it starts, and is stopped at 10 s
+                           env={**env, "DEADLINE": "8"})  # no estimate yet: it starts, and is stopped at 8 s
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "1 stopped at the deadline (they go on from their checkpoints)" in first.stdout
     assert not (out / "synthetic-exp-r10" / "erm" / "seed0.json").exists()
@@ -94,7 +94,7 @@ def test_a_run_still_going_at_the_deadline_is_stopped_and_goes_on_next_time(tmp_
     second = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     (r,) = read_results(out).values()
-    assert r["status"] == "completed" and len(r["resumed_at_epochs"]) == 1 and len(r["history"]) == 40
+    assert r["status"] == "completed" and len(r["resumed_at_epochs"]) == 1 and len(r["history"]) == 30
     assert "1 stopped at a deadline to go on from their checkpoints" in (out / "RESULTS.md").read_text()
 
 
