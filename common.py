@@ -177,9 +177,7 @@ def class_count(args):
     if args.dataset == "synthetic":
         return 10
     train = os.path.join(args.data_dir or "", "train")
-    if not os.path.isdir(train):
-        return None
-    return sum(1 for c in os.listdir(train) if os.path.isdir(os.path.join(train, c)) and not c.startswith("."))
+    return len(class_folders(train)) if os.path.isdir(train) else None
 
 
 def result_path(args):
@@ -248,6 +246,11 @@ def load_cifar(name, root, download):
             np.array(test.targets, dtype=np.int64), list(train.classes))
 
 
+def class_folders(d):
+    """The class folders of an image-folder split, sorted (= label order); hidden folders are not classes."""
+    return sorted(c for c in os.listdir(d) if os.path.isdir(os.path.join(d, c)) and not c.startswith("."))
+
+
 def list_imagefolder(root):
     """Sorted class names and, per split, the sorted image paths and labels. Checks the layout."""
     check(os.path.isdir(root), f"data folder {root} does not exist: pass --data-dir pointing at a folder with "
@@ -257,7 +260,7 @@ def list_imagefolder(root):
     for split in ("train", "test"):
         d = os.path.join(root, split)
         check(os.path.isdir(d), f"{root} has no {split}/ folder: an image folder needs train/<class>/ and test/<class>/")
-        splits[split] = sorted(c for c in os.listdir(d) if os.path.isdir(os.path.join(d, c)) and not c.startswith("."))
+        splits[split] = class_folders(d)
         check(splits[split], f"{d} has no class folders: put images in {d}/<class>/")
     only_train = sorted(set(splits["train"]) - set(splits["test"]))
     only_test = sorted(set(splits["test"]) - set(splits["train"]))

@@ -371,25 +371,17 @@ def projected_run_s(fast, results_dir=os.path.join(ROOT, "results"), device_name
     return max((r[path]["projected_run_s"] for r in rows if r.get(path, {}).get("projected_run_s")), default=0)
 
 
-def earlier_parallel(path):
-    """{row: its "parallel" measurement} of the benchmark JSON at `path` (the one a new benchmark replaces), each
-    dated ("measured"): kept by a benchmark that does not measure it again (e.g. an --accuracy session)."""
+def earlier_benchmark(path):
+    """From the benchmark JSON at `path` (the one a new benchmark replaces), what a benchmark that does not measure
+    it again keeps (e.g. an --accuracy session): ({row: its "parallel" measurement, dated as "measured"}, the
+    "gpu_tests" outcome); ({}, None) where there is none."""
     try:
         with open(path) as f:
             old = json.load(f)
-        return {r["row"]: {**r["parallel"], "measured": old.get("date_utc")} for r in old.get("rows", [])
-                if r.get("parallel")}
+        return ({r["row"]: {**r["parallel"], "measured": old.get("date_utc")} for r in old.get("rows", [])
+                 if r.get("parallel")}, old.get("gpu_tests"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
-
-
-def earlier_gpu_tests(path):
-    """The "gpu_tests" outcome of the benchmark JSON at `path` (None if none)."""
-    try:
-        with open(path) as f:
-            return json.load(f).get("gpu_tests")
-    except (OSError, ValueError, AttributeError):
-        return None
+        return {}, None
 
 
 def main(argv=None):
@@ -421,9 +413,10 @@ def main(argv=None):
     dev = common.torch.device(args.device)
     report["device_name"] = common.torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     out_path = args.out or os.path.join(ROOT, "results", f"bench-{slug(report['device_name'], '-').lower()}.json")
-    earlier = earlier_parallel(out_path) if args.parallel <= 1 else {}
+    earlier, earlier_tests = earlier_benchmark(out_path)
+    earlier = earlier if args.parallel <= 1 else {}
     if report["gpu_tests"] == "skipped":  # not run this time: what the JSON this one replaces says
-        report["gpu_tests"] = earlier_gpu_tests(out_path) or "skipped"
+        report["gpu_tests"] = earlier_tests or "skipped"
 
     def save(complete):  # after every step, so that a benchmark stopped by a time limit keeps what it measured
         report["complete"] = complete

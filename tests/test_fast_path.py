@@ -131,9 +131,9 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     load_benchmark().write_speed_pages(str(results), str(readme))
     assert "Stopped before the end (a time limit): `results/bench-cpu.json`" in readme.read_text()
     # a later benchmark without --parallel (e.g. an --accuracy session) keeps this parallel timing, dated
-    assert load_benchmark().earlier_parallel(str(out)) == {
-        "class_weights.py": {**report["rows"][0]["parallel"], "measured": report["date_utc"]}}
-    assert load_benchmark().earlier_parallel(str(tmp_path / "none.json")) == {}
+    assert load_benchmark().earlier_benchmark(str(out)) == (
+        {"class_weights.py": {**report["rows"][0]["parallel"], "measured": report["date_utc"]}}, None)
+    assert load_benchmark().earlier_benchmark(str(tmp_path / "none.json")) == ({}, None)
 
 
 def test_bound_by_reads_the_profile():

@@ -22,6 +22,15 @@ def launch(row, out, *extra):
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def kill_after_first_epoch(proc):
+    """SIGKILL the run once it printed its first epoch (whose checkpoint is written before that line)."""
+    for line in proc.stdout:
+        if " epoch   1/3" in line:
+            proc.kill()
+            break
+    return proc.wait()
+
+
 def without_times(history):
     return [{k: v for k, v in e.items() if k != "elapsed_s"} for e in history]
 
@@ -30,12 +39,7 @@ def without_times(history):
 def test_a_killed_run_resumed_computes_the_uninterrupted_run(row, tmp_path, gpu=()):
     whole = launch(row, tmp_path / "whole", *gpu)
     assert whole.wait() == 0, whole.stdout.read()
-    cut = launch(row, tmp_path / "cut", "--checkpoint-every", "1", *gpu)
-    for line in cut.stdout:  # the checkpoint of an epoch is written before its progress line
-        if " epoch   1/3" in line:
-            cut.kill()
-            break
-    assert cut.wait() != 0
+    assert kill_after_first_epoch(launch(row, tmp_path / "cut", "--checkpoint-every", "1", *gpu)) != 0
     (ckpt,) = (tmp_path / "cut" / "checkpoints").rglob("seed0.pt")
     assert not list((tmp_path / "cut").glob("*/*/seed0.json"))  # killed before its end
     again = launch(row, tmp_path / "cut", "--checkpoint-every", "1", "--resume", *gpu)
@@ -57,12 +61,7 @@ def test_a_killed_graphed_run_resumed_computes_the_uninterrupted_run_on_gpu(row,
 
 
 def test_a_checkpoint_of_other_arguments_is_not_resumed(tmp_path):
-    cut = launch(["erm.py"], tmp_path, "--checkpoint-every", "1")
-    for line in cut.stdout:
-        if " epoch   1/3" in line:
-            cut.kill()
-            break
-    cut.wait()
+    kill_after_first_epoch(launch(["erm.py"], tmp_path, "--checkpoint-every", "1"))
     other = launch(["erm.py"], tmp_path, "--checkpoint-every", "1", "--resume", "--lr", "0.05")
     text = other.stdout.read()
     assert other.wait() == 0 and "made with other arguments or code: starting from epoch 1" in text, text
