@@ -718,12 +718,17 @@ def git_state():
 
 
 def write_json(path, obj):
-    """Atomic: a temporary file in the same folder, then a rename. A kill never leaves half a file."""
+    """Atomic (write_atomic): a kill never leaves half a results file."""
+    write_atomic(path, lambda f: json.dump(obj, f, indent=1))
+
+
+def write_atomic(path, write, mode="w"):
+    """write(f) into a temporary file in the same folder, then a rename. A kill never leaves half a file."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
+        with open(tmp, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -903,8 +908,7 @@ class Run:
         self._loss_sum, self._steps = 0.0, 0
         if not math.isfinite(train_loss):
             self.save(status="diverged", epochs_completed=epoch, diverged_epoch=epoch)
-            if os.path.exists(checkpoint_path(args)):
-                os.remove(checkpoint_path(args))  # its JSON ends it: no later invocation goes on
+            self.drop_checkpoint()  # its JSON ends it: no later invocation goes on
             raise SystemExit(f"error: {self.tag} the training loss became {train_loss} in epoch {epoch + 1} "
                              f"(lr {lr:g}): the run diverged; status 'diverged' written to {self.path}")
         entry = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "test_top1": None}
@@ -956,7 +960,7 @@ class Run:
         return ck["epoch"] + 1
 
     def checkpoint(self, epoch):
-        """The state after `epoch`, written atomically (a temporary file, then a rename)."""
+        """The state after `epoch`, written atomically (write_atomic)."""
         if self.state is None:
             return
         model, optimizer, more = self.state
@@ -968,18 +972,17 @@ class Run:
               "history": self.history, "last_eval": self.last_eval, "extra": self.extra, "resumed": self.resumed,
               "elapsed_s": time.time() - self.t0,
               "fast_path": dict(self.graphed.stats) if self.graphed is not None else {}}
-        path = checkpoint_path(self.args)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save(ck, tmp)
-        os.replace(tmp, path)
+        write_atomic(checkpoint_path(self.args), lambda f: torch.save(ck, f), mode="wb")
+
+    def drop_checkpoint(self):
+        if os.path.exists(checkpoint_path(self.args)):
+            os.remove(checkpoint_path(self.args))
 
     def finish(self, model):
         if self.last_eval is None or self.history[-1]["test_top1"] is None:
             self.last_eval = evaluate(model, self.data, fp32=True)
         self.save(status="completed", epochs_completed=len(self.history), final=self.last_eval)
-        if os.path.exists(checkpoint_path(self.args)):
-            os.remove(checkpoint_path(self.args))  # the run is whole: its JSON says all
+        self.drop_checkpoint()  # the run is whole: its JSON says all
         f = self.last_eval
         groups = "  ".join(f"{g} {f[g]:.2f}" for g in ("many", "medium", "few") if f[g] is not None)
         print(f"{self.tag} final (epoch {len(self.history)}): top-1 {f['top1']:.2f}%  {groups}  "
