@@ -21,7 +21,8 @@ Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight deca
            5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
            The schedule is kept per epoch, not per step: raise --epochs (and the decay epochs) to spend
            ERM's number of steps.
-Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
+Result:    undersampling 53.84 ± 4.75 (n=3) top-1 % on JPEG CIFAR-10-LT R=100, final epoch, mean ± std over
+           seeds; NVIDIA H200, torch 2.11.0+cu130 (results/RESULTS.md).
 Run:       python methods/undersampling.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
 """
 import os
