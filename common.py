@@ -582,7 +582,7 @@ class GraphedStep:
       - anything else `fn` reads that changes between calls (a Python variable of the loop) is NOT seen by a
         replay: pass it as an argument. Host syncs (.item(), .tolist(), data-dependent shapes) cannot be
         captured and fail at capture time.
-    Returned tensors are copies (a replay overwrites the graph's outputs). The counters in `stats` go into the
+    Returned tensors are detached copies (a replay overwrites the graph's outputs). The counters in `stats` go into the
     results JSON."""
 
     def __init__(self, fn, model, optimizer, warmup=2):
@@ -609,7 +609,7 @@ class GraphedStep:
             self.stats["eager_steps"] += 1
             self.side_stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.side_stream):
-                out = self.fn(*inputs)
+                out = _map_tensors(torch.Tensor.detach, self.fn(*inputs))  # (see capture: no autograd graph kept)
             torch.cuda.current_stream().wait_stream(self.side_stream)
             return out
         if self.graph is None:
@@ -619,7 +619,7 @@ class GraphedStep:
                 buffer.copy_(a)
         self.graph.replay()
         self.stats["graph_replays"] += 1
-        return _clone_tensors(self.static_output)
+        return _map_tensors(torch.Tensor.clone, self.static_output)
 
     def capture(self, inputs):
         device = next(self.model.parameters()).device
@@ -630,19 +630,22 @@ class GraphedStep:
         self.static_inputs = [a.clone() if torch.is_tensor(a) else a for a in inputs]  # clone keeps channels_last
         self.graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(self.graph):
-                self.static_output = self.fn(*self.static_inputs)
+            # on the warm-up's stream, and nothing returned keeps the step's autograd graph alive: else autograd
+            # finds its AccumulateGrad nodes made on another stream (a warning, and syncs it adds)
+            with torch.cuda.graph(self.graph, stream=self.side_stream):
+                self.static_output = _map_tensors(torch.Tensor.detach, self.fn(*self.static_inputs))
         except RuntimeError as e:
             raise RuntimeError("--fast: the training step could not be captured as a CUDA graph (a host sync such "
                                "as .item() or a data-dependent shape inside it?); run without --fast") from e
         self.stats["graph_captures"] += 1
 
 
-def _clone_tensors(out):
+def _map_tensors(fn, out):
+    """fn applied to each tensor of a step's output (a tensor, or a tuple/list of them and other values)."""
     if torch.is_tensor(out):
-        return out.clone()
+        return fn(out)
     if isinstance(out, (tuple, list)):
-        return type(out)(_clone_tensors(o) for o in out)
+        return type(out)(_map_tensors(fn, o) for o in out)
     return out
 
 
@@ -709,7 +712,10 @@ def git_state():
         head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, timeout=10)
         if head.returncode == 0:
-            dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+            # the code only: the results and the pages that a report or benchmark rewrites (README's tables,
+            # results/) do not make the code that trains differ from the commit
+            dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                         ":(exclude)results", ":(exclude)*.md"], cwd=ROOT,
                                         capture_output=True, text=True, timeout=10).stdout.strip())
             return head.stdout.strip(), dirty
     except (OSError, subprocess.SubprocessError):
@@ -914,8 +920,10 @@ class Run:
         entry = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "test_top1": None}
         last = epoch == args.epochs - 1
         if last or (epoch + 1) % args.eval_every == 0:
+            t_eval = time.time()  # (the .item() above waited for the epoch's GPU work: this times the evaluation)
             self.last_eval = evaluate(model, self.data, fp32=last)  # the reported final evaluation in fp32
             entry["test_top1"] = self.last_eval["top1"]
+            entry["eval_s"] = round(time.time() - t_eval, 3)  # (evaluate ends on the CPU: the GPU work is in it)
         elapsed = time.time() - self.t0
         entry["elapsed_s"] = round(elapsed, 3)  # since the start, including data loading and evaluations
         self.history.append(entry)
@@ -1197,8 +1205,8 @@ def mean_std(xs):
     xs = [x for x in xs if x is not None]
     if not xs:
         return None, None
-    m = sum(xs) / len(xs)
-    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    m = sum(xs) / len(xs)  # the std of one seed is unknown (None), not 0
+    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
     return m, s
 
 
@@ -1236,13 +1244,14 @@ def _cell(ms, digits=2, std=True):
     m, s = ms
     if m is None:
         return "n/a"
-    return f"{m:.{digits}f} ± {s:.{digits}f}" if std else f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if std and s is not None else f"{m:.{digits}f}"
 
 
 def direction_lines(rows):
     """Does each method move top-1 away from ERM the way the paper's table does? Markdown lines, generated from the
     mean of our seeds and the published numbers; a difference under 2 standard errors is "within seed noise",
-    a published difference under 0.5 points has no direction to reproduce."""
+    a published difference under 0.5 points has no direction to reproduce. With one seed of the method or of ERM
+    there is no standard error yet: the direction is given, marked "1 seed"."""
     erm = rows.get("erm")
     if not erm or not erm["n"] or erm["paper"] is None:
         return []
@@ -1254,17 +1263,18 @@ def direction_lines(rows):
             continue
         paper = row["paper"] - erm["paper"]
         ours = row["top1"][0] - erm["top1"][0]
-        se = math.sqrt(row["top1"][1] ** 2 / row["n"] + erm["top1"][1] ** 2 / erm["n"])
+        one = row["top1"][1] is None or erm["top1"][1] is None  # a single seed on either side: no error bar
+        se = None if one else math.sqrt(row["top1"][1] ** 2 / row["n"] + erm["top1"][1] ** 2 / erm["n"])
         if abs(paper) < 0.5:
             verdict = "the paper shows no difference"
-        elif abs(ours) < 2 * se:
+        elif not one and abs(ours) < 2 * se:
             verdict = "within seed noise"
         elif (ours > 0) == (paper > 0):
-            verdict = "reproduced"
+            verdict = "reproduced" + (" (1 seed: no error bar yet)" if one else "")
         else:
-            verdict = "**opposite**"
-            opposite.append(method)
-        lines.append(f"| {method} | {paper:+.2f} | {ours:+.2f} ({2 * se:.2f}) | {verdict} |")
+            verdict = "**opposite**" + (" (1 seed: no error bar yet)" if one else "")
+            opposite.append(method + (" (1 seed)" if one else ""))
+        lines.append(f"| {method} | {paper:+.2f} | {ours:+.2f} ({'1 seed' if one else f'{2 * se:.2f}'}) | {verdict} |")
     lines += ["", "Opposite to the published direction: " + (", ".join(opposite) if opposite else "none") + "."]
     return lines
 
@@ -1340,6 +1350,18 @@ def missing_lines(rows, methods, seeds):
             f"{', '.join(map(str, seeds))}): {'; '.join(parts)} (run_all.sh skips the runs whose JSON exists)."]
 
 
+def reproduce_command(session):
+    """The run_all.sh command line of one invocation recorded in run_all.jsonl."""
+    env = ["SMOKE=1"] if session.get("smoke") else [f"FAST={int(bool(session.get('fast')))}",
+                                                    f"MPS={int(bool(session.get('mps')))}", f"JOBS={session['jobs']}"]
+    settings, seeds = ("exp:10", "0") if session.get("smoke") else ("exp:100", "0 1 2")  # run_all.sh's defaults
+    if session.get("settings", settings) != settings:
+        env.append(f'SETTINGS="{session["settings"]}"')
+    if session.get("seeds", seeds) != seeds:
+        env.append(f'SEEDS="{session["seeds"]}"')
+    return " ".join(env + ["bash run_all.sh"])
+
+
 def session_lines(results_dir):
     """How the files were made: one line per run_all.sh invocation that wrote results_dir/run_all.jsonl."""
     path = os.path.join(results_dir, "run_all.jsonl")
@@ -1359,7 +1381,9 @@ def session_lines(results_dir):
             f"({sum(s['runs_finished'] for s in trained)} runs, {sum(s['failed'] for s in trained)} failed, {stopped}"
             f"{fmt_time(wall)} of wall time in all; {'; '.join(kinds) or 'none'}), "
             f"{' to '.join(sorted({sessions[0]['date_utc'][:10], sessions[-1]['date_utc'][:10]}))} "
-            "(run_all.jsonl in the results folder).", ""]
+            "(run_all.jsonl in the results folder).", "",
+            "Reproduce: " + " or ".join(sorted({f"`{reproduce_command(s)}`" for s in trained})) + " with the JPEG CIFAR-10 in data/cifar10-jpeg (DATA_DIR=...; DEADLINE=<seconds> splits it over "
+            "several sessions: a run whose JSON exists is skipped, a run cut short goes on from its checkpoint).", ""]
 
 
 def report(results_dir):
@@ -1410,7 +1434,7 @@ def report(results_dir):
         f.write("\n".join(lines))
     print(f"wrote {out} ({len(runs)} runs, {len(summary)} settings)")
     if os.path.abspath(results_dir) == os.path.join(ROOT, "results"):
-        update_readme(lines[2:], results_dir)
+        update_readme(lines[3:], results_dir)  # (not the title, nor "the JSON files beside this page")
     return out
 
 
@@ -1489,9 +1513,10 @@ def plot_setting(results_dir, setting, rows):
         marks.update(("lr decay", e) for e in a.get("lr_decay_epochs", []) if e < a["epochs"])
         if a.get("drw_epoch") and a["drw_epoch"] < a["epochs"]:
             marks.add(("DRW", a["drw_epoch"]))
-    for label, e in sorted(marks, key=lambda t: t[1]):
-        ax.axvline(e, color="grey" if label == "lr decay" else "red", ls="--", lw=0.8)
-        ax.text(e, 2, f" {label} {e}", rotation=90, fontsize=7, va="bottom")
+    for e in sorted({e for _, e in marks}):  # one line and one label per epoch: "lr decay + DRW 160"
+        labels = sorted((label for label, at in marks if at == e), key=lambda label: label != "lr decay")
+        ax.axvline(e, color="grey" if labels == ["lr decay"] else "red", ls="--", lw=0.8)
+        ax.text(e, 2, f" {' + '.join(labels)} {e}", rotation=90, fontsize=7, va="bottom")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test top-1 (%), mean over seeds")
     ax.set_ylim(0, 100)

@@ -34,8 +34,8 @@ Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight deca
            5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
            An epoch is --num-samples draws (default len(train set) = 12,406 on CIFAR-10-LT R=100, as the
            official sampler), so an oversampled epoch costs as much as an ERM epoch.
-Result:    drs 69.65 ± 0.00 (n=1); oversampling 65.16 ± 0.00 (n=1) top-1 % on JPEG CIFAR-10-LT R=100, final
-           epoch, mean ± std over seeds; NVIDIA H200, torch 2.11.0+cu130 (results/RESULTS.md).
+Result:    drs 69.65 (n=1); oversampling 65.16 (n=1) top-1 % on JPEG CIFAR-10-LT R=100, final epoch, mean ±
+           std over seeds; NVIDIA H200, torch 2.11.0+cu130 (results/RESULTS.md).
 Run:       python methods/oversampling.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
            python methods/oversampling.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100 --start-epoch 160
 """

@@ -228,7 +228,8 @@ def update_direction(model, x, labels, num_classes, normalize=True, split=False,
             class_grads, losses = per_class_grads_split(model, x, labels, num_classes)
         else:
             with common.autocast(x.device):
-                logits = model(x)
+                # batched: vmap over cuDNN's channels_last backward is not implemented (torch 2.11): contiguous
+                logits = model(x.contiguous() if batched else x)
             class_grads, losses = (per_class_grads_batched if batched else per_class_grads)(model, logits, labels,
                                                                                             num_classes)
         # eps on the official scale: the g_l here are of the class sums / B, the official ones of the sums
@@ -258,6 +259,8 @@ if __name__ == "__main__":
     model = common.resnet32(C, args.device)
     if args.norm == "group":  # METHOD: GroupNorm as the official code
         batchnorm_to_groupnorm(model, args.gn_group_size)
+    if args.class_grads == "batched":  # (the channels_last weights of CUDA would fail in the batched backward)
+        model = model.to(memory_format=torch.contiguous_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     # METHOD: one index stream per class, fixed per-class batch sizes, ERM's number of steps per epoch.

@@ -2,12 +2,13 @@
 next to the plain eager path of the same method file, and whether the two compute the same thing.
 
 For each method row it runs the method script twice as a subprocess, eager and with --fast, for --epochs epochs
-(default 10) with one evaluation at the end, and reads the times from the results JSON the run writes: the
-setup (data loading), the first epoch (cuDNN autotuning, graph capture), the steady epoch (the median over
-epochs 5.. after the lr warm-up, i.e. once no new graph is captured) and one evaluation (the last epoch minus a
-steady one). From them it projects a protocol run of --project-epochs epochs (200) with an evaluation every
---project-eval-every epochs (5): setup + first + (E-1) x steady + E/5 x evaluation; the ratio eager / fast is the
-speed-up. Projections are labelled as such; --full also trains each row's fast path for the whole protocol
+(default 10) with an evaluation every third of them, and reads the times from the results JSON the run writes:
+the setup (data loading), the first epoch (cuDNN autotuning, graph capture), the steady epoch (the median
+training time, evaluations taken out, over the epochs after the lr warm-up, i.e. once no new graph is captured),
+a steady evaluation (bf16, as during training; the first one's extra cuDNN autotuning counted once) and the final
+evaluation (fp32, once per run). From them it projects a protocol run of --project-epochs epochs (200) with an
+evaluation every --project-eval-every epochs (5): setup + first + (E-1) x steady + (E/5 - 1) x evaluation +
+the first evaluation's extra + the final evaluation; the ratio eager / fast is the speed-up. Projections are labelled as such; --full also trains each row's fast path for the whole protocol
 (200 epochs) end to end and records its measured wall time and final accuracy. --parallel N runs N copies of
 each path at once (seeds 0..N-1) and reports their aggregate throughput against one run; --mps does that under
 a CUDA MPS daemon (several graphed processes gain nothing without it, performance.md Sec. 6).
@@ -151,14 +152,21 @@ def mps(action):
 
 
 def timings(result, warmup_epochs):
-    """setup, first epoch, steady epoch (median after the warm-up, without the evaluated last epoch), evaluation."""
-    ends = [h["elapsed_s"] for h in result["history"]]
+    """setup, first epoch and steady epoch (the median after the warm-up), training only; the evaluations: a steady
+    bf16 one (eval_s), the first one's extra (cuDNN autotuning for the evaluation's shapes) and the final fp32 one.
+    Each history entry says how long its evaluation took (eval_s)."""
+    history = result["history"]
+    ends = [h["elapsed_s"] for h in history]
     setup = result["setup_time_s"]
     epochs = [b - a for a, b in zip([setup] + ends[:-1], ends)]
-    steady_range = epochs[max(1, warmup_epochs):-1] or epochs[1:-1]
-    steady = statistics.median(steady_range)
-    return {"setup_s": setup, "first_epoch_s": epochs[0], "steady_epoch_s": steady,
-            "eval_s": max(0.0, epochs[-1] - steady), "epoch_s": epochs, "wall_s": result["wall_time_s"],
+    evals = [h.get("eval_s") or 0.0 for h in history]
+    train = [e - v for e, v in zip(epochs, evals)]
+    steady = statistics.median(train[max(1, warmup_epochs):] or train[1:] or train)
+    during = [v for h, v in zip(history[:-1], evals[:-1]) if h["test_top1"] is not None]  # bf16, not the final
+    eval_s = statistics.median(during[1:]) if len(during) > 1 else (during[0] if during else evals[-1])
+    return {"setup_s": setup, "first_epoch_s": train[0], "steady_epoch_s": steady, "eval_s": eval_s,
+            "first_eval_extra_s": max(0.0, during[0] - eval_s) if during else 0.0, "final_eval_s": evals[-1],
+            "epoch_s": epochs, "eval_s_per_epoch": evals, "wall_s": result["wall_time_s"],
             "fast_path": result.get("fast_path")}
 
 
@@ -184,7 +192,9 @@ def bound_by(profile):
 
 def project(t, epochs, eval_every):
     evals = len([e for e in range(epochs) if (e + 1) % eval_every == 0 or e == epochs - 1])
-    return t["setup_s"] + t["first_epoch_s"] + (epochs - 1) * t["steady_epoch_s"] + evals * t["eval_s"]
+    during = evals - 1  # the bf16 evaluations; then the final fp32 one
+    return (t["setup_s"] + t["first_epoch_s"] + (epochs - 1) * t["steady_epoch_s"] + during * t["eval_s"]
+            + (t["first_eval_extra_s"] if during else 0.0) + t["final_eval_s"])
 
 
 def accuracy_check(row, data_flags, n, epochs, eval_every, out, log_dir):
@@ -282,10 +292,16 @@ def speed_lines(reports):
                    if par else "—")
             lines.append(f"| {r['device_name']} ({r['torch_version']}) | `{row['row']}` | {e['steady_epoch_s']:.2f} s / "
                          f"{f['steady_epoch_s']:.2f} s | {row['speedup_steady_epoch']:.1f}x | "
-                         f"{e['projected_run_s']:.0f} s / {f['projected_run_s']:.0f} s | {measured} | {par} | "
+                         f"{e['projected_run_s']:.0f} s / {f['projected_run_s']:.0f} s{old_projection(f)} | {measured} | {par} | "
                          f"{_step(e.get('profile'))} / {_step(f.get('profile'))} | {same} | "
                          f"{(r['git_commit'] or '?')[:7]}{' (dirty)' if r.get('git_dirty') else ''} |")
     return lines
+
+
+def old_projection(t):
+    """A mark for a projection made before the evaluations were timed one by one (no final_eval_s): it counted the
+    final fp32 evaluation, with its cuDNN autotuning, for each of the 40 bf16 evaluations."""
+    return "" if "final_eval_s" in t else " (*)"
 
 
 def _step(profile):
@@ -314,9 +330,18 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
     reports = [json.load(open(os.path.join(results_dir, f))) for f in files]
     if reports:
         body = [f"Generated by `python studies/benchmark.py --report` from {', '.join(f'`results/{f}`' for f in files)}. "
-                "Steady epoch: the median epoch after the lr warm-up; projected: setup + first epoch + 199 steady "
-                "epochs + 40 evaluations, from a short timed run; measured: a whole 200-epoch run, end to end.", ""]
+                "Steady epoch: the median epoch after the lr warm-up, training only; projected: setup + first epoch + "
+                "199 steady epochs + 39 bf16 evaluations + the final fp32 one, from a short timed run; measured: a "
+                "whole 200-epoch run, end to end.", ""]
         body += speed_lines(reports)
+        old = [(r["device_name"], row["row"], name, row[p]) for r in reports for row in r["rows"]
+               for p, name in (("eager", "eager"), ("fast", "--fast")) if old_projection(row[p])]
+        if old:
+            body += ["", "(*) Projected by the first version of the benchmark, which timed one evaluation only, the "
+                         "final fp32 one with its cuDNN autotuning, and counted it for each of the 40 evaluations of a "
+                         "run: an overestimate by up to 39 x that time (" + "; ".join(
+                             f"{dev} `{row}` {name}: {39 * t['eval_s']:.0f} s of the {t['projected_run_s']:.0f} s"
+                             for dev, row, name, t in old) + "). The next benchmark times each evaluation."]
         accuracy = accuracy_lines(reports)
         if accuracy:
             body += ["", "Accuracy of the two paths (`--accuracy N`: N seeds each for the whole protocol, in the "
@@ -432,7 +457,8 @@ def main(argv=None):
             print(f"[bench] fp32 check {row}: {'identical' if c['identical'] else 'DIFFERENT'} "
                   f"(max |loss diff| {c['max_abs_loss_diff']:.3g})", flush=True)
             save(complete=False)
-    timed = ["--epochs", str(args.epochs), "--eval-every", str(args.epochs), "--seed", "0"]  # the seed last
+    # evaluations during the run (bf16: a first one with its cuDNN autotuning, then steady ones) and the final one
+    timed = ["--epochs", str(args.epochs), "--eval-every", str(max(1, args.epochs // 3)), "--seed", "0"]  # seed last
     for row in args.rows:
         name = slug(row)
         entry = {"row": row}

@@ -87,6 +87,11 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
         for path in ("eager", "fast"):
             t = row[path]
             assert len(t["epoch_s"]) == 3 and t["steady_epoch_s"] > 0 and t["projected_run_s"] > t["setup_s"]
+            # every evaluation timed (3 epochs: bf16 ones after epochs 1 and 2, the final fp32 one), none counted twice
+            assert all(v > 0 for v in t["eval_s_per_epoch"]) and t["final_eval_s"] == t["eval_s_per_epoch"][-1]
+            assert t["eval_s"] == t["eval_s_per_epoch"][1] and t["first_eval_extra_s"] >= 0
+            assert t["projected_run_s"] == pytest.approx(  # --project-epochs 3, one evaluation: the final one
+                t["setup_s"] + t["first_epoch_s"] + 2 * t["steady_epoch_s"] + t["final_eval_s"])
         assert row["speedup_projected_run"] > 0
         for path in ("eager", "fast"):  # --profile-steps of the timed runs (on CPU: no GPU activity)
             prof = row[path]["profile"]

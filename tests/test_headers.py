@@ -70,6 +70,13 @@ def test_report_lists_methods_against_the_published_direction():
     assert "vs" not in table  # no published number for VS in this setting
     assert lines[-1] == "Opposite to the published direction: class_weights."
     assert common.direction_lines({"ldam_drw": rows["ldam_drw"]}) == []  # no ERM row: nothing to compare
+    # one seed has no std and no standard error: no "± 0.00", and the verdict says it rests on 1 seed
+    assert common.mean_std([66.37]) == (66.37, None) and common._cell(common.mean_std([66.37])) == "66.37"
+    rows["drs"], rows["class_weights"] = row("drs", [75.0]), row("class_weights", [60.0])
+    table = {l.split(" | ")[0][2:]: l for l in common.direction_lines(rows) if l.startswith("| ")}
+    assert "(1 seed) | reproduced (1 seed: no error bar yet)" in table["drs"]
+    assert "**opposite** (1 seed" in table["class_weights"]
+    assert common.direction_lines(rows)[-1] == "Opposite to the published direction: class_weights (1 seed)."
 
 
 def test_report_says_which_training_path_made_the_numbers():

@@ -564,3 +564,22 @@ def test_report_refuses_a_file_that_is_not_a_result(tmp_path):
     open(bad, "w").write('{"status": "completed", "fin')     # half a JSON, e.g. copied over a network
     rc, stdout, stderr = run_forked("common.py", "report", tmp_path)
     assert rc != 0 and bad in one_error_line(stderr, stdout)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_git_dirty_means_the_code_not_the_rewritten_pages(tmp_path, monkeypatch):
+    """A report or benchmark rewrites README's tables and results/ between the runs of one GPU session: the runs
+    after it must not be recorded as made by uncommitted code. A changed method file must."""
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,  # noqa: E731
+                                    check=True, capture_output=True)
+    (tmp_path / "methods").mkdir(), (tmp_path / "results").mkdir()
+    for name in ("README.md", "results/SPEED.md", "methods/erm.py"):
+        (tmp_path / name).write_text("x\n")
+    git("init", "-q"), git("add", "-A"), git("commit", "-qm", "t")
+    monkeypatch.setattr(common, "ROOT", str(tmp_path))
+    commit, dirty = common.git_state()
+    assert len(commit) == 40 and dirty is False
+    (tmp_path / "README.md").write_text("a new speed table\n"), (tmp_path / "results/SPEED.md").write_text("y\n")
+    assert common.git_state() == (commit, False)
+    (tmp_path / "methods/erm.py").write_text("changed\n")
+    assert common.git_state() == (commit, True)

@@ -31,6 +31,7 @@ def test_smoke_run_all_end_to_end(smoke_table):
     assert all(r["runs_at_once"] == 2 and r["mps"] is False for r in results.values())  # JOBS=2, recorded
     assert " s (2 at once) |" in report
     assert "Made by 1 invocation of run_all.sh that trained (20 runs, 0 failed" in report
+    assert "Reproduce: `SMOKE=1 bash run_all.sh`" in report  # the smoke invocation, recorded as one
     assert "Not run yet: 40 of the 60 runs of run_all.sh's table (20 rows x seeds 0, 1, 2): seeds 1, 2 of every row" \
         in report
     # a smoke table is not the protocol, and says so
@@ -165,6 +166,11 @@ def test_session_lines_sum_the_invocations(tmp_path):
     text = common.session_lines(str(tmp_path))[0]
     assert text.startswith("Made by 2 invocations of run_all.sh that trained (10 runs, 1 failed, 0:15:00 of wall time "
                            "in all; JOBS=2, --fast; JOBS=4, --fast, MPS), 2026-11-28 to 2026-11-30")
+    # the command of each kind of invocation that trained, to reproduce the table
+    again = common.session_lines(str(tmp_path))[2]
+    assert again.startswith("Reproduce: `FAST=1 MPS=0 JOBS=2 bash run_all.sh` or `FAST=1 MPS=1 JOBS=4 bash run_all.sh`")
+    assert common.reproduce_command({"smoke": True, "jobs": 2, "settings": "exp:100", "seeds": "0 1"}) == \
+        'SMOKE=1 SETTINGS="exp:100" SEEDS="0 1" bash run_all.sh'
 
 
 def test_code_sha256_ignores_the_header_and_comments_and_the_report_flags_mixed_versions(tmp_path):
