@@ -8,15 +8,17 @@ training time, evaluations taken out, over the epochs after the lr warm-up, i.e.
 a steady evaluation (bf16, as during training; the first one's extra cuDNN autotuning counted once) and the final
 evaluation (fp32, once per run). From them it projects a protocol run of --project-epochs epochs (200) with an
 evaluation every --project-eval-every epochs (5): setup + first + (E-1) x steady + (E/5 - 1) x evaluation +
-the first evaluation's extra + the final evaluation; the ratio eager / fast is the speed-up. Projections are labelled as such; --full also trains each row's fast path for the whole protocol
-(200 epochs) end to end and records its measured wall time and final accuracy. --parallel N runs N copies of
-each path at once (seeds 0..N-1) and reports their aggregate throughput against one run; --mps does that under
-a CUDA MPS daemon (several graphed processes gain nothing without it, performance.md Sec. 6).
+the first evaluation's extra + the final evaluation; the ratio eager / fast is the speed-up. Projections are
+labelled as such; --full also trains each row's fast path for the whole protocol (200 epochs) end to end and
+records its measured wall time and final accuracy. --parallel N runs N copies of each path at once (seeds
+0..N-1) and reports their aggregate throughput against one run; --mps does that under a CUDA MPS daemon
+(several graphed processes gain nothing without it, performance.md Sec. 6).
 --check first compares the two paths in fp32 with deterministic kernels (--fp32 --deterministic) on a short
 schedule that crosses an lr change and the DRW switch: every epoch's mean training loss and the final accuracy
 must be equal bit for bit. --accuracy N trains N seeds of each path for the whole protocol, as the table is
 trained (bf16 on CUDA), and compares their final top-1: the same within seed noise (2 standard errors) or not.
-Those runs are kept under results/accuracy/ and reused, so a check cut short resumes.
+Those runs are kept and reused, so a check cut short resumes: the eager ones under results/accuracy/, the --fast
+ones as the table's runs of the row (results/<setting>/<method>/, run_all.sh's flags), which they are.
 
 Writes results/bench-<gpu>.json (device name, torch version, git commit, every measured number, the commands),
 prints a table, and regenerates results/SPEED.md and README's speed table from every results/bench-*.json
@@ -70,12 +72,16 @@ def parse_args(argv=None):
                    help="N > 1: also run N copies (seeds 0..N-1) of each path at once and report the aggregate "
                         "throughput against one run (eager runs are CPU-bound, graphed runs GPU-bound)")
     p.add_argument("--mps", action="store_true",
-                   help="with --parallel: run the parallel copies under a CUDA MPS daemon (started and stopped here)")
+                   help="with --parallel and --accuracy: run the runs at once under a CUDA MPS daemon (started and "
+                        "stopped here)")
     p.add_argument("--accuracy", type=int, default=0,
                    help="N >= 2: also train N seeds (0..N-1) of each row with each path for --project-epochs epochs "
                         "and compare their final top-1 (mean ± std; same within 2 standard errors?)")
     p.add_argument("--accuracy-dir", default=os.path.join(ROOT, "results", "accuracy"),
                    help="where the --accuracy runs are kept; a finished run there is reused, not trained again")
+    p.add_argument("--table-dir", default=os.path.join(ROOT, "results"),
+                   help="the --fast seeds of --accuracy with the table's protocol are the table's runs of the row, "
+                        "trained into (or reused from) this results folder; '' keeps them in --accuracy-dir")
     p.add_argument("--out", default=None, help="the JSON to write (default results/bench-<device>.json)")
     p.add_argument("--keep", default=None, help="keep the runs' results and logs in this folder (default: a temp folder)")
     p.add_argument("--report", action="store_true",
@@ -100,32 +106,37 @@ def parse_args(argv=None):
     return args
 
 
-def run_methods(jobs, out, log_dir, reuse=False):
+def run_methods(jobs, out, log_dir, reuse=False, mps_on=False):
     """Train methods/<row> with `flags` into out/<setting>/<name>/ for every (row, flags, name) in `jobs`, all at
-    once (one CPU thread each when several); return [(results JSON, the command)]. Raise if any fails.
-    reuse: a run whose JSON exists is not trained again (--skip-existing instead of --overwrite)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"} if len(jobs) > 1 else None
+    once (one CPU thread each when several); return [(results JSON, the command)]. Raise if any fails. A job of
+    four, (row, flags, None, dest), trains into dest under the method's own name, e.g. as a run of the table.
+    reuse: a run whose JSON exists is not trained again (--skip-existing instead of --overwrite). Each JSON records
+    how many ran at once and whether under MPS (mps_on), as run_all.sh's do."""
+    env = {**os.environ, "IMBALANCE_REF_RUNS_AT_ONCE": str(len(jobs)), "IMBALANCE_REF_MPS": "1" if mps_on else "0"}
+    if len(jobs) > 1:
+        env["OMP_NUM_THREADS"] = "1"
     started = []
-    for row, flags, name in jobs:
-        cmd = [sys.executable, os.path.join("methods", row.split()[0])] + row.split()[1:] + flags + \
-            ["--out", out, "--name", name, "--skip-existing" if reuse else "--overwrite"]
-        log = os.path.join(log_dir, f"{name}.log")
+    for job in jobs:
+        row, flags, name, dest = job if len(job) == 4 else (*job, out)
+        where = ["--out", dest] + (["--name", name] if name else [])
+        path = common.result_path(common.row_args(row, flags + where))  # where the run writes its JSON
+        cmd = [sys.executable, os.path.join("methods", row.split()[0])] + row.split()[1:] + flags + where + \
+            ["--skip-existing" if reuse else "--overwrite"]
+        log = os.path.join(log_dir, f"{name or slug(os.path.relpath(path, dest))}.log")
         with open(log, "w") as f:
-            started.append((subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env), cmd, log, name))
+            started.append((subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env), cmd, log, path))
     t0, results = time.time(), []
-    for proc, cmd, log, name in started:
-        text = " ".join(shlex.quote(c) for c in cmd[1:])
+    for proc, cmd, log, path in started:
+        text = " ".join(shlex.quote(str(c)) for c in cmd[1:])
         if proc.wait() != 0:
             for other in started:
                 other[0].kill()
             tail = open(log).read()[-2000:]
             raise SystemExit(f"error: `{text}` exited {proc.returncode} after {time.time() - t0:.0f} s; "
                              f"log {log}:\n{tail}")
-        found = [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs if f.endswith(".json")
-                 and os.path.basename(d) == name]
-        if len(found) != 1:
-            raise SystemExit(f"error: expected one results JSON of `{text}` under {out}/*/{name}/, found {len(found)}")
-        with open(found[0]) as f:
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: `{text}` wrote no results JSON at {path}")
+        with open(path) as f:
             results.append((json.load(f), text))
     return results
 
@@ -197,15 +208,23 @@ def project(t, epochs, eval_every):
             + (t["first_eval_extra_s"] if during else 0.0) + t["final_eval_s"])
 
 
-def accuracy_check(row, data_flags, n, epochs, eval_every, out, log_dir):
+def accuracy_check(row, data_flags, n, epochs, eval_every, out, log_dir, table_dir=None, mps_on=False):
     """N seeds of each path for the whole protocol (both in the table's precision), their final top-1 compared:
-    the difference of the means against 2 standard errors. Runs in `out` are reused."""
+    the difference of the means against 2 standard errors. Runs in `out` are reused. Where the runs are the
+    table's protocol (the row's own --epochs and --eval-every) and `table_dir` is given, the --fast seeds are
+    trained as the table's runs of the row, into table_dir with run_all.sh's flags: the same run serves both, and
+    a seed the table has already is not trained again. The eager seeds go to `out`."""
     name, entry = slug(row), {"n": n, "epochs": epochs}
     paths = (("eager", []), ("fast", ["--fast"]))
     keep = ["--checkpoint-every", "10", "--resume"]  # a session cut short keeps their progress
-    jobs = [(row, data_flags + ["--epochs", str(epochs), "--eval-every", str(eval_every), "--seed", str(k)] + keep + extra,
-             f"acc_{name}_{path}_seed{k}") for path, extra in paths for k in range(n)]
-    finished = run_methods(jobs, out, log_dir, reuse=True)  # all 2N at once: eager runs load the CPU, graphed the GPU
+    defaults = common.row_args(row, data_flags)
+    in_table = table_dir is not None and (epochs, eval_every) == (defaults.epochs, defaults.eval_every)
+    jobs = [(row, data_flags + ["--epochs", str(epochs), "--eval-every", str(eval_every), "--seed", str(k)] + keep + extra)
+            + ((None, table_dir) if in_table and path == "fast" else (f"acc_{name}_{path}_seed{k}",))
+            for path, extra in paths for k in range(n)]
+    entry["fast_runs_in_table"] = in_table
+    finished = run_methods(jobs, out, log_dir, reuse=True, mps_on=mps_on)  # all 2N at once: eager runs load the
+    # CPU, graphed ones the GPU
     for i, (path, _) in enumerate(paths):
         done = finished[i * n:(i + 1) * n]
         for r, cmd in done:  # a kept run must be a whole run of this protocol, not one of another --project-epochs
@@ -364,18 +383,24 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
     return body
 
 
-def choose(results_dir=os.path.join(ROOT, "results"), device_name=None, mps_gain=1.2):
-    """(fast, mps) for run_all.sh from the benchmark of this GPU (results/bench-<device_name>.json), else the newest
-    bench-*.json: --fast only where its fp32 checks found --fast and eager identical; MPS only where 4 graphed runs
-    under MPS had more than `mps_gain` times one run's throughput."""
+def newest_bench(results_dir=os.path.join(ROOT, "results"), device_name=None):
+    """The benchmark JSON of this GPU (results/bench-<device_name>.json), else the newest bench-*.json; None."""
     files = sorted(glob.glob(os.path.join(results_dir, "bench-*.json")), key=os.path.getmtime)
     own = os.path.join(results_dir, f"bench-{slug(device_name, '-').lower()}.json") if device_name else None
     if own in files:
         files.append(own)
     if not files:
-        return False, False
+        return None
     with open(files[-1]) as f:
-        bench = json.load(f)
+        return json.load(f)
+
+
+def choose(results_dir=os.path.join(ROOT, "results"), device_name=None, mps_gain=1.2):
+    """(fast, mps) for run_all.sh from newest_bench(): --fast only where its fp32 checks found --fast and eager
+    identical; MPS only where 4 graphed runs under MPS had more than `mps_gain` times one run's throughput."""
+    bench = newest_bench(results_dir, device_name)
+    if bench is None:
+        return False, False
     checks = bench.get("checks") or []
     fast = bool(checks) and all(c["identical"] for c in checks) and bench.get("gpu_tests") != "failed"
     par = [row["parallel"] for row in bench.get("rows", []) if row.get("parallel")]
@@ -384,16 +409,24 @@ def choose(results_dir=os.path.join(ROOT, "results"), device_name=None, mps_gain
 
 
 def projected_run_s(fast, results_dir=os.path.join(ROOT, "results"), device_name=None):
-    """The longest projected protocol run (s) of the path `fast` picks in the benchmark JSON choose() reads; 0: none."""
-    files = sorted(glob.glob(os.path.join(results_dir, "bench-*.json")), key=os.path.getmtime)
-    own = os.path.join(results_dir, f"bench-{slug(device_name, '-').lower()}.json") if device_name else None
-    files += [own] if own in files else []
-    if not files:
-        return 0
-    with open(files[-1]) as f:
-        rows = json.load(f).get("rows", [])
+    """The longest projected protocol run (s) of the path `fast` picks in newest_bench(); 0: none."""
+    rows = (newest_bench(results_dir, device_name) or {}).get("rows", [])
     path = "fast" if fast else "eager"
     return max((r[path]["projected_run_s"] for r in rows if r.get(path, {}).get("projected_run_s")), default=0)
+
+
+def training_code(root=ROOT):
+    """{file: code_sha256} of the code that trains (common.py, methods/*.py): docstrings and comments left out."""
+    files = ["common.py"] + sorted(f"methods/{f}" for f in os.listdir(os.path.join(root, "methods")) if f.endswith(".py"))
+    return {f: common.code_sha256(os.path.join(root, f)) for f in files}
+
+
+def checked_this_code(results_dir=os.path.join(ROOT, "results"), device_name=None, root=ROOT):
+    """Did newest_bench() check the code there is now? (False without one, or where it does not say: older JSON.)
+    .ci/gpu-session repeats the GPU tests and the fp32 check where not: a change to the fast path or a method's
+    step would otherwise train the whole table on a path nobody checked."""
+    bench = newest_bench(results_dir, device_name)
+    return bool(bench) and bench.get("code_sha256") == training_code(root)
 
 
 def earlier_benchmark(path):
@@ -415,7 +448,10 @@ def main(argv=None):
         cuda = common.torch.cuda.is_available()
         name = common.torch.cuda.get_device_name() if cuda else None
         fast, use_mps = choose(device_name=name)
-        print(f"FAST={int(fast)} MPS={int(use_mps)} RUN_S={round(projected_run_s(fast, device_name=name))}")
+        bench = newest_bench(device_name=name) or {}
+        print(f"FAST={int(fast)} MPS={int(use_mps)} RUN_S={round(projected_run_s(fast, device_name=name))} "
+              f"CHECKED={int(checked_this_code(device_name=name))} "
+              f"PARALLEL_KNOWN={int(any(r.get('parallel') for r in bench.get('rows', [])))}")
         return
     if args.report:
         write_speed_pages()
@@ -427,7 +463,7 @@ def main(argv=None):
     os.makedirs(log_dir, exist_ok=True)
     commit, dirty = common.git_state()
     report = {"device_name": None, "torch_version": common.torch.__version__, "git_commit": commit,
-              "git_dirty": dirty, "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "git_dirty": dirty, "code_sha256": training_code(), "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
               "epochs": args.epochs, "project_epochs": args.project_epochs,
               "project_eval_every": args.project_eval_every, "data_flags": args.data_flags,
@@ -493,7 +529,7 @@ def main(argv=None):
                             for k in range(args.parallel)]
                     try:  # a failure here (e.g. no MPS server) is recorded, the rest of the benchmark goes on
                         steady = [timings(r, r["args"]["warmup_epochs"])["steady_epoch_s"]
-                                  for r, _ in run_methods(jobs, work, log_dir)]
+                                  for r, _ in run_methods(jobs, work, log_dir, mps_on=entry["parallel"]["mps"] is True)]
                     except SystemExit as e:
                         print(f"[bench] {args.parallel} {path} runs at once failed: {str(e)[:300]}", flush=True)
                         entry["parallel"][path] = {"error": str(e)[-1000:], "throughput_vs_one_run": None}
@@ -514,8 +550,14 @@ def main(argv=None):
                                   "fast_path": result.get("fast_path"), "command": cmd}
             save(complete=False)
         if args.accuracy:
-            entry["accuracy"] = accuracy_check(row, data_flags, args.accuracy, args.project_epochs,
-                                               args.project_eval_every, args.accuracy_dir, log_dir)
+            why = mps("start") if args.mps else "not asked for"  # eager and graphed runs share the GPU at once
+            try:
+                entry["accuracy"] = accuracy_check(row, data_flags, args.accuracy, args.project_epochs,
+                                                   args.project_eval_every, args.accuracy_dir, log_dir,
+                                                   table_dir=args.table_dir or None, mps_on=why is None)
+            finally:
+                if why is None:
+                    mps("stop")
             print("[bench] " + accuracy_lines([{"device_name": report["device_name"], "rows": [entry]}])[0][2:],
                   flush=True)
         save(complete=False)

@@ -58,3 +58,8 @@ def smoke_table(tmp_path_factory):
     proc = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=1200,
                           env={**os.environ, "SMOKE": "1", "OUT": str(out), "JOBS": "2"})
     return proc, out
+
+
+def without_times(history):
+    """A run's history without its wall-clock fields (elapsed_s, eval_s): what two runs of the same seed share."""
+    return [{k: v for k, v in e.items() if k not in ("elapsed_s", "eval_s")} for e in history]

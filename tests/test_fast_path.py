@@ -182,7 +182,53 @@ def test_benchmark_choose_reads_the_newest_json(tmp_path):
     assert choose(str(tmp_path), device_name="NVIDIA H100 80GB HBM3") == (True, True)
     assert choose(str(tmp_path), device_name="NVIDIA H200") == (True, False)  # none of its own: the newest
     proc = run_script("studies/benchmark.py", "--choose")
-    assert re.fullmatch(r"FAST=[01] MPS=[01] RUN_S=\d+", proc.stdout.strip()), proc.stdout
+    assert re.fullmatch(r"FAST=[01] MPS=[01] RUN_S=\d+ CHECKED=[01] PARALLEL_KNOWN=[01]", proc.stdout.strip()), proc.stdout
+
+
+def test_accuracy_fast_seeds_are_the_tables_runs(tmp_path, monkeypatch):
+    """--accuracy with the table's protocol trains its --fast seeds as the table's runs of the row (run_all.sh's
+    folder and name: one run serves both); the eager seeds, and any run of another protocol, stay apart."""
+    b = load_benchmark()
+    calls = []
+
+    def fake_run_methods(jobs, out, log_dir, reuse=False, mps_on=False):
+        calls.append((jobs, out, reuse, mps_on))
+        return [({"status": "completed", "epochs_completed": 1, "args": {"epochs": int(j[1][j[1].index("--epochs") + 1])},
+                  "final": {"top1": 70.0 + k}, "wall_time_s": 1.0}, "cmd") for k, j in enumerate(jobs)]
+
+    monkeypatch.setattr(b, "run_methods", fake_run_methods)
+    flags = ["--dataset", "synthetic", "--device", "cpu"]
+    entry = b.accuracy_check("erm.py", flags, 2, 200, 5, str(tmp_path / "acc"), str(tmp_path), str(tmp_path / "table"),
+                             mps_on=True)
+    jobs, out, reuse, mps_on = calls[-1]
+    assert entry["fast_runs_in_table"] and reuse and mps_on and out == str(tmp_path / "acc")
+    eager, fast = jobs[:2], jobs[2:]
+    assert [j[2] for j in eager] == ["acc_erm_py_eager_seed0", "acc_erm_py_eager_seed1"] and all(len(j) == 3 for j in eager)
+    assert all(j[2] is None and j[3] == str(tmp_path / "table") and "--fast" in j[1] for j in fast)
+    assert all(f in j[1] for j in fast for f in ("--checkpoint-every", "--resume"))  # as run_all.sh trains them
+    entry = b.accuracy_check("erm.py", flags, 2, 3, 3, str(tmp_path / "acc"), str(tmp_path), str(tmp_path / "table"))
+    assert not entry["fast_runs_in_table"] and all(len(j) == 3 for j in calls[-1][0])  # 3 epochs: not the table's
+
+
+def test_gpu_checks_repeat_when_the_training_code_changes(tmp_path):
+    """.ci/gpu-session repeats the GPU tests and the fp32 check of --fast where the newest benchmark JSON was made on
+    other code (a change to common.py or a method's step): not where only a docstring or comment changed."""
+    b = load_benchmark()
+    root = tmp_path / "repo"
+    (root / "methods").mkdir(parents=True)
+    (root / "common.py").write_text('"""doc"""\nSTEP = 1\n')
+    (root / "methods" / "erm.py").write_text('"""Result: not measured"""\nLR = 0.1\n')
+    results = tmp_path / "results"
+    results.mkdir()
+    assert not b.checked_this_code(str(results), root=str(root))  # no benchmark at all
+    (results / "bench-gpu.json").write_text(json.dumps({"rows": []}))
+    assert not b.checked_this_code(str(results), root=str(root))  # a JSON from before code_sha256 was recorded
+    (results / "bench-gpu.json").write_text(json.dumps({"rows": [], "code_sha256": b.training_code(str(root))}))
+    assert b.checked_this_code(str(results), root=str(root))
+    (root / "methods" / "erm.py").write_text('"""Result: 66.37 (1)"""\nLR = 0.1  # a comment\n')
+    assert b.checked_this_code(str(results), root=str(root))  # the report's Result line is not code
+    (root / "common.py").write_text('"""doc"""\nSTEP = 2\n')
+    assert not b.checked_this_code(str(results), root=str(root))
 
 
 def test_benchmark_rejects_unknown_rows():
@@ -266,6 +312,7 @@ def fake_cuda(monkeypatch):
 
     @contextlib.contextmanager
     def graph(g, **kwargs):
+        FakeGraph.capture_kwargs = kwargs
         FakeGraph.capturing.append(g)
         try:
             yield
@@ -277,6 +324,23 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_stream", lambda: FakeStream())
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", graph)
+
+
+def test_graphed_step_keeps_no_autograd_graph_alive(fake_cuda):
+    """What a step returns (a loss) is detached: a loop variable holding it would keep the step's autograd graph,
+    and with it AccumulateGrad nodes of another stream, alive into the next capture."""
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def fn(x):
+        loss = model(x).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss, [loss * 2, "not a tensor"]
+
+    loss, (double, text) = common.GraphedStep(fn, model, optimizer)(torch.ones(1, 2))  # an eager warm-up step
+    assert loss.grad_fn is None and not double.requires_grad and text == "not a tensor"
 
 
 def test_graphed_step_bookkeeping(fake_cuda):
@@ -304,6 +368,8 @@ def test_graphed_step_bookkeeping(fake_cuda):
     # 2 eager warm-up steps, then one capture and replays that see each call's new input values
     assert log == ["run", "run", "capture", "run", "run"] and outs == [3, 9, 18, 30]
     assert step.stats == {"eager_steps": 2, "graph_captures": 1, "graph_replays": 2}
+    # captured on the stream of the eager warm-up steps (autograd's AccumulateGrad nodes stay on one stream)
+    assert FakeGraph.capture_kwargs.get("stream") is step.side_stream
     out = step(x, None)
     out.add_(100)  # a returned tensor is a copy: changing it does not touch the graph's output
     assert step.static_output.item() == 33 and step(x, None).item() == 36

@@ -25,7 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, SMOKE_ARGS, read_results, run_script
+from conftest import ROOT, SMOKE_ARGS, read_results, run_script, without_times
 
 import common  # noqa: E402  (conftest puts the repository root on sys.path)
 
@@ -418,8 +418,7 @@ def place(run, out, seed=None, method="erm", setting=SETTING):
 def test_same_seeds_give_identical_runs(runs):
     a, b = runs["a"], runs["b"]
     assert a["final"] == b["final"]
-    timeless = lambda h: [{k: v for k, v in e.items() if k != "elapsed_s"} for e in h]  # noqa: E731 (wall clock)
-    assert timeless(a["history"]) == timeless(b["history"]) and len(a["history"]) == 2
+    assert without_times(a["history"]) == without_times(b["history"]) and len(a["history"]) == 2
     assert a["subset_sha256"] == b["subset_sha256"]
 
 

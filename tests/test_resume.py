@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, read_results
+from conftest import ROOT, read_results, without_times
 
 ARGS = ["--dataset", "synthetic", "--imbalance-ratio", "10", "--batch-size", "128", "--epochs", "3",
         "--eval-every", "1", "--device", "cpu", "--deterministic"]
@@ -29,10 +29,6 @@ def kill_after_first_epoch(proc):
             proc.kill()
             break
     return proc.wait()
-
-
-def without_times(history):
-    return [{k: v for k, v in e.items() if k != "elapsed_s"} for e in history]
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[" ".join(r) for r in ROWS])
