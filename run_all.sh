@@ -16,8 +16,9 @@
 # later, judged by the wall time of the same method's finished runs, or the longest known run for a method never
 # run; the rest is left for the next invocation; a run still going at the deadline is stopped there),
 # CHECKPOINT_EVERY (10: every run saves its state every 10 epochs under $OUT/checkpoints/ and resumes from it when
-# run again, so a killed run loses at most 10 epochs; a run longer than the DEADLINE window is started whenever it
-# can reach its next checkpoint, and ends over several invocations; 0: off),
+# run again, so a killed run loses at most 10 epochs; under DEADLINE, once every run that can end in time has
+# started, a free slot trains a deferred run up to the checkpoints it can reach, so the GPU is not idle at the end
+# of a window and a run longer than the whole window ends over several invocations; 0: off),
 # OUT (results), PYTHON, EXTRA (flags added to every run), ONLY (run only the rows whose script or flags match
 # this grep pattern).
 # Order: setting by setting, seed 0 of every row first, so that a stopped run leaves a whole one-seed table.
@@ -165,34 +166,26 @@ if [ "${MPS:-0}" = 1 ] && [ "${#todo[@]}" -gt 0 ]; then
 fi
 
 echo "[run_all] $total runs, $done_before done before, ${#todo[@]} to run ($JOBS at a time${DEADLINE:+, deadline ${DEADLINE} s}) -> $OUT; logs in $OUT/logs/"
-for i in "${todo[@]}"; do
-  IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
-  while [ $((started - finished)) -ge "$JOBS" ]; do reap; done
-  key="$row|$itype$ratio"
-  whole=${est[$key]:-}
-  if [ -z "$whole" ]; then  # never run: guess the longest run known, else NEW_RUN_S (e.g. the benchmark's projection)
+estimate() {  # seconds of a whole run of job $1: its method's earlier runs, else the longest known, else NEW_RUN_S
+  local key whole e
+  IFS='|' read -r row itype ratio seed <<<"${jobs_list[$1]}"
+  key="$row|$itype$ratio" whole=${est[$key]:-}
+  if [ -z "$whole" ]; then
     for e in "${est[@]}"; do [ "$e" -gt "${whole:--1}" ] && whole=$e; done
-    [ -z "$whole" ] && whole=${NEW_RUN_S:-}
+    whole=${whole:-${NEW_RUN_S:-}}
   fi
-  expect=${whole:+$(( whole * ${left[$i]} / 1000 ))}  # what its checkpoint leaves to train
-  if [ -n "$DEADLINE" ] && [ -n "$expect" ] && [ $(( $(date +%s) - t0 + expect * 11 / 10 + 15 )) -gt "$DEADLINE" ]; then
-    remaining=$(( DEADLINE - $(date +%s) + t0 ))
-    # a run longer than the whole window can never end within one: it starts if it can reach its next checkpoint,
-    # and the next invocation goes on from there
-    if ! { [ "$CHECKPOINT_EVERY" -gt 0 ] && [ $(( expect * 11 / 10 + 15 )) -gt "$DEADLINE" ] &&
-           [ $(( whole * CHECKPOINT_EVERY / epochs_of[$i] + 30 )) -lt "$remaining" ]; }; then
-      deferred=$((deferred + 1))
-      echo "[run_all] deadline: not starting methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed (~$expect s, $remaining s left)"
-      continue
-    fi
-    echo "[run_all] methods/$row --seed $seed (~$expect s) is longer than the window: trained up to its checkpoints"
-  fi
+  echo "$whole"
+}
+start_run() {  # job $1 in the background; under DEADLINE it is stopped there (rc 124) and goes on from its checkpoint
+  local i=$1 key log
+  IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
+  key="$row|$itype$ratio"
   started=$((started + 1))
   log=$(logname "$row" "$itype" "$ratio" "$seed")
   echo "[run_all] start $started/$(( ${#todo[@]} - deferred )): methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed"
   (
     t=$(date +%s)
-    limit=()  # under DEADLINE a run still going then is stopped (rc 124); its checkpoint is where the next goes on
+    limit=()
     [ -n "$DEADLINE" ] && limit=(timeout -k 10 $(( DEADLINE - t + t0 > 1 ? DEADLINE - t + t0 : 1 )))
     # shellcheck disable=SC2086  # flags are meant to split into words
     "${limit[@]}" "$PYTHON" "methods/${row%% *}" ${row#"${row%% *}"} $DATA_FLAGS --imbalance-type "$itype" \
@@ -201,7 +194,35 @@ for i in "${todo[@]}"; do
     [ "$rc" = 0 ] && echo "$(( $(date +%s) - t )) $([ "${left[$i]}" = 1000 ] && echo 1 || echo 0) $key" >>"$durations"
     exit "$rc"
   ) &
+}
+later=()  # the runs that would end after the DEADLINE
+for i in "${todo[@]}"; do
+  while [ $((started - finished)) -ge "$JOBS" ]; do reap; done
+  whole=$(estimate "$i")
+  expect=${whole:+$(( whole * ${left[$i]} / 1000 ))}  # what its checkpoint leaves to train
+  if [ -n "$DEADLINE" ] && [ -n "$expect" ] && [ $(( $(date +%s) - t0 + expect * 11 / 10 + 15 )) -gt "$DEADLINE" ]; then
+    IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
+    deferred=$((deferred + 1)) later+=("$i")
+    echo "[run_all] deadline: not starting methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed (~$expect s, $(( DEADLINE - $(date +%s) + t0 )) s left)"
+    continue
+  fi
+  start_run "$i"
 done
+# The window's tail: once every run that can end in time has started, a slot that would stay idle until the
+# deadline trains a deferred run up to the checkpoints it can reach (its next CHECKPOINT_EVERY epochs plus 30 s
+# of start-up, by the estimate), and the next invocation goes on from there. A run longer than the whole window
+# ends this way, over several invocations.
+if [ -n "$DEADLINE" ] && [ "$CHECKPOINT_EVERY" -gt 0 ]; then
+  for i in "${later[@]}"; do
+    while [ $((started - finished)) -ge "$JOBS" ]; do reap; done
+    whole=$(estimate "$i") remaining=$(( DEADLINE - $(date +%s) + t0 ))
+    [ -n "$whole" ] && [ $(( whole * CHECKPOINT_EVERY / epochs_of[$i] + 30 )) -lt "$remaining" ] || continue
+    IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
+    deferred=$((deferred - 1))
+    echo "[run_all] the window's tail: methods/$row --seed $seed (~$(( whole * ${left[$i]} / 1000 )) s to its end, $remaining s left) is trained up to the checkpoints it reaches"
+    start_run "$i"
+  done
+fi
 while [ "$finished" -lt "$started" ]; do reap; done
 rm -f "$durations"
 session

@@ -63,9 +63,10 @@ def test_run_all_resumes_and_keeps_its_deadline(smoke_table, tmp_path):
     assert "Made by 1 invocation of run_all.sh that trained" in (copy / "RESULTS.md").read_text()
 
 
-def test_a_run_longer_than_the_window_starts_when_it_can_reach_a_checkpoint(tmp_path):
-    """DEADLINE defers a run that would end too late, unless it is longer than the whole window (it could never end
-    in one): that one starts when it can reach its next checkpoint, and a later invocation goes on from there."""
+def test_a_run_that_cannot_end_in_time_fills_the_windows_tail_up_to_a_checkpoint(tmp_path):
+    """DEADLINE defers a run that would end too late; once nothing that can end in time is left, a free slot trains
+    it up to the checkpoints it can reach (a run longer than the whole window too), and a later invocation goes on
+    from there. One that cannot reach its next checkpoint in time does not start."""
     out = tmp_path / "results"
     smoke = ["--dataset", "synthetic", "--batch-size", "64", "--eval-every", "1", "--device", "cpu", "--epochs", "4"]
     run_script("methods/erm.py", *smoke, "--imbalance-ratio", "10", "--seed", "0", "--out", out)
@@ -77,9 +78,10 @@ def test_a_run_longer_than_the_window_starts_when_it_can_reach_a_checkpoint(tmp_
         seed0.write_text(json.dumps({**r, "wall_time_s": wall}))  # as if seed 0 had taken that long
         proc = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert ("is longer than the window: trained up to its checkpoints" in proc.stdout) == starts, proc.stdout
-        assert ("deadline: not starting methods/erm.py" in proc.stdout) != starts
+        assert "deadline: not starting methods/erm.py" in proc.stdout  # nothing that can end in time comes first
+        assert ("the window's tail: methods/erm.py --seed 1" in proc.stdout) == starts, proc.stdout
         assert (out / "synthetic-exp-r10" / "erm" / "seed1.json").exists() == starts
+        assert json.loads((out / "run_all.jsonl").read_text().splitlines()[-1])["left_for_later"] == (not starts)
 
 
 def test_a_run_still_going_at_the_deadline_is_stopped_and_goes_on_next_time(tmp_path):
