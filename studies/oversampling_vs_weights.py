@@ -37,6 +37,9 @@ written to results/scratch/study-quick/ (git-ignored). Full (default): ResNet-32
 5 seeds, 1500 steps (binary, ~4.8 epochs) / 600 steps (lt10, ~6 epochs), the full test set, 4 worker processes
 on a GPU, written to results/study/. Not yet timed on a GPU: the estimate from performance.md's eager step cost
 (~15 ms) is 10-15 minutes on one H100, most of it PCNSGD's C backward passes per step on lt10.
+Each finished run is kept at once in <out>/runs/ (with the arguments, device and code that made it), so an
+invocation cut short by a time limit loses only the runs still going: the same command again trains only the
+missing runs, and the last one writes study.json (then the single runs are removed).
 Paired design: for a seed, erm, class_weights and class_weights_n see exactly the same batches (same index plan
 and augmentation draws) and every method starts from the same weights, so their differences come from the loss.
 Run:  python studies/oversampling_vs_weights.py --quick
@@ -94,8 +97,11 @@ def load_core(name):
     return _CORES[name]
 
 
+CORE_METHODS = ("oversampling", "class_weights", "pcn_sgd")  # the method files whose cores this study imports
+
+
 def cores():
-    os_, cw, pcn = load_core("oversampling"), load_core("class_weights"), load_core("pcn_sgd")
+    os_, cw, pcn = (load_core(name) for name in CORE_METHODS)
     return argparse.Namespace(oversample_order=os_.oversample_order,
                               inverse_frequency_weights=cw.inverse_frequency_weights,
                               pcn_direction=pcn.pcn_direction, per_class_grads=pcn.per_class_grads,
@@ -618,25 +624,68 @@ def _job(args, name, method, seed):
     return train_one(args, _SETTING_CACHE[name], method, seed)
 
 
-def run_all(args, settings):
-    jobs = [(s, m, seed) for s in settings for m in args.methods for seed in range(args.seed0, args.seed0 + args.seeds)]
-    results, t0 = {}, time.time()
+# What selects runs or where they go, not what a run computes: a kept run of another selection is reused.
+RUN_FREE_ARGS = {"quick", "from_json", "settings", "methods", "seeds", "seed0", "workers", "threads", "out",
+                 "no_plots", "verbose", "cache_dir", "target_acc", "target_fracs", "runs_kept"}
 
-    def done(i, key, rec):
-        results[key] = rec
-        f = rec["final"]
-        eta = (time.time() - t0) / i * (len(jobs) - i)
-        print(f"[{i}/{len(jobs)}] {key[0]} {key[1]} seed{key[2]}: minority acc {f['minority_acc']:.1f}%  "
+
+def run_key(args):
+    """What a kept run must match to be reused: the arguments that change a run, the device (a GPU model's kernels
+    round differently) and the code (code_sha256 of this file, the method files it imports and common.py)."""
+    device = torch.device(args.device)
+    files = [os.path.abspath(__file__), os.path.join(ROOT, "common.py")] + \
+        [os.path.join(ROOT, "methods", f"{name}.py") for name in CORE_METHODS]
+    kept = {k: v for k, v in sorted(vars(args).items()) if k not in RUN_FREE_ARGS}
+    kept["data_dir"] = os.path.basename(os.path.normpath(kept["data_dir"]))  # the same data on another machine
+    return {"args": kept,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "code": [common.code_sha256(f) for f in files]}
+
+
+def run_file(args, setting, method, seed):
+    return os.path.join(args.out, "runs", f"{setting}_{method}_seed{seed}.json")
+
+
+def kept_run(args, key, job):
+    """The record of a run an earlier invocation finished with the same run_key (None: train it)."""
+    try:
+        with open(run_file(args, *job)) as f:
+            kept = json.load(f)
+        return kept["record"] if kept.get("key") == key else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def run_all(args, settings):
+    """Every (setting, method, seed) run; each finished run is kept in <out>/runs/ at once, so an invocation cut
+    short (a time limit) loses only the runs still going, and the next one trains only what is missing."""
+    jobs = [(s, m, seed) for s in settings for m in args.methods for seed in range(args.seed0, args.seed0 + args.seeds)]
+    results, t0, key = {}, time.time(), run_key(args)
+    for job in jobs:
+        rec = kept_run(args, key, job)
+        if rec is not None:
+            results[job] = rec
+    args.runs_kept = len(results)  # (recorded in study.json: the wall time is this invocation's)
+    if results:
+        print(f"{len(results)} of the {len(jobs)} runs kept from an earlier invocation ({args.out}/runs/)", flush=True)
+    todo = [job for job in jobs if job not in results]
+
+    def done(i, job, rec):  # the i-th run trained by this invocation
+        results[job] = rec
+        common.write_json(run_file(args, *job), {"key": key, "record": rec})
+        f, n = rec["final"], len(jobs) - len(todo) + i  # runs done, the kept ones included
+        eta = (time.time() - t0) / i * (len(todo) - i)
+        print(f"[{n}/{len(jobs)}] {job[0]} {job[1]} seed{job[2]}: minority acc {f['minority_acc']:.1f}%  "
               f"balanced {f['balanced_acc']:.1f}%  ({rec['wall_time_s']:.0f} s)  elapsed "
               f"{common.fmt_time(time.time() - t0)}  eta {common.fmt_time(eta)}", flush=True)
 
     if args.workers <= 1:
-        for i, key in enumerate(jobs, 1):
-            done(i, key, _job(args, *key))
-    else:
+        for i, job in enumerate(todo, 1):
+            done(i, job, _job(args, *job))
+    elif todo:
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=ctx) as ex:
-            futures = {ex.submit(_job, args, *key): key for key in jobs}
+            futures = {ex.submit(_job, args, *job): job for job in todo}
             for i, fut in enumerate(concurrent.futures.as_completed(futures), 1):
                 done(i, futures[fut], fut.result())
     return results
@@ -1053,7 +1102,10 @@ def summary_text(res):
          f"Generated by `studies/oversampling_vs_weights.py` from `study.json` (same folder); do not edit by hand. "
          f"Mode **{res['mode']}**, data **{res['dataset']}**, device **{res['device_name']}**, torch "
          f"{res['torch_version']}, git {str(res['git_commit'])[:10]}{' (dirty)' if res['git_dirty'] else ''}, "
-         f"{res['date']}, wall time {common.fmt_time(res['wall_time_s'])}.", "",
+         f"{res['date']}, wall time {common.fmt_time(res['wall_time_s'])}"
+         + (f" (the last invocation; {res['args']['runs_kept']} run{'s' if res['args']['runs_kept'] != 1 else ''} "
+            "kept from earlier ones)"
+            if res["args"].get("runs_kept") else "") + ".", "",
          f"Optimizer: SGD lr {a['lr']:g} (PCNSGD: {a['pcn_lr'] if a['pcn_lr'] is not None else a['lr']:g}), momentum "
          f"{a['momentum']:g}, weight decay {a['weight_decay']:g}, lr x{a['lr_drop']:g} from {a['lr_drop_at']:g} of the "
          f"steps; the same initial weights for every method of a seed; {a['seeds']} seeds per method. Accuracies: "
@@ -1278,6 +1330,11 @@ def main(argv=None):
     res = build_result(args, settings, results, t0)
     for p in write_outputs(res, args.out, plots=not args.no_plots):
         print(f"wrote {p}")
+    for job in results:  # study.json holds every run now: the kept single runs are not needed any more
+        if os.path.exists(run_file(args, *job)):
+            os.remove(run_file(args, *job))
+    if os.path.isdir(os.path.join(args.out, "runs")) and not os.listdir(os.path.join(args.out, "runs")):
+        os.rmdir(os.path.join(args.out, "runs"))
 
 
 if __name__ == "__main__":

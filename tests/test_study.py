@@ -150,6 +150,31 @@ TINY = ["--quick", "--settings", "binary", "lt10", "--dataset", "synthetic", "--
         "--probe-per-class", "3", "--device", "cpu"]
 
 
+def test_an_invocation_cut_short_keeps_its_finished_runs(tmp_path):
+    """Each finished run is kept at once; the same command again trains only the missing ones and gives the same
+    study.json; a run kept under other arguments is not reused."""
+    out = tmp_path / "study"
+    small = TINY[:TINY.index("--settings")] + ["--settings", "binary"] + TINY[TINY.index("--dataset"):]
+    small[small.index("--seeds") + 1] = "1"
+    first = run_script(STUDY, *small, "--methods", "erm", "--out", out, timeout=300)
+    assert "[1/1] binary erm seed0" in first.stdout and not (out / "runs").exists()  # done: study.json holds it
+    (out / "runs").mkdir()
+    erm = json.loads((out / "study.json").read_text())["settings"]["binary"]["runs"]["erm"][0]
+    # as if an invocation of erm + pcnsgd had been cut after erm: its record is there, pcnsgd's is not
+    key = S.run_key(S.parse_args(small + ["--methods", "erm", "pcnsgd", "--out", str(out)]))
+    (out / "runs" / "binary_erm_seed0.json").write_text(json.dumps({"key": key, "record": erm}))
+    again = run_script(STUDY, *small, "--methods", "erm", "pcnsgd", "--out", out, timeout=300)
+    assert "1 of the 2 runs kept from an earlier invocation" in again.stdout
+    assert "[2/2] binary pcnsgd seed0" in again.stdout and "binary erm seed0:" not in again.stdout
+    res = json.loads((out / "study.json").read_text())
+    assert res["settings"]["binary"]["runs"]["erm"][0] == erm and res["args"]["runs_kept"] == 1
+    assert "1 run kept from earlier ones" in (out / "SUMMARY.md").read_text()
+    (out / "runs").mkdir()  # kept under another learning rate: trained again
+    (out / "runs" / "binary_erm_seed0.json").write_text(json.dumps({"key": key, "record": erm}))
+    other = run_script(STUDY, *small, "--methods", "erm", "--lr", "0.05", "--out", out, timeout=300)
+    assert "kept from an earlier invocation" not in other.stdout and "[1/1] binary erm seed0" in other.stdout
+
+
 def test_quick_mode_end_to_end(tmp_path):
     out = tmp_path / "study"
     proc = run_script(STUDY, *TINY, "--out", out, timeout=300)
