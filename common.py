@@ -769,6 +769,19 @@ def fmt_time(seconds):
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def top_activities(events, steps, n=10):
+    """The n GPU activities (kernels, copies; grouped by name) with the most time per step: [{name, per_step (calls),
+    ms_per_step, share (of the GPU time)}], the longest first."""
+    by_name = {}
+    for e in events:
+        calls, us = by_name.get(e.name, (0, 0.0))
+        by_name[e.name] = calls + 1, us + e.time_range.elapsed_us()
+    total = sum(us for _, us in by_name.values()) or 1.0
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:n]
+    return [{"name": name[:120], "per_step": calls / steps, "ms_per_step": us / 1e3 / steps, "share": us / total}
+            for name, (calls, us) in top]
+
+
 class StepProfiler:
     """--profile-steps: torch.profiler over `steps` training steps, from the `start`-th call of tick() (one call
     after each step) on. The result says where a step's time goes: GPU activities (kernels, copies) per step, their
@@ -833,6 +846,7 @@ class StepProfiler:
             "gpu_ms_per_step": gpu_us / 1e3 / steps,
             "mean_gpu_activity_us": gpu_us / len(gpu) if gpu else None,
             "gpu_busy_fraction": gpu_us / 1e6 / wall if wall > 0 else None,
+            "top_gpu_kernels": top_activities(gpu, steps),  # where the GPU time goes: the next thing to remove
         }
 
     def _fail(self, e):

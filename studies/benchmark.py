@@ -338,7 +338,10 @@ def bound_lines(reports):
             for path, name in (("eager", "eager"), ("fast", "--fast")):
                 why = bound_by(row[path].get("profile"))
                 if why:
-                    lines.append(f"- `{row['row']}` {name} on {r['device_name']}: a step is bound by {why}.")
+                    top = row[path]["profile"].get("top_gpu_kernels") or []
+                    kernels = "; ".join(f"`{k['name'][:60]}` x{k['per_step']:.0f} {k['share']:.0%}" for k in top[:5])
+                    lines.append(f"- `{row['row']}` {name} on {r['device_name']}: a step is bound by {why}."
+                                 + (f" Most GPU time per step: {kernels}." if kernels else ""))
     return lines
 
 

@@ -209,6 +209,14 @@ def test_step_profiler_measures_its_window_and_never_raises(monkeypatch):
     assert r["steps"] == 2 and r["first_step"] == 4 and r["device"] == "cpu"
     assert r["wall_ms_per_step"] > 0 and r["cpu_ops_per_step"] >= 2
     assert r["gpu_activities_per_step"] == 0 and r["gpu_busy_fraction"] == 0 and r["mean_gpu_activity_us"] is None
+    assert r["top_gpu_kernels"] == []
+    # the GPU time by kernel name, per step, the longest first (here two steps of made-up kernels)
+    from types import SimpleNamespace
+    ev = lambda name, us: SimpleNamespace(name=name, time_range=SimpleNamespace(elapsed_us=lambda: us))  # noqa: E731
+    events = [ev("conv", 30.0), ev("bn", 5.0), ev("conv", 30.0), ev("bn", 5.0), ev("sgd", 30.0)]
+    assert common.top_activities(events, steps=2, n=2) == [
+        {"name": "conv", "per_step": 1.0, "ms_per_step": 0.03, "share": 0.6},
+        {"name": "sgd", "per_step": 0.5, "ms_per_step": 0.015, "share": 0.3}]
 
     prof = common.StepProfiler(start=3, steps=50, device="cpu")  # the run ends inside the window: close() ends it
     for _ in range(5):
