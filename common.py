@@ -1396,7 +1396,8 @@ def session_lines(results_dir):
             f"{fmt_time(wall)} of wall time in all; {'; '.join(kinds) or 'none'}), "
             f"{' to '.join(sorted({sessions[0]['date_utc'][:10], sessions[-1]['date_utc'][:10]}))} "
             "(run_all.jsonl in the results folder).", "",
-            "Reproduce: " + " or ".join(sorted({f"`{reproduce_command(s)}`" for s in trained})) + " with the JPEG CIFAR-10 in data/cifar10-jpeg (DATA_DIR=...; DEADLINE=<seconds> splits it over "
+            "Reproduce: " + " or ".join(sorted({f"`{reproduce_command(s)}`" for s in trained}))
+            + " with the JPEG CIFAR-10 in data/cifar10-jpeg (DATA_DIR=...; DEADLINE=<seconds> splits it over "
             "several sessions: a run whose JSON exists is skipped, a run cut short goes on from its checkpoint).", ""]
 
 
