@@ -256,6 +256,9 @@ GPU_ROWS = [
     ("pcn_sgd.py", ["--variant", "pcnsgd_o"]),             # C backward passes per step in one graph
     ("pcn_sgd.py", ["--variant", "pcnsgd_o", "--class-grads", "batched"]),  # one batched backward (vmap) captured
     ("sam.py", ["--base", "ldam_drw", "--drw-epoch", "2"]),  # two forward/backward passes in one graph
+    ("logit_adjust.py", []),                               # log-prior offsets, a buffer of the step
+    ("cdt.py", []),                                        # per-class temperatures
+    ("vs_loss.py", []),                                    # multiplicative and additive logit adjustment
 ]
 
 
