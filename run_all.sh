@@ -21,7 +21,8 @@
 # of a window and a run longer than the whole window ends over several invocations; 0: off),
 # OUT (results), PYTHON, EXTRA (flags added to every run), ONLY (run only the rows whose script or flags match
 # this grep pattern).
-# Order: setting by setting, seed 0 of every row first, so that a stopped run leaves a whole one-seed table.
+# Order: the runs a checkpoint holds part of first, then setting by setting, seed 0 of every row first, so that a
+# stopped run leaves a whole one-seed table.
 # A run whose JSON already exists is skipped, so a killed or DEADLINE-stopped table run resumes where it stopped;
 # delete a JSON to run it again. Logs are appended to, so a resumed run keeps its
 # history. Each invocation appends a line to $OUT/run_all.jsonl (wall time, runs, JOBS/FAST/MPS), which the
@@ -104,14 +105,16 @@ mapfile -t plan < <(printf '%s\n' "${jobs_list[@]}" | "$PYTHON" common.py plan -
 
 logname() { echo "$OUT/logs/$(tr -c 'A-Za-z0-9_.\n-' '_' <<<"${1}_${2}${3}_seed${4}" | sed 's/_\+/_/g').log"; }
 total=${#jobs_list[@]}
-todo=() done_before=0
+todo=() partial=() done_before=0
 declare -A est  # row|setting -> expected seconds of one run (from earlier runs, then from this invocation's)
 declare -A left epochs_of  # job -> per mille of its epochs still to train (a checkpoint holds the rest); epochs
 for i in "${!jobs_list[@]}"; do
   read -r done seconds epochs_done epochs _ <<<"${plan[$i]}"
   left[$i]=$(( 1000 * (epochs - epochs_done) / epochs )) epochs_of[$i]=$epochs
   IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
-  if [ "$done" = 1 ]; then done_before=$((done_before + 1)); else todo+=("$i"); fi
+  if [ "$done" = 1 ]; then done_before=$((done_before + 1))
+  elif [ "$epochs_done" -gt 0 ]; then partial+=("$i")
+  else todo+=("$i"); fi
   if [ "$seconds" -lt 0 ] && [ -f "$(logname "$row" "$itype" "$ratio" "$seed")" ]; then
     # a run stopped before its JSON (DEADLINE/timeout kill): its last "elapsed H:MM:SS  eta H:MM:SS" line
     seconds=$(grep -o 'elapsed [0-9:]*  eta [0-9:]*' "$(logname "$row" "$itype" "$ratio" "$seed")" | tail -1 |
@@ -120,6 +123,8 @@ for i in "${!jobs_list[@]}"; do
   fi
   [ "$seconds" -ge 0 ] && { [ "${est["$row|$itype$ratio"]:--1}" -ge "$seconds" ] || est["$row|$itype$ratio"]=$seconds; }
 done
+# the runs a checkpoint holds part of go first: they end soonest, and their checkpoints (3.5 MB each) do not pile up
+todo=(${partial[@]+"${partial[@]}"} ${todo[@]+"${todo[@]}"})
 
 started=0 finished=0 failed=0 deferred=0 cut=0
 t0=$(date +%s)

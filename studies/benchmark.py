@@ -231,6 +231,10 @@ def accuracy_check(row, data_flags, n, epochs, eval_every, out, log_dir, table_d
             common.check(r["status"] == "completed" and r["args"]["epochs"] == epochs,
                          f"--accuracy: the kept run of `{cmd}` is {r['status']} after {r['epochs_completed']} of "
                          f"{r['args']['epochs']} epochs, not a completed {epochs}-epoch run: delete it from {out}")
+            # ... and of this path (a table trained with FAST=0 holds eager runs where the --fast seeds are read)
+            common.check(bool(r["args"].get("fast")) == (path == "fast"),
+                         f"--accuracy: the kept run of `{cmd}` was trained {'eager' if path == 'fast' else 'with --fast'}"
+                         f", not as its {path} seed: pass --table-dir '' to train the --fast seeds apart")
         top1 = [r["final"]["top1"] for r, _ in done]
         entry[path] = {"top1": top1, "mean": statistics.mean(top1), "std": statistics.stdev(top1),
                        "wall_s": [r["wall_time_s"] for r, _ in done], "fast_path": [r.get("fast_path") for r, _ in done],
@@ -386,12 +390,15 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
     return body
 
 
-def newest_bench(results_dir=os.path.join(ROOT, "results"), device_name=None):
-    """The benchmark JSON of this GPU (results/bench-<device_name>.json), else the newest bench-*.json; None."""
+def newest_bench(results_dir=os.path.join(ROOT, "results"), device_name=None, own_only=False):
+    """The benchmark JSON of this GPU (results/bench-<device_name>.json), else (not own_only) the newest
+    bench-*.json; None."""
     files = sorted(glob.glob(os.path.join(results_dir, "bench-*.json")), key=os.path.getmtime)
     own = os.path.join(results_dir, f"bench-{slug(device_name, '-').lower()}.json") if device_name else None
     if own in files:
         files.append(own)
+    elif own_only and device_name:
+        return None
     if not files:
         return None
     with open(files[-1]) as f:
@@ -425,11 +432,12 @@ def training_code(root=ROOT):
 
 
 def checked_this_code(results_dir=os.path.join(ROOT, "results"), device_name=None, root=ROOT):
-    """Did newest_bench() check the code there is now? (False without one, or where it does not say: older JSON.)
-    .ci/gpu-session repeats the GPU tests and the fp32 check where not: a change to the fast path or a method's
-    step would otherwise train the whole table on a path nobody checked."""
-    bench = newest_bench(results_dir, device_name)
-    return bool(bench) and bench.get("code_sha256") == training_code(root)
+    """Did a whole benchmark of this GPU (its own JSON, complete: not cut short by a time limit) check the code
+    there is now? False without one, or where it does not say (an older JSON). .ci/gpu-session repeats the GPU
+    tests and the fp32 check where not: a change to the fast path or a method's step would otherwise train the
+    whole table on a path nobody checked, and another GPU model is checked (and timed) on its own."""
+    bench = newest_bench(results_dir, device_name, own_only=True)
+    return bool(bench) and bool(bench.get("complete")) and bench.get("code_sha256") == training_code(root)
 
 
 def earlier_benchmark(path):
@@ -451,7 +459,7 @@ def main(argv=None):
         cuda = common.torch.cuda.is_available()
         name = common.torch.cuda.get_device_name() if cuda else None
         fast, use_mps = choose(device_name=name)
-        bench = newest_bench(device_name=name) or {}
+        bench = newest_bench(device_name=name, own_only=True) or {}  # this GPU's own 4-at-once timing
         print(f"FAST={int(fast)} MPS={int(use_mps)} RUN_S={round(projected_run_s(fast, device_name=name))} "
               f"CHECKED={int(checked_this_code(device_name=name))} "
               f"PARALLEL_KNOWN={int(any(r.get('parallel') for r in bench.get('rows', [])))}")

@@ -193,8 +193,11 @@ def test_accuracy_fast_seeds_are_the_tables_runs(tmp_path, monkeypatch):
 
     def fake_run_methods(jobs, out, log_dir, reuse=False, mps_on=False):
         calls.append((jobs, out, reuse, mps_on))
-        return [({"status": "completed", "epochs_completed": 1, "args": {"epochs": int(j[1][j[1].index("--epochs") + 1])},
+        return [({"status": "completed", "epochs_completed": 1,
+                  "args": {"epochs": int(j[1][j[1].index("--epochs") + 1]), "fast": "--fast" in j[1] and not eager_table},
                   "final": {"top1": 70.0 + k}, "wall_time_s": 1.0}, "cmd") for k, j in enumerate(jobs)]
+
+    eager_table = False
 
     monkeypatch.setattr(b, "run_methods", fake_run_methods)
     flags = ["--dataset", "synthetic", "--device", "cpu"]
@@ -208,6 +211,9 @@ def test_accuracy_fast_seeds_are_the_tables_runs(tmp_path, monkeypatch):
     assert all(f in j[1] for j in fast for f in ("--checkpoint-every", "--resume"))  # as run_all.sh trains them
     entry = b.accuracy_check("erm.py", flags, 2, 3, 3, str(tmp_path / "acc"), str(tmp_path), str(tmp_path / "table"))
     assert not entry["fast_runs_in_table"] and all(len(j) == 3 for j in calls[-1][0])  # 3 epochs: not the table's
+    eager_table = True  # the table's runs of those seeds were trained eager (FAST=0): not taken as --fast seeds
+    with pytest.raises(common.UserError, match="trained eager, not as its fast seed"):
+        b.accuracy_check("erm.py", flags, 2, 200, 5, str(tmp_path / "acc"), str(tmp_path), str(tmp_path / "table"))
 
 
 def test_gpu_checks_repeat_when_the_training_code_changes(tmp_path):
@@ -223,8 +229,13 @@ def test_gpu_checks_repeat_when_the_training_code_changes(tmp_path):
     assert not b.checked_this_code(str(results), root=str(root))  # no benchmark at all
     (results / "bench-gpu.json").write_text(json.dumps({"rows": []}))
     assert not b.checked_this_code(str(results), root=str(root))  # a JSON from before code_sha256 was recorded
-    (results / "bench-gpu.json").write_text(json.dumps({"rows": [], "code_sha256": b.training_code(str(root))}))
+    code = b.training_code(str(root))
+    (results / "bench-gpu.json").write_text(json.dumps({"rows": [], "code_sha256": code, "complete": False}))
+    assert not b.checked_this_code(str(results), root=str(root))  # cut short by a time limit: not checked
+    (results / "bench-gpu.json").write_text(json.dumps({"rows": [], "code_sha256": code, "complete": True}))
     assert b.checked_this_code(str(results), root=str(root))
+    assert b.checked_this_code(str(results), device_name="GPU", root=str(root))  # its own JSON: bench-gpu.json
+    assert not b.checked_this_code(str(results), device_name="NVIDIA H100", root=str(root))  # another GPU model
     (root / "methods" / "erm.py").write_text('"""Result: 66.37 (1)"""\nLR = 0.1  # a comment\n')
     assert b.checked_this_code(str(results), root=str(root))  # the report's Result line is not code
     (root / "common.py").write_text('"""doc"""\nSTEP = 2\n')
