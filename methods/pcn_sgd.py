@@ -197,17 +197,22 @@ def per_class_grads_split(model, x, labels, num_classes, loss_fn=per_sample_ce):
 
 def pcn_direction(class_grads, eps=1e-6):
     """sum_l g_l / (||g_l|| + eps), per parameter; ||.|| over all parameters jointly. A class absent from the batch
-    (an all-zero gradient, or None) and a None parameter gradient contribute nothing."""
+    (an all-zero gradient, or None) and a None parameter gradient contribute nothing. Each g_l is laid out as one
+    flat vector of all its parameters: a few kernels per class on a GPU instead of a few per parameter."""
     present = [g for g in class_grads if g is not None]
     if not present:
         raise ValueError("pcn_direction: no class has a gradient")
-    out = [None] * len(present[0])
+    used = [i for i, t in enumerate(present[0]) if t is not None]  # the same for every class (one graph)
+    direction = None
     for g in present:
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in g if t is not None]))
-        scale = 1.0 / (norm + eps)
-        for i, t in enumerate(g):
-            if t is not None:
-                out[i] = t * scale if out[i] is None else out[i] + t * scale
+        if [i for i, t in enumerate(g) if t is not None] != used:
+            raise ValueError("pcn_direction: the classes' gradients cover different parameters")
+        flat = torch.cat([g[i].reshape(-1) for i in used]).float()
+        unit = flat / (torch.linalg.vector_norm(flat) + eps)
+        direction = unit if direction is None else direction + unit
+    out = [None] * len(present[0])
+    for i, piece in zip(used, direction.split([present[0][i].numel() for i in used])):
+        out[i] = piece.view(present[0][i].shape)
     return out
 
 
