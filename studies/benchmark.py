@@ -21,8 +21,9 @@ Those runs are kept and reused, so a check cut short resumes: the eager ones und
 ones as the table's runs of the row (results/<setting>/<method>/, run_all.sh's flags), which they are.
 
 Writes results/bench-<gpu>.json (device name, torch version, git commit, every measured number, the commands),
-prints a table, and regenerates results/SPEED.md and README's speed table from every results/bench-*.json
-(`--report` does only that). Not a timed test; run it on the GPU:
+prints a table, and regenerates results/SPEED.md and README's speed table from every results/bench-*.json, with
+every method's step against ERM's from the table's own --fast runs in results/ (step_cost_lines; `--report` does
+only that). Not a timed test; run it on the GPU:
     python studies/benchmark.py --check                        # ERM on data/cifar10-jpeg, eager vs --fast
     python studies/benchmark.py --check --rows all --full      # every row of run_all.sh, plus 200-epoch fast runs
 On CPU, --fast changes nothing, so there the script only checks its own plumbing (tests/test_fast_path.py):
@@ -349,6 +350,68 @@ def bound_lines(reports):
     return lines
 
 
+def inherent_multiple(result):
+    """(multiple, why): what a run's training step costs against ERM's by the passes its math needs, in ERM steps
+    (a backward pass counted as two forwards): SAM 2 (two forward-backward passes); PCNSGD and PCNSGD+O one forward
+    and C backward passes, (1 + 2C) / 3; with --norm group C forward-backward passes on the class subsets, C (small
+    kernels: a step is bound by their number, not by their work); every other row 1 (its loss or sampler adds no
+    pass)."""
+    script = os.path.basename(shlex.split(result["command"])[0])
+    a, c = result["args"], len(result["train_class_counts"])
+    if script == "sam.py":
+        return 2.0, "two forward-backward passes"
+    if script == "pcn_sgd.py" and a.get("variant") != "sgd_o":
+        if a.get("norm") == "group":
+            return float(c), f"C = {c} forward-backward passes, one per class"
+        return (1 + 2 * c) / 3, f"one forward and C = {c} backward passes"
+    return 1.0, "one forward-backward pass"
+
+
+def step_ms(result):
+    """A --fast run's steady training time per step (ms): its steady epoch (timings(): the median after the lr
+    warm-up, evaluations taken out) over its steps per epoch (the graph's eager steps and replays over its epochs);
+    None for an eager run (its JSON does not count its steps) or one without finished epochs."""
+    fp, epochs = result.get("fast_path") or {}, result.get("epochs_completed") or 0
+    steps = fp.get("eager_steps", 0) + fp.get("graph_replays", 0)
+    if not steps or not epochs or not result.get("history"):
+        return None
+    return 1000 * timings(result, result["args"]["warmup_epochs"])["steady_epoch_s"] / (steps / epochs)
+
+
+def step_cost_lines(runs, tolerance=1.25):
+    """The table's --fast runs (load_results of a results folder) measured against ERM: per setting, GPU and number
+    of runs at once, each method's median step time over its seeds, its multiple of ERM's under the same conditions,
+    and whether that stays within the method's inherent multiple (x tolerance: runs that share the GPU slow each
+    other by what runs beside them). Markdown lines; [] without --fast GPU runs of ERM and another method."""
+    groups = {}
+    for r in runs:
+        ms = step_ms(r) if r["status"] == "completed" and r.get("device_name", "cpu") != "cpu" else None
+        if ms is not None:
+            key = (r["setting"], r["device_name"], r["torch_version"], r.get("runs_at_once") or 1, bool(r.get("mps")))
+            groups.setdefault(key, {}).setdefault(r["method"], []).append((ms, r))
+    lines = []
+    for (setting, device, torch_version, at_once, on_mps), methods in sorted(groups.items()):
+        if "erm" not in methods or len(methods) < 2:
+            continue
+        erm = statistics.median(ms for ms, _ in methods["erm"])
+        shared = f"{at_once} runs at once{' under MPS' if on_mps else ''}" if at_once > 1 or on_mps else "one run alone"
+        lines += ["", f"{setting} on {device} (torch {torch_version}), {shared}:", "",
+                  "| method | ms per step (seeds) | x ERM | inherent multiple | within it? |", "|---|---|---|---|---|"]
+        for method in sorted(methods, key=lambda m: (m != "erm", m)):
+            ms = statistics.median(m for m, _ in methods[method])
+            inherent, why = inherent_multiple(methods[method][0][1])
+            x = ms / erm
+            verdict = "—" if method == "erm" else "yes" if x <= inherent * tolerance else f"**no** ({x / inherent:.1f}x it)"
+            lines.append(f"| {method} | {ms:.2f} ({len(methods[method])}) | {x:.2f}x | {inherent:.1f}x ({why}) | {verdict} |")
+    if not lines:
+        return []
+    return ["Every method's training step against ERM's, measured in the table's own `--fast` runs (the median over "
+            "seeds of a run's steady epoch over its steps per epoch; runs that shared the GPU are compared with ERM "
+            "runs that shared it the same way, so their multiples are rough: each run was slowed by whatever ran "
+            f"beside it). Within its inherent multiple: at most {tolerance:g} x the passes its math needs (a backward "
+            "pass counted as two forwards)."] + lines
+
+
 def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.join(ROOT, "README.md")):
     """results/SPEED.md and README's block between the speed markers, from every results/bench-*.json."""
     files = sorted(f for f in os.listdir(results_dir) if f.startswith("bench-") and f.endswith(".json")) \
@@ -383,6 +446,12 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
     else:
         body = ["Not measured yet: no `results/bench-*.json` is committed. `python studies/benchmark.py --check` on "
                 "a GPU writes one and regenerates this table."]
+    try:
+        costs = step_cost_lines(common.load_results(results_dir))
+    except common.UserError as e:  # a misplaced results JSON: the results report says so too
+        costs = [f"The table's runs could not be read for the cost per step: {e}"]
+    if costs:
+        body += [""] + costs
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, "SPEED.md"), "w") as f:
         f.write("\n".join(["# Speed: --fast (one CUDA graph per step) vs eager", ""] + body) + "\n")

@@ -151,6 +151,44 @@ def test_bound_by_reads_the_profile():
     assert bound_by(None) is None and bound_by({"error": "RuntimeError: x"}) is None
 
 
+def test_step_cost_against_erm_from_the_table_runs():
+    """SPEED.md's cost per step of every method, from the table's --fast runs: a steady epoch over the steps per
+    epoch, against ERM runs that shared the GPU the same way, checked against the passes the method needs."""
+    bench = load_benchmark()
+
+    def run(row, method, epoch_s, seed=0, at_once=4, steps_per_epoch=10, device="NVIDIA H200", fast=True):
+        args = vars(common.row_args(row, ["--dataset", "synthetic", "--device", "cpu", "--seed", str(seed)]))
+        elapsed = [1.0 + epoch_s * (e + 1) for e in range(8)]  # setup 1 s, then 8 epochs of epoch_s each
+        return {"method": method, "setting": "cifar10-exp-r100", "status": "completed", "command": f"methods/{row}",
+                "args": args, "train_class_counts": [100] * 10, "device_name": device, "torch_version": "2.11",
+                "runs_at_once": at_once, "mps": True, "setup_time_s": 1.0, "epochs_completed": 8,
+                "wall_time_s": elapsed[-1],
+                "history": [{"epoch": e, "test_top1": None, "elapsed_s": t} for e, t in enumerate(elapsed)],
+                "fast_path": {"eager_steps": 2, "graph_replays": 8 * steps_per_epoch - 2} if fast else None}
+
+    runs = [run("erm.py", "erm", 0.5), run("erm.py", "erm", 0.7, seed=1),
+            run("sam.py --base ce_drw", "sam_ce_drw", 1.2), run("pcn_sgd.py", "pcnsgd", 3.9),
+            run("undersampling.py", "undersampling", 0.06, steps_per_epoch=1),
+            run("focal.py", "focal", 1.0),
+            run("focal.py", "focal", 0.1, at_once=1),  # no ERM run alone to compare with: left out
+            run("class_weights.py", "class_weights", 0.6, fast=False),  # eager: its steps are not counted
+            run("class_balanced.py", "cb_softmax", 0.6, device="cpu")]
+    assert bench.step_ms(runs[0]) == pytest.approx(50.0)  # 0.5 s per epoch of 10 steps
+    assert bench.inherent_multiple(runs[3]) == (7.0, "one forward and C = 10 backward passes")
+    assert bench.inherent_multiple(runs[2])[0] == 2.0 and bench.inherent_multiple(runs[5])[0] == 1.0
+    lines = bench.step_cost_lines(runs)
+    assert [l for l in lines if l.endswith(":")] == ["cifar10-exp-r100 on NVIDIA H200 (torch 2.11), 4 runs at once "
+                                                     "under MPS:"]  # one group: the others lack ERM or a GPU
+    table = {l.split(" | ")[0][2:]: l for l in lines if l.startswith("| ") and not l.startswith("| method")}
+    assert list(table) == ["erm", "focal", "pcnsgd", "sam_ce_drw", "undersampling"]  # ERM first
+    assert table["erm"].startswith("| erm | 60.00 (2) | 1.00x |")  # the median of 50 and 70 ms
+    assert table["sam_ce_drw"].endswith("| 2.00x | 2.0x (two forward-backward passes) | yes |")
+    assert table["pcnsgd"].endswith("| 6.50x | 7.0x (one forward and C = 10 backward passes) | yes |")
+    assert table["focal"].endswith("| 1.67x | 1.0x (one forward-backward pass) | **no** (1.7x it) |")
+    assert "| 1.00x |" in table["undersampling"]  # 1 step per epoch: the same time per step
+    assert bench.step_cost_lines(runs[2:]) == []  # nothing to compare without ERM
+
+
 def test_benchmark_choose_reads_the_newest_json(tmp_path):
     """.ci/gpu-session trains the table with --fast only where the newest benchmark's fp32 checks passed, and under
     MPS only where 4 graphed runs under MPS beat one run by > 1.2x."""
