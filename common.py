@@ -1113,27 +1113,30 @@ def table_methods(path=RUN_ALL):
             if os.path.isfile(os.path.join(ROOT, "methods", row.split()[0]))}
 
 
-def _completed_walls(out):
-    """{(setting, method): [wall_time_s of each completed run]} of the results JSON under `out` (others ignored)."""
+def _completed_walls(out, at_once=1):
+    """{(setting, method): [wall_time_s of each completed run]} of the results JSON under `out` (others ignored), each
+    as if `at_once` runs shared the device: a run made beside fewer others counts at_once / its runs_at_once times
+    longer (never shorter: a run beside fewer others than it had would not end sooner than it did)."""
     walls = {}
     for path in glob.glob(os.path.join(out, "*", "*", "seed*.json")):
         try:
             with open(path) as f:
                 r = json.load(f)
             if r["status"] == "completed":
-                walls.setdefault((r["setting"], r["method"]), []).append(float(r["wall_time_s"]))
+                scale = max(1.0, at_once / (r.get("runs_at_once") or 1))
+                walls.setdefault((r["setting"], r["method"]), []).append(float(r["wall_time_s"]) * scale)
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return walls
 
 
-def plan(jobs, flags, out):
+def plan(jobs, flags, out, at_once=1):
     """For run_all.sh: for each job "row|imbalance type|ratio|seed", the line
     "<done> <seconds> <epochs done> <epochs> <results JSON>": done is 1 when the JSON exists (the run is skipped),
     seconds the longest wall time of the same method's completed runs in the same setting (else in any setting;
-    -1: never run), epochs done those its checkpoint holds (0 without --resume or a checkpoint it can use).
-    Checks every job's flags first."""
-    walls = _completed_walls(out)
+    -1: never run) with `at_once` runs sharing the device (_completed_walls), epochs done those its checkpoint holds
+    (0 without --resume or a checkpoint it can use). Checks every job's flags first."""
+    walls = _completed_walls(out, at_once)
     lines = []
     for job in jobs:
         row, itype, ratio, seed = job.split("|")
@@ -1607,11 +1610,12 @@ if __name__ == "__main__":
     pl = sub.add_parser("plan", help="for run_all.sh: read jobs 'row|type|ratio|seed' from stdin, print for each "
                                      "'<done 0|1> <estimated seconds or -1> <results JSON>'")
     pl.add_argument("--out", required=True, help="the results root of the runs")
+    pl.add_argument("--jobs", type=int, default=1, help="how many runs will share the device (run_all.sh's JOBS)")
     pl.add_argument("flags", nargs=argparse.REMAINDER, help="flags added to every run (after --)")
     cli = p.parse_args()
     if cli.command == "plan":
         flags = cli.flags[1:] if cli.flags[:1] == ["--"] else cli.flags
-        print("\n".join(plan([l for l in sys.stdin.read().splitlines() if l.strip()], flags, cli.out)))
+        print("\n".join(plan([l for l in sys.stdin.read().splitlines() if l.strip()], flags, cli.out, cli.jobs)))
     if cli.command == "report":
         report(cli.results_dir)
         if os.path.abspath(cli.results_dir) == os.path.join(ROOT, "results"):

@@ -98,9 +98,10 @@ done
 [ -n "$DEADLINE" ] && ! [[ "$DEADLINE" =~ ^[0-9]+$ ]] && { echo "run_all.sh: DEADLINE must be whole seconds" >&2; exit 1; }
 
 # One line per job: "<done 0|1> <seconds the method's finished runs took, -1: unknown> <epochs its checkpoint holds>
-# <epochs> <results JSON>". This also checks every job's flags before anything trains.
+# <epochs> <results JSON>"; a run made with fewer than JOBS at once counts JOBS / its number times longer. This also
+# checks every job's flags before anything trains.
 # shellcheck disable=SC2086  # flags are meant to split into words
-mapfile -t plan < <(printf '%s\n' "${jobs_list[@]}" | "$PYTHON" common.py plan --out "$OUT" -- $DATA_FLAGS $EXTRA)
+mapfile -t plan < <(printf '%s\n' "${jobs_list[@]}" | "$PYTHON" common.py plan --out "$OUT" --jobs "$JOBS" -- $DATA_FLAGS $EXTRA)
 [ "${#plan[@]}" -eq "${#jobs_list[@]}" ] || { echo "run_all.sh: could not plan the runs (see above)" >&2; exit 1; }
 
 logname() { echo "$OUT/logs/$(tr -c 'A-Za-z0-9_.\n-' '_' <<<"${1}_${2}${3}_seed${4}" | sed 's/_\+/_/g').log"; }

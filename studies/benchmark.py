@@ -12,7 +12,9 @@ the first evaluation's extra + the final evaluation; the ratio eager / fast is t
 labelled as such; --full also trains each row's fast path for the whole protocol (200 epochs) end to end and
 records its measured wall time and final accuracy. --parallel N runs N copies of each path at once (seeds
 0..N-1) and reports their aggregate throughput against one run; --mps does that under a CUDA MPS daemon
-(several graphed processes gain nothing without it, performance.md Sec. 6).
+(several graphed processes gain nothing without it, performance.md Sec. 6). A row keeps the earlier benchmark's
+timings of other numbers at once (dated), so two sessions measure 4 and 8 at once, and run_all.sh's JOBS is the
+one with the most throughput (choose_jobs).
 --check first compares the two paths in fp32 with deterministic kernels (--fp32 --deterministic) on a short
 schedule that crosses an lr change and the DRW switch: every epoch's mean training loss and the final accuracy
 must be equal bit for bit. --accuracy N trains N seeds of each path for the whole protocol, as the table is
@@ -311,9 +313,8 @@ def speed_lines(reports):
             full = row.get("full_fast")
             measured = f"{full['wall_s']:.0f} s ({full['top1']:.2f}%)" if full else "—"
             same = {True: "yes, bit for bit", False: "**no**"}.get(checks.get(row["row"]), "not checked")
-            par = row.get("parallel")
-            par = (f"{par['n']}{' (MPS)' if par['mps'] is True else ''}: {_x(par['eager'])} / {_x(par['fast'])}"
-                   if par else "—")
+            par = "; ".join(f"{p['n']}{' (MPS)' if p['mps'] is True else ''}: {_x(p['eager'])} / {_x(p['fast'])}"
+                            for p in parallel_runs(row)) or "—"
             lines.append(f"| {r['device_name']} ({r['torch_version']}) | `{row['row']}` | {e['steady_epoch_s']:.2f} s / "
                          f"{f['steady_epoch_s']:.2f} s | {row['speedup_steady_epoch']:.1f}x | "
                          f"{e['projected_run_s']:.0f} s / {f['projected_run_s']:.0f} s{old_projection(f)} | {measured} | {par} | "
@@ -476,15 +477,59 @@ def newest_bench(results_dir=os.path.join(ROOT, "results"), device_name=None, ow
 
 def choose(results_dir=os.path.join(ROOT, "results"), device_name=None, mps_gain=1.2):
     """(fast, mps) for run_all.sh from newest_bench(): --fast only where its fp32 checks found --fast and eager
-    identical; MPS only where 4 graphed runs under MPS had more than `mps_gain` times one run's throughput."""
+    identical; MPS only where graphed runs at once under MPS (the best of the numbers timed) had more than
+    `mps_gain` times one run's throughput."""
     bench = newest_bench(results_dir, device_name)
     if bench is None:
         return False, False
     checks = bench.get("checks") or []
     fast = bool(checks) and all(c["identical"] for c in checks) and bench.get("gpu_tests") != "failed"
-    par = [row["parallel"] for row in bench.get("rows", []) if row.get("parallel")]
-    gains = [(p.get("fast") or {}).get("throughput_vs_one_run") for p in par if p.get("mps") is True]
+    gains = []  # per row timed under MPS: its best number at once
+    for row in bench.get("rows", []):
+        timed = [_gain(p) for p in parallel_runs(row) if p.get("mps") is True]
+        if timed:
+            gains.append(max((g for g in timed if g is not None), default=None))
     return fast, fast and bool(gains) and all(g is not None and g > mps_gain for g in gains)
+
+
+def parallel_runs(row):
+    """A benchmark row's timings of several runs at once: a list of {"n", "mps", "eager", "fast"} (an older JSON
+    holds one as a dict), the fewest runs at once first."""
+    par = row.get("parallel") or []
+    return sorted([par] if isinstance(par, dict) else par, key=lambda p: p["n"])
+
+
+def _gain(p):
+    return (p.get("fast") or {}).get("throughput_vs_one_run")
+
+
+WIDTHS = (4, 8)  # the numbers of --fast runs at once under MPS that .ci/gpu-session times, one per session
+MORE_AT_ONCE = 1.1  # more runs at once (each slower, so fewer end before a deadline) only for 10% more throughput
+
+
+def choose_jobs(results_dir=os.path.join(ROOT, "results"), device_name=None):
+    """run_all.sh's JOBS under MPS from newest_bench(): of the numbers of --fast runs at once timed under MPS, the
+    one with the most throughput, a larger number only where it beats the smaller by MORE_AT_ONCE; 0: none timed."""
+    best, best_gain = 0, 0.0
+    for row in (newest_bench(results_dir, device_name) or {}).get("rows", []):
+        for p in parallel_runs(row):
+            gain = _gain(p)
+            if p.get("mps") is True and gain is not None and (not best or gain > best_gain * MORE_AT_ONCE):
+                best, best_gain = p["n"], gain
+    return best
+
+
+def next_width(results_dir=os.path.join(ROOT, "results"), device_name=None):
+    """The number of runs at once under MPS that this GPU's own benchmark JSON has not timed yet (WIDTHS in
+    order; 8 only where 4 runs at once paid at all); 0: nothing left to time."""
+    rows = (newest_bench(results_dir, device_name, own_only=True) or {}).get("rows", [])
+    timed = {p["n"]: _gain(p) for row in rows for p in parallel_runs(row) if p.get("mps") is True}
+    for n in WIDTHS:
+        if n not in timed:
+            return n
+        if timed[n] is None or timed[n] <= 1.2:  # (choose's MPS threshold) more at once would not pay either
+            return 0
+    return 0
 
 
 def projected_run_s(fast, results_dir=os.path.join(ROOT, "results"), device_name=None):
@@ -511,13 +556,13 @@ def checked_this_code(results_dir=os.path.join(ROOT, "results"), device_name=Non
 
 def earlier_benchmark(path):
     """From the benchmark JSON at `path` (the one a new benchmark replaces), what a benchmark that does not measure
-    it again keeps (e.g. an --accuracy session): ({row: its "parallel" measurement, dated as "measured"}, the
+    it again keeps (e.g. an --accuracy session): ({row: its "parallel" measurements, each dated as "measured"}, the
     "gpu_tests" outcome); ({}, None) where there is none."""
     try:
         with open(path) as f:
             old = json.load(f)
-        return ({r["row"]: {**r["parallel"], "measured": old.get("date_utc")} for r in old.get("rows", [])
-                 if r.get("parallel")}, old.get("gpu_tests"))
+        return ({r["row"]: [{"measured": old.get("date_utc"), **p} for p in parallel_runs(r)]  # (an older date kept)
+                 for r in old.get("rows", []) if r.get("parallel")}, old.get("gpu_tests"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}, None
 
@@ -531,7 +576,7 @@ def main(argv=None):
         bench = newest_bench(device_name=name, own_only=True) or {}  # this GPU's own 4-at-once timing
         print(f"FAST={int(fast)} MPS={int(use_mps)} RUN_S={round(projected_run_s(fast, device_name=name))} "
               f"CHECKED={int(checked_this_code(device_name=name))} "
-              f"PARALLEL_KNOWN={int(any(r.get('parallel') for r in bench.get('rows', [])))}")
+              f"JOBS={choose_jobs(device_name=name) if use_mps else 0} PARALLEL_NEXT={next_width(device_name=name)}")
         return
     if args.report:
         write_speed_pages()
@@ -555,7 +600,6 @@ def main(argv=None):
     report["device_name"] = common.torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     out_path = args.out or os.path.join(ROOT, "results", f"bench-{slug(report['device_name'], '-').lower()}.json")
     earlier, earlier_tests = earlier_benchmark(out_path)
-    earlier = earlier if args.parallel <= 1 else {}
     if report["gpu_tests"] == "skipped":  # not run this time: what the JSON this one replaces says
         report["gpu_tests"] = earlier_tests or "skipped"
 
@@ -594,31 +638,32 @@ def main(argv=None):
                 print(f"[bench] {row} {path}: a step is bound by {bound_by(t['profile']) or t['profile']}", flush=True)
         entry["speedup_steady_epoch"] = entry["eager"]["steady_epoch_s"] / entry["fast"]["steady_epoch_s"]
         entry["speedup_projected_run"] = entry["eager"]["projected_run_s"] / entry["fast"]["projected_run_s"]
-        if args.parallel <= 1 and row in earlier:
-            entry["parallel"] = earlier[row]  # from the earlier benchmark (its date in "measured")
+        if row in earlier:  # the earlier benchmark's timings (dated in "measured"), but for the number timed now
+            entry["parallel"] = [p for p in earlier[row] if args.parallel <= 1 or p["n"] != args.parallel]
         report["rows"].append(entry)  # saved now and again after each part below: a time limit keeps the timings
         save(complete=False)
         if args.parallel > 1:
-            entry["parallel"] = {"n": args.parallel, "mps": None}
+            par = {"n": args.parallel, "mps": None}
+            entry["parallel"] = sorted(entry.get("parallel", []) + [par], key=lambda p: p["n"])
             if args.mps:
                 why = mps("start")
-                entry["parallel"]["mps"] = True if why is None else f"not started: {why}"
+                par["mps"] = True if why is None else f"not started: {why}"
             try:
                 for path, extra in (("eager", []), ("fast", ["--fast"])):
                     jobs = [(row, data_flags + timed[:-1] + [str(k)] + extra, f"par_{name}_{path}_{k}")
                             for k in range(args.parallel)]
                     try:  # a failure here (e.g. no MPS server) is recorded, the rest of the benchmark goes on
                         steady = [timings(r, r["args"]["warmup_epochs"])["steady_epoch_s"]
-                                  for r, _ in run_methods(jobs, work, log_dir, mps_on=entry["parallel"]["mps"] is True)]
+                                  for r, _ in run_methods(jobs, work, log_dir, mps_on=par["mps"] is True)]
                     except SystemExit as e:
                         print(f"[bench] {args.parallel} {path} runs at once failed: {str(e)[:300]}", flush=True)
-                        entry["parallel"][path] = {"error": str(e)[-1000:], "throughput_vs_one_run": None}
+                        par[path] = {"error": str(e)[-1000:], "throughput_vs_one_run": None}
                         continue
-                    entry["parallel"][path] = {
+                    par[path] = {
                         "steady_epoch_s": steady,
                         "throughput_vs_one_run": args.parallel * entry[path]["steady_epoch_s"] / max(steady)}
             finally:
-                if entry["parallel"]["mps"] is True:
+                if par["mps"] is True:
                     mps("stop")
             save(complete=False)
         if args.full:
@@ -643,9 +688,8 @@ def main(argv=None):
         save(complete=False)
         e, f = entry["eager"], entry["fast"]
         full_txt = f", full fast run {entry['full_fast']['wall_s']:.1f} s" if "full_fast" in entry else ""
-        par = entry.get("parallel")
-        par_txt = (f"; {par['n']} at once{' (MPS)' if par['mps'] is True else ''}: eager {_x(par['eager'])}, "
-                   f"fast {_x(par['fast'])} the throughput of one run") if par else ""
+        par_txt = "".join(f"; {p['n']} at once{' (MPS)' if p['mps'] is True else ''}: eager {_x(p['eager'])}, "
+                          f"fast {_x(p['fast'])} the throughput of one run" for p in parallel_runs(entry))
         print(f"[bench] {row}: steady epoch eager {e['steady_epoch_s']:.3f} s, fast {f['steady_epoch_s']:.3f} s "
               f"({entry['speedup_steady_epoch']:.2f}x); projected {args.project_epochs}-epoch run eager "
               f"{e['projected_run_s']:.1f} s, fast {f['projected_run_s']:.1f} s "

@@ -96,7 +96,7 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
         for path in ("eager", "fast"):  # --profile-steps of the timed runs (on CPU: no GPU activity)
             prof = row[path]["profile"]
             assert prof["steps"] >= 1 and prof["wall_ms_per_step"] > 0 and prof["gpu_activities_per_step"] == 0
-        par = row["parallel"]
+        (par,) = row["parallel"]
         assert par["n"] == 2 and par["mps"] is None and len(par["fast"]["steady_epoch_s"]) == 2
         assert par["eager"]["throughput_vs_one_run"] > 0
     assert "--fast" in report["rows"][0]["fast"]["command"] and "--fast" not in report["rows"][0]["eager"]["command"]
@@ -137,7 +137,7 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     assert "Stopped before the end (a time limit): `results/bench-cpu.json`" in readme.read_text()
     # a later benchmark without --parallel (e.g. an --accuracy session) keeps this parallel timing, dated
     assert load_benchmark().earlier_benchmark(str(out)) == (
-        {"class_weights.py": {**report["rows"][0]["parallel"], "measured": report["date_utc"]}}, None)
+        {"class_weights.py": [{**report["rows"][0]["parallel"][0], "measured": report["date_utc"]}]}, None)
     assert load_benchmark().earlier_benchmark(str(tmp_path / "none.json")) == ({}, None)
 
 
@@ -220,7 +220,38 @@ def test_benchmark_choose_reads_the_newest_json(tmp_path):
     assert choose(str(tmp_path), device_name="NVIDIA H100 80GB HBM3") == (True, True)
     assert choose(str(tmp_path), device_name="NVIDIA H200") == (True, False)  # none of its own: the newest
     proc = run_script("studies/benchmark.py", "--choose")
-    assert re.fullmatch(r"FAST=[01] MPS=[01] RUN_S=\d+ CHECKED=[01] PARALLEL_KNOWN=[01]", proc.stdout.strip()), proc.stdout
+    assert re.fullmatch(r"FAST=[01] MPS=[01] RUN_S=\d+ CHECKED=[01] JOBS=\d+ PARALLEL_NEXT=[048]", proc.stdout.strip()), \
+        proc.stdout
+
+
+def test_jobs_from_the_runs_at_once_timed_under_mps(tmp_path):
+    """run_all.sh's JOBS under MPS: the number of --fast runs at once with the most throughput (8 only for 10% more
+    than 4); each session times the next number this GPU has not timed (4, then 8), kept beside the earlier ones."""
+    b = load_benchmark()
+    path = tmp_path / "bench-gpu.json"
+
+    def bench(*timed, identical=True):  # timed: (n, gain under MPS)
+        par = [{"n": n, "mps": True, "eager": {"throughput_vs_one_run": 3.0}, "fast": {"throughput_vs_one_run": g}}
+               for n, g in timed]
+        path.write_text(json.dumps({"checks": [{"row": "erm.py", "identical": identical}],
+                                    "rows": [{"row": "erm.py", "parallel": par}]}))
+        return str(tmp_path)
+
+    assert (b.choose_jobs(bench()), b.next_width(bench(), "GPU")) == (0, 4)
+    assert (b.choose_jobs(bench((4, 1.8))), b.next_width(bench((4, 1.8)), "GPU")) == (4, 8)
+    assert b.next_width(bench((4, 1.1)), "GPU") == 0  # MPS did not pay at 4: 8 is not timed
+    assert b.next_width(bench((4, 1.8)), "NVIDIA H100") == 4  # another GPU model times its own
+    assert (b.choose_jobs(bench((4, 1.8), (8, 2.2))), b.next_width(bench((4, 1.8), (8, 2.2)), "GPU")) == (8, 0)
+    assert b.choose_jobs(bench((4, 1.8), (8, 1.9))) == 4  # less than 10% more: the shorter runs
+    assert b.choose_jobs(bench((4, 1.8), (8, None))) == 4  # 8 at once failed
+    assert b.choose(bench((4, 1.8), (8, 1.1))) == (True, True)  # MPS by the best number at once
+    assert b.choose(bench((4, 1.1), (8, None))) == (True, False)
+    # an old JSON holds one timing as a dict
+    path.write_text(json.dumps({"rows": [{"row": "erm.py", "parallel": {"n": 4, "mps": True,
+                                                                           "fast": {"throughput_vs_one_run": 1.8}}}]}))
+    assert b.choose_jobs(str(tmp_path)) == 4 and b.next_width(str(tmp_path), "GPU") == 8
+    assert b.earlier_benchmark(str(path)) == ({"erm.py": [{"n": 4, "mps": True, "fast": {"throughput_vs_one_run": 1.8},
+                                                           "measured": None}]}, None)
 
 
 def test_accuracy_fast_seeds_are_the_tables_runs(tmp_path, monkeypatch):

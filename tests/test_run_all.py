@@ -106,10 +106,11 @@ def test_a_run_still_going_at_the_deadline_is_stopped_and_goes_on_next_time(tmp_
     assert "1 stopped at a deadline to go on from their checkpoints" in (out / "RESULTS.md").read_text()
 
 
-def write_run(root, setting, method, seed, status="completed", wall=10.0):
+def write_run(root, setting, method, seed, status="completed", wall=10.0, at_once=None):
     path = root / setting / method / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"setting": setting, "method": method, "status": status, "wall_time_s": wall}))
+    path.write_text(json.dumps({"setting": setting, "method": method, "status": status, "wall_time_s": wall,
+                                **({"runs_at_once": at_once} if at_once else {})}))
     return str(path)
 
 
@@ -128,6 +129,11 @@ def test_plan_marks_existing_runs_and_estimates_from_the_same_method(tmp_path):
                      f"0 50 0 200 {path('synthetic-step-r10', 'erm', 0)}",     # no erm run there: any setting's longest
                      f"0 -1 0 200 {path('synthetic-exp-r10', 'focal', 1)}",    # a diverged run is no estimate
                      f"0 -1 0 200 {path('synthetic-exp-r10', 'erm_drw', 0)}"]  # the row's method name, from its flags
+    # with 8 runs sharing the device, a run made with 4 at once counts twice as long; one made with 8 as it was
+    write_run(tmp_path, "synthetic-exp-r10", "vs", 0, wall=100.0, at_once=4)
+    write_run(tmp_path, "synthetic-exp-r10", "vs", 1, wall=150.0, at_once=8)
+    assert [l.split()[1] for l in common.plan(["vs_loss.py|exp|10|2"], flags, str(tmp_path), at_once=8)] == ["200"]
+    assert [l.split()[1] for l in common.plan(["vs_loss.py|exp|10|2"], flags, str(tmp_path), at_once=2)] == ["150"]
     ckpt = tmp_path / "checkpoints" / "synthetic-exp-r10" / "erm" / "seed1.pt"  # a killed run's checkpoint
     ckpt.parent.mkdir(parents=True)
     run = common.row_args("erm.py", flags + ["--imbalance-type", "exp", "--imbalance-ratio", "10", "--seed", "1",
