@@ -240,8 +240,9 @@ def update_direction(model, x, labels, num_classes, normalize=True, split=False,
         # eps on the official scale: the g_l here are of the class sums / B, the official ones of the sums
         # (CrossEntropyLoss(reduction='sum')), and g / (||g|| + eps / B) = B g / (||B g|| + eps)
         grads = pcn_direction(class_grads, eps / len(labels))
-    for p, g in zip(params, grads):
-        p.grad = None if g is None else g.to(p.dtype)
+    for p, g in zip(params, grads):  # in the parameter's own layout (channels_last on CUDA): torch.optim's
+        # multi-tensor kernels take a parameter list only where every .grad has its parameter's strides
+        p.grad = None if g is None else g.to(p.dtype) if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
     return losses
 
 

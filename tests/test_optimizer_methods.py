@@ -155,6 +155,26 @@ def test_pcn_direction_equals_sum_of_unit_class_gradients():
     assert (want / want.norm() - plain / plain.norm()).abs().max() > 1e-3
 
 
+def test_pcn_grads_keep_the_channels_last_layout_of_their_parameters():
+    """On CUDA the model is channels_last: each .grad PCN writes has its parameter's strides (torch.optim's
+    multi-tensor kernels need them) and the direction's values, whatever the layout."""
+    def conv_model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, C)).to(memory_format=torch.channels_last)
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 3, 6, 6, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([0] * 5 + [1] * 3 + [2])
+    hand = hand_class_grads(conv_model, x, y, C)
+    model = conv_model()
+    assert model[0].weight.stride() != model[0].weight.contiguous().stride()  # really channels_last
+    pcn.update_direction(model, x, y, C, eps=1e-6)
+    assert all(p.grad.stride() == p.stride() for p in model.parameters())
+    want = sum(flat(g) / flat(g).norm() for g in hand)
+    torch.testing.assert_close(flat(p.grad for p in model.parameters()), want, rtol=1e-4, atol=1e-6)
+
+
 def test_pcn_eps_is_on_the_scale_of_the_official_class_sums():
     # official: g_l of CrossEntropyLoss(reduction='sum') over the class's samples, g_l / (||g_l|| + eps)
     x, y = batch(labels=[0] * 7 + [1] * 3 + [2] * 2)
