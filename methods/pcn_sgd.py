@@ -197,8 +197,9 @@ def per_class_grads_split(model, x, labels, num_classes, loss_fn=per_sample_ce):
 
 def pcn_direction(class_grads, eps=1e-6):
     """sum_l g_l / (||g_l|| + eps), per parameter; ||.|| over all parameters jointly. A class absent from the batch
-    (an all-zero gradient, or None) and a None parameter gradient contribute nothing. Each g_l is laid out as one
-    flat vector of all its parameters: a few kernels per class on a GPU instead of a few per parameter."""
+    (an all-zero gradient, or None) contributes nothing; a parameter whose gradient is None for every class (not in
+    the graph) gets None. Each g_l is laid out as one flat vector of all its parameters: on a GPU a few kernels per
+    class, plus a copy of each channels_last gradient, instead of a few kernels per parameter."""
     present = [g for g in class_grads if g is not None]
     if not present:
         raise ValueError("pcn_direction: no class has a gradient")

@@ -357,7 +357,7 @@ def inherent_multiple(result):
     and C backward passes, (1 + 2C) / 3; with --norm group C forward-backward passes on the class subsets, C (small
     kernels: a step is bound by their number, not by their work); every other row 1 (its loss or sampler adds no
     pass)."""
-    script = os.path.basename(shlex.split(result["command"])[0])
+    script = os.path.basename(result["command"].split()[0])  # (joined without quoting: no shlex)
     a, c = result["args"], len(result["train_class_counts"])
     if script == "sam.py":
         return 2.0, "two forward-backward passes"
@@ -379,31 +379,65 @@ def step_ms(result):
     return 1000 * timings(result, result["args"]["warmup_epochs"])["steady_epoch_s"] / (steps / epochs)
 
 
-def step_cost_lines(runs, tolerance=1.25):
+def bench_erm_step_ms(reports, setting, device, at_once, on_mps):
+    """ERM's --fast step time (ms) from the benchmark JSON of this GPU and setting, for `at_once` runs sharing it
+    (one alone: the timed --fast run; more: the median of the runs at once timed with that number, under MPS or
+    not as asked), with the date it was measured; (None, None) where no benchmark timed that."""
+    for r in reports:
+        try:
+            same = common.setting_name(common.row_args("erm.py", shlex.split(r["data_flags"]) + ["--device", "cpu"]))
+        except (SystemExit, KeyError, ValueError):
+            continue
+        for row in r.get("rows", []) if (r.get("device_name"), same) == (device, setting) else []:
+            fp = row["fast"].get("fast_path") or {}
+            steps = (fp.get("eager_steps", 0) + fp.get("graph_replays", 0)) / r["epochs"]
+            if row["row"] != "erm.py" or not steps:
+                continue
+            if at_once == 1 and not on_mps:
+                return 1000 * row["fast"]["steady_epoch_s"] / steps, r.get("date_utc")
+            for par in parallel_runs(row):
+                epochs = (par.get("fast") or {}).get("steady_epoch_s")
+                if par["n"] == at_once and (par["mps"] is True) == on_mps and epochs:
+                    return 1000 * statistics.median(epochs) / steps, par.get("measured") or r.get("date_utc")
+    return None, None
+
+
+def step_cost_lines(runs, reports=(), tolerance=1.25):
     """The table's --fast runs (load_results of a results folder) measured against ERM: per setting, GPU and number
-    of runs at once, each method's median step time over its seeds, its multiple of ERM's under the same conditions,
-    and whether that stays within the method's inherent multiple (x tolerance: runs that share the GPU slow each
-    other by what runs beside them). Markdown lines; [] without --fast GPU runs of ERM and another method."""
+    of runs at once, each method's median step time over its seeds, its multiple of ERM's under the same conditions
+    (the table's ERM runs made that way, else the benchmark JSON's ERM timing of that number at once:
+    bench_erm_step_ms), and whether that stays within the method's inherent multiple (x tolerance: runs that share
+    the GPU slow each other by what runs beside them). Markdown lines; [] without --fast GPU runs."""
     groups = {}
     for r in runs:
         ms = step_ms(r) if r["status"] == "completed" and r.get("device_name", "cpu") != "cpu" else None
         if ms is not None:
             key = (r["setting"], r["device_name"], r["torch_version"], r.get("runs_at_once") or 1, bool(r.get("mps")))
             groups.setdefault(key, {}).setdefault(r["method"], []).append((ms, r))
-    lines = []
+    lines, alone = [], []
     for (setting, device, torch_version, at_once, on_mps), methods in sorted(groups.items()):
-        if "erm" not in methods or len(methods) < 2:
+        shared = (f"{at_once} runs at once" if at_once > 1 else "one run alone") + (" under MPS" if on_mps else "")
+        if "erm" in methods:
+            erm, source = statistics.median(ms for ms, _ in methods["erm"]), "the table's ERM runs"
+        else:
+            erm, date = bench_erm_step_ms(reports, setting, device, at_once, on_mps)
+            source = f"ERM from the benchmark ({date})"
+        if erm is None:
+            alone.append(f"{', '.join(sorted(methods))} ({setting}, {device}, {shared})")
             continue
-        erm = statistics.median(ms for ms, _ in methods["erm"])
-        shared = f"{at_once} runs at once{' under MPS' if on_mps else ''}" if at_once > 1 or on_mps else "one run alone"
-        lines += ["", f"{setting} on {device} (torch {torch_version}), {shared}:", "",
+        lines += ["", f"{setting} on {device} (torch {torch_version}), {shared}; {source}:", "",
                   "| method | ms per step (seeds) | x ERM | inherent multiple | within it? |", "|---|---|---|---|---|"]
+        if "erm" not in methods:
+            lines.append(f"| erm (benchmark) | {erm:.2f} | 1.00x | 1.0x (one forward-backward pass) | — |")
         for method in sorted(methods, key=lambda m: (m != "erm", m)):
             ms = statistics.median(m for m, _ in methods[method])
             inherent, why = inherent_multiple(methods[method][0][1])
             x = ms / erm
             verdict = "—" if method == "erm" else "yes" if x <= inherent * tolerance else f"**no** ({x / inherent:.1f}x it)"
             lines.append(f"| {method} | {ms:.2f} ({len(methods[method])}) | {x:.2f}x | {inherent:.1f}x ({why}) | {verdict} |")
+    if alone:
+        lines += ["", "Not compared (no ERM run and no benchmark timing of ERM with as many runs at once): "
+                  + "; ".join(alone) + "."]
     if not lines:
         return []
     return ["Every method's training step against ERM's, measured in the table's own `--fast` runs (the median over "
@@ -448,7 +482,7 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
         body = ["Not measured yet: no `results/bench-*.json` is committed. `python studies/benchmark.py --check` on "
                 "a GPU writes one and regenerates this table."]
     try:
-        costs = step_cost_lines(common.load_results(results_dir))
+        costs = step_cost_lines(common.load_results(results_dir), reports)
     except common.UserError as e:  # a misplaced results JSON: the results report says so too
         costs = [f"The table's runs could not be read for the cost per step: {e}"]
     if costs:
@@ -475,7 +509,10 @@ def newest_bench(results_dir=os.path.join(ROOT, "results"), device_name=None, ow
         return json.load(f)
 
 
-def choose(results_dir=os.path.join(ROOT, "results"), device_name=None, mps_gain=1.2):
+MPS_GAIN = 1.2  # run the table under MPS only where runs at once under MPS had more than this x one run's throughput
+
+
+def choose(results_dir=os.path.join(ROOT, "results"), device_name=None, mps_gain=MPS_GAIN):
     """(fast, mps) for run_all.sh from newest_bench(): --fast only where its fp32 checks found --fast and eager
     identical; MPS only where graphed runs at once under MPS (the best of the numbers timed) had more than
     `mps_gain` times one run's throughput."""
@@ -503,16 +540,18 @@ def _gain(p):
     return (p.get("fast") or {}).get("throughput_vs_one_run")
 
 
-WIDTHS = (4, 8)  # the numbers of --fast runs at once under MPS that .ci/gpu-session times, one per session
+WIDTHS = (4, 8)  # the numbers of --fast runs at once under MPS that .ci/gpu-session times, one per stage 1 (once
+# per version of the training code)
 MORE_AT_ONCE = 1.1  # more runs at once (each slower, so fewer end before a deadline) only for 10% more throughput
 
 
 def choose_jobs(results_dir=os.path.join(ROOT, "results"), device_name=None):
-    """run_all.sh's JOBS under MPS from newest_bench(): of the numbers of --fast runs at once timed under MPS, the
-    one with the most throughput, a larger number only where it beats the smaller by MORE_AT_ONCE; 0: none timed."""
+    """run_all.sh's JOBS under MPS from newest_bench(): of the numbers of --fast runs of ERM at once timed under MPS
+    (the table's reference row), the one with the most throughput, a larger number only where it beats the smaller
+    by MORE_AT_ONCE; 0: none timed."""
     best, best_gain = 0, 0.0
     for row in (newest_bench(results_dir, device_name) or {}).get("rows", []):
-        for p in parallel_runs(row):
+        for p in parallel_runs(row) if row["row"] == "erm.py" else []:
             gain = _gain(p)
             if p.get("mps") is True and gain is not None and (not best or gain > best_gain * MORE_AT_ONCE):
                 best, best_gain = p["n"], gain
@@ -527,7 +566,7 @@ def next_width(results_dir=os.path.join(ROOT, "results"), device_name=None):
     for n in WIDTHS:
         if n not in timed:
             return n
-        if timed[n] is None or timed[n] <= 1.2:  # (choose's MPS threshold) more at once would not pay either
+        if timed[n] is None or timed[n] <= MPS_GAIN:  # more at once would not pay either
             return 0
     return 0
 
@@ -554,6 +593,12 @@ def checked_this_code(results_dir=os.path.join(ROOT, "results"), device_name=Non
     return bool(bench) and bool(bench.get("complete")) and bench.get("code_sha256") == training_code(root)
 
 
+def kept_parallel(earlier, n):
+    """Of a row's earlier timings of runs at once (earlier_benchmark), those a benchmark timing n at once keeps: all
+    but the one of n (0 or 1: it times none)."""
+    return [p for p in earlier if n <= 1 or p["n"] != n]
+
+
 def earlier_benchmark(path):
     """From the benchmark JSON at `path` (the one a new benchmark replaces), what a benchmark that does not measure
     it again keeps (e.g. an --accuracy session): ({row: its "parallel" measurements, each dated as "measured"}, the
@@ -573,7 +618,6 @@ def main(argv=None):
         cuda = common.torch.cuda.is_available()
         name = common.torch.cuda.get_device_name() if cuda else None
         fast, use_mps = choose(device_name=name)
-        bench = newest_bench(device_name=name, own_only=True) or {}  # this GPU's own 4-at-once timing
         print(f"FAST={int(fast)} MPS={int(use_mps)} RUN_S={round(projected_run_s(fast, device_name=name))} "
               f"CHECKED={int(checked_this_code(device_name=name))} "
               f"JOBS={choose_jobs(device_name=name) if use_mps else 0} PARALLEL_NEXT={next_width(device_name=name)}")
@@ -639,7 +683,7 @@ def main(argv=None):
         entry["speedup_steady_epoch"] = entry["eager"]["steady_epoch_s"] / entry["fast"]["steady_epoch_s"]
         entry["speedup_projected_run"] = entry["eager"]["projected_run_s"] / entry["fast"]["projected_run_s"]
         if row in earlier:  # the earlier benchmark's timings (dated in "measured"), but for the number timed now
-            entry["parallel"] = [p for p in earlier[row] if args.parallel <= 1 or p["n"] != args.parallel]
+            entry["parallel"] = kept_parallel(earlier[row], args.parallel)
         report["rows"].append(entry)  # saved now and again after each part below: a time limit keeps the timings
         save(complete=False)
         if args.parallel > 1:

@@ -161,7 +161,7 @@ def test_step_cost_against_erm_from_the_table_runs():
         elapsed = [1.0 + epoch_s * (e + 1) for e in range(8)]  # setup 1 s, then 8 epochs of epoch_s each
         return {"method": method, "setting": "cifar10-exp-r100", "status": "completed", "command": f"methods/{row}",
                 "args": args, "train_class_counts": [100] * 10, "device_name": device, "torch_version": "2.11",
-                "runs_at_once": at_once, "mps": True, "setup_time_s": 1.0, "epochs_completed": 8,
+                "runs_at_once": at_once, "mps": at_once > 1, "setup_time_s": 1.0, "epochs_completed": 8,
                 "wall_time_s": elapsed[-1],
                 "history": [{"epoch": e, "test_top1": None, "elapsed_s": t} for e, t in enumerate(elapsed)],
                 "fast_path": {"eager_steps": 2, "graph_replays": 8 * steps_per_epoch - 2} if fast else None}
@@ -178,7 +178,9 @@ def test_step_cost_against_erm_from_the_table_runs():
     assert bench.inherent_multiple(runs[2])[0] == 2.0 and bench.inherent_multiple(runs[5])[0] == 1.0
     lines = bench.step_cost_lines(runs)
     assert [l for l in lines if l.endswith(":")] == ["cifar10-exp-r100 on NVIDIA H200 (torch 2.11), 4 runs at once "
-                                                     "under MPS:"]  # one group: the others lack ERM or a GPU
+                                                     "under MPS; the table's ERM runs:"]  # eager and CPU runs: none
+    assert lines[-1] == "Not compared (no ERM run and no benchmark timing of ERM with as many runs at once): focal " \
+                        "(cifar10-exp-r100, NVIDIA H200, one run alone)."
     table = {l.split(" | ")[0][2:]: l for l in lines if l.startswith("| ") and not l.startswith("| method")}
     assert list(table) == ["erm", "focal", "pcnsgd", "sam_ce_drw", "undersampling"]  # ERM first
     assert table["erm"].startswith("| erm | 60.00 (2) | 1.00x |")  # the median of 50 and 70 ms
@@ -186,12 +188,31 @@ def test_step_cost_against_erm_from_the_table_runs():
     assert table["pcnsgd"].endswith("| 6.50x | 7.0x (one forward and C = 10 backward passes) | yes |")
     assert table["focal"].endswith("| 1.67x | 1.0x (one forward-backward pass) | **no** (1.7x it) |")
     assert "| 1.00x |" in table["undersampling"]  # 1 step per epoch: the same time per step
-    assert bench.step_cost_lines(runs[2:]) == []  # nothing to compare without ERM
+    assert bench.step_cost_lines(runs[7:]) == []  # no --fast GPU run
+    # no table ERM run with as many at once: ERM's step from the benchmark JSON of this GPU and setting
+    report = {"device_name": "NVIDIA H200", "data_flags": "--dataset cifar10 --imbalance-ratio 100", "epochs": 10,
+              "date_utc": "2026-11-28", "rows": [{"row": "erm.py", "fast": {
+                  "steady_epoch_s": 0.4, "fast_path": {"eager_steps": 10, "graph_replays": 90}},
+                  "parallel": [{"n": 4, "mps": True, "fast": {"steady_epoch_s": [0.5, 0.6, 0.7, 0.8]}}]}]}
+    erm_ms = lambda *key: bench.bench_erm_step_ms([report], *key)  # noqa: E731
+    assert erm_ms("cifar10-exp-r100", "NVIDIA H200", 4, True) == (pytest.approx(65.0), "2026-11-28")  # median / 10
+    assert erm_ms("cifar10-exp-r100", "NVIDIA H200", 1, False) == (pytest.approx(40.0), "2026-11-28")
+    assert erm_ms("cifar10-exp-r10", "NVIDIA H200", 1, False) == (None, None)  # another setting
+    assert erm_ms("cifar10-exp-r100", "NVIDIA H200", 8, True) == (None, None)  # 8 at once: not timed
+    lines = bench.step_cost_lines(runs[2:], [report])
+    alone = lines.index("cifar10-exp-r100 on NVIDIA H200 (torch 2.11), one run alone; ERM from the benchmark "
+                        "(2026-11-28):")
+    at_4 = lines.index("cifar10-exp-r100 on NVIDIA H200 (torch 2.11), 4 runs at once under MPS; ERM from the "
+                       "benchmark (2026-11-28):")
+    assert lines[alone + 4].startswith("| erm (benchmark) | 40.00 | 1.00x |")
+    assert lines[alone + 5].startswith("| focal | 10.00 (1) | 0.25x |")  # against the benchmark's 40 ms alone
+    assert lines[at_4 + 4].startswith("| erm (benchmark) | 65.00 | 1.00x |")
+    assert lines[at_4 + 7].startswith("| sam_ce_drw | 120.00 (1) | 1.85x |")  # against 65 ms at 4 at once
 
 
 def test_benchmark_choose_reads_the_newest_json(tmp_path):
     """.ci/gpu-session trains the table with --fast only where the newest benchmark's fp32 checks passed, and under
-    MPS only where 4 graphed runs under MPS beat one run by > 1.2x."""
+    MPS only where graphed runs at once under MPS (4 in these JSON) beat one run by > 1.2x."""
     choose = load_benchmark().choose
     assert choose(str(tmp_path)) == (False, False)  # never benchmarked: eager
 
@@ -246,6 +267,10 @@ def test_jobs_from_the_runs_at_once_timed_under_mps(tmp_path):
     assert b.choose_jobs(bench((4, 1.8), (8, None))) == 4  # 8 at once failed
     assert b.choose(bench((4, 1.8), (8, 1.1))) == (True, True)  # MPS by the best number at once
     assert b.choose(bench((4, 1.1), (8, None))) == (True, False)
+    # a benchmark timing 8 at once keeps the earlier timing of 4 and replaces an earlier one of 8
+    four, eight = {"n": 4, "measured": "a"}, {"n": 8, "measured": "b"}
+    assert b.kept_parallel([four, eight], 8) == [four] and b.kept_parallel([four], 8) == [four]
+    assert b.kept_parallel([four, eight], 0) == [four, eight]  # none timed now: all kept
     # an old JSON holds one timing as a dict
     path.write_text(json.dumps({"rows": [{"row": "erm.py", "parallel": {"n": 4, "mps": True,
                                                                            "fast": {"throughput_vs_one_run": 1.8}}}]}))
