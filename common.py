@@ -1608,7 +1608,7 @@ if __name__ == "__main__":
                                         "and the Result line of each method file's header")
     rep.add_argument("results_dir", nargs="?", default=os.path.join(ROOT, "results"))
     pl = sub.add_parser("plan", help="for run_all.sh: read jobs 'row|type|ratio|seed' from stdin, print for each "
-                                     "'<done 0|1> <estimated seconds or -1> <results JSON>'")
+                                     "'<done 0|1> <estimated seconds or -1> <epochs done> <epochs> <results JSON>'")
     pl.add_argument("--out", required=True, help="the results root of the runs")
     pl.add_argument("--jobs", type=int, default=1, help="how many runs will share the device (run_all.sh's JOBS)")
     pl.add_argument("flags", nargs=argparse.REMAINDER, help="flags added to every run (after --)")
