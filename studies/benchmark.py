@@ -442,9 +442,9 @@ def step_cost_lines(runs, reports=(), tolerance=1.25):
         return []
     return ["Every method's training step against ERM's, measured in the table's own `--fast` runs (the median over "
             "seeds of a run's steady epoch over its steps per epoch; runs that shared the GPU are compared with ERM "
-            "runs that shared it the same way, so their multiples are rough: each run was slowed by whatever ran "
-            f"beside it). Within its inherent multiple: at most {tolerance:g} x the passes its math needs (a backward "
-            "pass counted as two forwards)."] + lines
+            "runs that shared it the same way, else with the benchmark's ERM runs of as many at once, so their "
+            "multiples are rough: each run was slowed by whatever ran beside it). Within its inherent multiple: at "
+            f"most {tolerance:g} x the passes its math needs (a backward pass counted as two forwards)."] + lines
 
 
 def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.join(ROOT, "README.md")):
