@@ -160,7 +160,7 @@ def sam_step(model, loss_closure, optimizer, rho, eps=1e-12, freeze_bn=False):
     loss.backward()
     with torch.no_grad():
         live = [p for p in params if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in live]))
+        norm = torch.nn.utils.get_total_norm([p.grad for p in live])  # ||g|| over all parameters jointly
         scale = rho / (norm + eps)
         saved = [p.detach().clone() for p in live]
         for p in live:
