@@ -368,12 +368,17 @@ def inherent_multiple(result):
     return 1.0, "one forward-backward pass"
 
 
+def fast_steps(fast_path):
+    """The training steps a --fast run took (its "fast_path" counters: eager warm-up steps and graph replays); 0 for
+    an eager run, whose JSON does not count its steps."""
+    return (fast_path or {}).get("eager_steps", 0) + (fast_path or {}).get("graph_replays", 0)
+
+
 def step_ms(result):
     """A --fast run's steady training time per step (ms): its steady epoch (timings(): the median after the lr
-    warm-up, evaluations taken out) over its steps per epoch (the graph's eager steps and replays over its epochs);
-    None for an eager run (its JSON does not count its steps) or one without finished epochs."""
-    fp, epochs = result.get("fast_path") or {}, result.get("epochs_completed") or 0
-    steps = fp.get("eager_steps", 0) + fp.get("graph_replays", 0)
+    warm-up, evaluations taken out) over its steps per epoch (fast_steps over its epochs); None for an eager run or
+    one without finished epochs."""
+    steps, epochs = fast_steps(result.get("fast_path")), result.get("epochs_completed") or 0
     if not steps or not epochs or not result.get("history"):
         return None
     return 1000 * timings(result, result["args"]["warmup_epochs"])["steady_epoch_s"] / (steps / epochs)
@@ -389,8 +394,7 @@ def bench_erm_step_ms(reports, setting, device, at_once, on_mps):
         except (SystemExit, KeyError, ValueError):
             continue
         for row in r.get("rows", []) if (r.get("device_name"), same) == (device, setting) else []:
-            fp = row["fast"].get("fast_path") or {}
-            steps = (fp.get("eager_steps", 0) + fp.get("graph_replays", 0)) / r["epochs"]
+            steps = fast_steps(row["fast"].get("fast_path")) / r["epochs"]
             if row["row"] != "erm.py" or not steps:
                 continue
             if at_once == 1 and not on_mps:
