@@ -421,8 +421,9 @@ def step_cost_lines(runs, reports=(), tolerance=1.25):
     lines, alone = [], []
     for (setting, device, torch_version, at_once, on_mps), methods in sorted(groups.items()):
         shared = (f"{at_once} runs at once" if at_once > 1 else "one run alone") + (" under MPS" if on_mps else "")
+        medians = {m: statistics.median(ms for ms, _ in found) for m, found in methods.items()}  # over the seeds
         if "erm" in methods:
-            erm, source = statistics.median(ms for ms, _ in methods["erm"]), "the table's ERM runs"
+            erm, source = medians["erm"], "the table's ERM runs"
         else:
             erm, date = bench_erm_step_ms(reports, setting, device, at_once, on_mps)
             source = f"ERM from the benchmark ({date})"
@@ -434,7 +435,7 @@ def step_cost_lines(runs, reports=(), tolerance=1.25):
         if "erm" not in methods:
             lines.append(f"| erm (benchmark) | {erm:.2f} | 1.00x | 1.0x (one forward-backward pass) | — |")
         for method in sorted(methods, key=lambda m: (m != "erm", m)):
-            ms = statistics.median(m for m, _ in methods[method])
+            ms = medians[method]
             inherent, why = inherent_multiple(methods[method][0][1])
             x = ms / erm
             verdict = "—" if method == "erm" else "yes" if x <= inherent * tolerance else f"**no** ({x / inherent:.1f}x it)"
