@@ -1185,7 +1185,12 @@ PAPER_NOTES = ("Published numbers were measured on the original CIFAR pixels by 
                "beta grid for the setting: beta 0.9999, the one run here, on CIFAR-10-LT R=100, but 0.999 on "
                "CIFAR-100-LT R=100 (Cui Fig. 10). 'mm_drw' and 'mm_ldam_drw' run the MM loss of the slides, each "
                "sample with its own label; the official HMMLoss reads the first sample's label for the whole "
-               "batch, so the published numbers come from a different loss.")
+               "batch, so the published numbers come from a different loss. Rows with no published number: "
+               "'pcnsgd' and 'pcnsgd_o' train with this protocol's optimizer (momentum 0.9, weight decay 2e-4, "
+               "BatchNorm) and ERM's steps per epoch, where the official code uses momentum 0, no weight decay, "
+               "GroupNorm and, for +O, epochs of n_max / (B/C) steps (4x ERM's on CIFAR-10-LT R=100); 'cdt' uses "
+               "gamma 0.3, the VS-loss code's default, not a tuned value; 'sam_ce_drw' and 'sam_ldam_drw' use the rho "
+               "published for R=100 in every setting.")
 
 
 def paper_top1(setting, method):

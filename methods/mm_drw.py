@@ -14,7 +14,10 @@ Paper:     Kang, Vu, Yoo, "Learning Imbalanced Datasets with Maximum Margin Loss
            slides Table 1 (CIFAR-10-LT R=100: MM-DRW 21.98% error, i.e. 78.02% top-1; MM-LDAM-DRW 21.37%;
            MM 26.56%); Tables 2-3 tune (beta, delta-) per setting (CIFAR-10-LT R=100: 1.5 / 0.6; CIFAR-100-LT
            R=100: 1.3 / 1.2), and --beta / --delta-minus default to the tuned pair of the run's setting (MM_TUNED;
-           CIFAR-10-LT R=100's where the slides tuned none). MM-LDAM-DRW has no published pair: it uses MM-DRW's.
+           CIFAR-10-LT R=100's where the slides tuned none). MM-LDAM-DRW has no published pair: it uses MM-DRW's
+           (the official README, too, reuses the HMM values for HMM-LDAM). On CIFAR-10-LT R=100 that leaves the
+           rarest class delta- - m_y = 0.6 - 0.5 = 0.1: its margin reaches exp(-0.1) = 0.90 in cosine units (27
+           logits at s=30), 1.8x LDAM's largest, untuned; a row that falls short of MM-DRW may owe it to that.
 Code:      ihaeyong/Maximum-Margin-LDAM @ e7ed20d, losses.py HMMLoss (L48-126), cifar_train.py --loss_type
            HMM|HMM-LDAM --train_rule DRW (NormedLinear head, L134; DRW weights L227-234).
 vs ERM:    (1) the head is NormedLinear (cosine logits, no bias); (2) the loss is MM with scale --scale;

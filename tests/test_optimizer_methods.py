@@ -153,6 +153,18 @@ def test_pcn_direction_equals_sum_of_unit_class_gradients():
     # and it is not the plain gradient direction
     plain = sum(flat(g) for g in hand)
     assert (want / want.norm() - plain / plain.norm()).abs().max() > 1e-3
+    # the norms the run records per epoch: of the direction, and of the plain gradient (= the batch-mean CE's)
+    stats = {}
+    pcn.update_direction(tiny_bn_model(), x, y, C, eps=1e-6, stats=stats)
+    assert stats["direction_norm"].item() == pytest.approx(want.norm().item(), rel=1e-4)
+    assert stats["plain_norm"].item() == pytest.approx(plain.norm().item(), rel=1e-4)
+    ref = tiny_bn_model()
+    F.cross_entropy(ref(x), y).backward()
+    assert stats["plain_norm"].item() == pytest.approx(flat(p.grad for p in ref.parameters()).norm().item(), rel=1e-4)
+    plain_stats = {}  # sgd_o: the direction is the plain gradient
+    pcn.update_direction(tiny_bn_model(), x, y, C, normalize=False, stats=plain_stats)
+    assert plain_stats["direction_norm"] == plain_stats["plain_norm"]
+    assert plain_stats["plain_norm"].item() == pytest.approx(plain.norm().item(), rel=1e-4)
 
 
 def test_pcn_grads_keep_the_channels_last_layout_of_their_parameters():

@@ -39,3 +39,9 @@ def test_smoke_run_writes_complete_json(script, smoke_table, tmp_path):
         assert len(results) == 1, results.keys()
     for path, r in results.items():
         check_result(path, r)
+        if r["method"].startswith("pcnsgd"):  # the per-epoch records of PCNSGD (the header names them)
+            x = r["extra"]
+            assert len(x["per_class_train_loss"]) == 2 and all(len(e) == 10 for e in x["per_class_train_loss"])
+            assert len(x["direction_norm"]) == len(x["plain_grad_norm"]) == 2
+            assert all(0 < d <= 10 for d in x["direction_norm"])  # a sum of 10 unit vectors
+            assert all(p > 0 for p in x["plain_grad_norm"]) and x["direction_norm"] != x["plain_grad_norm"]
