@@ -68,23 +68,26 @@ def make_parser(doc):
                    help="cifar10/100: the torchvision root (default data/); imagefolder: a folder with "
                         "train/<class>/ and test/<class>/")
     d.add_argument("--download", action="store_true", help="download CIFAR through torchvision (needs internet)")
-    d.add_argument("--imbalance-type", default="exp", help="exp | step")
-    d.add_argument("--imbalance-ratio", default="100", help="n_max / n_min, >= 1 (1 = balanced)")
+    d.add_argument("--imbalance-type", default="exp",
+                   help="exp | step: the long-tailed subset of a balanced training set, as the official code | none: "
+                        "the training set as it is (e.g. your own folder that is already imbalanced; "
+                        "--imbalance-ratio is then unused)")
+    d.add_argument("--imbalance-ratio", default="100", help="n_max / n_min of exp and step, >= 1 (1 = balanced)")
     d.add_argument("--data-seed", type=int, default=0,
                    help="seed of the long-tailed subset (np.random.RandomState, as the official code)")
     d.add_argument("--cache-dir", default=os.environ.get("IMBALANCE_REF_CACHE",
                                                          os.path.join(os.path.expanduser("~"), ".cache", "imbalance-ref")),
                    help="where decoded image folders are cached")
     t = p.add_argument_group("training (the kaidic/LDAM-DRW protocol)")
-    t.add_argument("--epochs", type=int, default=200)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=0.1)
-    t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--weight-decay", type=float, default=2e-4)
+    t.add_argument("--epochs", type=int, default=200, help="training epochs")
+    t.add_argument("--batch-size", type=int, default=128, help="images per training step")
+    t.add_argument("--lr", type=float, default=0.1, help="SGD learning rate after the warm-up")
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    t.add_argument("--weight-decay", type=float, default=2e-4, help="SGD weight decay (L2, on every parameter)")
     t.add_argument("--warmup-epochs", type=int, default=5, help="linear warm-up, set once per epoch")
     t.add_argument("--lr-decay-epochs", type=int, nargs="*", default=[160, 180],
                    help="0-based epochs from which the lr is multiplied by --lr-decay once more")
-    t.add_argument("--lr-decay", type=float, default=0.01)
+    t.add_argument("--lr-decay", type=float, default=0.01, help="the lr factor at each of --lr-decay-epochs")
     t.add_argument("--seed", type=int, default=0, help="training seed (init, batch order, augmentation)")
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -109,7 +112,7 @@ def make_parser(doc):
                    help="continue from this run's checkpoint where one exists (same arguments and code), else start "
                         "from epoch 0; the resumed run computes what the uninterrupted run would")
     r.add_argument("--out", default=os.path.join(ROOT, "results"), help="results root folder")
-    r.add_argument("--name", default=None, help="name of the run's method folder (default: set by the method)")
+    r.add_argument("--name", default=None, help="name of the run's method folder (None: set by the method)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing result file")
     r.add_argument("--skip-existing", action="store_true", help="exit 0 without training if the result exists")
     return p
@@ -124,8 +127,8 @@ def finish_args(args, method):
     """Validate the shared arguments and fill in derived ones. `method` names the results folder."""
     if args.dataset not in ("cifar10", "cifar100", "imagefolder", "synthetic"):
         raise UserError(f"unknown dataset '{args.dataset}': use cifar10, cifar100, imagefolder or synthetic")
-    check(args.imbalance_type in ("exp", "step"),
-          f"unknown --imbalance-type '{args.imbalance_type}': use exp or step")
+    check(args.imbalance_type in ("exp", "step", "none"),
+          f"unknown --imbalance-type '{args.imbalance_type}': use exp, step or none")
     try:
         args.imbalance_ratio = float(args.imbalance_ratio)
     except ValueError:
@@ -154,6 +157,19 @@ def finish_args(args, method):
     return args
 
 
+def unreached_switches(args):
+    """'--lr-decay-epochs 160 180, --drw-epoch 160' for the schedule's switches a run of --epochs never reaches (a
+    quick try, a smoke test): the run's folder name does not say that they did not happen; '' when none."""
+    switches = [("--lr-decay-epochs", e) for e in args.lr_decay_epochs] + [
+        (f"--{k.replace('_', '-')}", getattr(args, k)) for k in ("drw_epoch", "start_epoch")
+        if isinstance(getattr(args, k, None), int) and getattr(args, k) > 0]
+    late = {}
+    for flag, e in switches:
+        if e >= args.epochs:
+            late.setdefault(flag, []).append(str(e))
+    return ", ".join(f"{f} {' '.join(e)}" for f, e in late.items())
+
+
 def resolve_device(name):
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -164,8 +180,10 @@ def resolve_device(name):
 
 
 def setting_name(args):
-    """results/<setting>/<method>/seed<k>.json, e.g. cifar10-exp-r100 or cifar10-jpeg-exp-r100."""
+    """results/<setting>/<method>/seed<k>.json, e.g. cifar10-exp-r100, cifar10-jpeg-exp-r100 or mydata-asis."""
     data = os.path.basename(os.path.normpath(args.data_dir)) if args.dataset == "imagefolder" else args.dataset
+    if args.imbalance_type == "none":
+        return f"{data}-asis"
     return f"{data}-{args.imbalance_type}-r{args.imbalance_ratio:g}"
 
 
@@ -370,12 +388,22 @@ def long_tail_indices(labels, counts, data_seed):
 
 def make_long_tailed(labels, num_classes, imbalance_type, ratio, data_seed):
     """Indices of the long-tailed training subset and its per-class counts.
-    n_max = len(train) / C, as the official code; for an unbalanced folder, the smallest class size."""
+    n_max = len(train) / C, as the official code; for an unbalanced folder, the smallest class size.
+    imbalance_type "none": every training image, class by class."""
+    check(num_classes >= 2, f"the training set has {num_classes} class: class-imbalanced training needs at least 2")
     available = np.bincount(labels, minlength=num_classes)
-    n_max = len(labels) / num_classes if available.min() == available.max() else int(available.min())
+    if imbalance_type == "none":
+        return np.concatenate([np.where(labels == c)[0] for c in range(num_classes)]), available.tolist()
+    balanced = available.min() == available.max()
+    n_max = len(labels) / num_classes if balanced else int(available.min())
+    if not balanced:
+        print(f"note: the training classes are not of one size ({available.min()} to {available.max()} images): "
+              f"the {imbalance_type} subset is cut with n_max = {n_max}, the smallest class; --imbalance-type none "
+              "trains on the set as it is", file=sys.stderr, flush=True)
     counts = long_tail_counts(n_max, num_classes, imbalance_type, ratio)
     check(min(counts) >= 1, f"--imbalance-ratio {ratio:g} leaves class {counts.index(min(counts))} with 0 "
-                            f"images (n_max = {n_max:g}): use a ratio of at most {n_max:g}")
+                            f"images (n_max = {n_max:g}{'' if balanced else ', the smallest class'}): use a ratio of "
+                            f"at most {n_max:g}")
     return long_tail_indices(labels, counts, 0 if data_seed is None else data_seed), counts
 
 
@@ -903,6 +931,10 @@ class Run:
         print(f"{self.tag} {setting_name(args)}: {len(self.data)} training images, counts {self.data.train_counts}, "
               f"{len(self.data.test_y)} test images, device {self.device_name()}, "
               f"{self.data.steps_per_epoch} steps/epoch -> {self.path}", flush=True)
+        late = unreached_switches(args)
+        if late:
+            print(f"{self.tag} note: a {args.epochs}-epoch run never reaches {late} (0-based epochs): what switches "
+                  "on there does not happen in this run", file=sys.stderr, flush=True)
 
     def device_name(self):
         d = torch.device(self.device)
@@ -1194,6 +1226,8 @@ PAPER_NOTES = ("Published numbers were measured on the original CIFAR pixels by 
 
 
 def paper_top1(setting, method):
+    if setting.count("-") < 2:  # (<data>-asis: no published number)
+        return None
     dataset, itype, ratio = setting.rsplit("-", 2)
     base = "cifar100" if "cifar100" in dataset else "cifar10" if "cifar10" in dataset else None
     try:

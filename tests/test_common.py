@@ -53,6 +53,21 @@ def test_data_seed_changes_the_subset_and_ratio_too_high_is_refused():
         common.make_long_tailed(labels, 10, "exp", 1000, data_seed=0)
 
 
+def test_an_unbalanced_training_set_is_kept_as_it_is_with_imbalance_type_none(capsys):
+    labels = np.array([2] * 2 + [0] * 20 + [1] * 8)  # a folder that is already long-tailed
+    keep, counts = common.make_long_tailed(labels, 3, "none", 100, data_seed=0)  # (the ratio is unused)
+    assert counts == [20, 8, 2] and sorted(keep.tolist()) == list(range(30))
+    assert labels[keep].tolist() == [0] * 20 + [1] * 8 + [2] * 2  # class by class, as the other types
+    _, counts = common.make_long_tailed(labels, 3, "exp", 1, data_seed=0)  # a subset of it: from the smallest class
+    assert counts == [2, 2, 2] and "n_max = 2, the smallest class" in capsys.readouterr().err
+    with pytest.raises(common.UserError, match="n_max = 2, the smallest class"):
+        common.make_long_tailed(labels, 3, "exp", 10, data_seed=0)
+    with pytest.raises(common.UserError, match="needs at least 2"):  # one class: a message, not a ZeroDivisionError
+        common.make_long_tailed(np.zeros(5, dtype=np.int64), 1, "exp", 10, data_seed=0)
+    args = argparse.Namespace(dataset="imagefolder", data_dir="/x/mydata/", imbalance_type="none", imbalance_ratio=1.0)
+    assert common.setting_name(args) == "mydata-asis" and common.paper_top1("mydata-asis", "erm") is None
+
+
 # ---- model ----------------------------------------------------------------------------------------
 
 def test_resnet32_shape_and_parameter_count():
@@ -236,3 +251,14 @@ def test_step_profiler_measures_its_window_and_never_raises(monkeypatch):
     for _ in range(4):
         prof.tick()
     assert prof.result == {"error": "RuntimeError: no profiler here"}
+
+
+def test_a_short_run_names_the_switches_it_never_reaches():
+    def ns(**k):
+        return argparse.Namespace(**{"epochs": 200, "lr_decay_epochs": [160, 180], **k})
+    assert common.unreached_switches(ns(drw_epoch=160)) == ""
+    assert common.unreached_switches(ns(epochs=170, drw_epoch=160)) == "--lr-decay-epochs 180"
+    assert common.unreached_switches(ns(epochs=30, drw_epoch=160, start_epoch=0)) == \
+        "--lr-decay-epochs 160 180, --drw-epoch 160"  # (a switch at 0 is no deferred switch)
+    assert common.unreached_switches(ns(epochs=30, lr_decay_epochs=[], drw_epoch=None, start_epoch=160)) == \
+        "--start-epoch 160"

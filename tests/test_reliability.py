@@ -524,7 +524,7 @@ def test_divergence_stops_records_and_reports(runs, tmp_path):
     out = tmp_path / "out"
     path = place(runs["a"], out)                            # an earlier completed run, replaced by --overwrite
     rc, stdout, stderr = run_real("methods/erm.py", *SMOKE_ARGS, "--lr", "1e8", "--warmup-epochs", "0",
-                                  "--epochs", "3", "--out", out, "--overwrite")
+                                  "--epochs", "3", "--lr-decay-epochs", "--out", out, "--overwrite")  # (no note)
     assert rc != 0
     line = one_error_line(stderr, stdout)
     assert "diverged" in line and "epoch 1" in line and path in line
