@@ -1189,7 +1189,7 @@ def plan(jobs, flags, out, at_once=1):
 
 # Published top-1 accuracy (%) on the ORIGINAL CIFAR pixels, final-or-best as each paper reports it
 # (100 - error of LDAM Tab. 2/5, Cui Tab. 2, the MM slides' Tab. 1, the Saddle-LongTail README);
-# see ../shared/docs/protocol.md. Keys: (dataset, imbalance type, ratio) -> method -> accuracy.
+# each method file's header names its table and row. Keys: (dataset, imbalance type, ratio) -> method -> accuracy.
 PAPER_TOP1 = {
     ("cifar10", "exp", 100): {"erm": 70.36, "focal": 70.38, "oversampling": 70.55, "drs": 74.50,
                               "class_weights": 72.37, "erm_drw": 74.86, "cb_focal": 74.57, "ldam": 73.35,
@@ -1213,9 +1213,10 @@ PAPER_NOTES = ("Published numbers were measured on the original CIFAR pixels by 
                "the best test epoch of one run; on the JPEG copy every method scores a few points lower, the "
                "differences between methods carry over. "
                "'oversampling', 'drs' and 'class_weights' are compared with LDAM's CB-RS / DRS / CB-RW rows "
-               "(beta 0.9999 weights, close to 1/n; ours use 1/n). 'cb_focal' is compared with the best of Cui's "
-               "beta grid for the setting: beta 0.9999, the one run here, on CIFAR-10-LT R=100, but 0.999 on "
-               "CIFAR-100-LT R=100 (Cui Fig. 10). 'mm_drw' and 'mm_ldam_drw' run the MM loss of the slides, each "
+               "(beta 0.9999 weights, close to 1/n; ours use 1/n). 'cb_focal' is compared with LDAM's CB Focal row: "
+               "Cui's focal loss at beta 0.9999, the one run here, on CIFAR-10-LT R=100 (also Cui's best there), "
+               "but at beta 0.999 on CIFAR-100-LT R=100 (Cui Fig. 10; Cui's best there, beta 0.9, has 60.40% "
+               "error). 'mm_drw' and 'mm_ldam_drw' run the MM loss of the slides, each "
                "sample with its own label; the official HMMLoss reads the first sample's label for the whole "
                "batch, so the published numbers come from a different loss. Rows with no published number: "
                "'pcnsgd' and 'pcnsgd_o' train with this protocol's optimizer (momentum 0.9, weight decay 2e-4, "
@@ -1364,17 +1365,23 @@ def args_lines(rows, table):
     for row, method in table.items():
         for r in rows.get(method, {}).get("runs", []):
             a, total = r["args"], total + 1
+            data = ["--dataset", a["dataset"]] + (["--data-dir", a["data_dir"]] if a.get("data_dir") else [])
             if a["dataset"] == "imagefolder" and not os.path.isdir(os.path.join(a.get("data_dir") or "", "train")):
-                unknown += 1  # some defaults depend on the data's class count (mm_drw, sam): not known here
-                continue
-            flags = ["--dataset", a["dataset"], "--imbalance-type", a["imbalance_type"], "--imbalance-ratio",
-                     repr(a["imbalance_ratio"]), "--device", "cpu"] + (["--data-dir", a["data_dir"]] if a.get("data_dir") else [])
+                # some defaults depend on the data's class count (class_count: mm_drw, sam); without the folder here,
+                # a CIFAR of the run's class count gives the same ones
+                n = len(r.get("train_class_counts") or [])
+                if n not in (10, 100):
+                    unknown += 1
+                    continue
+                data = ["--dataset", f"cifar{n}"]
+            flags = data + ["--imbalance-type", a["imbalance_type"], "--imbalance-ratio", repr(a["imbalance_ratio"]),
+                            "--device", "cpu"]
             if (row, tuple(flags)) not in expected:
                 expected[row, tuple(flags)] = vars(row_args(row, flags))
             show = lambda v: " ".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
             diff = ", ".join(f"--{k.replace('_', '-')} {show(a.get(k))} instead of {show(v)}"
                              for k, v in sorted(expected[row, tuple(flags)].items())
-                             if k not in RUN_ONLY_ARGS and v is not None and a.get(k) != v)
+                             if k not in RUN_ONLY_ARGS | {"dataset"} and v is not None and a.get(k) != v)
             if diff:
                 groups.setdefault(diff, []).append(f"{method} seed {a['seed']}")
     lines = [f"The arguments of {unknown} runs were not compared with their rows: their data folder is not here."] \
@@ -1439,8 +1446,11 @@ def session_lines(results_dir):
             f"{' to '.join(sorted({sessions[0]['date_utc'][:10], sessions[-1]['date_utc'][:10]}))} "
             "(run_all.jsonl in the results folder).", "",
             "Reproduce: " + " or ".join(sorted({f"`{reproduce_command(s)}`" for s in trained}))
-            + " with the JPEG CIFAR-10 in data/cifar10-jpeg (DATA_DIR=...; DEADLINE=<seconds> splits it over "
-            "several sessions: a run whose JSON exists is skipped, a run cut short goes on from its checkpoint).", ""]
+            + (" (the built-in synthetic set, 2 epochs on the CPU: a test of the pipeline, not results)."
+               if all(s.get("smoke") for s in trained) else
+               " with the JPEG CIFAR-10 in data/cifar10-jpeg (DATA_DIR=...; DEADLINE=<seconds> splits it over "
+               "several sessions: a run whose JSON exists is skipped, a run cut short goes on from its checkpoint)."),
+            ""]
 
 
 def report(results_dir):
@@ -1604,8 +1614,10 @@ def header_result(script, results_dir=os.path.join(ROOT, "results")):
     parts = [f"{m} {_cell(rows[m]['top1'])} (n={rows[m]['n']})" for m in sorted(rows, key=lambda m: -(rows[m]["top1"][0] or -1))]
     devices = sorted({d for m in rows for d in rows[m]["devices"]})
     torches = sorted({t for m in rows for t in rows[m]["torch"]})
+    missing = sorted({m for row, m in table_methods().items() if row.split()[0] == script} - set(rows))
     return (f"{'; '.join(parts)} top-1 % on JPEG CIFAR-10-LT R=100, final epoch, mean ± std over seeds; "
-            f"{', '.join(devices)}, torch {', '.join(torches)} (results/RESULTS.md).")
+            f"{', '.join(devices)}, torch {', '.join(torches)} (results/RESULTS.md)."
+            + (f" Not measured yet: {', '.join(missing)}." if missing else ""))
 
 
 def _result_block(lines):

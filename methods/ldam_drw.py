@@ -24,7 +24,7 @@ Variants:  results folders "ldam_drw" (default), "ldam" (--no-drw), "erm_drw" (-
 Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight decay 2e-4, linear warm-up over
            5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
 Result:    erm_drw 69.51 (n=1) top-1 % on JPEG CIFAR-10-LT R=100, final epoch, mean ± std over seeds; NVIDIA
-           H200, torch 2.11.0+cu130 (results/RESULTS.md).
+           H200, torch 2.11.0+cu130 (results/RESULTS.md). Not measured yet: ldam, ldam_drw.
 Run:       python methods/ldam_drw.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
 """
 import argparse

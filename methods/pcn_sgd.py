@@ -49,7 +49,7 @@ Choices:   BatchNorm (--norm batch, default): ONE joint forward of the whole bat
 Protocol:  the shared one (momentum 0.9, wd 2e-4, 200 epochs, warm-up, decays at 160/180) gives a CIFAR-LT number
            comparable to the other methods. The published behaviour is `--momentum 0 --weight-decay 0 --norm
            group` (MainBlock.py: momentum 0, weight_decay 0; GroupNorm models); the official runs also use
-           other nets, batch sizes and lr schedules (protocol.md §12), and sum-reduced CE (after the
+           other nets, batch sizes and lr schedules (MainBlock.py, PythonRunManager.sh), and sum-reduced CE (after the
            normalization it matters only through eps, which is applied on that scale here; sgd_o uses the batch
            mean, as the official plain SGD divides by the batch size).
            With this protocol's optimizer the step is not the paper's: the direction keeps a norm near sqrt(C)

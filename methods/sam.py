@@ -56,7 +56,8 @@ def parse_args(argv=None):
     m.add_argument("--beta", type=float, default=0.9999, help="DRW class-balanced weights (LDAM-DRW cifar_train.py)")
     m.add_argument("--drw-epoch", type=int, default=160, help="0-based epoch from which DRW weights apply (LDAM-DRW)")
     m.add_argument("--max-m", type=float, default=0.5, help="largest LDAM margin, ldam_drw only (LDAM-DRW)")
-    m.add_argument("--s", type=float, default=30.0, help="LDAM logit scale, ldam_drw only (LDAM-DRW losses.py)")
+    m.add_argument("--scale", type=float, default=30.0,
+                   help="LDAM logit scale s, ldam_drw only (LDAM-DRW losses.py; --scale as in ldam_drw.py)")
     args = parser.parse_args(argv)
     common.check(args.base in BASES, f"unknown --base '{args.base}': use {' or '.join(BASES)}")
     common.check(args.bn_second_pass in ("update", "frozen"),
@@ -66,7 +67,7 @@ def parse_args(argv=None):
     common.check(0 <= args.beta < 1, f"--beta must be in [0, 1), got {args.beta:g}")
     common.check(args.drw_epoch >= 0, f"--drw-epoch must be >= 0, got {args.drw_epoch}")
     common.check(args.max_m >= 0, f"--max-m must be >= 0, got {args.max_m:g}")
-    common.check(args.s > 0, f"--s must be positive, got {args.s:g}")
+    common.check(args.scale > 0, f"--scale must be positive, got {args.scale:g}")
     args = common.finish_args(args, method=f"sam_{args.base}")
     if args.rho is None:
         args.rho = 0.8 if args.base == "ldam_drw" or (common.class_count(args) or 0) >= 100 else 0.5
@@ -184,8 +185,8 @@ if __name__ == "__main__":
     if args.base == "ldam_drw":  # METHOD: LDAM's cosine head
         model.linear = NormedLinear(64, data.num_classes).to(args.device)
         margins = ldam_margins(data.train_counts, args.max_m).to(args.device)
-        criterion = lambda logits, y, w: ldam_loss(logits, y, margins, args.s, w)  # noqa: E731
-        evaluated = Scaled(model, args.s)  # top-1 is the same; the softmax/ECE use the trained scale
+        criterion = lambda logits, y, w: ldam_loss(logits, y, margins, args.scale, w)  # noqa: E731
+        evaluated = Scaled(model, args.scale)  # top-1 is the same; the softmax/ECE use the trained scale
     else:
         criterion, evaluated = ce_loss, model
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,

@@ -12,9 +12,9 @@ the first evaluation's extra + the final evaluation; the ratio eager / fast is t
 labelled as such; --full also trains each row's fast path for the whole protocol (200 epochs) end to end and
 records its measured wall time and final accuracy. --parallel N runs N copies of each path at once (seeds
 0..N-1) and reports their aggregate throughput against one run; --mps does that under a CUDA MPS daemon
-(several graphed processes gain nothing without it, performance.md Sec. 6). A row keeps the earlier benchmark's
-timings of other numbers at once (dated), so two sessions measure 4 and 8 at once, and run_all.sh's JOBS is the
-one with the most throughput (choose_jobs).
+(without it several graphed processes gain nothing: one keeps the GPU busy, and processes only time-slice it).
+A row keeps the earlier benchmark's timings of other numbers at once (dated), so two sessions measure 4 and 8 at
+once, and run_all.sh's JOBS is the one with the most throughput (choose_jobs).
 --check first compares the two paths in fp32 with deterministic kernels (--fp32 --deterministic) on a short
 schedule that crosses an lr change and the DRW switch: every epoch's mean training loss and the final accuracy
 must be equal bit for bit. --accuracy N trains N seeds of each path for the whole protocol, as the table is

@@ -1,9 +1,10 @@
 """Study: oversampling vs class weights in mini-batch SGD, and per-class learning dynamics.
 
-The question (a Cross Validated post, ../shared/seeds/000_*.txt): with a 1:99 binary imbalance and batch 16, are
+The question (Cross Validated, stats.stackexchange.com question 535802, "upsampling vs class weights in
+mini-batch SGD"): with a 1:99 binary imbalance and batch 16, are
 class weights (0.02 / 1.98, inverse frequency summing to C) equivalent to oversampling the minority, or do they
 make SGD noisier and slower, since most batches hold no minority image and the rare ones that do are dominated
-by it? The theory (Francazi, Baity-Jesi, Lucchi, ICML 2023; protocol.md Sec. 12): under SGD the minority class
+by it? The theory (Francazi, Baity-Jesi, Lucchi, ICML 2023, arXiv 2207.00391): under SGD the minority class
 suffers extra directional noise, which oversampling removes; per-class gradient normalization (PCNSGD) removes
 the competition between classes, and without it the minority loss first rises ("minority initial drop").
 
@@ -35,14 +36,15 @@ Modes: --quick: the binary setting only (add --settings binary lt10 for both), a
 below), 3 seeds, 300 steps, at most 200 test images per class, one CPU thread; about 2-3 minutes on 2 CPU cores;
 written to results/scratch/study-quick/ (git-ignored). Full (default): ResNet-32 (common.resnet32, BatchNorm),
 5 seeds, 1500 steps (binary, ~4.8 epochs) / 600 steps (lt10, ~6 epochs), the full test set, 4 worker processes
-on a GPU, written to results/study/. Not yet timed on a GPU: the estimate from performance.md's eager step cost
-(~15 ms) is 10-15 minutes on one H100, most of it PCNSGD's C backward passes per step on lt10.
+on a GPU, written to results/study/. Not yet timed on a GPU: the estimate from an eager ResNet-32 step's cost on an
+H100 (~15 ms) is 10-15 minutes on one H100, most of it PCNSGD's C backward passes per step on lt10.
 Each finished run is kept at once in <out>/runs/ (with the arguments, device and code that made it), so an
 invocation cut short by a time limit loses only the runs still going: the same command again trains only the
 missing runs, and the last one writes study.json (then the single runs are removed).
 Paired design: for a seed, erm, class_weights and class_weights_n see exactly the same batches (same index plan
 and augmentation draws) and every method starts from the same weights, so their differences come from the loss.
 Run:  python studies/oversampling_vs_weights.py --quick
+      python studies/oversampling_vs_weights.py --quick --dataset synthetic   # without the CIFAR folder
       python studies/oversampling_vs_weights.py --dataset imagefolder --data-dir data/cifar10-jpeg
       python studies/oversampling_vs_weights.py --from-json results/study/study.json   # plots + summary only
 """

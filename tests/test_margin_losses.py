@@ -38,7 +38,7 @@ def test_ldam_margins_follow_n_to_the_minus_quarter_with_max_exactly_max_m():
     assert int(m.argmax()) == 3  # the rarest class
     n = torch.tensor(SMALL, dtype=torch.float64)
     assert torch.allclose(m.double() * n ** 0.25, (m.double() * n ** 0.25)[0].expand(4), rtol=1e-6)
-    # protocol.md section 10: the C10 LT-100 margins
+    # kaidic/LDAM-DRW losses.py: the C10 LT-100 margins
     expected = [0.158, 0.180, 0.204, 0.232, 0.264, 0.300, 0.341, 0.387, 0.441, 0.500]
     assert ldam.ldam_margins(C10_LT100, 0.5).tolist() == pytest.approx(expected, abs=6e-4)
     assert torch.equal(ldam.ldam_margins(C10_LT100, 0.5), mm.ldam_margins(C10_LT100, 0.5))
@@ -71,7 +71,7 @@ def test_drw_weights_are_ones_before_the_switch_and_class_balanced_after():
     assert torch.equal(ldam.drw_weights(C10_LT100, beta, 199, None), torch.ones(10))  # --no-drw
     w = ldam.drw_weights(C10_LT100, beta, 160, switch)
     assert w.sum().item() == pytest.approx(10, rel=1e-6)
-    # protocol.md section 7: beta 0.9999 on C10 LT-100, normalized to sum to 10
+    # Cui et al., effective number: beta 0.9999 on C10 LT-100, normalized to sum to 10
     expected = [0.051, 0.077, 0.121, 0.195, 0.319, 0.525, 0.868, 1.443, 2.409, 3.993]
     assert w.tolist() == pytest.approx(expected, abs=6e-4)
     assert torch.equal(ldam.drw_weights(C10_LT100, beta, 199, switch), w)
@@ -235,7 +235,7 @@ def test_la_cdt_vs_match_the_official_forms():
                           F.cross_entropy(z4.double() * behnia, y4).float(), atol=1e-5)
     assert not torch.allclose(cdt.cdt_loss(z4, y4, step, g), cdt.cdt_loss(z4, y4, step, g, normalize="sum"))
     assert cdt.parse_args(["--dataset", "synthetic", "--device", "cpu", "--normalize", "sum"]).method == "cdt_sum"
-    # protocol.md section 14: the VS divisors for C10 LT-100 with gamma 0.2
+    # Kini et al. (VS loss): the VS divisors for C10 LT-100 with gamma 0.2
     divisors = (max(C10_LT100) / torch.tensor(C10_LT100, dtype=torch.float64)) ** 0.2
     assert divisors.tolist() == pytest.approx([1, 1.108, 1.227, 1.359, 1.506, 1.668, 1.848, 2.047, 2.270, 2.512],
                                               abs=6e-4)

@@ -16,7 +16,7 @@ cw = load_method("class_weights")
 focal = load_method("focal")
 cb = load_method("class_balanced")
 
-C10_LT100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]   # protocol.md 4.1
+C10_LT100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]   # kaidic/LDAM-DRW imbalance_cifar.py
 NAME_ARGS = ["--dataset", "synthetic", "--epochs", "200", "--device", "cpu"]
 
 
@@ -150,7 +150,8 @@ def test_inverse_frequency_weights_of_the_1_to_99_question():
 
 def test_inverse_frequency_weights_cifar10_lt100():
     w = cw.inverse_frequency_weights(C10_LT100)
-    expected = [0.040, 0.067, 0.112, 0.187, 0.312, 0.520, 0.867, 1.447, 2.424, 4.024]   # protocol.md 7
+    # 1/n_c of the CIFAR-10-LT R=100 counts, normalized to sum to C = 10
+    expected = [0.040, 0.067, 0.112, 0.187, 0.312, 0.520, 0.867, 1.447, 2.424, 4.024]
     assert [round(x, 3) for x in w.tolist()] == expected
     assert math.isclose(w.sum().item(), 10, rel_tol=1e-6)
 
@@ -215,7 +216,7 @@ def test_cb_weights_beta_zero_uniform_sum_to_c_and_tend_to_inverse_frequency():
     inv = cw.inverse_frequency_weights(C10_LT100)
     gaps = [(cb.class_balanced_weights(C10_LT100, b) - inv).abs().max().item() for b in (0.99, 0.9999, 1 - 1e-8)]
     assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-3
-    # beta=0.9999 on CIFAR-10-LT R=100 (protocol.md 7): the head weight is ~25% above 1/n.
+    # beta=0.9999 on CIFAR-10-LT R=100 (Cui et al., effective number): the head weight is ~25% above 1/n.
     expected = [0.051, 0.077, 0.121, 0.195, 0.319, 0.525, 0.868, 1.443, 2.409, 3.993]
     assert [round(x, 3) for x in cb.class_balanced_weights(C10_LT100, 0.9999).tolist()] == expected
 

@@ -31,7 +31,7 @@ def test_smoke_run_all_end_to_end(smoke_table):
     assert all(r["runs_at_once"] == 2 and r["mps"] is False for r in results.values())  # JOBS=2, recorded
     assert " s (2 at once) |" in report
     assert "Made by 1 invocation of run_all.sh that trained (20 runs, 0 failed" in report
-    assert "Reproduce: `SMOKE=1 bash run_all.sh`" in report  # the smoke invocation, recorded as one
+    assert "Reproduce: `SMOKE=1 bash run_all.sh` (the built-in synthetic set" in report  # the smoke invocation
     assert "Not run yet: 40 of the 60 runs of run_all.sh's table (20 rows x seeds 0, 1, 2): seeds 1, 2 of every row" \
         in report
     # a smoke table is not the protocol, and says so
@@ -215,6 +215,17 @@ def test_args_lines_name_runs_trained_with_other_arguments_than_their_row(tmp_pa
     elsewhere = run(0, dataset="imagefolder", data_dir=str(tmp_path / "absent"))  # a report made without the data
     assert common.args_lines({"cb_focal": {"runs": [elsewhere]}}, table) == [
         "The arguments of 1 runs were not compared with their rows: their data folder is not here."]
+    # ... unless the run's class count is CIFAR's: the defaults that depend on the data depend on that alone
+    elsewhere["train_class_counts"] = [50] * 10
+    assert common.args_lines({"cb_focal": {"runs": [elsewhere]}}, table) == []  # (a fresh clone's report: no line)
+    sam = {"sam.py --base ce_drw": "sam_ce_drw"}
+    cifar100 = vars(common.row_args("sam.py --base ce_drw", ["--dataset", "cifar100", "--device", "cpu"]))
+    hundred = {"args": {**cifar100, "dataset": "imagefolder", "data_dir": str(tmp_path / "absent")},
+               "train_class_counts": [5] * 100}
+    assert hundred["args"]["rho"] == 0.8 and common.args_lines({"sam_ce_drw": {"runs": [hundred]}}, sam) == []
+    hundred["train_class_counts"] = [5] * 10  # the same run on 10 classes: rho 0.5 is the row's
+    (line,) = common.args_lines({"sam_ce_drw": {"runs": [hundred]}}, sam)
+    assert "--rho 0.8 instead of 0.5" in line
 
 
 def test_results_record_their_code_version(smoke_table):
