@@ -13,7 +13,7 @@ margins; the LDAM margin is not subtracted on top.
 Paper:     Kang, Vu, Yoo, "Learning Imbalanced Datasets with Maximum Margin Loss", ICIP 2021 (arXiv 2206.05380),
            slides Table 1 (CIFAR-10-LT R=100: MM-DRW 21.98% error, i.e. 78.02% top-1; MM-LDAM-DRW 21.37%;
            MM 26.56%); Tables 2-3 tune (beta, delta-) per setting (CIFAR-10-LT R=100: 1.5 / 0.6; CIFAR-100-LT
-           R=100: 1.3 / 1.2), and --beta / --delta-minus default to the tuned pair of the run's setting (MM_TUNED;
+           R=100: 1.3 / 1.2), and --mm-beta / --delta-minus default to the tuned pair of the run's setting (MM_TUNED;
            CIFAR-10-LT R=100's where the slides tuned none). MM-LDAM-DRW has no published pair: it uses MM-DRW's
            (the official README, too, reuses the HMM values for HMM-LDAM). On CIFAR-10-LT R=100 that leaves the
            rarest class delta- - m_y = 0.6 - 0.5 = 0.1: its margin reaches exp(-0.1) = 0.90 in cosine units (27
@@ -21,7 +21,7 @@ Paper:     Kang, Vu, Yoo, "Learning Imbalanced Datasets with Maximum Margin Loss
 Code:      ihaeyong/Maximum-Margin-LDAM @ e7ed20d, losses.py HMMLoss (L48-126), cifar_train.py --loss_type
            HMM|HMM-LDAM --train_rule DRW (NormedLinear head, L134; DRW weights L227-234).
 vs ERM:    (1) the head is NormedLinear (cosine logits, no bias); (2) the loss is MM with scale --scale;
-           (3) from --drw-epoch 160 the loss is weighted by the class-balanced weights (--cb-beta 0.9999).
+           (3) from --drw-epoch 160 the loss is weighted by the class-balanced weights (--beta 0.9999).
 Deviations from the official code, on purpose (each makes the code match the slides' formulas):
            - each sample's margin uses its OWN label; HMMLoss reads the target column of the first sample's
              label, labels[0], for every row of the batch;
@@ -63,8 +63,8 @@ def parse_args(argv=None):
     parser = common.make_parser(__doc__)
     # METHOD: the MM and DRW arguments.
     m = parser.add_argument_group("MM-DRW")
-    m.add_argument("--beta", type=float, default=None,
-                   help="delta+ = beta * delta- (official --gamma). Default: the slides' best for the setting "
+    m.add_argument("--mm-beta", type=float, default=None,
+                   help="the slides' beta: delta+ = beta * delta- (official --gamma). Default: the slides' best for the setting "
                         "(Table 2 CIFAR-10 / Table 3 CIFAR-100, e.g. 1.5 for CIFAR-10-LT R=100; see MM_TUNED)")
     m.add_argument("--delta-minus", type=float, default=None,
                    help="delta- of the wrongly classified samples; the largest margin is exp(-delta-) (official "
@@ -75,31 +75,32 @@ def parse_args(argv=None):
                    help="MM-LDAM: per-sample delta- = delta- - m_y with the LDAM margins m (official HMM-LDAM)")
     m.add_argument("--max-m", type=float, default=0.5,
                    help="largest LDAM margin, used with --ldam (HMMLoss hard-codes 0.5)")
-    m.add_argument("--cb-beta", type=float, default=0.9999,
-                   help="class-balanced weight (1-beta)/(1-beta^n) of DRW. cifar_train.py betas=[0, 0.9999]")
+    m.add_argument("--beta", type=float, default=0.9999,
+                   help="class-balanced weight (1-beta)/(1-beta^n) of DRW, as --beta of the other files. "
+                        "cifar_train.py betas=[0, 0.9999]")
     m.add_argument("--drw-epoch", type=int, default=160,
                    help="0-based epoch from which the class-balanced weights are on. cifar_train.py epoch // 160")
     m.add_argument("--drw", action=argparse.BooleanOptionalAction, default=True,
                    help="deferred re-weighting; --no-drw trains the unweighted loss throughout")
     args = parser.parse_args(argv)
-    for flag, value in (("--beta", args.beta), ("--delta-minus", args.delta_minus)):
+    for flag, value in (("--mm-beta", args.mm_beta), ("--delta-minus", args.delta_minus)):
         if value is not None:
             common.check(math.isfinite(value) and value >= 0, f"{flag} must be >= 0, got {value:g}")
     common.check(args.scale > 0, f"--scale must be positive, got {args.scale:g}")
     common.check(args.max_m >= 0, f"--max-m must be >= 0, got {args.max_m:g}")
-    common.check(0 <= args.cb_beta < 1, f"--cb-beta must be in [0, 1), got {args.cb_beta:g}")
+    common.check(0 <= args.beta < 1, f"--beta must be in [0, 1), got {args.beta:g}")
     common.check(args.drw_epoch >= 0, f"--drw-epoch must be >= 0, got {args.drw_epoch}")
     if not args.drw:
         args.drw_epoch = None  # no switch: the report then marks no DRW epoch on the plots
     name = "mm" + ("_ldam" if args.ldam else "") + ("_drw" if args.drw else "")
     args = common.finish_args(args, method=name)
-    if args.beta is None or args.delta_minus is None:  # METHOD: the tuned values of the setting
+    if args.mm_beta is None or args.delta_minus is None:  # METHOD: the tuned values of the setting
         key = (common.class_count(args), args.imbalance_type, args.imbalance_ratio)
         beta, delta_minus = MM_TUNED.get(key, MM_TUNED[(10, "exp", 100)])
         if key not in MM_TUNED:
             print(f"note: the MM slides tuned no (beta, delta-) for {common.setting_name(args)}: using CIFAR-10-LT "
                   f"R=100's {beta:g} / {delta_minus:g}", file=sys.stderr, flush=True)
-        args.beta = beta if args.beta is None else args.beta
+        args.mm_beta = beta if args.mm_beta is None else args.mm_beta
         args.delta_minus = delta_minus if args.delta_minus is None else args.delta_minus
     if args.ldam and args.delta_minus < args.max_m:
         print(f"warning: --ldam with --delta-minus {args.delta_minus:g} < --max-m {args.max_m:g}: the tail classes' "
@@ -185,7 +186,7 @@ if __name__ == "__main__":
     class_margins = ldam_margins(data.train_counts, args.max_m).to(args.device) if args.ldam else None  # METHOD
     run.extra["ldam_margins"] = class_margins.tolist() if args.ldam else None  # METHOD
     if args.drw:  # METHOD: the weights once DRW is on
-        run.extra["drw_weights"] = drw_weights(data.train_counts, args.cb_beta, args.drw_epoch,
+        run.extra["drw_weights"] = drw_weights(data.train_counts, args.beta, args.drw_epoch,
                                                args.drw_epoch).tolist()
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
@@ -193,7 +194,7 @@ if __name__ == "__main__":
     def train_step(x, y, weight):  # one SGD step on a batch
         with common.autocast(args.device):
             logits = model(x)
-        loss = mm_loss(logits, y, args.beta, args.delta_minus, args.scale, weight, class_margins)  # METHOD
+        loss = mm_loss(logits, y, args.mm_beta, args.delta_minus, args.scale, weight, class_margins)  # METHOD
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -204,7 +205,7 @@ if __name__ == "__main__":
     start = run.restore(model, optimizer)  # 0, or with --resume the epoch after the run's last checkpoint
     for epoch in range(start, args.epochs):
         lr = common.set_lr(optimizer, epoch, args)
-        weight = drw_weights(data.train_counts, args.cb_beta, epoch, args.drw_epoch).to(args.device)  # METHOD
+        weight = drw_weights(data.train_counts, args.beta, epoch, args.drw_epoch).to(args.device)  # METHOD
         model.train()
         for x, y in data.batches(data.shuffled(run.generator), run.generator):
             loss = step(x, y, weight)

@@ -112,12 +112,14 @@ def test_variant_names_and_drw_switch():
 def test_mm_defaults_are_the_slides_tuned_pair_of_the_setting():
     def pick(*flags):
         a = mm.parse_args(["--dataset", "synthetic", "--device", "cpu", *flags])
-        return a.beta, a.delta_minus
+        return a.mm_beta, a.delta_minus
     assert pick("--imbalance-ratio", "100") == (1.5, 0.6)  # slides Table 2, CIFAR-10-LT R=100 (21.98% error)
     assert pick("--imbalance-type", "step", "--imbalance-ratio", "10") == (1.0, 2.1)  # Table 2 (11.48%)
     assert pick("--dataset", "cifar100", "--imbalance-ratio", "100") == (1.3, 1.2)  # Table 3 (57.14%)
     assert pick("--imbalance-ratio", "50") == (1.5, 0.6)  # not tuned by the slides: CIFAR-10-LT R=100's
-    assert pick("--imbalance-ratio", "100", "--beta", "2") == (2.0, 0.6)  # a flag given wins
+    assert pick("--imbalance-ratio", "100", "--mm-beta", "2") == (2.0, 0.6)  # a flag given wins
+    # --beta is DRW's class-balanced beta, as in every other method file
+    assert mm.parse_args(["--dataset", "synthetic", "--device", "cpu", "--beta", "0.999"]).beta == 0.999
 
 
 # ---------------------------------------------------------------- MM
@@ -256,7 +258,7 @@ def test_losses_run_in_fp32_from_bf16_logits():
 BAD = [(ldam, ["--beta", "1"], "--beta"), (ldam, ["--beta", "-0.1"], "--beta"), (ldam, ["--max-m", "-0.1"], "--max-m"),
        (ldam, ["--scale", "0"], "--scale"), (ldam, ["--loss", "focal"], "--loss"),
        (ldam, ["--drw-epoch", "-1"], "--drw-epoch"),
-       (mm, ["--cb-beta", "1"], "--cb-beta"), (mm, ["--beta", "-1"], "--beta"),
+       (mm, ["--beta", "1"], "--beta"), (mm, ["--mm-beta", "-1"], "--mm-beta"),
        (mm, ["--delta-minus", "-0.5"], "--delta-minus"), (mm, ["--max-m", "-0.1"], "--max-m"),
        (la, ["--tau", "-1"], "--tau"), (la, ["--tau", "inf"], "--tau"), (cdt, ["--gamma", "nan"], "--gamma"),
        (cdt, ["--normalize", "max"], "--normalize"),
