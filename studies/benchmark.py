@@ -452,6 +452,43 @@ def step_cost_lines(runs, reports=(), tolerance=1.25):
             f"most {tolerance:g} x the passes its math needs (a backward pass counted as two forwards)."] + lines
 
 
+def table_time_lines(runs, target_min=10):
+    """The whole table of run_all.sh (its rows x seeds) against the speed target, from the table's --fast GPU runs
+    made so far: per setting and GPU, the GPU time they took (each run's wall time / the runs sharing the GPU) over
+    the ERM steps their math needed (each run's steps x its inherent_multiple) is a cost per ERM step; every row x
+    seed at that cost, by its multiple and its steps (a row not run yet: ERM's), gives the whole table. Markdown
+    lines; [] without such runs."""
+    table, seeds = common.table_methods(), common.table_seeds()
+    groups = {}
+    for r in runs:
+        if r["status"] == "completed" and r["method"] in table.values() and fast_steps(r.get("fast_path")) \
+                and r.get("device_name", "cpu") != "cpu":
+            groups.setdefault((r["setting"], r["device_name"]), []).append(r)
+    lines = []
+    for (setting, device), found in sorted(groups.items()):
+        gpu_s = sum(r["wall_time_s"] / (r.get("runs_at_once") or 1) for r in found)
+        per_step = gpu_s / sum(inherent_multiple(r)[0] * fast_steps(r["fast_path"]) for r in found)
+        a, counts = found[0]["args"], found[0]["train_class_counts"]
+        erm_steps = a["epochs"] * math.ceil(sum(counts) / a["batch_size"])  # (every row but undersampling)
+        data = ["--dataset", "synthetic", "--device", "cpu", "--imbalance-type", a["imbalance_type"],
+                "--imbalance-ratio", repr(a["imbalance_ratio"])]
+        work = 0.0  # the whole table in ERM steps
+        for row, method in table.items():
+            steps = [fast_steps(r["fast_path"]) for r in found if r["method"] == method]
+            multiple = inherent_multiple({"command": f"methods/{row}", "train_class_counts": counts,
+                                          "args": vars(common.row_args(row, data))})[0]
+            work += len(seeds) * multiple * (statistics.median(steps) if steps else erm_steps)
+        shared = sorted({(r.get("runs_at_once") or 1, bool(r.get("mps"))) for r in found})
+        how = ", ".join(f"{n} at once{' under MPS' if m else ''}" if n > 1 else "one alone" for n, m in shared)
+        lines.append(f"The whole table on {setting} ({len(table)} rows x {len(seeds)} seeds = {len(table) * len(seeds)} "
+                     f"runs, {work / erm_steps:.0f} ERM runs' worth of steps by the passes each row's math needs): "
+                     f"its {len(found)} `--fast` runs so far took {gpu_s:.0f} s of the {device} ({how}; each run's "
+                     f"wall time / the runs sharing the GPU), {1000 * per_step:.2f} ms per ERM step; at that rate "
+                     f"the whole table takes about {per_step * work / 60:.0f} minutes of that GPU, against a target "
+                     f"of {target_min} minutes on an H100.")
+    return lines
+
+
 def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.join(ROOT, "README.md")):
     """results/SPEED.md and README's block between the speed markers, from every results/bench-*.json."""
     files = sorted(f for f in os.listdir(results_dir) if f.startswith("bench-") and f.endswith(".json")) \
@@ -492,6 +529,12 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
         costs = [f"The table's runs could not be read for the cost per step: {e}"]
     if costs:
         body += [""] + costs
+    try:
+        whole = table_time_lines(common.load_results(results_dir))
+    except common.UserError:
+        whole = []
+    if whole:
+        body += [""] + whole
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, "SPEED.md"), "w") as f:
         f.write("\n".join(["# Speed: --fast (one CUDA graph per step) vs eager", ""] + body) + "\n")

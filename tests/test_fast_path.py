@@ -502,3 +502,27 @@ def test_gpu_scripts_parse(script):
     """The GPU-session scripts cannot run here; bash must at least accept them (a typo costs a lent GPU session)."""
     proc = subprocess.run(["bash", "-n", script], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_whole_table_time_from_the_table_runs():
+    """SPEED.md's estimate of the whole table: the GPU time of the --fast runs so far per ERM step their math
+    needed, times the ERM steps of every row x seed (a row not run yet: ERM's steps)."""
+    bench = load_benchmark()
+
+    def run(row, method, wall, steps, at_once=4, fast=True):
+        args = vars(common.row_args(row, ["--dataset", "synthetic", "--device", "cpu"]))
+        return {"method": method, "setting": "cifar10-exp-r100", "status": "completed", "command": f"methods/{row}",
+                "args": args, "train_class_counts": [100] * 10, "device_name": "NVIDIA H200", "wall_time_s": wall,
+                "runs_at_once": at_once, "mps": True,
+                "fast_path": {"eager_steps": 2, "graph_replays": steps - 2} if fast else None}
+
+    runs = [run("erm.py", "erm", 20.0, 80), run("sam.py --base ce_drw", "sam_ce_drw", 40.0, 80),
+            run("focal.py", "focal", 99.0, 80, fast=False)]  # eager: not counted
+    (line,) = bench.table_time_lines(runs)
+    # GPU time 20/4 + 40/4 = 15 s for 1 x 80 + 2 x 80 = 240 ERM steps; ERM's steps 200 x ceil(1000/128) = 1600. The
+    # table: 3 seeds x (erm 80 + sam_ce_drw 2 x 80 + sam_ldam_drw 2 x 1600 + 2 PCNSGD rows 7 x 1600 each + 15 rows
+    # 1600 each) = 149,520 ERM steps = 93 ERM runs, at 1/16 s each 156 minutes
+    assert "(20 rows x 3 seeds = 60 runs, 93 ERM runs' worth of steps" in line
+    assert "its 2 `--fast` runs so far took 15 s of the NVIDIA H200 (4 at once under MPS;" in line
+    assert "62.50 ms per ERM step; at that rate the whole table takes about 156 minutes" in line
+    assert bench.table_time_lines(runs[2:]) == []
