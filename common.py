@@ -396,14 +396,14 @@ def make_long_tailed(labels, num_classes, imbalance_type, ratio, data_seed):
         return np.concatenate([np.where(labels == c)[0] for c in range(num_classes)]), available.tolist()
     balanced = available.min() == available.max()
     n_max = len(labels) / num_classes if balanced else int(available.min())
-    if not balanced:
-        print(f"note: the training classes are not of one size ({available.min()} to {available.max()} images): "
-              f"the {imbalance_type} subset is cut with n_max = {n_max}, the smallest class; --imbalance-type none "
-              "trains on the set as it is", file=sys.stderr, flush=True)
     counts = long_tail_counts(n_max, num_classes, imbalance_type, ratio)
     check(min(counts) >= 1, f"--imbalance-ratio {ratio:g} leaves class {counts.index(min(counts))} with 0 "
                             f"images (n_max = {n_max:g}{'' if balanced else ', the smallest class'}): use a ratio of "
                             f"at most {n_max:g}")
+    if not balanced:  # (after the check: bad input stays one line)
+        print(f"note: the training classes are not of one size ({available.min()} to {available.max()} images): "
+              f"the {imbalance_type} subset is cut with n_max = {n_max}, the smallest class; --imbalance-type none "
+              "trains on the set as it is", file=sys.stderr, flush=True)
     return long_tail_indices(labels, counts, 0 if data_seed is None else data_seed), counts
 
 
