@@ -279,3 +279,24 @@ def test_bad_input_exits_1_with_one_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == ["error: --beta must be in [0, 1), got 1.5"]
     assert not any(tmp_path.iterdir())
+
+
+def test_the_copies_of_the_ldam_pieces_in_sam_py_compute_what_ldam_drw_py_does():
+    """sam.py carries its own copy of LDAM-DRW (written in torch, not numpy): the same margins, weights, head and
+    loss, so that SAM on LDAM-DRW changes the optimizer only."""
+    sam = load_method("sam")
+    torch.testing.assert_close(sam.ldam_margins(C10_LT100, 0.5), ldam.ldam_margins(C10_LT100, 0.5), rtol=1e-6, atol=0)
+    for epoch in (0, 159, 160, 199):
+        torch.testing.assert_close(sam.drw_weights(C10_LT100, 0.9999, epoch, 160),
+                                   ldam.drw_weights(C10_LT100, 0.9999, epoch, 160), rtol=1e-6, atol=0)
+    heads = []
+    for module in (sam, ldam):
+        torch.manual_seed(3)
+        heads.append(module.NormedLinear(8, 10))
+    torch.testing.assert_close(heads[0].weight, heads[1].weight, rtol=0, atol=0)  # the official init, draw for draw
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.tanh(torch.randn(16, 10, generator=g)), torch.randint(0, 10, (16,), generator=g)
+    m, w = ldam.ldam_margins(C10_LT100, 0.5), ldam.drw_weights(C10_LT100, 0.9999, 160, 160)
+    torch.testing.assert_close(sam.ldam_loss(z, y, m, 30.0, w), ldam.ldam_loss(z, y, m, 30.0, w), rtol=1e-6, atol=0)
+    x = torch.randn(4, 8, generator=g)
+    torch.testing.assert_close(sam.Scaled(heads[0], 30.0)(x), ldam.Scaled(heads[1], 30.0)(x), rtol=0, atol=0)
