@@ -524,17 +524,13 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
         body = ["Not measured yet: no `results/bench-*.json` is committed. `python studies/benchmark.py --check` on "
                 "a GPU writes one and regenerates this table."]
     try:
-        costs = step_cost_lines(common.load_results(results_dir), reports)
+        runs = common.load_results(results_dir)
+        costs, whole = step_cost_lines(runs, reports), table_time_lines(runs)
     except common.UserError as e:  # a misplaced results JSON: the results report says so too
-        costs = [f"The table's runs could not be read for the cost per step: {e}"]
-    if costs:
-        body += [""] + costs
-    try:
-        whole = table_time_lines(common.load_results(results_dir))
-    except common.UserError:
-        whole = []
-    if whole:
-        body += [""] + whole
+        costs, whole = [f"The table's runs could not be read for the cost per step: {e}"], []
+    for lines in (costs, whole):
+        if lines:
+            body += [""] + lines
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, "SPEED.md"), "w") as f:
         f.write("\n".join(["# Speed: --fast (one CUDA graph per step) vs eager", ""] + body) + "\n")
