@@ -80,6 +80,9 @@ def parse_args(argv=None):
     p.add_argument("--accuracy", type=int, default=0,
                    help="N >= 2: also train N seeds (0..N-1) of each row with each path for --project-epochs epochs "
                         "and compare their final top-1 (mean ± std; same within 2 standard errors?)")
+    p.add_argument("--accuracy-fp32", action="store_true",
+                   help="with --accuracy: the eager seeds in fp32 (--fp32: no bf16 autocast, no TF32), so the table's "
+                        "--fast path is compared with the plain fp32 one: the graph and the precision at once")
     p.add_argument("--accuracy-dir", default=os.path.join(ROOT, "results", "accuracy"),
                    help="where the --accuracy runs are kept; a finished run there is reused, not trained again")
     p.add_argument("--table-dir", default=os.path.join(ROOT, "results"),
@@ -211,19 +214,22 @@ def project(t, epochs, eval_every):
             + (t["first_eval_extra_s"] if during else 0.0) + t["final_eval_s"])
 
 
-def accuracy_check(row, data_flags, n, epochs, eval_every, out, log_dir, table_dir=None, mps_on=False):
-    """N seeds of each path for the whole protocol (both in the table's precision), their final top-1 compared:
+def accuracy_check(row, data_flags, n, epochs, eval_every, out, log_dir, table_dir=None, mps_on=False,
+                   eager_fp32=False):
+    """N seeds of each path for the whole protocol (both in the table's precision, or the eager ones in fp32 with
+    `eager_fp32`), their final top-1 compared:
     the difference of the means against 2 standard errors. Runs in `out` are reused. Where the runs are the
     table's protocol (the row's own --epochs and --eval-every) and `table_dir` is given, the --fast seeds are
     trained as the table's runs of the row, into table_dir with run_all.sh's flags: the same run serves both, and
     a seed the table has already is not trained again. The eager seeds go to `out`."""
-    name, entry = slug(row), {"n": n, "epochs": epochs}
-    paths = (("eager", []), ("fast", ["--fast"]))
+    name, entry = slug(row), {"n": n, "epochs": epochs, "eager_fp32": eager_fp32}
+    paths = (("eager", ["--fp32"] if eager_fp32 else []), ("fast", ["--fast"]))
     keep = ["--checkpoint-every", "10", "--resume"]  # a session cut short keeps their progress
     defaults = common.row_args(row, data_flags)
     in_table = table_dir is not None and (epochs, eval_every) == (defaults.epochs, defaults.eval_every)
     jobs = [(row, data_flags + ["--epochs", str(epochs), "--eval-every", str(eval_every), "--seed", str(k)] + keep + extra)
-            + ((None, table_dir) if in_table and path == "fast" else (f"acc_{name}_{path}_seed{k}",))
+            + ((None, table_dir) if in_table and path == "fast" else
+               (f"acc_{name}_{path}{'_fp32' if extra == ['--fp32'] else ''}_seed{k}",))
             for path, extra in paths for k in range(n)]
     entry["fast_runs_in_table"] = in_table
     finished = run_methods(jobs, out, log_dir, reuse=True, mps_on=mps_on)  # all 2N at once: eager runs load the
@@ -238,6 +244,9 @@ def accuracy_check(row, data_flags, n, epochs, eval_every, out, log_dir, table_d
             common.check(bool(r["args"].get("fast")) == (path == "fast"),
                          f"--accuracy: the kept run of `{cmd}` was trained {'eager' if path == 'fast' else 'with --fast'}"
                          f", not as its {path} seed: pass --table-dir '' to train the --fast seeds apart")
+            common.check(bool(r["args"].get("fp32")) == (eager_fp32 and path == "eager"),
+                         f"--accuracy: the kept run of `{cmd}` was trained {'with' if r['args'].get('fp32') else 'without'}"
+                         f" --fp32, not as its {path} seed: delete it from {out}")
         top1 = [r["final"]["top1"] for r, _ in done]
         entry[path] = {"top1": top1, "mean": statistics.mean(top1), "std": statistics.stdev(top1),
                        "wall_s": [r["wall_time_s"] for r, _ in done], "fast_path": [r.get("fast_path") for r, _ in done],
@@ -257,7 +266,8 @@ def accuracy_lines(reports):
             a = row.get("accuracy")
             if a:
                 lines.append(f"- `{row['row']}` on {r['device_name']}, final top-1 over {a['n']} seeds of "
-                             f"{a['epochs']} epochs: eager {a['eager']['mean']:.2f} ± {a['eager']['std']:.2f}, "
+                             f"{a['epochs']} epochs: eager{' fp32' if a.get('eager_fp32') else ''} "
+                             f"{a['eager']['mean']:.2f} ± {a['eager']['std']:.2f}, "
                              f"--fast {a['fast']['mean']:.2f} ± {a['fast']['std']:.2f}; difference "
                              f"{a['difference']:+.2f} (2 s.e. {a['two_standard_errors']:.2f}): "
                              f"{'the same within seed noise' if a['same_within_noise'] else '**different**'}.")
@@ -511,7 +521,7 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
         accuracy = accuracy_lines(reports)
         if accuracy:
             body += ["", "Accuracy of the two paths (`--accuracy N`: N seeds each for the whole protocol, in the "
-                         "table's precision):", ""] + accuracy
+                         "table's precision; the eager ones in fp32 where the line says so):", ""] + accuracy
         bounds = bound_lines(reports)
         if bounds:
             body += ["", "Where a step's time goes (`--profile-steps`: torch.profiler over steps of the second epoch "
@@ -767,7 +777,8 @@ def main(argv=None):
             try:
                 entry["accuracy"] = accuracy_check(row, data_flags, args.accuracy, args.project_epochs,
                                                    args.project_eval_every, args.accuracy_dir, log_dir,
-                                                   table_dir=args.table_dir or None, mps_on=why is None)
+                                                   table_dir=args.table_dir or None, mps_on=why is None,
+                                                   eager_fp32=args.accuracy_fp32)
             finally:
                 if why is None:
                     mps("stop")

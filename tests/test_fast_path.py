@@ -75,7 +75,8 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     proc = run_script("studies/benchmark.py", "--device", "cpu", "--rows", "class_weights.py",
                       "--data-flags", "--dataset synthetic --imbalance-ratio 10 --batch-size 64", "--epochs", "3",
                       "--check", "--check-flags", "--epochs 2 --warmup-epochs 1 --lr-decay-epochs 1 --drw-epoch 1",
-                      "--parallel", "2", "--accuracy", "2", "--project-epochs", "3", "--project-eval-every", "3",
+                      "--parallel", "2", "--accuracy", "2", "--accuracy-fp32", "--project-epochs", "3",
+                      "--project-eval-every", "3",
                       "--accuracy-dir", tmp_path / "accuracy", "--out", out, "--keep", tmp_path / "runs")
     report = json.loads(out.read_text())
     assert report["device_name"] == "cpu" and report["torch_version"] == torch.__version__
@@ -104,13 +105,17 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     assert acc["n"] == 2 and acc["epochs"] == 3 and len(acc["eager"]["top1"]) == len(acc["fast"]["top1"]) == 2
     assert acc["eager"]["top1"] == acc["fast"]["top1"] and acc["same_within_noise"]  # on CPU the same path
     assert all("--seed 1" in c for c in (acc["eager"]["commands"][1], acc["fast"]["commands"][1]))
+    # --accuracy-fp32: the eager seeds in fp32 (on CPU a no-op), recorded and kept apart from bf16 eager seeds
+    assert acc["eager_fp32"] is True and all("--fp32" in c for c in acc["eager"]["commands"])
+    assert not any("--fp32" in c for c in acc["fast"]["commands"])
+    assert ": eager fp32 " in load_benchmark().accuracy_lines([report])[0]  # SPEED.md says which eager
     assert len(list((tmp_path / "accuracy").glob("*/acc_class_weights_py_*_seed*/seed*.json"))) == 4
     again = load_benchmark().accuracy_check(  # kept runs are reused, not trained again
         "class_weights.py", ["--dataset", "synthetic", "--imbalance-ratio", "10", "--batch-size", "64", "--device",
-                             "cpu"], 2, 3, 3, str(tmp_path / "accuracy"), str(tmp_path))
+                             "cpu"], 2, 3, 3, str(tmp_path / "accuracy"), str(tmp_path), eager_fp32=True)
     assert again["eager"]["top1"] == acc["eager"]["top1"] and again["fast"]["top1"] == acc["fast"]["top1"]
     assert all("skip:" in (tmp_path / f"acc_class_weights_py_{p}_seed{k}.log").read_text()
-               for p in ("eager", "fast") for k in (0, 1))
+               for p in ("eager_fp32", "fast") for k in (0, 1))
     with pytest.raises(common.UserError, match="not a completed 4-epoch run"):  # kept runs of another length
         load_benchmark().accuracy_check("class_weights.py", ["--dataset", "synthetic", "--imbalance-ratio", "10",
                                                              "--batch-size", "64", "--device", "cpu"],
