@@ -956,7 +956,7 @@ def make_plots(res, out):
                 _band(ax, ms, [[_group_mean(row, g) for row in r["measure"][key]] for r in runs], COLORS[m], m)
         for ax, t in zip(axes, [f"cos(batch grad, full grad), majority: {gname(maj)}",
                                 f"cos(batch grad, full grad), minority: {gname(mnr)}\n(gaps: minority absent)",
-                                f"cos(step direction, full minority grad)\n< 0: the step raises the minority loss"]):
+                                "cos(step direction, full minority grad)\n< 0: the step raises the minority loss"]):
             ax.set_title(t, fontsize=9)
             ax.axhline(0, color="k", lw=0.6)
             ax.set_xlabel("step")

@@ -2,10 +2,16 @@
 import importlib.util
 import json
 import os
+import runpy
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import traceback
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -13,6 +19,7 @@ sys.path.insert(0, ROOT)
 # A few CPU steps on the built-in synthetic set (10 classes, 100..10 training images, 200 test images).
 SMOKE_ARGS = ["--dataset", "synthetic", "--imbalance-ratio", "10", "--epochs", "2", "--batch-size", "64",
               "--eval-every", "1", "--device", "cpu"]
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # for training subprocesses: 2 spinning cores cost more
 
 
 def run_script(script, *args, check=True, env=None, timeout=600):
@@ -23,6 +30,83 @@ def run_script(script, *args, check=True, env=None, timeout=600):
         raise AssertionError(f"{script} {' '.join(map(str, args))} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
     return proc
+
+
+def start_forked(script, *args, setup=None):
+    """Start `python <script> <args>` in a forked child of this process (torch is imported once, here) and return
+    a handle for wait_forked: the script runs as __main__ with cwd and sys.path[0] as the interpreter would set
+    them; SystemExit and uncaught exceptions are handled as Python's top level does (a string code goes to stderr
+    with status 1; an exception prints its traceback). `setup()`, if given, runs in the child first (e.g. to wrap
+    a function of common.py, the module the script imports). Runs a real subprocess where fork does not exist."""
+    if not hasattr(os, "fork"):
+        if setup is not None:
+            pytest.skip("needs os.fork")
+        return run_script(script, *args, check=False, env=ONE_THREAD)  # already finished
+    path = os.path.join(ROOT, script)
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            sys.stdout = open(1, "w", buffering=1, closefd=False)
+            sys.stderr = open(2, "w", buffering=1, closefd=False)
+            os.chdir(ROOT)
+            sys.argv = [path, *map(str, args)]
+            sys.path.insert(0, os.path.dirname(path))
+            # one thread: the OpenMP pool of a parent that has run torch ops does not survive fork (the child's
+            # first parallel region would hang), and a one-thread run is what ONE_THREAD gives real subprocesses
+            torch.set_num_threads(1)
+            try:
+                if setup is not None:
+                    setup()
+                runpy.run_path(path, run_name="__main__")
+                code = 0
+            except SystemExit as e:
+                if e.code is None:
+                    code = 0
+                elif isinstance(e.code, int):
+                    code = e.code
+                else:
+                    print(e.code, file=sys.stderr)
+                    code = 1
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    return pid, out, err, f"{script} {' '.join(map(str, args))}"
+
+
+def wait_forked(handle, timeout=120):
+    """(returncode, stdout, stderr) of a start_forked child, once it has exited; killed after `timeout` seconds."""
+    if isinstance(handle, subprocess.CompletedProcess):
+        return handle.returncode, handle.stdout, handle.stderr
+    pid, out, err, what = handle
+    deadline = time.time() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.time() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"{what} ran past {timeout}s")
+        time.sleep(0.02)
+    texts = []
+    for f in (out, err):
+        f.seek(0)
+        texts.append(f.read().decode(errors="replace"))
+        f.close()
+    return os.waitstatus_to_exitcode(status), *texts
+
+
+def run_forked(script, *args, timeout=120, setup=None):
+    """(returncode, stdout, stderr) of `python <script> <args>` run in a forked child (start_forked)."""
+    return wait_forked(start_forked(script, *args, setup=setup), timeout)
 
 
 def load_script(path, name=None):

@@ -18,7 +18,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import common
-from conftest import ROOT, load_script
+from conftest import ROOT
 
 SYNCING = {  # aten operator -> why a CUDA graph cannot hold it
     "_local_scalar_dense": ".item() / .tolist() / bool() / float() of a tensor copies it to the host",

@@ -119,6 +119,8 @@ def test_augment_is_a_zero_padded_crop_or_its_flip_per_image():
         assert match, f"image {k} is not a crop of its padded self"
         kinds.update(match)
     assert len({m[:2] for m in kinds}) > 10 and {m[2] for m in kinds} == {0, 1}  # offsets and flips vary per image
+    # every one of the 9 offsets of RandomCrop(32, padding=4) in each direction is drawn, the last one included
+    assert {m[0] for m in kinds} == set(range(9)) and {m[1] for m in kinds} == set(range(9))
 
 
 def test_normalize_uses_the_ldam_constants():
@@ -155,6 +157,23 @@ def test_metrics_on_a_hand_computed_case():
     # 0.7 (bin 10, right), 0.5 (bin 7, wrong), 0.5 (bin 7, wrong)
     ece = (abs(1 - 0.9) + abs(1 - 0.6) + 2 * abs(0.5 - 0.7) + 2 * abs(0 - 0.5)) / 6
     assert m["ece"] == pytest.approx(100 * ece, rel=1e-5)
+
+
+def test_group_thresholds_and_ece_bins_at_their_edges():
+    # 100 and 20 training images are both medium (many: > 100, few: < 20): each class in exactly one group
+    pred = torch.tensor([0, 0, 2, 0])                      # classes 0 and 2 right, 1 and 3 wrong
+    m = common.metrics(torch.eye(4)[pred], torch.arange(4), [101, 100, 20, 19])
+    assert (m["many"], m["medium"], m["few"]) == pytest.approx((100.0, 50.0, 0.0))
+    # ECE bins are (b/15, (b+1)/15]: confidence 0.06 (right) and 0.10 (wrong) fall in bins 0 and 1 and do not
+    # cancel; 1.0 (right) is in the last bin, with no gap
+    probs = torch.zeros(3, 20)
+    probs[0] = 0.94 / 19
+    probs[0, 0] = 0.06                               # argmax 0, label 0: right, confidence 0.06
+    probs[1] = 0.90 / 19
+    probs[1, 1] = 0.10                               # argmax 1, label 2: wrong, confidence 0.10
+    probs[2, 5] = 1.0                                # argmax 5, label 5: right, confidence 1.0
+    m = common.metrics(probs, torch.tensor([0, 2, 5]), [10] * 20)
+    assert m["ece"] == pytest.approx(100 * (abs(1 - 0.06) + abs(0 - 0.10) + 0) / 3, rel=1e-5)
 
 
 def test_empty_group_is_absent_not_zero():

@@ -206,6 +206,11 @@ def test_zero_adjustment_is_cross_entropy():
     assert not torch.allclose(vs.vs_loss(z, y, SMALL, 0.2, 1.2), ce, atol=1e-3)
 
 
+def test_log_prior_is_the_log_of_the_training_class_frequencies():
+    # LA's adjustment is shift-invariant inside the CE, but log_prior is the documented log(n_c / n): a prior
+    assert la.log_prior(SMALL).exp().tolist() == pytest.approx([n / sum(SMALL) for n in SMALL], rel=1e-6)
+
+
 def test_vs_contains_la_and_cdt():
     z, y = batch(n=20, c=4, seed=5)
     for tau in (0.5, 1.0, 1.2):

@@ -11,103 +11,27 @@ import glob
 import hashlib
 import json
 import os
-import runpy
 import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
-import traceback
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, SMOKE_ARGS, read_results, run_script, without_times
+from conftest import ONE_THREAD, ROOT, SMOKE_ARGS, read_results, run_forked, run_script, without_times
 
 import common  # noqa: E402  (conftest puts the repository root on sys.path)
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SETTING = "synthetic-exp-r10"
 
 
 # ------------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------------
-
-def run_forked(script, *args, timeout=120):
-    """(returncode, stdout, stderr) of `python <script> <args>` run in a forked child: the script runs as
-    __main__ with cwd and sys.path[0] as the interpreter would set them; SystemExit and uncaught
-    exceptions are handled as Python's top level does (a string code goes to stderr with status 1; an
-    exception prints its traceback). Falls back to a real subprocess where fork does not exist."""
-    if not hasattr(os, "fork"):
-        p = run_script(script, *args, check=False, env=ONE_THREAD, timeout=timeout)
-        return p.returncode, p.stdout, p.stderr
-    path = os.path.join(ROOT, script)
-    out_r, err_r = os.pipe(), os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 1
-        try:
-            os.dup2(out_r[1], 1)
-            os.dup2(err_r[1], 2)
-            for fd in (*out_r, *err_r):
-                os.close(fd)
-            sys.stdout = open(1, "w", buffering=1, closefd=False)
-            sys.stderr = open(2, "w", buffering=1, closefd=False)
-            os.chdir(ROOT)
-            sys.argv = [path, *map(str, args)]
-            sys.path.insert(0, os.path.dirname(path))
-            try:
-                runpy.run_path(path, run_name="__main__")
-                code = 0
-            except SystemExit as e:
-                if e.code is None:
-                    code = 0
-                elif isinstance(e.code, int):
-                    code = e.code
-                else:
-                    print(e.code, file=sys.stderr)
-                    code = 1
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
-    os.close(out_r[1])
-    os.close(err_r[1])
-    chunks = {out_r[0]: [], err_r[0]: []}
-
-    def drain(fd):
-        while True:
-            b = os.read(fd, 65536)
-            if not b:
-                break
-            chunks[fd].append(b)
-        os.close(fd)
-
-    readers = [threading.Thread(target=drain, args=(fd,)) for fd in chunks]
-    for t in readers:
-        t.start()
-    deadline = time.time() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.time() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"{script} {args} ran past {timeout}s")
-        time.sleep(0.02)
-    for t in readers:
-        t.join()
-    rc = os.waitstatus_to_exitcode(status)
-    return rc, *(b"".join(chunks[fd]).decode(errors="replace") for fd in (out_r[0], err_r[0]))
-
 
 def run_real(script, *args):
     p = run_script(script, *args, check=False, env=ONE_THREAD, timeout=300)

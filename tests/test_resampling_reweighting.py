@@ -15,6 +15,7 @@ under = load_method("undersampling")
 cw = load_method("class_weights")
 focal = load_method("focal")
 cb = load_method("class_balanced")
+erm = load_method("erm")
 
 C10_LT100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]   # kaidic/LDAM-DRW imbalance_cifar.py
 NAME_ARGS = ["--dataset", "synthetic", "--epochs", "200", "--device", "cpu"]
@@ -174,6 +175,19 @@ def test_weighted_ce_divides_by_the_batch_weight_sum():
 # ------------------------------------------------------------------------------------------------
 # Focal loss (softmax)
 # ------------------------------------------------------------------------------------------------
+
+def test_the_plain_losses_are_the_mean_cross_entropy_computed_in_fp32():
+    # ERM's loss and the copies the samplers' files train with: mean_i -log softmax(z_i)[y_i], no smoothing or
+    # weights, in fp32 from bf16 logits (under autocast the model's logits are bf16)
+    g = torch.Generator().manual_seed(2)
+    logits, labels = torch.randn(32, 10, generator=g) * 3, torch.randint(0, 10, (32,), generator=g)
+    expected = -logits.double().log_softmax(1).gather(1, labels[:, None]).mean()
+    for loss in (erm.erm_loss, over.erm_loss, under.erm_loss):
+        assert loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+        out = loss(logits.bfloat16(), labels)
+        assert out.dtype == torch.float32
+        assert out.item() == pytest.approx(F.cross_entropy(logits.bfloat16().float(), labels).item(), rel=1e-6)
+
 
 def test_focal_gamma_zero_is_cross_entropy():
     g = torch.Generator().manual_seed(0)

@@ -1,0 +1,156 @@
+"""Each method file's training loop is wired to the core that the unit tests check.
+
+The unit tests check a method's loss, weights or sampler alone; these check that the loop under __main__ really
+trains with them. At its identity value a method's run IS the ERM run (or, for the margin losses, the run of the
+method it reduces to): the same training loss, the mean over an epoch whose later steps measure the weights the
+earlier ones trained. Switched on, the run is not. And
+the samplers' batches, as the training step receives them, have the class mix that the sampler draws (a loop that
+records the sampler's histogram but trains on a plain shuffle fails here).
+
+Each script runs as __main__ in a forked child of this process (conftest.start_forked: torch is imported once), for
+one epoch on the synthetic set, one thread each, two at a time: about 2 s a run, 28 runs.
+"""
+import collections
+import os
+
+import pytest
+import torch
+
+from conftest import SMOKE_ARGS, read_results, start_forked, wait_forked
+
+import common  # noqa: E402  (the module the forked scripts import: setup() wraps its functions there)
+
+torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # the first optimizer imports torch._dynamo (~2 s): once, here
+
+# one epoch of 7 steps of 64 on 403 synthetic images: its mean loss also measures the weights the steps trained
+ARGS = [*SMOKE_ARGS, "--epochs", "1"]
+
+
+ERM = ("methods/erm.py",)
+# (script, flags at the method's identity: the run is the reference's, flags switching the method on, reference)
+IDENTITIES = [
+    ("methods/focal.py", ("--gamma", "0"), ("--gamma", "2"), ERM),
+    ("methods/class_weights.py", ("--drw-epoch", "1"), (), ERM),
+    ("methods/class_balanced.py", ("--loss", "softmax", "--beta", "0"), ("--loss", "softmax"), ERM),
+    ("methods/ldam_drw.py", ("--loss", "ce", "--no-drw"), ("--loss", "ce", "--drw-epoch", "0"), ERM),
+    ("methods/logit_adjust.py", ("--tau", "0"), ("--tau", "1"), ERM),
+    ("methods/cdt.py", ("--gamma", "0"), ("--gamma", "0.3"), ERM),
+    ("methods/vs_loss.py", ("--gamma", "0", "--tau", "0"), ("--gamma", "0.2", "--tau", "1.2"), ERM),
+    ("methods/oversampling.py", ("--start-epoch", "1"), (), ERM),
+    # rho 0: the second pass takes its gradient where the first one did. Switched on, the first step's loss (taken
+    # at w, before the step) is ERM's, the later ones are not.
+    ("methods/sam.py", ("--base", "ce_drw", "--rho", "0", "--drw-epoch", "1"),
+     ("--base", "ce_drw", "--rho", "0.5", "--drw-epoch", "1"), ERM),
+    # LDAM with its DRW switch never reached, and reached at once, against LDAM without DRW
+    ("methods/ldam_drw.py", ("--drw-epoch", "1"), ("--drw-epoch", "0"), ("methods/ldam_drw.py", "--no-drw")),
+    # an infinite delta- gives every sample the margin exp(-inf) = 0: MM is then LDAM with zero margins
+    ("methods/mm_drw.py", ("--delta-minus", "1e9", "--no-drw"), ("--no-drw",),
+     ("methods/ldam_drw.py", "--max-m", "0", "--no-drw")),
+]
+# runs whose batches are recorded: (script, *flags)
+OVERSAMPLING = ("methods/oversampling.py",)
+DRS = ("methods/oversampling.py", "--start-epoch", "1", "--epochs", "2")
+UNDERSAMPLING = ("methods/undersampling.py",)
+# PCNSGD+O: test_optimizer_methods checks the per-class sizes of both variants and the index matrix, this module
+# that the loop trains on its rows
+PCNSGD_O = ("methods/pcn_sgd.py", "--variant", "pcnsgd_o")
+RECORDED = [OVERSAMPLING, DRS, UNDERSAMPLING, PCNSGD_O]
+
+
+def record_batches(path):
+    """setup() for start_forked: every batch the script draws through common.Data.batch appends its labels to path."""
+    def setup():
+        draw = common.Data.batch
+
+        def batch(self, idx, generator):
+            x, y = draw(self, idx, generator)
+            with open(path, "a") as f:
+                f.write(" ".join(map(str, y.tolist())) + "\n")
+            return x, y
+        common.Data.batch = batch
+    return setup
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Every run this module needs, two at a time: (script, *flags) -> (returncode, stdout, stderr, its folder)."""
+    runs = [run for script, same, other, ref in IDENTITIES for run in ((script, *same), (script, *other), ref)]
+    pending = list(dict.fromkeys(runs + RECORDED))
+    root = tmp_path_factory.mktemp("wiring")
+    running, done = {}, {}
+    while pending or running:
+        while pending and len(running) < 2:
+            run = pending.pop(0)
+            out = root / str(len(done) + len(running))
+            out.mkdir()
+            setup = record_batches(out / "batches") if run in RECORDED else None
+            running[run] = start_forked(run[0], *ARGS, *run[1:], "--out", out, setup=setup), out
+        run = next(iter(running))  # the oldest
+        handle, out = running.pop(run)
+        done[run] = (*wait_forked(handle), out)
+    return done
+
+
+def result(trained, run):
+    """The results JSON and the folder of one run of `trained`."""
+    rc, stdout, stderr, out = trained[run]
+    assert rc == 0, f"{' '.join(run)} exited {rc}\n{stdout[-2000:]}\n{stderr[-2000:]}"
+    (found,) = read_results(out).values()
+    return found, out
+
+
+def losses(trained, run):
+    return [h["train_loss"] for h in result(trained, run)[0]["history"]]
+
+
+@pytest.mark.parametrize("script, same, other, ref", IDENTITIES,
+                         ids=[f"{os.path.basename(s)}={os.path.basename(r[0])}{''.join(r[1:])}" for s, _, _, r in IDENTITIES])
+def test_at_its_identity_a_method_trains_as_its_reference_and_not_otherwise(script, same, other, ref, trained):
+    expected = losses(trained, ref)
+    assert losses(trained, (script, *same)) == pytest.approx(expected, rel=1e-5)
+    assert losses(trained, (script, *other)) != pytest.approx(expected, rel=1e-3), f"{script} {other} trained as {ref}"
+
+
+def fed(path, steps, epochs):
+    """Per epoch, the class histogram of the labels the step received (steps batches an epoch), and per batch."""
+    batches = [collections.Counter(map(int, line.split())) for line in open(path)]
+    assert len(batches) == epochs * steps
+    return [sum(batches[e * steps:(e + 1) * steps], collections.Counter()) for e in range(epochs)], batches
+
+
+def as_list(counter, num_classes=10):
+    return [counter[c] for c in range(num_classes)]
+
+
+@pytest.mark.parametrize("run", [OVERSAMPLING, DRS], ids=["oversampling", "drs"])
+def test_the_oversampler_drives_the_batches(run, trained):
+    found, out = result(trained, run)
+    epochs = found["args"]["epochs"]
+    per_epoch, _ = fed(out / "batches", 7, epochs)
+    natural = found["train_class_counts"]
+    drawn = found["extra"]["sampled_class_counts"]
+    assert epochs == (2 if run == DRS else 1)
+    assert drawn[0] == (natural if run == DRS else drawn[0])  # DRS: a plain shuffle before its start epoch
+    for e in range(epochs):
+        got = as_list(per_epoch[e])
+        # what the sampler drew, plus the 45 indices that fill the last batch (403 images, 7 x 64 = 448 draws)
+        assert all(g >= d for g, d in zip(got, drawn[e])) and sum(got) - sum(drawn[e]) == 7 * 64 - 403, (got, drawn)
+    assert as_list(per_epoch[-1])[-1] > 2 * natural[-1]  # the tail class is oversampled: ~40 draws of its 10 images
+
+
+def test_the_undersampler_drives_the_batches(trained):
+    found, out = result(trained, UNDERSAMPLING)
+    n_min = min(found["train_class_counts"])
+    steps = -(-10 * n_min // 64)  # 100 images an epoch: 2 batches of 64
+    per_epoch, _ = fed(out / "batches", steps, 1)
+    got = as_list(per_epoch[0])
+    assert all(g >= n_min for g in got) and sum(got) == steps * 64, got  # n_min each, + the last batch's fill
+
+
+def test_pcnsgd_batches_have_the_per_class_sizes(trained):
+    found, out = result(trained, PCNSGD_O)
+    sizes = found["extra"]["per_class_batch_sizes"]
+    _, batches = fed(out / "batches", found["extra"]["steps_per_epoch"], 1)
+    assert sizes == [6] * 10 and all(as_list(b) == sizes for b in batches), (sizes, batches[:2])  # round(64 / 10)
+    # the step is the normalized direction: its norm is not the plain gradient's (it is for --variant sgd_o)
+    assert found["extra"]["direction_norm"][0] != pytest.approx(found["extra"]["plain_grad_norm"][0], rel=1e-2)
