@@ -1,13 +1,14 @@
 """common.py against the official algorithms and hand-computed cases."""
 import argparse
 import os
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 import common
-from conftest import SMOKE_ARGS, run_script
+from conftest import ROOT, SMOKE_ARGS, read_results, run_script
 
 
 # ---- long-tailed subsets --------------------------------------------------------------------------
@@ -95,6 +96,11 @@ def test_learning_rate_schedule_is_the_official_one():
     assert lrs[:6] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1, 0.1])
     assert lrs[159] == pytest.approx(0.1) and lrs[160] == pytest.approx(1e-3)
     assert lrs[179] == pytest.approx(1e-3) and lrs[180] == pytest.approx(1e-5) and lrs[199] == pytest.approx(1e-5)
+    # set_lr writes it into every parameter group of the optimizer (the group lr is what SGD reads)
+    opt = torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)]},
+                           {"params": [torch.zeros(1, requires_grad=True)], "lr": 7.0}], lr=0.5)
+    assert common.set_lr(opt, 160, args) == pytest.approx(1e-3)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 1e-3])
 
 
 # ---- batch pipeline -------------------------------------------------------------------------------
@@ -121,6 +127,15 @@ def test_augment_is_a_zero_padded_crop_or_its_flip_per_image():
     assert len({m[:2] for m in kinds}) > 10 and {m[2] for m in kinds} == {0, 1}  # offsets and flips vary per image
     # every one of the 9 offsets of RandomCrop(32, padding=4) in each direction is drawn, the last one included
     assert {m[0] for m in kinds} == set(range(9)) and {m[1] for m in kinds} == set(range(9))
+
+
+def test_a_batch_is_its_images_augmented_then_normalized():
+    data = make_data()
+    idx = torch.tensor([5, 0, 77, 3, 200, 9, 41, 8])
+    x, y = data.batch(idx, torch.Generator().manual_seed(3))
+    assert torch.equal(y, data.train_y[idx])
+    assert torch.equal(x, data.normalize(data.augment(data.train_x[idx], torch.Generator().manual_seed(3))))
+    assert not torch.equal(x, data.normalize(data.train_x[idx]))  # (8 identity crops without a flip: p = 2^-8 / 81^8)
 
 
 def test_normalize_uses_the_ldam_constants():
@@ -176,9 +191,98 @@ def test_group_thresholds_and_ece_bins_at_their_edges():
     assert m["ece"] == pytest.approx(100 * (abs(1 - 0.06) + abs(0 - 0.10) + 0) / 3, rel=1e-5)
 
 
+def test_top1_counts_samples_and_per_class_accuracy_counts_classes():
+    # a test set that is not balanced (an image folder may have one): top-1 is 3 of 4 samples, not the class mean
+    m = common.metrics(torch.eye(2)[torch.tensor([0, 0, 0, 0])], torch.tensor([0, 0, 0, 1]), [50, 5])
+    assert m["top1"] == pytest.approx(75.0) and m["per_class_acc"] == pytest.approx([100.0, 0.0])
+
+
+def test_predict_uses_the_running_statistics_and_leaves_the_model_as_it_was():
+    data = make_data()
+    torch.manual_seed(0)
+    model = common.resnet32(data.num_classes)
+    with torch.no_grad():  # running statistics away from their initial values, so batch statistics differ
+        model(data.normalize(data.train_x[:64]))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    probs = common.predict(model, data)
+    assert model.training  # back in training mode
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no BatchNorm statistic moved
+    model.eval()
+    with torch.no_grad():
+        expected = model(data.normalize(data.test_x)).softmax(1)
+    assert torch.allclose(probs, expected, atol=1e-5)
+
+
 def test_empty_group_is_absent_not_zero():
     m = common.metrics(torch.eye(2), torch.tensor([0, 1]), [5000, 500])
     assert m["many"] == pytest.approx(100.0) and m["medium"] is None and m["few"] is None
+
+
+# ---- a run's bookkeeping --------------------------------------------------------------------------
+
+def test_a_run_logs_the_mean_loss_evaluates_every_k_epochs_and_reports_an_fp32_final_evaluation(tmp_path, monkeypatch):
+    """Run's bookkeeping without training: --eval-every 2 over 5 epochs evaluates after epochs 2, 4 and 5 (0-based 1, 3,
+    4), the curve's in the training precision and the last, the reported one, in fp32; an epoch's train_loss is the
+    mean of its steps' losses; the JSON's final metrics are the last evaluation's."""
+    args = common.make_parser("").parse_args(SMOKE_ARGS + ["--epochs", "5", "--eval-every", "2", "--out", str(tmp_path)])
+    args = common.finish_args(args, method="bookkeeping")
+    monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, "methods", "erm.py")])
+    calls = []
+
+    def fake_evaluate(model, data, fp32=False):
+        calls.append(fp32)
+        return {"top1": 10.0 * len(calls), "per_class_acc": [], "many": None, "medium": None, "few": None, "ece": 1.0}
+    monkeypatch.setattr(common, "evaluate", fake_evaluate)
+    run = common.start(args)
+    for epoch in range(args.epochs):
+        for loss in (1.0, 2.0, 6.0):
+            run.log_step(torch.tensor(loss + epoch))
+        run.end_epoch(epoch, common.lr_at(epoch, args), model=None)
+    run.finish(None)
+    assert [e["train_loss"] for e in run.history] == pytest.approx([3.0, 4.0, 5.0, 6.0, 7.0])
+    assert [e["epoch"] for e in run.history if e["test_top1"] is not None] == [1, 3, 4]
+    assert calls == [False, False, True]  # finish() does not evaluate again: the last epoch did
+    (r,) = read_results(tmp_path).values()
+    assert r["status"] == "completed" and r["final"]["top1"] == 30.0 and r["history"][-1]["test_top1"] == 30.0
+    assert [e["elapsed_s"] for e in r["history"]] == sorted(e["elapsed_s"] for e in r["history"])
+
+    # a loop that stops before its last epoch (a copy with early stopping): finish() evaluates the model it has, in
+    # fp32, rather than report the evaluation of an earlier epoch
+    calls.clear()
+    run = common.start(common.finish_args(args, method="stopped_early"))
+    for epoch in range(3):
+        run.log_step(torch.tensor(1.0))
+        run.end_epoch(epoch, common.lr_at(epoch, args), model=None)
+    run.finish(None)
+    assert calls == [False, True] and run.last_eval["top1"] == 20.0
+
+
+def test_a_resumed_runs_clock_goes_on_from_its_checkpoint(tmp_path, monkeypatch):
+    """The wall time of a resumed run counts the time trained before the pause (not the pause, not from 0)."""
+    monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, "methods", "erm.py")])
+    monkeypatch.setattr(common, "evaluate", lambda model, data, fp32=False: {"top1": 1.0})
+
+    def run_of(*flags):
+        args = common.make_parser("").parse_args(SMOKE_ARGS + ["--epochs", "3", "--eval-every", "5", "--out",
+                                                               str(tmp_path), "--checkpoint-every", "1", *flags])
+        run = common.start(common.finish_args(args, method="clock"))
+        model = torch.nn.Linear(2, 2)
+        return run, run.restore(model, torch.optim.SGD(model.parameters(), lr=0.1)), model
+
+    run, start, _ = run_of()
+    assert start == 0
+    run.log_step(torch.tensor(1.0))
+    run.end_epoch(0, 0.1, None)  # writes the checkpoint of epoch 0
+    ckpt = common.checkpoint_path(run.args)
+    ck = torch.load(ckpt, weights_only=False)
+    assert ck["elapsed_s"] < 100
+    ck["elapsed_s"], ck["history"][0]["elapsed_s"] = 1000.0, 1000.0  # as if epoch 0 had taken 1000 s
+    torch.save(ck, ckpt)
+    run, start, _ = run_of("--resume")
+    assert start == 1 and run.resumed == [1]
+    run.log_step(torch.tensor(1.0))
+    run.end_epoch(1, 0.1, None)
+    assert 1000 <= run.history[-1]["elapsed_s"] < 1100
 
 
 # ---- data sources ---------------------------------------------------------------------------------

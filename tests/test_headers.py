@@ -77,6 +77,11 @@ def test_report_lists_methods_against_the_published_direction():
     assert "(1 seed) | reproduced (1 seed: no error bar yet)" in table["drs"]
     assert "**opposite** (1 seed" in table["class_weights"]
     assert common.direction_lines(rows)[-1] == "Opposite to the published direction: class_weights (1 seed)."
+    # the standard error of the difference of two means, each over its own seeds: ERM 70 / 72 (std sqrt 2, n 2) and
+    # 72 / 73.5 / 75 (std 1.5, n 3) differ by 2.50 < 2 s.e. = 2 sqrt(2/2 + 2.25/3) = 2.65, inside 2 s.e. but not 1
+    rows["drs"] = row("drs", [72.0, 73.5, 75.0])
+    table = {l.split(" | ")[0][2:]: l for l in common.direction_lines(rows) if l.startswith("| ")}
+    assert "| +2.50 (2.65) | within seed noise |" in table["drs"], table["drs"]
 
 
 def test_report_says_which_training_path_made_the_numbers():
@@ -89,3 +94,7 @@ def test_report_says_which_training_path_made_the_numbers():
     assert rows["erm"]["paths"] == ["--fast"]
     rows = common.summarize([run(0, graphed), run(1, None)])["cifar10-jpeg-exp-r100"]
     assert rows["erm"]["paths"] == ["--fast", "eager"]
+    # a row whose seeds ran with different numbers of runs beside them states the most (its slowest conditions)
+    runs = [run(0, graphed), run(1, graphed)]
+    runs[0]["runs_at_once"] = 4
+    assert common.summarize(runs)["cifar10-jpeg-exp-r100"]["erm"]["at_once"] == 4

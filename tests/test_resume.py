@@ -44,6 +44,8 @@ def test_a_killed_run_resumed_computes_the_uninterrupted_run(row, tmp_path, gpu=
     (a,), (b,) = read_results(tmp_path / "whole").values(), read_results(tmp_path / "cut").values()
     assert a["resumed_at_epochs"] == [] and b["resumed_at_epochs"] in ([1], [2])  # wherever the kill landed
     assert without_times(a["history"]) == without_times(b["history"])
+    # the time before the kill counts: elapsed_s goes on from the checkpoint's, it does not start again at 0
+    assert [e["elapsed_s"] for e in b["history"]] == sorted(e["elapsed_s"] for e in b["history"])
     assert a["final"] == b["final"] and a["extra"] == b["extra"]
     assert not ckpt.exists()  # a finished run leaves no checkpoint
 
