@@ -462,6 +462,30 @@ def class_coefficients(method, labels, weights, num_classes):
     return [w[c] for c in range(num_classes)]
 
 
+def step_direction(method, class_grads, labels, weights, eps, k):
+    """The update direction of a step built from the batch's per-class gradients g_c (k.per_class_grads), and the
+    coefficients s_c that build it (None for PCN): a loss method's gradient sum_c s_c g_c, exactly what
+    method_loss(...).backward() gives; PCN's sum_c g_c / (||g_c|| + eps / B), its eps on the scale of the class
+    sums as methods/pcn_sgd.py update_direction."""
+    if method in LOSS_METHODS:
+        coefs = class_coefficients(method, labels, weights, len(class_grads))
+        return combine(class_grads, coefs), coefs
+    return k.pcn_direction(class_grads, eps / len(labels)), None
+
+
+def step_measurements(class_grads, labels, coefs, direction, full_grads, params, eps):
+    """measure_rows of a step: each present class's mini-batch gradient as the gradient of its class-mean loss
+    (g_c * B / n_c), and the norm of its term in the step (|s_c| ||g_c||, or PCN's ||g_c|| / (||g_c|| + eps / B))."""
+    B, n_c = len(labels), torch.bincount(labels, minlength=len(class_grads)).tolist()
+    class_grads = [g if n_c[c] else None for c, g in enumerate(class_grads)]  # absent: None, not 0
+    mean_grads = [None if g is None else [None if t is None else t * (B / n_c[c]) for t in g]
+                  for c, g in enumerate(class_grads)]
+    norms = [None if g is None else flat(g, params).norm() for g in class_grads]
+    terms = ([None if n is None else n * abs(s) for n, s in zip(norms, coefs)] if coefs else
+             [None if n is None else n / (n + eps / B) for n in norms])
+    return measure_rows(mean_grads, full_grads, direction, terms, params)
+
+
 # ------------------------------------------------------------------------------------------------
 # One run: (setting, method, seed)
 # ------------------------------------------------------------------------------------------------
@@ -565,23 +589,11 @@ def train_one(args, setting, method, seed, log=print):
         else:
             # Per-class gradients g_c = d/dw [sum_{y_i=c} l_i / B] from one joint forward (methods/pcn_sgd.py).
             class_grads, _ = k.per_class_grads(model, logits, y, C)
-            if method in LOSS_METHODS:  # the same gradient as method_loss(...).backward(), assembled per class
-                coefs = class_coefficients(method, y, weights, C)
-            else:
-                coefs = None
-            # PCN's eps on the scale of the class sums, as methods/pcn_sgd.py update_direction
-            direction = combine(class_grads, coefs) if coefs else k.pcn_direction(class_grads, args.eps / len(y))
+            direction, coefs = step_direction(method, class_grads, y, weights, args.eps, k)
             for p, d in zip(params, direction):
                 p.grad = None if d is None else d.to(p.dtype)
             if measure:
-                n_c = torch.bincount(y, minlength=C).tolist()
-                class_grads = [g if n_c[c] else None for c, g in enumerate(class_grads)]  # absent: None, not 0
-                mean_grads = [None if g is None else [None if t is None else t * (len(y) / n_c[c]) for t in g]
-                              for c, g in enumerate(class_grads)]
-                norms = [None if g is None else flat(g, params).norm() for g in class_grads]
-                terms = ([None if n is None else n * abs(s) for n, s in zip(norms, coefs)] if coefs else
-                         [None if n is None else n / (n + args.eps / len(y)) for n in norms])
-                for key, val in measure_rows(mean_grads, full, direction, terms, params).items():
+                for key, val in step_measurements(class_grads, y, coefs, direction, full, params, args.eps).items():
                     rec_meas[key].append(val)
         optimizer.step()
         upd[step] = update_norm(before, model)
@@ -802,6 +814,19 @@ def compare(summary, a, b):
     return out
 
 
+def target_levels(runs, num_classes, fracs, target_acc=None):
+    """The accuracies whose first lasting arrival is timed, common to all methods ({method: runs}): per frac, frac x
+    the best final mean minority accuracy of any method, and chance + frac x (the best final mean balanced accuracy
+    - chance); or --target-acc for both."""
+    if target_acc is not None:
+        return {"minority": [(1, target_acc)], "balanced": [(1, target_acc)]}
+    best_min = max(stats([r["final"]["minority_acc"] for r in rs])["mean"] for rs in runs.values())
+    best_bal = max(stats([r["final"]["balanced_acc"] for r in rs])["mean"] for rs in runs.values())
+    chance = 100.0 / num_classes
+    return {"minority": [(f, f * best_min) for f in fracs],
+            "balanced": [(f, chance + f * (best_bal - chance)) for f in fracs]}
+
+
 def build_result(args, settings, results, t_start):
     commit, dirty = common.git_state()
     device = torch.device(args.device)
@@ -833,15 +858,7 @@ def build_result(args, settings, results, t_start):
             meta["expected_no_minority_frac_iid"][m] = (rnd(expected_no_group_fraction(probs, st["minority"],
                                                                                        st["batch_size"]))
                                                         if probs else 0.0)
-        # Targets common to all methods: fractions of the best final mean accuracy of any method (or --target-acc).
-        best_min = max(stats([r["final"]["minority_acc"] for r in rs])["mean"] for rs in runs.values())
-        best_bal = max(stats([r["final"]["balanced_acc"] for r in rs])["mean"] for rs in runs.values())
-        chance = 100.0 / pool.num_classes
-        if args.target_acc is not None:
-            targets = {"minority": [(1, args.target_acc)], "balanced": [(1, args.target_acc)]}
-        else:
-            targets = {"minority": [(f, f * best_min) for f in args.target_fracs],
-                       "balanced": [(f, chance + f * (best_bal - chance)) for f in args.target_fracs]}
+        targets = target_levels(runs, pool.num_classes, args.target_fracs, args.target_acc)
         meta["targets"] = {"rule": ("--target-acc" if args.target_acc is not None else
                                     "minority: frac x the best final mean minority accuracy of any method; balanced: "
                                     "chance + frac x (best final mean balanced accuracy - chance)"),

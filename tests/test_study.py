@@ -1,5 +1,6 @@
 """studies/oversampling_vs_weights.py: its measurement helpers on cases with known answers, the per-class
 assembly of each method's gradient, and one tiny end-to-end run of the quick mode on synthetic data."""
+import argparse
 import json
 import math
 import os
@@ -82,12 +83,16 @@ def test_steps_to_target_and_initial_rise():
     assert rise["rise"] == pytest.approx(0.5) and rise["back_at_step"] == 15
     assert S.initial_rise([0, 5], [1.0, 0.7]) == {"rise": pytest.approx(0.0), "back_at_step": 0}
     assert S.initial_rise([0, 5, 10], [1.0, 2.0, 1.5])["back_at_step"] is None
+    assert S.initial_rise([0, 5, 10], [1.0, 1.5, 1.0])["back_at_step"] == 10  # back AT its initial value counts
 
 
 def test_minority_and_majority_groups():
     assert S.group_classes([5000, 50], "minority") == [1] and S.group_classes([5000, 50], "majority") == [0]
     lt = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     assert S.group_classes(lt, "minority") == [7, 8, 9] and S.group_classes(lt, "majority") == [0, 1, 2]
+    # ties (a step imbalance): of equal counts, the later class counts as the smaller
+    step = [100, 10, 10, 10, 100, 100]
+    assert S.group_classes(step, "minority") == [2, 3] and S.group_classes(step, "majority") == [0, 4]
 
 
 # ---- each method's gradient, assembled from per-class gradients -----------------------------------
@@ -131,6 +136,8 @@ def test_batch_plans():
     erm, sizes = S.batch_plan("erm", labels, [99, 1], 25, 16, g, k)
     assert sizes is None and erm.shape == (25, 16)
     assert sorted(erm.flatten()[:100].tolist()) == list(range(100))  # each epoch is a permutation
+    assert sorted(erm.flatten()[100:200].tolist()) == list(range(100))  # ... a new one
+    assert erm.flatten()[100:200].tolist() != erm.flatten()[:100].tolist()
     pc, sizes = S.batch_plan("pcnsgd_o", labels, [99, 1], 30, 16, g, k)
     assert sizes == [8, 8] and pc.shape == (30, 16)
     assert S.no_group_fraction(S.presence(labels[pc], 2), [1]) == 0.0
@@ -139,6 +146,144 @@ def test_batch_plans():
     os_, _ = S.batch_plan("oversampling", labels, [99, 1], 200, 16, g, k)
     share = float((labels[os_] == 1).float().mean())
     assert 0.45 < share < 0.55  # class-balanced draws: the one minority image is half of every batch on average
+    # the per-draw class probabilities behind the i.i.d. expectation of batches without a minority image
+    assert S.sampler_class_probs("oversampling", [99, 1], None) == pytest.approx([0.5, 0.5])
+    assert S.sampler_class_probs("erm", [99, 1], None) == pytest.approx([0.99, 0.01])
+    assert S.sampler_class_probs("pcnsgd", [99, 1], [16, 1]) is None  # every class in every batch
+
+
+def test_lr_drop_and_target_levels():
+    args = argparse.Namespace(lr_drop=0.1, lr_drop_at=0.5)
+    assert [S.lr_at_step(t, 10, 0.2, args) for t in (0, 4, 5, 9)] == pytest.approx([0.2, 0.2, 0.02, 0.02])
+    args.lr_drop_at = 1.0  # no drop
+    assert S.lr_at_step(9, 10, 0.2, args) == pytest.approx(0.2)
+    runs = {"a": [{"final": {"minority_acc": 40.0, "balanced_acc": 70.0}},
+                  {"final": {"minority_acc": 60.0, "balanced_acc": 80.0}}],
+            "b": [{"final": {"minority_acc": 10.0, "balanced_acc": 90.0}}]}
+    # minority: frac x the best mean (50); balanced: chance (50 of 2 classes) + frac x (best mean 90 - chance)
+    assert S.target_levels(runs, 2, [0.5, 1.0]) == {"minority": [(0.5, 25.0), (1.0, 50.0)],
+                                                    "balanced": [(0.5, 70.0), (1.0, 90.0)]}
+    assert S.target_levels(runs, 2, [0.5], target_acc=33.0) == {"minority": [(1, 33.0)], "balanced": [(1, 33.0)]}
+
+
+def test_a_measured_steps_direction_and_measurements_against_autograd():
+    """A measured step: PCN's direction is methods/pcn_sgd.py update_direction's (eps on the scale of the class sums,
+    here large enough to matter); batch_grad_norm is the norm of each class's class-mean-loss gradient; term_norm is
+    a class's share of the step, ||g_c|| / (||g_c|| + eps / B) for PCN and |s_c| ||g_c|| for a loss method; a class
+    absent from the batch has none of them."""
+    k, pcn, eps = S.cores(), load_method("pcn_sgd"), 0.5
+    torch.manual_seed(0)
+    model = S.SmallCNN(3, width=4)
+    params = list(model.parameters())
+    x, y = torch.randn(10, 3, 8, 8), torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 0, 0])  # class 2 absent
+    weights = torch.tensor([0.1, 0.9, 2.0])
+    pcn.update_direction(model, x, y, 3, eps=eps)
+    expected = [p.grad.clone() for p in params]
+    logits = model(x)
+    class_grads, _ = pcn.per_class_grads(model, logits, y, 3)
+    direction, coefs = S.step_direction("pcnsgd", class_grads, y, weights, eps, k)
+    assert coefs is None and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(direction, expected))
+    per_sample = F.cross_entropy(model(x), y, reduction="none")
+    class_mean = [float(S.flat(torch.autograd.grad(per_sample[y == c].mean(), params, retain_graph=True)).norm())
+                  for c in (0, 1)]
+    norms = [float(S.flat(g).norm()) for g in class_grads[:2]]
+    rows = S.step_measurements(class_grads, y, None, direction, class_grads, params, eps)
+    assert rows["batch_grad_norm"][:2] == pytest.approx(class_mean, rel=1e-4) and rows["batch_grad_norm"][2] is None
+    assert rows["term_norm"][:2] == pytest.approx([n / (n + eps / 10) for n in norms], rel=1e-4)
+    assert rows["term_norm"][2] is None
+    direction, coefs = S.step_direction("class_weights", class_grads, y, weights, eps, k)
+    assert coefs == pytest.approx(S.class_coefficients("class_weights", y, weights, 3))
+    rows = S.step_measurements(class_grads, y, coefs, direction, class_grads, params, eps)
+    assert rows["term_norm"][:2] == pytest.approx([abs(coefs[c]) * norms[c] for c in (0, 1)], rel=1e-4)
+
+
+class _Pool:
+    """What the probe functions read of a setting's image pool."""
+    def __init__(self, n=12, classes=4):
+        g = torch.Generator().manual_seed(1)
+        self.train_x = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g)
+        self.train_y = torch.tensor([0, 0, 0, 0, 0, 1, 1, 2, 0, 1, 2, 0])[:n] % classes
+        self.device = torch.device("cpu")
+
+    def normalize(self, x):
+        return x.float() / 255 - 0.5
+
+
+def test_probe_losses_and_gradients_are_class_means_in_their_mode_and_leave_the_model_as_it_was():
+    """probe_losses: each class's mean CE in eval mode (BatchNorm's running statistics); probe_class_grads: each
+    class's class-mean-loss gradient in train mode, with the running statistics put back; a class without a probe
+    image (class 3) has no gradient."""
+    k, pool, C = S.cores(), _Pool(), 4
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, C))
+    probe = torch.arange(10)
+    x, y = pool.normalize(pool.train_x[probe]), pool.train_y[probe]
+    with torch.no_grad():
+        model(pool.normalize(pool.train_x))  # running statistics away from their initial values
+    buffers = [b.clone() for b in model.buffers()]
+    losses = S.probe_losses(model, pool, probe, C)
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        per = F.cross_entropy(model(x), y, reduction="none")
+    model.train()
+    assert losses[:3] == pytest.approx([float(per[y == c].mean()) for c in range(3)], rel=1e-5) and losses[3] == 0
+    full = S.probe_class_grads(model, pool, probe, C, k)
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))  # BatchNorm statistics put back
+    assert full[3] is None
+    per = F.cross_entropy(model(x), y, reduction="none")
+    for c in range(3):
+        ref = torch.autograd.grad(per[y == c].mean(), list(model.parameters()), retain_graph=True)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(full[c], ref))
+
+
+def _record(curve, final_minority, update_norms, present):
+    """A binary run's record as aggregate_method reads it: `curve` the minority accuracy at the evaluations of
+    steps 0, 3, 6 and 9 (the majority at 100 - it)."""
+    return {"eval": {"step": [0, 3, 6, 9], "per_class_acc": [[100.0 - m, m] for m in curve]},
+            "final": {"minority_acc": final_minority, "majority_acc": 50.0, "balanced_acc": 50.0, "top1": 50.0,
+                      "probe_loss": [0.4, 0.8]},
+            "no_minority_frac": 0.5, "update_norm": update_norms, "minority_present": present,
+            "measure": {"step": [0], "cos_batch_full": [[0.9, 0.5]], "descent_alignment": [[0.5, -0.5]],
+                        "probe_loss": [[0.5, 1.0]]},
+            "wall_time_s": 1.0}
+
+
+def test_aggregation_comparison_and_verdict_on_hand_made_runs():
+    meta = {"minority": [1], "majority": [0], "steps": 9, "lr_drop_step": 6}
+    targets = {"minority": [(1, 50.0)]}
+    present = [True, False] * 4 + [True]
+    fast = [_record([0, 50, 60, 70], 70.0, [1.0] * 6 + [100.0] * 3, present),   # at 50 from step 3 on
+            _record([0, 20, 60, 40], 0.0, [3.0] * 6 + [100.0] * 3, present)]    # 60 at step 6 but 40 after it
+    agg = S.aggregate_method(fast, meta, targets)
+    assert agg["final_minority_acc"]["std"] == pytest.approx(math.sqrt(2) * 35)   # std over seeds, n - 1
+    assert agg["final_minority_zero_seeds"] == 1
+    s2t = agg["steps_to_target"]["minority@1"]
+    assert s2t["per_seed"] == [3, None] and s2t["median"] is None and s2t["median_reached"] == 3
+    # the late jitter: the std of the minority accuracy over the evaluations of the last third (steps 6 and 9)
+    assert agg["minority_acc_late_jitter"]["mean"] == pytest.approx((math.sqrt(50) + math.sqrt(200)) / 2)
+    # update norms before the lr drop (step 6) only; with and without a minority image in the batch
+    un = agg["update_norm"]
+    assert un["steps_counted"] == 12 and un["mean"] == pytest.approx(2.0)
+    assert un["with_minority_mean"] == pytest.approx(2.0) and un["without_minority_mean"] == pytest.approx(2.0)
+    slow = [_record([0, 0, 60, 70], 70.0, [1.0] * 9, present), _record([0, 0, 0, 50], 60.0, [1.0] * 9, present)]
+    both = [fast[0], _record([0, 0, 60, 70], 65.0, [1.0] * 9, present)]  # medians (3 + 6) / 2 = 4.5 and (6 + 9) / 2
+    summary = {"a": S.aggregate_method(both, meta, targets), "b": S.aggregate_method(slow, meta, targets)}
+    assert summary["a"]["steps_to_target"]["minority@1"]["median"] == pytest.approx(4.5)
+    c = S.compare(summary, "a", "b")
+    assert c["steps_to_target"]["minority@1"]["b_over_a"] == pytest.approx(7.5 / 4.5, rel=1e-4)
+    (speed,) = [line for line in S.verdict(c, summary) if "speed:" in line]
+    assert "b 1.67x slower" in speed, speed
+    # which one varies more over seeds (final balanced accuracy): the headline names it
+    summary["a"]["final_balanced_acc"]["std"], summary["b"]["final_balanced_acc"]["std"] = 3.0, 1.0
+    c = S.compare(summary, "a", "b")
+    c["steps_to_target"]["balanced@1"] = c["steps_to_target"]["minority@1"]
+    summary["a"]["steps_to_target"]["balanced@1"] = summary["a"]["steps_to_target"]["minority@1"]
+    summary["b"]["steps_to_target"]["balanced@1"] = summary["b"]["steps_to_target"]["minority@1"]
+    text = S.headline(c, summary)
+    assert "a varied more across seeds: std of the final balanced accuracy 3.00 vs 1.00 points (3.00x)" in text, text
+    assert "a reached minority accuracy >= 50.0% (and stayed) faster" in text, text
 
 
 # ---- the quick mode end to end ---------------------------------------------------------------------
