@@ -146,6 +146,22 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     assert load_benchmark().earlier_benchmark(str(tmp_path / "none.json")) == ({}, None)
 
 
+def test_timings_and_projection_of_a_hand_made_run():
+    """timings(): setup 2 s, then 4 epochs with their evaluations taken out of the training time; the steady epoch is
+    the median after the lr warm-up (1 epoch), a steady evaluation the median of the bf16 ones after the first (whose
+    extra is cuDNN's autotuning), the final one apart. project(): setup + first epoch + 199 steady + 39 bf16
+    evaluations (every 5th epoch but the last) + the first one's extra + the final one."""
+    bench = load_benchmark()
+    history = [{"epoch": 0, "elapsed_s": 5.0, "eval_s": 0.5, "test_top1": 10.0},   # 3.0 s: 2.5 train + 0.5 eval
+               {"epoch": 1, "elapsed_s": 7.2, "eval_s": 0.2, "test_top1": 20.0},   # 2.2 s: 2.0 + 0.2
+               {"epoch": 2, "elapsed_s": 9.1, "test_top1": None},                  # 1.9 s of training only
+               {"epoch": 3, "elapsed_s": 12.0, "eval_s": 0.8, "test_top1": 30.0}]  # 2.9 s: 2.1 + 0.8 (fp32)
+    t = bench.timings({"history": history, "setup_time_s": 2.0, "wall_time_s": 12.0}, warmup_epochs=1)
+    assert (t["setup_s"], t["first_epoch_s"], t["steady_epoch_s"]) == pytest.approx((2.0, 2.5, 2.0))
+    assert (t["eval_s"], t["first_eval_extra_s"], t["final_eval_s"]) == pytest.approx((0.2, 0.3, 0.8))
+    assert bench.project(t, 200, 5) == pytest.approx(2.0 + 2.5 + 199 * 2.0 + 39 * 0.2 + 0.3 + 0.8)
+
+
 def test_bound_by_reads_the_profile():
     bound_by = load_benchmark().bound_by
     eager = {"wall_ms_per_step": 13.0, "gpu_ms_per_step": 3.0, "gpu_activities_per_step": 603, "cpu_ops_per_step": 350,
@@ -181,6 +197,10 @@ def test_step_cost_against_erm_from_the_table_runs():
     assert bench.step_ms(runs[0]) == pytest.approx(50.0)  # 0.5 s per epoch of 10 steps
     assert bench.inherent_multiple(runs[3]) == (7.0, "one forward and C = 10 backward passes")
     assert bench.inherent_multiple(runs[2])[0] == 2.0 and bench.inherent_multiple(runs[5])[0] == 1.0
+    assert bench.inherent_multiple(run("pcn_sgd.py --variant sgd_o", "sgd_o", 1.0)) == (1.0, "one forward-backward pass")
+    # within its multiple up to the tolerance (runs beside it slow it): 1.2x ERM's step for one pass is "yes"
+    (near,) = [l for l in bench.step_cost_lines([runs[0], run("focal.py", "focal", 0.6)]) if l.startswith("| focal")]
+    assert near.endswith("| 1.20x | 1.0x (one forward-backward pass) | yes |"), near
     lines = bench.step_cost_lines(runs)
     assert [l for l in lines if l.endswith(":")] == ["cifar10-exp-r100 on NVIDIA H200 (torch 2.11), 4 runs at once "
                                                      "under MPS; the table's ERM runs:"]  # eager and CPU runs: none
@@ -204,6 +224,7 @@ def test_step_cost_against_erm_from_the_table_runs():
     assert erm_ms("cifar10-exp-r100", "NVIDIA H200", 1, False) == (pytest.approx(40.0), "2026-11-28")
     assert erm_ms("cifar10-exp-r10", "NVIDIA H200", 1, False) == (None, None)  # another setting
     assert erm_ms("cifar10-exp-r100", "NVIDIA H200", 8, True) == (None, None)  # 8 at once: not timed
+    assert erm_ms("cifar10-exp-r100", "NVIDIA H200", 4, False) == (None, None)  # 4 at once timed under MPS only
     lines = bench.step_cost_lines(runs[2:], [report])
     alone = lines.index("cifar10-exp-r100 on NVIDIA H200 (torch 2.11), one run alone; ERM from the benchmark "
                         "(2026-11-28):")
@@ -304,6 +325,10 @@ def test_accuracy_fast_seeds_are_the_tables_runs(tmp_path, monkeypatch):
                              mps_on=True)
     jobs, out, reuse, mps_on = calls[-1]
     assert entry["fast_runs_in_table"] and reuse and mps_on and out == str(tmp_path / "acc")
+    # eager 70 / 71, --fast 72 / 73: 2 points apart, 2 s.e. of the difference = 2 sqrt(0.5 / 2 + 0.5 / 2) = 1.41
+    assert entry["eager"]["top1"] == [70.0, 71.0] and entry["fast"]["top1"] == [72.0, 73.0]
+    assert entry["difference"] == pytest.approx(2.0) and entry["two_standard_errors"] == pytest.approx(2 * math.sqrt(0.5))
+    assert entry["same_within_noise"] is False
     eager, fast = jobs[:2], jobs[2:]
     assert [j[2] for j in eager] == ["acc_erm_py_eager_seed0", "acc_erm_py_eager_seed1"] and all(len(j) == 3 for j in eager)
     assert all(j[2] is None and j[3] == str(tmp_path / "table") and "--fast" in j[1] for j in fast)
