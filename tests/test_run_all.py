@@ -199,6 +199,8 @@ def test_code_sha256_ignores_the_header_and_comments_and_the_report_flags_mixed_
     assert common.code_sha256(str(path)) != base
     row = lambda code: {"code": code}  # noqa: E731
     assert common.code_lines({"erm": row({"a" * 64: [0, 1, 2]}), "vs": row({None: [0]})}) == []
+    # a seed from before code_sha256 was recorded (None) is not a second version
+    assert common.code_lines({"erm": row({"a" * 64: [0, 1], None: [2]})}) == []
     (line,) = common.code_lines({"erm": row({"a" * 64: [0, 1], "b" * 64: [2]}), "vs": row({"c" * 64: [0]})})
     assert "erm (seeds 0, 1: aaaaaaaaaa; seed 2: bbbbbbbbbb)" in line and "vs" not in line
 
