@@ -267,9 +267,9 @@ def test_a_resumed_runs_clock_goes_on_from_its_checkpoint(tmp_path, monkeypatch)
                                                                str(tmp_path), "--checkpoint-every", "1", *flags])
         run = common.start(common.finish_args(args, method="clock"))
         model = torch.nn.Linear(2, 2)
-        return run, run.restore(model, torch.optim.SGD(model.parameters(), lr=0.1)), model
+        return run, run.restore(model, torch.optim.SGD(model.parameters(), lr=0.1))
 
-    run, start, _ = run_of()
+    run, start = run_of()
     assert start == 0
     run.log_step(torch.tensor(1.0))
     run.end_epoch(0, 0.1, None)  # writes the checkpoint of epoch 0
@@ -278,7 +278,7 @@ def test_a_resumed_runs_clock_goes_on_from_its_checkpoint(tmp_path, monkeypatch)
     assert ck["elapsed_s"] < 100
     ck["elapsed_s"], ck["history"][0]["elapsed_s"] = 1000.0, 1000.0  # as if epoch 0 had taken 1000 s
     torch.save(ck, ckpt)
-    run, start, _ = run_of("--resume")
+    run, start = run_of("--resume")
     assert start == 1 and run.resumed == [1]
     run.log_step(torch.tensor(1.0))
     run.end_epoch(1, 0.1, None)
