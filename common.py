@@ -213,20 +213,23 @@ RESUME_FREE_ARGS = {"resume", "overwrite", "skip_existing", "checkpoint_every", 
 
 def checkpoint_key(args, script):
     """What a checkpoint must match to be resumed: every other argument, and the code of the method file and of
-    common.py (code_sha256), so that no run mixes two versions of either."""
+    common.py (code_sha256), so that no run mixes two versions of either. Taken from the arguments as parse_args
+    settled them (Run keeps it from its start): a value a method fills in later from the data, such as
+    oversampling's epoch length, follows from them, and run_all.sh's planner, which sees only parse_args, must find
+    the same key."""
     return {"args": {k: v for k, v in vars(args).items() if k not in RESUME_FREE_ARGS},
             "code": [code_sha256(script), code_sha256(os.path.abspath(__file__))]}
 
 
-def load_checkpoint(args, script):
-    """(checkpoint, None) for this run's checkpoint when --resume is given and it matches checkpoint_key, else
-    (None, why not); a damaged file is a reason, not a crash."""
+def load_checkpoint(args, key):
+    """(checkpoint, None) for this run's checkpoint when --resume is given and it was saved under `key`
+    (checkpoint_key), else (None, why not); a damaged file is a reason, not a crash."""
     path = checkpoint_path(args)
     if not (args.resume and os.path.exists(path)):
         return None, None
     try:
         ck = torch.load(path, map_location="cpu", weights_only=False)
-        if ck["key"] != checkpoint_key(args, script):
+        if ck["key"] != key:
             return None, f"{path} was made with other arguments or code"
         return ck, None
     except Exception as e:  # noqa: BLE001  (a damaged or foreign file: the run starts over)
@@ -928,6 +931,7 @@ class Run:
         self.profiler = StepProfiler(spe + offset, min(args.profile_steps, spe - offset), args.device) \
             if args.profile_steps else None
         self.tag = f"[{args.method} seed{args.seed}]"
+        self.key = checkpoint_key(args, os.path.abspath(sys.argv[0]))  # before the method settles anything more
         print(f"{self.tag} {setting_name(args)}: {len(self.data)} training images, counts {self.data.train_counts}, "
               f"{len(self.data.test_y)} test images, device {self.device_name()}, "
               f"{self.data.steps_per_epoch} steps/epoch -> {self.path}", flush=True)
@@ -987,7 +991,7 @@ class Run:
         code, load it and return the epoch after it; else return 0."""
         self.state = (model, optimizer, more)
         path = checkpoint_path(self.args)
-        ck, why = load_checkpoint(self.args, os.path.abspath(sys.argv[0]))
+        ck, why = load_checkpoint(self.args, self.key)
         if ck is None:
             if why:
                 print(f"{self.tag} note: {why}: starting from epoch 1", file=sys.stderr, flush=True)
@@ -1019,7 +1023,7 @@ class Run:
             return
         model, optimizer, more = self.state
         cuda = torch.device(self.device).type == "cuda"
-        ck = {"epoch": epoch, "key": checkpoint_key(self.args, os.path.abspath(sys.argv[0])),
+        ck = {"epoch": epoch, "key": self.key,
               "model": model.state_dict(), "optimizer": optimizer.state_dict(), "more": [o.state_dict() for o in more],
               "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "generator": self.generator.get_state(),
                       "cuda": torch.cuda.get_rng_state(torch.device(self.device)) if cuda else None},
@@ -1177,7 +1181,7 @@ def plan(jobs, flags, out, at_once=1):
         setting = setting_name(args)
         same = walls.get((setting, args.method)) or [w for (s, m), ws in walls.items() if m == args.method for w in ws]
         path = result_path(args)
-        ck, _ = load_checkpoint(args, os.path.join(ROOT, "methods", row.split()[0]))  # what the run will resume
+        ck, _ = load_checkpoint(args, checkpoint_key(args, os.path.join(ROOT, "methods", row.split()[0])))
         done = min(ck["epoch"] + 1, args.epochs) if ck else 0
         lines.append(f"{int(os.path.exists(path))} {round(max(same)) if same else -1} {done} {args.epochs} {path}")
     return lines
@@ -1211,7 +1215,9 @@ MAIN_METHODS = ("erm", "oversampling", "drs", "class_weights", "cb_focal", "erm_
                 "logit_adjust", "vs", "pcnsgd_o", "sam_ldam_drw")
 PAPER_NOTES = ("Published numbers were measured on the original CIFAR pixels by the papers' own code, which reports "
                "the best test epoch of one run; on the JPEG copy every method scores a few points lower, the "
-               "differences between methods carry over. "
+               "differences between methods carry over. 'focal' (the softmax focal loss of the LDAM code) is "
+               "compared with LDAM's Focal row, which is Cui's sigmoid focal loss at gamma 1 (the sigmoid form "
+               "runs as class_balanced.py --loss focal --beta 0 --name sigmoid_focal). "
                "'oversampling', 'drs' and 'class_weights' are compared with LDAM's CB-RS / DRS / CB-RW rows "
                "(beta 0.9999 weights, close to 1/n; ours use 1/n). 'cb_focal' is compared with LDAM's CB Focal row: "
                "Cui's focal loss at beta 0.9999, the one run here, on CIFAR-10-LT R=100 (also Cui's best there), "
@@ -1287,8 +1293,11 @@ def summarize(runs):
             row["mps"] = any(r.get("mps") for r in done)
             row["devices"] = sorted({r["device_name"] for r in done})
             row["torch"] = sorted({r["torch_version"] for r in done})
-            # which training path made the numbers: one CUDA graph per step (--fast) or plain eager
-            row["paths"] = sorted({"--fast" if r.get("fast_path") else "eager" for r in done})
+            # which training path made the numbers: one CUDA graph per step (--fast) or plain eager, and in which
+            # precision (on CUDA bf16 autocast unless --fp32; on the CPU always fp32)
+            row["paths"] = sorted({f"{'--fast' if r.get('fast_path') else 'eager'} "
+                                   f"{'fp32' if r['device_name'] == 'cpu' or r['args'].get('fp32') else 'bf16'}"
+                                   for r in done})
             # which version of the method file's code made each seed (a table made over several sessions)
             row["code"] = {}
             for r in done:
@@ -1463,7 +1472,9 @@ def report(results_dir):
              "mean ± std over seeds (n). Many / medium / few: classes with > 100, 20-100, < 20 training images "
              "(n/a: the setting has no such class). ECE: 15 equal-width bins, in %. Wall time / run: from the "
              "start of the script to its JSON, data loading and evaluations included; runs that shared the GPU "
-             "with others (k at once) each took longer than one alone.", "", PAPER_NOTES, ""]
+             "with others (k at once) each took longer than one alone. Precision: bf16 = the training forward and "
+             "backward under bf16 autocast on CUDA (losses, cosine heads and the final evaluation in fp32), the "
+             "default there; fp32 = as the official code (--fp32, and every CPU run).", "", PAPER_NOTES, ""]
     lines += session_lines(results_dir)
     table = table_methods()
     methods, seeds = list(table.values()), table_seeds()
@@ -1471,7 +1482,7 @@ def report(results_dir):
         rows = summary[setting]
         counts = rows[next(iter(rows))]["runs"][0]["train_class_counts"]
         lines += [f"## {setting}", "", f"Training counts per class: {counts}.", "",
-                  "| method | top-1 (n) | many | medium | few | ECE | paper (orig. CIFAR) | wall time / run | device (torch; training path) |",
+                  "| method | top-1 (n) | many | medium | few | ECE | paper (orig. CIFAR) | wall time / run | device (torch; training path, precision) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         order = sorted(rows, key=lambda m: -(rows[m]["top1"][0] or -1))
         for method in order:

@@ -24,6 +24,8 @@ Variants:  results folders "class_weights" (--drw-epoch 0, weights from the star
            (--drw-epoch > 0).
 Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight decay 2e-4, linear warm-up over
            5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
+           Precision: on CUDA the network runs under bf16 autocast (the loss in fp32, the final evaluation in
+           fp32); --fp32 trains in fp32 throughout, as the official code.
 Result:    class_weights 69.80 (n=1) top-1 % on JPEG CIFAR-10-LT R=100, final epoch, mean ± std over seeds;
            NVIDIA H200, torch 2.11.0+cu130 (results/RESULTS.md).
 Run:       python methods/class_weights.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100

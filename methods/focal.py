@@ -23,6 +23,8 @@ vs ERM:    the loss. With class weights the official code computes p from the WE
 Variants:  results folders "focal" (--alpha none), "focal_inverse", "focal_cb".
 Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight decay 2e-4, linear warm-up over
            5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
+           Precision: on CUDA the network runs under bf16 autocast (the loss in fp32, the final evaluation in
+           fp32); --fp32 trains in fp32 throughout, as the official code.
 Result:    focal 65.21 (n=1) top-1 % on JPEG CIFAR-10-LT R=100, final epoch, mean ± std over seeds; NVIDIA
            H200, torch 2.11.0+cu130 (results/RESULTS.md).
 Run:       python methods/focal.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100

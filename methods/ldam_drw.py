@@ -10,7 +10,7 @@ Paper:     Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Awa
            Table 2 (CIFAR-10-LT R=100: LDAM-DRW 22.97% error, i.e. 77.03% top-1; LDAM 26.65%) and Table 5
            (ERM-DRW 25.14%), best test epoch.
 Code:      kaidic/LDAM-DRW @ 2536330, losses.py LDAMLoss (L23-45), models/resnet_cifar.py NormedLinear (L37-46),
-           cifar_train.py --loss_type LDAM|CE --train_rule DRW (DRW weights L192-206).
+           cifar_train.py --loss_type LDAM|CE --train_rule DRW (Reweight L192-198, DRW L199-206).
 vs ERM:    (1) the head is NormedLinear (cosine logits, no bias) for --loss ldam; (2) the loss is LDAM with
            max margin --max-m 0.5 and scale --scale 30; (3) from --drw-epoch 160 the loss is weighted by the
            class-balanced weights (--beta 0.9999). --no-drw gives plain LDAM; --loss ce gives ERM-DRW.
@@ -23,6 +23,8 @@ Variants:  results folders "ldam_drw" (default), "ldam" (--no-drw), "erm_drw" (-
            --no-drw, which is ERM).
 Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight decay 2e-4, linear warm-up over
            5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
+           Precision: on CUDA the network runs under bf16 autocast (the loss in fp32, the final evaluation in
+           fp32); --fp32 trains in fp32 throughout, as the official code.
 Result:    erm_drw 69.51 (n=1) top-1 % on JPEG CIFAR-10-LT R=100, final epoch, mean ± std over seeds; NVIDIA
            H200, torch 2.11.0+cu130 (results/RESULTS.md). Not measured yet: ldam, ldam_drw.
 Run:       python methods/ldam_drw.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100

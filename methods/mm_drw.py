@@ -15,9 +15,10 @@ Paper:     Kang, Vu, Yoo, "Learning Imbalanced Datasets with Maximum Margin Loss
            MM 26.56%); Tables 2-3 tune (beta, delta-) per setting (CIFAR-10-LT R=100: 1.5 / 0.6; CIFAR-100-LT
            R=100: 1.3 / 1.2), and --mm-beta / --delta-minus default to the tuned pair of the run's setting (MM_TUNED;
            CIFAR-10-LT R=100's where the slides tuned none). MM-LDAM-DRW has no published pair: it uses MM-DRW's
-           (the official README, too, reuses the HMM values for HMM-LDAM). On CIFAR-10-LT R=100 that leaves the
-           rarest class delta- - m_y = 0.6 - 0.5 = 0.1: its margin reaches exp(-0.1) = 0.90 in cosine units (27
-           logits at s=30), 1.8x LDAM's largest, untuned; a row that falls short of MM-DRW may owe it to that.
+           (the official scripts/train_main.sh, too, runs HMM-LDAM with HMM's max_m and gamma). On CIFAR-10-LT
+           R=100 that leaves the rarest class delta- - m_y = 0.6 - 0.5 = 0.1: its margin reaches exp(-0.1) = 0.90
+           in cosine units (27 logits at s=30), 1.8x LDAM's largest, untuned; a row that falls short of MM-DRW may
+           owe it to that.
 Code:      ihaeyong/Maximum-Margin-LDAM @ e7ed20d, losses.py HMMLoss (L48-126), cifar_train.py --loss_type
            HMM|HMM-LDAM --train_rule DRW (NormedLinear head, L134; DRW weights L227-234).
 vs ERM:    (1) the head is NormedLinear (cosine logits, no bias); (2) the loss is MM with scale --scale;
@@ -28,13 +29,15 @@ Deviations from the official code, on purpose (each makes the code match the sli
            - max_{j!=y} z_j excludes the target (set to -inf); HMMLoss zeroes the target logit instead, so its
              "max other logit" is never below 0, which changes the gap whenever all other cosines are negative;
            - "correct" means argmax_j z_j = y (the slides); HMMLoss gives a margin of 0 at an exact tie.
-Scale:     --scale 30, the official cifar_train.py default (= LDAM's s); the slides do not give s, and the
-           README's 19 (HMM) / 26 (HMM-LDAM) were tuned for CIFAR-100-LT R=100, a setting the repo has and
-           CIFAR-10-LT R=100 has not.
+Scale:     --scale 30, the official cifar_train.py default (= LDAM's s), in every setting; the slides do not
+           give s. The official README's 19 (HMM) and scripts/train_main.sh's 26 (HMM-LDAM) go with that code's
+           own max_m 1.29 / gamma 1.528 on CIFAR-100-LT R=100 and its labels[0] loss, so they are not this loss's.
            The cosine head runs in fp32 even under bf16 autocast; evaluation uses softmax(s * cos).
 Variants:  results folders "mm_drw" (default), "mm_ldam_drw" (--ldam), "mm" (--no-drw), "mm_ldam" (--ldam --no-drw).
 Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight decay 2e-4, linear warm-up over
            5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
+           Precision: on CUDA the network runs under bf16 autocast (the loss in fp32, the final evaluation in
+           fp32); --fp32 trains in fp32 throughout, as the official code.
 Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
 Run:       python methods/mm_drw.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
 """

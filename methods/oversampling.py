@@ -32,6 +32,8 @@ Variants:  results folders "oversampling" (--start-epoch 0, q=1), "drs" (--start
            "oversampling_cb" / "drs_cb" with --beta (the official class-balanced sampler weights).
 Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight decay 2e-4, linear warm-up over
            5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
+           Precision: on CUDA the network runs under bf16 autocast (the loss in fp32, the final evaluation in
+           fp32); --fp32 trains in fp32 throughout, as the official code.
            An epoch is --num-samples draws (default len(train set) = 12,406 on CIFAR-10-LT R=100, as the
            official sampler), so an oversampled epoch costs as much as an ERM epoch.
 Result:    drs 69.65 (n=1); oversampling 65.16 (n=1) top-1 % on JPEG CIFAR-10-LT R=100, final epoch, mean ±

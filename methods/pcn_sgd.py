@@ -7,8 +7,9 @@ minority gradients; the paper proves that this removes the "minority initial dro
 PCNGD, and finds that with mini-batches the minority's higher directional noise weakens PCNSGD, which
 oversampling (+O) restores. Variants:
   pcnsgd    per-class batch sizes proportional to the class counts, as the official code splits the batch by the
-            ratios, but each class at least 1 (the official code gives such a class 0 and truncates every class
-            to the same number of batches). Whole-image rounding and that floor make the classes run through
+            ratios, but each class at least 1 (the official code computes 0 for such a class, warns, and cannot
+            build its loader, so such a setting does not run there; it also truncates every class to the same
+            number of batches). Whole-image rounding and that floor make the classes run through
             their data at different rates: 0.7 to 1.9 passes per epoch on CIFAR-10-LT R=100; on CIFAR-100-LT
             R=100 47 of 100 classes sit on the floor, up to 17 passes, a batch of 169, closer to PCNSGD+O there
             (the JSON records the draws per epoch);
@@ -55,8 +56,13 @@ Protocol:  the shared one (momentum 0.9, wd 2e-4, 200 epochs, warm-up, decays at
            With this protocol's optimizer the step is not the paper's: the direction keeps a norm near sqrt(C)
            while the SGD gradient falls by orders of magnitude as training goes on (ResNet-32, 10 classes, a short
            check on synthetic data: 3.7 -> 2.5 against 17.5 -> 0.07), so with momentum 0.9 a late step can be tens
-           of times an ERM step until the decay at epoch 160, and weight decay 2e-4 is small next to it. No lr is published for this regime; the table uses the shared
-           0.1, and direction_norm / plain_grad_norm in the JSON show the ratio a run actually had.
+           of times an ERM step until the decay at epoch 160. For the conv weights, each followed by BatchNorm
+           (scale-invariant), the longer step mostly grows their norm until weight decay balances it, so their
+           angular step ends near ERM's; the step that does not shrink acts mainly on the linear head and the BN
+           affine parameters. No lr is published for this regime; the table uses the shared 0.1, and
+           direction_norm / plain_grad_norm in the JSON show the ratio a run actually had.
+           Precision: on CUDA the network runs under bf16 autocast (the loss in fp32, the final evaluation in
+           fp32); --fp32 trains in fp32 throughout, as the official code.
 Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
 Run:       python methods/pcn_sgd.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100 --variant pcnsgd
 """

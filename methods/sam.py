@@ -23,6 +23,8 @@ Copies:    the DRW weights (CB weights, beta 0.9999, from --drw-epoch 160) and t
            cifar_train.py, models/resnet_cifar.py) kept in this file: method files never import each other.
 Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight decay 2e-4, linear warm-up over
            5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
+           Precision: on CUDA the network runs under bf16 autocast (the loss in fp32, the final evaluation in
+           fp32); --fp32 trains in fp32 throughout, as the official code.
 Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
 Run:       python methods/sam.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100 --base ldam_drw
 """

@@ -16,6 +16,8 @@ vs ERM:    the loss rescales and shifts every logit per class (--gamma 0.2, --ta
            The official code divides by (n_max / n_c)^gamma, the same number.
 Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight decay 2e-4, linear warm-up over
            5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
+           Precision: on CUDA the network runs under bf16 autocast (the loss in fp32, the final evaluation in
+           fp32); --fp32 trains in fp32 throughout, as the official code.
 Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
 Run:       python methods/vs_loss.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
 """

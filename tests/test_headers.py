@@ -84,16 +84,20 @@ def test_report_lists_methods_against_the_published_direction():
     assert "| +2.50 (2.65) | within seed noise |" in table["drs"], table["drs"]
 
 
-def test_report_says_which_training_path_made_the_numbers():
-    def run(seed, fast_path):
-        return {"method": "erm", "status": "completed", "setting": "cifar10-jpeg-exp-r100", "args": {"seed": seed},
+def test_report_says_which_training_path_and_precision_made_the_numbers():
+    def run(seed, fast_path, fp32=False, device="NVIDIA H100"):
+        return {"method": "erm", "status": "completed", "setting": "cifar10-jpeg-exp-r100",
+                "args": {"seed": seed, "fp32": fp32},
                 "final": {"top1": 70.0, "many": 70.0, "medium": None, "few": None, "ece": 1.0}, "wall_time_s": 60.0,
-                "device_name": "NVIDIA H100", "torch_version": "2.11.0", "fast_path": fast_path}
+                "device_name": device, "torch_version": "2.11.0", "fast_path": fast_path}
     graphed = {"eager_steps": 18, "graph_captures": 9, "graph_replays": 19382}
     rows = common.summarize([run(0, graphed), run(1, graphed)])["cifar10-jpeg-exp-r100"]
-    assert rows["erm"]["paths"] == ["--fast"]
+    assert rows["erm"]["paths"] == ["--fast bf16"]
     rows = common.summarize([run(0, graphed), run(1, None)])["cifar10-jpeg-exp-r100"]
-    assert rows["erm"]["paths"] == ["--fast", "eager"]
+    assert rows["erm"]["paths"] == ["--fast bf16", "eager bf16"]
+    # --fp32 on CUDA, and every CPU run, trained in fp32 (a CPU run's args may say nothing of --fp32)
+    rows = common.summarize([run(0, None, fp32=True), run(1, None, device="cpu")])["cifar10-jpeg-exp-r100"]
+    assert rows["erm"]["paths"] == ["eager fp32"]
     # a row whose seeds ran with different numbers of runs beside them states the most (its slowest conditions)
     runs = [run(0, graphed), run(1, graphed)]
     runs[0]["runs_at_once"] = 4

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 import common
-from conftest import ROOT, read_results, run_script
+from conftest import ROOT, read_results, run_script, start_forked, wait_forked
 
 table_rows = common.table_rows  # the rows of run_all.sh, read from the script
 
@@ -27,7 +27,7 @@ def test_smoke_run_all_end_to_end(smoke_table):
     report = (out / "RESULTS.md").read_text()
     for r in results.values():
         assert f"| {r['method']} |" in report
-    assert "(torch " in report and "; eager) |" in report and "--fast" not in report  # CPU runs: the eager path
+    assert "(torch " in report and "; eager fp32) |" in report and "--fast" not in report  # CPU: eager, fp32
     assert all(r["runs_at_once"] == 2 and r["mps"] is False for r in results.values())  # JOBS=2, recorded
     assert " s (2 at once) |" in report
     assert "Made by 1 invocation of run_all.sh that trained (20 runs, 0 failed" in report
@@ -104,6 +104,32 @@ def test_a_run_still_going_at_the_deadline_is_stopped_and_goes_on_next_time(tmp_
     assert r1["status"] == "completed" and len(r1["resumed_at_epochs"]) == 1 and len(r1["history"]) == 30
     assert r0["status"] == "completed" and r0["resumed_at_epochs"] == []
     assert "1 stopped at a deadline to go on from their checkpoints" in (out / "RESULTS.md").read_text()
+
+
+def keep_checkpoints():
+    """setup() for start_forked: the run's checkpoints stay when it ends, as those of a run killed part-way do."""
+    common.Run.drop_checkpoint = lambda self: None
+
+
+def test_plan_finds_the_checkpoint_each_rows_own_run_saves(tmp_path):
+    """run_all.sh's planner must find a cut-short run's checkpoint from the row's flags alone: a key that differs
+    (a method settling an argument from the data after parse_args, as oversampling's epoch length) hides it, and
+    the run is then neither put first nor estimated by what is left of it. Every row trains 1 of 2 epochs' worth
+    of checkpoint (its state after epoch 1 is kept); the plan must say 1 epoch done."""
+    flags = ["--dataset", "synthetic", "--device", "cpu", "--batch-size", "64", "--epochs", "2", "--checkpoint-every",
+             "1", "--resume", "--out", str(tmp_path)]
+    job = ["--imbalance-type", "exp", "--imbalance-ratio", "10", "--seed", "0"]
+    rows, running = table_rows(), []
+    for row in rows:
+        running.append(start_forked(f"methods/{row.split()[0]}", *row.split()[1:], *flags, *job, setup=keep_checkpoints))
+        if len(running) == 2:
+            rc, out, err = wait_forked(running.pop(0))
+            assert rc == 0, out[-2000:] + err[-2000:]
+    for handle in running:
+        rc, out, err = wait_forked(handle)
+        assert rc == 0, out[-2000:] + err[-2000:]
+    lines = common.plan([f"{row}|exp|10|0" for row in rows], flags, str(tmp_path))
+    assert {row: line.split()[2] for row, line in zip(rows, lines)} == {row: "1" for row in rows}
 
 
 def write_run(root, setting, method, seed, status="completed", wall=10.0, at_once=None):
