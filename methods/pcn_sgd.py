@@ -14,7 +14,8 @@ oversampling (+O) restores. Variants:
             R=100 47 of 100 classes sit on the floor, up to 17 passes, a batch of 169, closer to PCNSGD+O there
             (the JSON records the draws per epoch);
   pcnsgd_o  equal per-class batch sizes round(B/C); a class that runs out is re-shuffled and drawn again
-            (oversampling, the paper's PCNSGD+O);
+            (oversampling, the paper's PCNSGD+O); on CIFAR-100 that is 1 image per class, a batch of 100 and
+            single-image class gradients (official CIFAR-100 runs used B = 400 with ResNet-18, among others);
   sgd_o     the same balanced batches with the plain update sum_l g_l (the paper's SGD+O comparison).
 The results folder is the variant's name, plus "_gn" with --norm group.
 
