@@ -114,20 +114,24 @@ def keep_checkpoints():
 def test_plan_finds_the_checkpoint_each_rows_own_run_saves(tmp_path):
     """run_all.sh's planner must find a cut-short run's checkpoint from the row's flags alone: a key that differs
     (a method settling an argument from the data after parse_args, as oversampling's epoch length) hides it, and
-    the run is then neither put first nor estimated by what is left of it. Every row trains 1 of 2 epochs' worth
-    of checkpoint (its state after epoch 1 is kept); the plan must say 1 epoch done."""
+    the run is then neither put first nor estimated by what is left of it. Each row trains 2 epochs with a
+    checkpoint after every epoch and keeps the one after epoch 1, as a run killed then would; the plan must say 1
+    epoch done."""
     flags = ["--dataset", "synthetic", "--device", "cpu", "--batch-size", "64", "--epochs", "2", "--checkpoint-every",
              "1", "--resume", "--out", str(tmp_path)]
     job = ["--imbalance-type", "exp", "--imbalance-ratio", "10", "--seed", "0"]
-    rows, running = table_rows(), []
-    for row in rows:
-        running.append(start_forked(f"methods/{row.split()[0]}", *row.split()[1:], *flags, *job, setup=keep_checkpoints))
-        if len(running) == 2:
-            rc, out, err = wait_forked(running.pop(0))
-            assert rc == 0, out[-2000:] + err[-2000:]
-    for handle in running:
+
+    def ended(handle):
         rc, out, err = wait_forked(handle)
         assert rc == 0, out[-2000:] + err[-2000:]
+
+    rows, running = table_rows(), []
+    for row in rows:  # two at a time
+        if len(running) == 2:
+            ended(running.pop(0))
+        running.append(start_forked(f"methods/{row.split()[0]}", *row.split()[1:], *flags, *job, setup=keep_checkpoints))
+    for handle in running:
+        ended(handle)
     lines = common.plan([f"{row}|exp|10|0" for row in rows], flags, str(tmp_path))
     assert {row: line.split()[2] for row, line in zip(rows, lines)} == {row: "1" for row in rows}
 
