@@ -17,8 +17,13 @@ Methods (the same model init per seed, the same number of steps, plain SGD by de
   oversampling     i.i.d. class-balanced draws (methods/oversampling.py oversample_order, q=1), batch-mean CE.
   class_weights    plain shuffle, CE weighted by w = inverse_frequency_weights(counts) (methods/class_weights.py,
                    0.02 / 1.98 at 1:99) with PyTorch's normalization sum_i w_yi l_i / sum_i w_yi (LDAM Alg. 1).
-  class_weights_n  the same weights normalized by the batch size, sum_i w_yi l_i / B: the post's formula, an
-                   unbiased estimate of the balanced loss, under which a head-only batch gets a 50x smaller step.
+  class_weights_n  the same weights normalized by the batch size, sum_i w_yi l_i / B: the post's formula, under
+                   which a head-only batch gets a 50x smaller step. Its expectation is sum_c p_c w_c L_c, the
+                   balanced loss times sum_c p_c w_c = 0.0396 at 1:99: an expected step 25x smaller than
+                   oversampling's at the same learning rate.
+  class_weights_u  the same formula with the weights rescaled to mean 1 over the training images, w_c = N / (C n_c)
+                   (0.505 / 50 at 1:99): an unbiased estimate of the balanced loss, so its expected step is exactly
+                   oversampling's, and the two differ only in their noise: the post's question without the 25x.
   pcnsgd           per-class batches proportional to the counts, at least 1 (methods/pcn_sgd.py
                    class_batch_sizes: 16 + 1 images at 1:99), step along pcn_direction(g_l) = sum_l g_l/||g_l||.
   pcnsgd_o         balanced per-class batches of round(B/C) images (PCNSGD+O), the same normalized step.
@@ -41,7 +46,7 @@ H100 (~15 ms) is 10-15 minutes on one H100, most of it PCNSGD's C backward passe
 Each finished run is kept at once in <out>/runs/ (with the arguments, device and code that made it), so an
 invocation cut short by a time limit loses only the runs still going: the same command again trains only the
 missing runs, and the last one writes study.json (then the single runs are removed).
-Paired design: for a seed, erm, class_weights and class_weights_n see exactly the same batches (same index plan
+Paired design: for a seed, erm and the three class-weight variants see exactly the same batches (same index plan
 and augmentation draws) and every method starts from the same weights, so their differences come from the loss.
 Run:  python studies/oversampling_vs_weights.py --quick
       python studies/oversampling_vs_weights.py --quick --dataset synthetic   # without the CIFAR folder
@@ -70,13 +75,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
 
-METHODS = ("erm", "oversampling", "class_weights", "class_weights_n", "pcnsgd", "pcnsgd_o")
+METHODS = ("erm", "oversampling", "class_weights", "class_weights_n", "class_weights_u", "pcnsgd", "pcnsgd_o")
 SETTINGS = ("binary", "lt10")
-LOSS_METHODS = ("erm", "oversampling", "class_weights", "class_weights_n")
+LOSS_METHODS = ("erm", "oversampling", "class_weights", "class_weights_n", "class_weights_u")
 COLORS = {"erm": "black", "oversampling": "tab:blue", "class_weights": "tab:red", "class_weights_n": "tab:orange",
+          "class_weights_u": "tab:brown",
           "pcnsgd": "tab:green", "pcnsgd_o": "tab:purple"}
 # The comparisons the summary answers: (a, b) means "a vs b".
-PAIRS = (("oversampling", "class_weights"), ("oversampling", "class_weights_n"), ("pcnsgd_o", "pcnsgd"),
+PAIRS = (("oversampling", "class_weights"), ("oversampling", "class_weights_n"), ("oversampling", "class_weights_u"),
+         ("pcnsgd_o", "pcnsgd"),
          ("oversampling", "erm"))
 
 
@@ -439,6 +446,33 @@ def sampler_class_probs(method, counts, sizes):
     return [n / N for n in counts]
 
 
+def loss_weights(method, counts, k):
+    """The class weights w of a method's loss (used by the class-weight methods only): inverse frequency summing to
+    C (methods/class_weights.py; 0.02 / 1.98 at 1:99), and for class_weights_u the same rescaled to mean 1 over the
+    training images, w_c = N / (C n_c) (0.505 / 50 at 1:99), so that sum_i w_yi l_i / B over a uniformly drawn batch
+    has the balanced loss as its expectation, as oversampling's batch mean has."""
+    w = k.inverse_frequency_weights(counts)
+    if method == "class_weights_u":
+        n = torch.tensor(counts, dtype=w.dtype)
+        w = w * n.sum() / (w * n).sum()
+    return w
+
+
+def loss_share(method, plan_labels, weights, num_classes):
+    """Per class c, the mean over a run's steps of the weight its loss puts on class c's images, sum_{y_i=c} w_yi /
+    norm (w = 1 for erm and oversampling; norm = the batch's weight sum for class_weights, B otherwise): the expected
+    step is lr x sum_c share_c x grad L_c (L_c: class c's mean loss), so the shares' ratio says which class a method
+    favours on average and their sum how long its steps are (1 for a batch mean). None for PCN, whose step
+    normalizes each class's gradient instead."""
+    if method not in LOSS_METHODS:
+        return None
+    w = (torch.ones(num_classes, device=plan_labels.device) if method in ("erm", "oversampling")
+         else weights.to(plan_labels.device))[plan_labels]  # (steps, B)
+    norm = w.sum(1, keepdim=True) if method == "class_weights" else plan_labels.shape[1]
+    onehot = F.one_hot(plan_labels, num_classes).to(w.dtype)
+    return ((w / norm).unsqueeze(2) * onehot).sum(1).mean(0).tolist()
+
+
 def method_loss(method, per_sample, labels, weights):
     """The scalar loss whose gradient is the method's step (loss methods only)."""
     if method in ("erm", "oversampling"):
@@ -446,7 +480,7 @@ def method_loss(method, per_sample, labels, weights):
     w = weights[labels]
     if method == "class_weights":  # = F.cross_entropy(logits, y, weight=w): divide by the batch's weight sum
         return (w * per_sample).sum() / w.sum()
-    return (w * per_sample).sum() / len(labels)  # class_weights_n: the post's formula, divide by B
+    return (w * per_sample).sum() / len(labels)  # class_weights_n (the post's formula), _u: divide by B
 
 
 def class_coefficients(method, labels, weights, num_classes):
@@ -543,7 +577,7 @@ def train_one(args, setting, method, seed, log=print):
     params = [p for p in model.parameters() if p.requires_grad]
     base_lr = args.pcn_lr if method in ("pcnsgd", "pcnsgd_o") and args.pcn_lr is not None else args.lr
     optimizer = torch.optim.SGD(params, lr=base_lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    weights = k.inverse_frequency_weights(setting["counts"]).to(device)
+    weights = loss_weights(method, setting["counts"], k).to(device)
     plan, sizes = batch_plan(method, pool.train_y, setting["counts"], steps, B, generator, k)
     plan_labels = pool.train_y[plan]
     present = presence(plan_labels, C)
@@ -605,6 +639,7 @@ def train_one(args, setting, method, seed, log=print):
         "per_class_batch": sizes, "images_per_step": int(plan.shape[1]),
         "eval": rec_eval, "measure": rec_meas, "update_norm": rnd(upd.tolist()),
         "sampled_class_counts": torch.bincount(plan_labels.flatten(), minlength=C).tolist(),
+        "loss_share": rnd(loss_share(method, plan_labels, weights, C)),
         "presence": rnd(present.float().mean(0).tolist()),
         "no_minority_frac": no_group_fraction(present, minority),
         "minority_present": present[:, minority].any(1).tolist(),
@@ -742,6 +777,12 @@ def aggregate_method(runs, setting_meta, targets):
     out["minority_acc_late_jitter"] = stats(jitter)
     # Batches without a minority image, and the update norms with and without one.
     out["no_minority_frac"] = stats([r["no_minority_frac"] for r in runs])
+    # The loss weight a step puts on the minority and majority images, on average (loss_share).
+    shares = [r.get("loss_share") for r in runs]
+    out["loss_share"] = None if None in shares else {
+        "minority": stats([sum(sh[c] for c in mnr) for sh in shares])["mean"],
+        "majority": stats([sum(sh[c] for c in maj) for sh in shares])["mean"],
+        "all": stats([sum(sh) for sh in shares])["mean"]}
     norms, with_m, without_m = [], [], []
     for r in runs:
         for s, (u, p) in enumerate(zip(r["update_norm"], r["minority_present"])):
@@ -850,7 +891,8 @@ def build_result(args, settings, results, t_start):
                 "minority": st["minority"], "majority": st["majority"], "batch_size": st["batch_size"],
                 "steps": steps, "lr_drop_step": drop, "eval_every": st["eval_every"],
                 "measure_every": st["measure_every"], "model": args.model, "model_params": num_params(model),
-                "class_weights": rnd(cores().inverse_frequency_weights(st["counts"]).tolist())}
+                "class_weights": rnd(loss_weights("class_weights", st["counts"], cores()).tolist()),
+                "class_weights_u": rnd(loss_weights("class_weights_u", st["counts"], cores()).tolist())}
         runs = {m: [results[(name, m, s)] for s in range(args.seed0, args.seed0 + args.seeds)] for m in args.methods}
         meta["expected_no_minority_frac_iid"] = {}
         for m in args.methods:
@@ -1149,26 +1191,35 @@ def summary_text(res):
               f"Training counts {st['train_counts']}, minority = {mnr}; model {st['model']} "
               f"({st['model_params']:,} parameters); {st['steps']} steps for every method (test accuracy every "
               f"{st['eval_every']} steps, probe loss and gradients every {st['measure_every']}); class weights "
-              f"{st['class_weights']}. Targets: {st['targets']['rule']} ({tlist}).", "",
+              f"{st['class_weights']}"
+              + (f" (class_weights_u: {st['class_weights_u']})" if "class_weights_u" in st else "")
+              + f". Targets: {st['targets']['rule']} ({tlist}).", "",
               f"| method | final minority acc | final balanced acc | steps to {tkeys[0]} | batches w/o minority "
-              "| update norm median (CV) | mean update norm, batches w/ / w/o minority | cos(batch, full) minority / "
+              "| loss weight per step, minority / majority (all) | update norm median (CV) | mean update norm, batches w/ / w/o minority | cos(batch, full) minority / "
               "majority | steps raising the minority loss | minority loss initial rise (seeds) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
         for m, s in S.items():
             u, r = s["update_norm"], s["minority_loss_initial_rise"]
             neg = s["descent_alignment_minority"]["frac_negative"]
+            sh = s.get("loss_share")
+            share = (f"{sh['minority']:.3f} / {sh['majority']:.3f} ({sh['all']:.3f})" if sh
+                     else "n/a (unit class gradients)" if m.startswith("pcnsgd") else "n/a")
             L.append(
                 f"| {m} | {_f(s['final_minority_acc']['mean'])} ± {_f(s['final_minority_acc']['std'], 2)} "
                 f"| {_f(s['final_balanced_acc']['mean'])} ± {_f(s['final_balanced_acc']['std'], 2)} "
                 f"| {_steps(s['steps_to_target'][tkeys[0]])} | {_f(100 * s['no_minority_frac']['mean'])}% "
-                f"(iid {_f(100 * st['expected_no_minority_frac_iid'][m])}%) "
+                f"(iid {_f(100 * st['expected_no_minority_frac_iid'][m])}%) | {share} "
                 f"| {_f(u['median'], 3)} ({_f(u['cv'], 2)}) | {_f(u['with_minority_mean'], 3)} / "
                 f"{_f(u['without_minority_mean'], 3)} | {_f(s['cos_batch_full_minority']['mean'], 2)} / "
                 f"{_f(s['cos_batch_full_majority']['mean'], 2)} | {_f(None if neg is None else 100 * neg, 0)}% "
                 f"| {_f(r['mean'], 3)} ({r['seeds_with_rise']}/{r['n']}) |")
         L += ["", "Steps to target: median over seeds of the first evaluated step from which the accuracy stays at or "
               "above the target; '(k/n seeds)' when not every seed got there. 'iid': the expected share for "
-              "independent draws, (1 - p_minority)^B. Update norms ||θ(t+1) − θ(t)||: steps before the lr drop, all "
+              "independent draws, (1 - p_minority)^B. Loss weight per step: the mean over steps of the weight the "
+              "method's loss puts on a class's images (sum of w_y / the normalizer over the class's images in the "
+              "batch), summed over the group; a step's expected direction is the sum over classes of this weight "
+              "times the gradient of the class's mean loss, so the ratio minority / majority is the balance a method "
+              "trains for, and (all) the length of its expected step relative to a batch mean. Update norms ||θ(t+1) − θ(t)||: steps before the lr drop, all "
               "seeds; CV = std / mean. cos(batch, full): cosine of a class's mini-batch gradient with its full "
               "gradient on the probe subset where the class was in the batch (1 = no directional noise). Steps "
               "raising the minority loss: share of measured steps whose direction has a negative cosine with the "

@@ -97,7 +97,7 @@ def test_minority_and_majority_groups():
 
 # ---- each method's gradient, assembled from per-class gradients -----------------------------------
 
-@pytest.mark.parametrize("method", ["erm", "oversampling", "class_weights", "class_weights_n"])
+@pytest.mark.parametrize("method", ["erm", "oversampling", "class_weights", "class_weights_n", "class_weights_u"])
 def test_per_class_assembly_equals_the_method_loss_gradient(method):
     """On measured steps the study builds the step from per-class gradients: sum_c s_c g_c must be exactly the
     gradient of the method's loss (PyTorch's weighted CE for class_weights, sum w l / B for class_weights_n)."""
@@ -107,7 +107,7 @@ def test_per_class_assembly_equals_the_method_loss_gradient(method):
     model = S.SmallCNN(3, width=4)
     x = torch.randn(10, 3, 8, 8)
     y = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 2, 0])
-    weights = cw.inverse_frequency_weights([600, 30, 10])
+    weights = S.loss_weights(method, [600, 30, 10], S.cores())
     params = list(model.parameters())
     logits = model(x)
     per_sample = F.cross_entropy(logits, y, reduction="none")
@@ -127,6 +127,39 @@ def test_per_class_assembly_equals_the_method_loss_gradient(method):
         l = torch.rand(16)
         assert float(S.method_loss(method, l, only_head, w2)) == pytest.approx(0.02 * float(l.mean()), rel=1e-5)
         assert float(S.method_loss("class_weights", l, only_head, w2)) == pytest.approx(float(l.mean()), rel=1e-5)
+
+
+def test_unbiased_class_weights_have_the_expected_step_of_oversampling():
+    """class_weights_u: w_c = N / (C n_c), so over a uniformly drawn image sum_i w_yi l_i / B has the balanced loss
+    as its expectation (oversampling's batch mean); class_weights_n's expectation is sum_c p_c w_c = 0.0396 times it
+    at 1:99 (the post's weights), a 25x shorter expected step."""
+    k = S.cores()
+    counts = [4950, 50]
+    assert S.loss_weights("class_weights", counts, k).tolist() == pytest.approx([0.02, 1.98])
+    assert S.loss_weights("class_weights_n", counts, k).tolist() == pytest.approx([0.02, 1.98])
+    assert S.loss_weights("class_weights_u", counts, k).tolist() == pytest.approx([5000 / 9900, 50.0])
+    p = torch.tensor(counts, dtype=torch.float64) / sum(counts)
+    class_loss = torch.tensor([0.3, 2.0], dtype=torch.float64)  # L_c, the mean loss of each class
+    balanced = float(class_loss.mean())
+    for method, scale in (("class_weights_u", 1.0), ("class_weights_n", 0.0396)):
+        w = S.loss_weights(method, counts, k).double()
+        assert float((p * w * class_loss).sum()) == pytest.approx(scale * balanced, rel=1e-6)
+    lt = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    w = S.loss_weights("class_weights_u", lt, k).double()
+    assert float((torch.tensor(lt, dtype=torch.float64) * w).sum() / sum(lt)) == pytest.approx(1.0)  # mean weight 1
+
+
+def test_loss_share_of_known_batches():
+    """loss_share: the mean over steps of the weight a method's loss puts on each class's images."""
+    plan = torch.tensor([[0, 0, 0, 1], [0, 0, 0, 0]])
+    w = torch.tensor([0.02, 1.98])
+    assert S.loss_share("erm", plan, w, 2) == pytest.approx([(0.75 + 1) / 2, 0.25 / 2])
+    assert S.loss_share("oversampling", plan, w, 2) == pytest.approx([(0.75 + 1) / 2, 0.25 / 2])
+    # PyTorch's weighted mean: the batch with a minority image puts 1.98 / 2.04 of its weight on it; every step sums to 1.
+    assert S.loss_share("class_weights", plan, w, 2) == pytest.approx([(0.06 / 2.04 + 1) / 2, 1.98 / 2.04 / 2])
+    # Divided by B: the weights themselves, so the shares sum to less than 1 when the weights are small.
+    assert S.loss_share("class_weights_n", plan, w, 2) == pytest.approx([(0.06 / 4 + 0.08 / 4) / 2, 1.98 / 4 / 2])
+    assert S.loss_share("pcnsgd", plan, w, 2) is None and S.loss_share("pcnsgd_o", plan, w, 2) is None
 
 
 def test_batch_plans():
@@ -319,7 +352,7 @@ def test_an_invocation_cut_short_keeps_its_finished_runs(tmp_path):
 def test_quick_mode_end_to_end(tmp_path):
     out = tmp_path / "study"
     proc = run_script(STUDY, *TINY, "--out", out, timeout=300)
-    assert "[24/24]" in proc.stdout  # 2 settings x 6 methods x 2 seeds, with progress lines
+    assert "[28/28]" in proc.stdout  # 2 settings x 7 methods x 2 seeds, with progress lines
     files = sorted(os.listdir(out))
     for setting in ("binary", "lt10"):
         for plot in ("per_class", "update_norms", "directional_noise", "final_spread"):
@@ -330,6 +363,7 @@ def test_quick_mode_end_to_end(tmp_path):
     assert b["train_counts"] == [40, 5] and b["minority"] == [1] and b["steps"] == 12
     inv = [1 / 40, 1 / 5]  # inverse frequency, normalized to sum to C = 2
     assert b["class_weights"] == pytest.approx([2 * v / sum(inv) for v in inv], rel=1e-4)
+    assert b["class_weights_u"] == pytest.approx([45 / (2 * 40), 45 / (2 * 5)], rel=1e-4)
     for m in S.METHODS:
         runs = b["runs"][m]
         assert [r["seed"] for r in runs] == [0, 1]
@@ -343,12 +377,20 @@ def test_quick_mode_end_to_end(tmp_path):
             assert r["no_minority_frac"] == pytest.approx(1 - sum(r["minority_present"]) / 12)
             for row in r["measure"]["cos_batch_full"]:
                 assert all(c is None or -1.0001 <= c <= 1.0001 for c in row)
+        for r in runs:  # the loss weight per class: a batch mean's is the class's share of the batches
+            if m in ("erm", "oversampling"):
+                total = sum(r["sampled_class_counts"])
+                assert r["loss_share"] == pytest.approx([n / total for n in r["sampled_class_counts"]], rel=1e-4)
+            if m in ("erm", "oversampling", "class_weights"):
+                assert sum(r["loss_share"]) == pytest.approx(1.0, rel=1e-4)
+            if m.startswith("pcnsgd"):
+                assert r["loss_share"] is None
         if m.startswith("pcnsgd"):
             assert all(r["no_minority_frac"] == 0 for r in runs)  # every class in every batch
         s = b["summary"][m]
         assert s["final_minority_acc"]["values"] == [r["final"]["minority_acc"] for r in runs]
     # Paired design: erm and both class-weight variants see the same batches for a seed.
-    for m in ("class_weights", "class_weights_n"):
+    for m in ("class_weights", "class_weights_n", "class_weights_u"):
         for r, e in zip(b["runs"][m], b["runs"]["erm"]):
             assert r["minority_present"] == e["minority_present"]
             assert r["sampled_class_counts"] == e["sampled_class_counts"]
