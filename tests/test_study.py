@@ -399,7 +399,7 @@ def test_quick_mode_end_to_end(tmp_path):
     assert all(v == pytest.approx(first["erm"]) for v in first.values())
     # The summary's numbers come from the JSON: every method's final minority mean +- std appears as written.
     md = (out / "SUMMARY.md").read_text()
-    assert "Mode **quick**" in md and "device **cpu**" in md and "synthetic" in md
+    assert "Mode **quick**, model **smallcnn**" in md and "device **cpu**" in md and "synthetic" in md
     for name, st in res["settings"].items():
         for m, s in st["summary"].items():
             f = s["final_minority_acc"]
