@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import load_method, load_script, run_script
+from conftest import ROOT, load_method, load_script, run_script
 
 STUDY = "studies/oversampling_vs_weights.py"
 
@@ -412,6 +412,32 @@ def test_quick_mode_end_to_end(tmp_path):
     run_script(STUDY, "--from-json", out / "study.json", timeout=120)
     again = (out / "SUMMARY.md").read_text()
     assert again == md
+    # --readme's answer: a full-length study's numbers as its summary states them; a --quick one is left out.
+    results = tmp_path / "results"
+    for folder, mode in (("full", "full"), ("quick", "quick")):
+        (results / folder).mkdir(parents=True)
+        (results / folder / "study.json").write_text(json.dumps({**res, "mode": mode}))
+    text = "\n".join(S.readme_lines(str(results)))
+    assert "full/SUMMARY.md" in text and "quick/" not in text and "full/binary_per_class.png" in text
+    for name, st in res["settings"].items():
+        o = st["summary"]["oversampling"]
+        assert (f"final balanced accuracy {o['final_balanced_acc']['mean']:.1f} ± {o['final_balanced_acc']['std']:.2f}, "
+                f"minority accuracy {o['final_minority_acc']['mean']:.1f} ± {o['final_minority_acc']['std']:.2f}.") in text
+        for m in ("class_weights", "class_weights_n", "class_weights_u"):
+            f = st["summary"][m]["final_balanced_acc"]
+            assert f"  - {m} (" in text and f"final balanced accuracy {f['mean']:.1f} ± {f['std']:.2f} (" in text
+        sh = st["summary"]["class_weights_n"]["loss_share"]
+        assert f"{sh['minority']:.3f} / {sh['majority']:.3f}, an expected step {sh['all']:.3f} x a batch mean's" in text
+    assert "No full-length study" in "\n".join(S.readme_lines(str(tmp_path / "none")))
+
+
+def test_readme_states_the_committed_studies():
+    """README's study block is what --readme writes from the committed study.json files: no number typed by hand."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    assert "<!-- study:start -->" in text and "<!-- study:end -->" in text
+    block = text.split("<!-- study:start -->")[1].split("<!-- study:end -->")[0]
+    assert block.strip() == "\n".join(S.readme_lines(os.path.join(ROOT, "results"))).strip(), \
+        "README's study block is stale: run `python studies/oversampling_vs_weights.py --readme`"
 
 
 def test_bad_input_gives_a_one_line_error(tmp_path):
