@@ -3,7 +3,10 @@
 Class c gets the weight w_c = (1/n_c) / sum_k (1/n_k) * C, i.e. inverse frequency normalized to sum to C
 (a 1:99 two-class set gives 0.02 / 1.98). The loss is PyTorch's weighted cross-entropy, which divides by the
 batch's weight sum: loss = sum_i w_{y_i} l_i / sum_i w_{y_i}, so a batch of only head images still has a
-loss of the usual size, and scaling all weights by a constant changes nothing. With --drw-epoch E the
+loss of the usual size, and scaling all weights by a constant changes nothing. The weights therefore act only
+through the batches that hold a tail image, and the balance they buy depends on the batch size: with few
+tail images per batch the tail gets far less than its 1/C of the loss weight on average (README, "Oversampling or
+class weights in mini-batch SGD?", measures it against oversampling). With --drw-epoch E the
 weights are off (plain CE) for the first E epochs: DRW, deferred re-weighting, is --drw-epoch 160.
 
 Paper:     Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss", NeurIPS 2019:
