@@ -460,18 +460,16 @@ def loss_weights(method, counts, k):
 
 
 def loss_share(method, plan_labels, weights, num_classes):
-    """Per class c, the mean over a run's steps of the weight its loss puts on class c's images, sum_{y_i=c} w_yi /
-    norm (w = 1 for erm and oversampling; norm = the batch's weight sum for class_weights, B otherwise): the expected
-    step is lr x sum_c share_c x grad L_c (L_c: class c's mean loss), so the shares' ratio says which class a method
-    favours on average and their sum how long its steps are (1 for a batch mean). None for PCN, whose step
-    normalizes each class's gradient instead."""
+    """Per class c, the mean over a run's steps of the weight its loss puts on class c's images, s_c n_c / B with
+    class_coefficients' s_c (n_c: the class's images in the batch): the expected step is lr x sum_c share_c x grad
+    L_c (L_c: class c's mean loss), so the shares' ratio says which class a method favours on average and their sum
+    how long its steps are (1 for a batch mean). None for PCN, whose step normalizes each class's gradient instead."""
     if method not in LOSS_METHODS:
         return None
-    w = (torch.ones(num_classes, device=plan_labels.device) if method in ("erm", "oversampling")
-         else weights.to(plan_labels.device))[plan_labels]  # (steps, B)
-    norm = w.sum(1, keepdim=True) if method == "class_weights" else plan_labels.shape[1]
-    onehot = F.one_hot(plan_labels, num_classes).to(w.dtype)
-    return ((w / norm).unsqueeze(2) * onehot).sum(1).mean(0).tolist()
+    B = plan_labels.shape[1]
+    n = F.one_hot(plan_labels, num_classes).sum(1).tolist()  # (steps, C): each class's images in each batch
+    return np.mean([[s * k / B for s, k in zip(class_coefficients(method, y, weights, num_classes), row)]
+                    for y, row in zip(plan_labels, n)], 0).tolist()
 
 
 def method_loss(method, per_sample, labels, weights):
