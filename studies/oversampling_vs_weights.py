@@ -1257,7 +1257,7 @@ def answer_lines(res, link):
         if "oversampling" not in S:
             continue
         o = S["oversampling"]
-        L.append(f"- **{name}**: {st['description']}; {st['model']}, {res['device_name']}, "
+        L.append(f"- **{name}, {st['model']}, {res['device_name']}**: {st['description']}; "
                  f"{o['final_balanced_acc']['n']} seeds x {st['steps']} steps ([SUMMARY.md]({link})). "
                  f"Oversampling: loss weight per step on the minority / majority {_share(o)}, update-norm CV "
                  f"{_f(o['update_norm']['cv'], 2)}, final balanced accuracy {_mean_std(o['final_balanced_acc'])}, "
