@@ -317,7 +317,7 @@ def test_aggregation_comparison_and_verdict_on_hand_made_runs():
 
 # ---- the quick mode end to end ---------------------------------------------------------------------
 
-# Both settings, all six methods, 2 seeds, on 8x8 synthetic images: the whole pipeline in a few CPU seconds.
+# Both settings, all seven methods, 2 seeds, on 8x8 synthetic images: the whole pipeline in a few CPU seconds.
 TINY = ["--quick", "--settings", "binary", "lt10", "--dataset", "synthetic", "--synthetic-train-per-class", "40",
         "--synthetic-test-per-class", "5", "--synthetic-size", "8", "--binary-ratio", "8", "--lt-ratio", "10",
         "--steps-binary", "12", "--steps-lt", "4", "--seeds", "2", "--width", "4", "--evals", "3", "--measures", "3",
