@@ -1204,8 +1204,7 @@ def summary_text(res):
             share = (f"{sh['minority']:.3f} / {sh['majority']:.3f} ({sh['all']:.3f})" if sh
                      else "n/a (unit class gradients)" if m.startswith("pcnsgd") else "n/a")
             L.append(
-                f"| {m} | {_f(s['final_minority_acc']['mean'])} ± {_f(s['final_minority_acc']['std'], 2)} "
-                f"| {_f(s['final_balanced_acc']['mean'])} ± {_f(s['final_balanced_acc']['std'], 2)} "
+                f"| {m} | {_mean_std(s['final_minority_acc'])} | {_mean_std(s['final_balanced_acc'])} "
                 f"| {_steps(s['steps_to_target'][tkeys[0]])} | {_f(100 * s['no_minority_frac']['mean'])}% "
                 f"(iid {_f(100 * st['expected_no_minority_frac_iid'][m])}%) | {share} "
                 f"| {_f(u['median'], 3)} ({_f(u['cv'], 2)}) | {_f(u['with_minority_mean'], 3)} / "
