@@ -1273,6 +1273,15 @@ def mean_std(xs):
     return m, s
 
 
+def se_of_difference(std_a, n_a, std_b, n_b):
+    """The standard error of the difference of two independent means, each side given by its sample std and its
+    number of seeds: sqrt(s_a^2 / n_a + s_b^2 / n_b). None where either std is None (one seed: its spread is
+    unknown, so no error bar can be given)."""
+    if std_a is None or std_b is None:
+        return None
+    return math.sqrt(std_a ** 2 / n_a + std_b ** 2 / n_b)
+
+
 def summarize(runs):
     """{setting: {method: row}} with mean/std over the completed seeds."""
     table = {}
@@ -1329,8 +1338,8 @@ def direction_lines(rows):
             continue
         paper = row["paper"] - erm["paper"]
         ours = row["top1"][0] - erm["top1"][0]
-        one = row["top1"][1] is None or erm["top1"][1] is None  # a single seed on either side: no error bar
-        se = None if one else math.sqrt(row["top1"][1] ** 2 / row["n"] + erm["top1"][1] ** 2 / erm["n"])
+        se = se_of_difference(row["top1"][1], row["n"], erm["top1"][1], erm["n"])
+        one = se is None  # a single seed on either side: no error bar
         if abs(paper) < 0.5:
             verdict = "the paper shows no difference"
         elif not one and abs(ours) < 2 * se:

@@ -248,12 +248,13 @@ def accuracy_check(row, data_flags, n, epochs, eval_every, out, log_dir, table_d
                          f"--accuracy: the kept run of `{cmd}` was trained {'with' if r['args'].get('fp32') else 'without'}"
                          f" --fp32, not as its {path} seed: delete it from {out}")
         top1 = [r["final"]["top1"] for r, _ in done]
-        entry[path] = {"top1": top1, "mean": statistics.mean(top1), "std": statistics.stdev(top1),
+        mean, std = common.mean_std(top1)
+        entry[path] = {"top1": top1, "mean": mean, "std": std,
                        "wall_s": [r["wall_time_s"] for r, _ in done], "fast_path": [r.get("fast_path") for r, _ in done],
                        "commands": [c for _, c in done]}
     e, f = entry["eager"], entry["fast"]
     entry["difference"] = f["mean"] - e["mean"]
-    entry["two_standard_errors"] = 2 * math.sqrt(e["std"] ** 2 / n + f["std"] ** 2 / n)
+    entry["two_standard_errors"] = 2 * common.se_of_difference(e["std"], n, f["std"], n)
     entry["same_within_noise"] = abs(entry["difference"]) <= entry["two_standard_errors"]
     return entry
 

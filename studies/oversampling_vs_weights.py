@@ -246,11 +246,8 @@ def initial_rise(steps, values):
 
 def stats(xs):
     xs = [x for x in xs if x is not None and math.isfinite(x)]
-    if not xs:
-        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
-    m = sum(xs) / len(xs)
-    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return {"mean": m, "std": s, "min": min(xs), "max": max(xs), "n": len(xs)}
+    m, s = common.mean_std(xs)  # the std of a single value is None (unknown), as in the results table
+    return {"mean": m, "std": s, "min": min(xs, default=None), "max": max(xs, default=None), "n": len(xs)}
 
 
 def mean_or_none(xs):
@@ -1035,7 +1032,7 @@ def make_plots(res, out):
                 ax.scatter(i + np.array(jitter), vals, color=COLORS[m], s=18, zorder=3)
                 if s["mean"] is not None:
                     ax.errorbar(i + 0.3, s["mean"], yerr=s["std"], fmt="s", color="k", ms=4, capsize=4)
-                    ax.text(i, max(vals) + 1.5, f"σ={s['std']:.2f}", ha="center", fontsize=8)
+                    ax.text(i, max(vals) + 1.5, f"σ={_f(s['std'], 2)}", ha="center", fontsize=8)
             ax.set_xticks(range(len(methods)), methods, rotation=20, fontsize=8)
             ax.set_ylim(-5, 110)
             ax.set_title(t, fontsize=9)
@@ -1266,8 +1263,8 @@ def answer_lines(res, link):
                 continue
             s, a, b = S[m], o["final_balanced_acc"], S[m]["final_balanced_acc"]
             diff = b["mean"] - a["mean"]
-            se = math.sqrt((a["std"] or 0) ** 2 / a["n"] + (b["std"] or 0) ** 2 / b["n"])
-            by = f", {abs(diff) / se:.1f} s.e." if se > 0 else ""
+            se = common.se_of_difference(a["std"], a["n"], b["std"], b["n"])
+            by = f", {abs(diff) / se:.1f} s.e." if se else ""
             zero = (f"; no minority test image right in {s['final_minority_zero_seeds']}/{b['n']} seeds"
                     if s["final_minority_zero_seeds"] else "")
             L.append(f"  - {m} ({WEIGHTINGS[m]}): loss weight {_share(s)}; update-norm CV "

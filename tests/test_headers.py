@@ -82,6 +82,9 @@ def test_report_lists_methods_against_the_published_direction():
     rows["drs"] = row("drs", [72.0, 73.5, 75.0])
     table = {l.split(" | ")[0][2:]: l for l in common.direction_lines(rows) if l.startswith("| ")}
     assert "| +2.50 (2.65) | within seed noise |" in table["drs"], table["drs"]
+    # the one helper every comparison of two sets of seeds goes through (this table, benchmark --accuracy, the study)
+    assert common.se_of_difference(2 ** 0.5, 2, 1.5, 3) == pytest.approx(1.75 ** 0.5)
+    assert common.se_of_difference(None, 1, 1.5, 3) is None and common.se_of_difference(1.0, 2, None, 1) is None
 
 
 def test_report_says_which_training_path_and_precision_made_the_numbers():
