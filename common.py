@@ -137,14 +137,20 @@ def finish_args(args, method):
           f"--imbalance-ratio must be >= 1 (n_max / n_min), got {args.imbalance_ratio:g}")
     check(args.epochs > 0, f"--epochs must be positive, got {args.epochs}")
     check(args.batch_size > 0, f"--batch-size must be positive, got {args.batch_size}")
-    check(args.lr > 0, f"--lr must be positive, got {args.lr}")
+    check(math.isfinite(args.lr) and args.lr > 0, f"--lr must be a positive number, got {args.lr}")
     check(0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}")
-    check(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
+    check(math.isfinite(args.weight_decay) and args.weight_decay >= 0,
+          f"--weight-decay must be a number >= 0, got {args.weight_decay}")
     check(args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
     check(args.eval_every > 0, f"--eval-every must be positive, got {args.eval_every}")
     check(args.profile_steps >= 0, f"--profile-steps must be >= 0, got {args.profile_steps}")
     check(args.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     check(0 < args.lr_decay <= 1, f"--lr-decay must be in (0, 1], got {args.lr_decay}")
+    for flag, seed in (("--seed", args.seed), ("--data-seed", args.data_seed)):  # numpy's seed range
+        check(0 <= seed < 2 ** 32, f"{flag} must be in [0, 2^32), got {seed}")
+    check(args.name is None or (args.name not in ("", ".", "..") and not any(
+        sep in args.name for sep in (os.sep, os.altsep, "/") if sep)),
+          f"--name must be a plain folder name (no path separators, not '.' or '..'), got '{args.name}'")
     if args.dataset == "imagefolder":
         check(args.data_dir is not None, "--dataset imagefolder needs --data-dir pointing at a folder with train/ and test/")
     args.method = args.name or method
@@ -173,9 +179,16 @@ def unreached_switches(args):
 def resolve_device(name):
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    check(name == "cpu" or name.startswith("cuda"), f"unknown --device '{name}': use auto, cpu or cuda")
-    if name.startswith("cuda"):
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = None
+    check(name == "cpu" or (dev is not None and dev.type == "cuda"), f"unknown --device '{name}': use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
         check(torch.cuda.is_available(), f"--device {name} was asked for, but no CUDA GPU is available: use --device cpu")
+        check(dev.index is None or dev.index < torch.cuda.device_count(),
+              f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to "
+              f"cuda:{torch.cuda.device_count() - 1}")
     return name
 
 
@@ -420,6 +433,8 @@ class Data:
         self.num_classes = len(self.classes)
         keep, self.train_counts = make_long_tailed(train_y, self.num_classes, args.imbalance_type,
                                                    args.imbalance_ratio, args.data_seed)
+        check(args.batch_size <= len(keep), f"--batch-size {args.batch_size} is larger than the {len(keep)} training "
+                                            "images of this subset: every batch would repeat images")
         self.subset_sha256 = hashlib.sha256(np.ascontiguousarray(keep, dtype=np.int64).tobytes()).hexdigest()
         to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
         self.train_x = to(train_x[keep]).permute(0, 3, 1, 2).contiguous()   # (N, 3, H, W) uint8
@@ -1326,7 +1341,8 @@ def direction_lines(rows):
     """Does each method move top-1 away from ERM the way the paper's table does? Markdown lines, generated from the
     mean of our seeds and the published numbers; a difference under 2 standard errors is "within seed noise",
     a published difference under 0.5 points has no direction to reproduce. With one seed of the method or of ERM
-    there is no standard error yet: the direction is given, marked "1 seed"."""
+    there is no standard error yet: a difference of the published sign is "same sign", not "reproduced", and either
+    sign is marked "1 seed"."""
     erm = rows.get("erm")
     if not erm or not erm["n"] or erm["paper"] is None:
         return []
@@ -1345,7 +1361,7 @@ def direction_lines(rows):
         elif not one and abs(ours) < 2 * se:
             verdict = "within seed noise"
         elif (ours > 0) == (paper > 0):
-            verdict = "reproduced" + (" (1 seed: no error bar yet)" if one else "")
+            verdict = "same sign (1 seed: no error bar yet)" if one else "reproduced"
         else:
             verdict = "**opposite**" + (" (1 seed: no error bar yet)" if one else "")
             opposite.append(method + (" (1 seed)" if one else ""))

@@ -89,8 +89,8 @@ def parse_args(argv=None):
     for flag, value in (("--mm-beta", args.mm_beta), ("--delta-minus", args.delta_minus)):
         if value is not None:
             common.check(math.isfinite(value) and value >= 0, f"{flag} must be >= 0, got {value:g}")
-    common.check(args.scale > 0, f"--scale must be positive, got {args.scale:g}")
-    common.check(args.max_m >= 0, f"--max-m must be >= 0, got {args.max_m:g}")
+    common.check(math.isfinite(args.scale) and args.scale > 0, f"--scale must be positive, got {args.scale:g}")
+    common.check(math.isfinite(args.max_m) and args.max_m >= 0, f"--max-m must be >= 0, got {args.max_m:g}")
     common.check(0 <= args.beta < 1, f"--beta must be in [0, 1), got {args.beta:g}")
     common.check(args.drw_epoch >= 0, f"--drw-epoch must be >= 0, got {args.drw_epoch}")
     if not args.drw:

@@ -67,6 +67,7 @@ Protocol:  the shared one (momentum 0.9, wd 2e-4, 200 epochs, warm-up, decays at
 Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
 Run:       python methods/pcn_sgd.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100 --variant pcnsgd
 """
+import math
 import os
 import sys
 
@@ -107,7 +108,7 @@ def parse_args(argv=None):
                  f"unknown --class-grads '{args.class_grads}': use loop or batched")
     common.check(args.gn_group_size >= 1 and 16 % args.gn_group_size == 0,
                  f"--gn-group-size must divide 16 (ResNet-32 has 16/32/64 channels), got {args.gn_group_size}")
-    common.check(args.eps > 0, f"--eps must be > 0 (a zero class gradient would give 0/0), got {args.eps:g}")
+    common.check(math.isfinite(args.eps) and args.eps > 0, f"--eps must be > 0 (a zero class gradient would give 0/0), got {args.eps:g}")
     common.check(not (args.class_grads == "batched" and args.norm == "group"),
                  "--class-grads batched needs --norm batch (--norm group forwards each class on its own)")
     if args.fast and args.norm == "group" and args.variant != "sgd_o":

@@ -49,9 +49,9 @@ def parse_args(argv=None):
     m = parser.add_argument_group("SAM (Rangwani et al. 2022) on CE-DRW / LDAM-DRW")
     m.add_argument("--base", default="ldam_drw", help="ce_drw | ldam_drw (results folder sam_<base>)")
     m.add_argument("--rho", type=float, default=None,
-                   help="SAM radius, constant from epoch 0 (default: Saddle-LongTail run.sh, given for LT R=100 only "
-                        "and used here for every ratio: 0.5 for ce_drw and 0.8 for ldam_drw with 10 classes, 0.8 "
-                        "for both with 100)")
+                   help="SAM radius, constant from epoch 0; None: Saddle-LongTail run.sh's value, given for LT R=100 "
+                        "only and used here for every ratio: 0.5 for ce_drw and 0.8 for ldam_drw with 10 classes, "
+                        "0.8 for both with 100")
     m.add_argument("--bn-second-pass", default="update",
                    help="update | frozen: whether the perturbed (second) forward also updates the BatchNorm running "
                         "statistics. update: the official cifar_train_sam.py; frozen: davda54's disable_running_stats")
@@ -68,8 +68,8 @@ def parse_args(argv=None):
         common.check(math.isfinite(args.rho) and args.rho >= 0, f"--rho must be >= 0 (0 = plain SGD), got {args.rho:g}")
     common.check(0 <= args.beta < 1, f"--beta must be in [0, 1), got {args.beta:g}")
     common.check(args.drw_epoch >= 0, f"--drw-epoch must be >= 0, got {args.drw_epoch}")
-    common.check(args.max_m >= 0, f"--max-m must be >= 0, got {args.max_m:g}")
-    common.check(args.scale > 0, f"--scale must be positive, got {args.scale:g}")
+    common.check(math.isfinite(args.max_m) and args.max_m >= 0, f"--max-m must be >= 0, got {args.max_m:g}")
+    common.check(math.isfinite(args.scale) and args.scale > 0, f"--scale must be positive, got {args.scale:g}")
     args = common.finish_args(args, method=f"sam_{args.base}")
     if args.rho is None:
         args.rho = 0.8 if args.base == "ldam_drw" or (common.class_count(args) or 0) >= 100 else 0.5
@@ -185,7 +185,7 @@ if __name__ == "__main__":
     data = run.data
     model = common.resnet32(data.num_classes, args.device)
     if args.base == "ldam_drw":  # METHOD: LDAM's cosine head
-        model.linear = NormedLinear(64, data.num_classes).to(args.device)
+        model.linear = NormedLinear(model.linear.in_features, data.num_classes).to(args.device)
         margins = ldam_margins(data.train_counts, args.max_m).to(args.device)
         criterion = lambda logits, y, w: ldam_loss(logits, y, margins, args.scale, w)  # noqa: E731
         evaluated = Scaled(model, args.scale)  # top-1 is the same; the softmax/ECE use the trained scale

@@ -74,7 +74,7 @@ def test_report_lists_methods_against_the_published_direction():
     assert common.mean_std([66.37]) == (66.37, None) and common._cell(common.mean_std([66.37])) == "66.37"
     rows["drs"], rows["class_weights"] = row("drs", [75.0]), row("class_weights", [60.0])
     table = {l.split(" | ")[0][2:]: l for l in common.direction_lines(rows) if l.startswith("| ")}
-    assert "(1 seed) | reproduced (1 seed: no error bar yet)" in table["drs"]
+    assert "(1 seed) | same sign (1 seed: no error bar yet)" in table["drs"]
     assert "**opposite** (1 seed" in table["class_weights"]
     assert common.direction_lines(rows)[-1] == "Opposite to the published direction: class_weights (1 seed)."
     # the standard error of the difference of two means, each over its own seeds: ERM 70 / 72 (std sqrt 2, n 2) and

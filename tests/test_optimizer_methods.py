@@ -298,6 +298,8 @@ def test_groupnorm_swap_and_split_forward_match_joint():
     (pcn, ["--norm", "layer"], "--norm"),
     (pcn, ["--norm", "group", "--class-grads", "batched"], "--class-grads"),
     (sam, ["--bn-second-pass", "skip"], "--bn-second-pass"),
+    (sam, ["--scale", "inf"], "--scale"),
+    (pcn, ["--eps", "inf"], "--eps"),
 ])
 def test_bad_input_gives_one_line_error(module, flags, needle, tmp_path):
     with pytest.raises(SystemExit) as e:

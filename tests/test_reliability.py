@@ -278,6 +278,13 @@ BAD_INPUT = [  # (build(tmp_path) -> (script, args, phrases the message must con
     (_method_arg("methods/class_balanced.py", "--beta", "1.0", "beta"), False),
     (_method_arg("methods/focal.py", "--gamma", "-1", "gamma"), False),
     (_method_arg("methods/sam.py", "--rho", "-0.1", "rho"), False),
+    (_method_arg("methods/erm.py", "--seed", "-1", "--seed"), False),
+    (_method_arg("methods/erm.py", "--data-seed", str(2 ** 32), "--data-seed"), False),
+    (_method_arg("methods/erm.py", "--name", "../elsewhere", "--name"), False),
+    (_method_arg("methods/erm.py", "--lr", "inf", "--lr"), False),
+    (_method_arg("methods/erm.py", "--weight-decay", "nan", "--weight-decay"), False),
+    (_method_arg("methods/erm.py", "--device", "cudafoo", "unknown --device"), False),
+    (_method_arg("methods/erm.py", "--batch-size", "100000", "larger than the"), False),
 ]
 
 
