@@ -30,7 +30,6 @@ Result:    erm_drw 69.51 (n=1) top-1 % on JPEG CIFAR-10-LT R=100, final epoch, m
 Run:       python methods/ldam_drw.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
 """
 import argparse
-import math
 import os
 import sys
 
@@ -63,8 +62,8 @@ def parse_args(argv=None):
                    help="deferred re-weighting; --no-drw trains the unweighted loss throughout")
     args = parser.parse_args(argv)
     common.check(args.loss in ("ldam", "ce"), f"unknown --loss '{args.loss}': use ldam or ce")
-    common.check(math.isfinite(args.max_m) and args.max_m >= 0, f"--max-m must be >= 0, got {args.max_m:g}")
-    common.check(math.isfinite(args.scale) and args.scale > 0, f"--scale must be positive, got {args.scale:g}")
+    common.check(args.max_m >= 0, f"--max-m must be >= 0, got {args.max_m:g}")
+    common.check(args.scale > 0, f"--scale must be positive, got {args.scale:g}")
     common.check(0 <= args.beta < 1, f"--beta must be in [0, 1), got {args.beta:g}")
     common.check(args.drw_epoch >= 0, f"--drw-epoch must be >= 0, got {args.drw_epoch}")
     if not args.drw:
