@@ -17,6 +17,10 @@ oversampling (+O) restores. Variants:
             (oversampling, the paper's PCNSGD+O); on CIFAR-100 that is 1 image per class, a batch of 100 and
             single-image class gradients (official CIFAR-100 runs used B = 400 with ResNet-18, among others);
   sgd_o     the same balanced batches with the plain update sum_l g_l (the paper's SGD+O comparison).
+Measured in a binary 1:99 setting (studies/oversampling_vs_weights.py, README's study block, CPU): pcnsgd collapses
+onto the majority in every seed with 4, 8 or 16 majority images and 1 minority image per step, not with 2 + 1, and
+pcnsgd_o (the same number of images per class) in none: a one-image class gradient, once normalized, carries less
+of what the class's images share than an average over many images does.
 The results folder is the variant's name, plus "_gn" with --norm group.
 
 Paper:     Francazi, Baity-Jesi, Lucchi, "A Theoretical Analysis of the Learning Dynamics under Class Imbalance",

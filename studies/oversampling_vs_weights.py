@@ -1273,6 +1273,34 @@ def answer_lines(res, link):
     return L
 
 
+def pcn_batch_lines(studies):
+    """README's PCNSGD table from [(folder, study.json)]: every binary-setting pcnsgd / pcnsgd_o result, by the
+    images of each class in a step (majority + minority), so that runs at several batch sizes (--batch-binary) line
+    up. Empty when no study has them."""
+    rows = []
+    for d, res in studies:
+        st = res["settings"].get("binary")
+        for m in ("pcnsgd", "pcnsgd_o"):
+            if not st or m not in st["summary"]:
+                continue
+            sizes = st["runs"][m][0]["per_class_batch"]
+            (mj,), (mn,) = st["majority"], st["minority"]
+            S = st["summary"][m]
+            rows.append(((m, -sizes[mj], -sizes[mn], st["model"]), f"| {sizes[mj]} + {sizes[mn]} | {m} | {st['model']} | "
+                         f"{st['batch_size']} | {S['final_balanced_acc']['n']} x {st['steps']} | "
+                         f"{_mean_std(S['final_balanced_acc'])} | {_mean_std(S['final_minority_acc'])} | "
+                         f"{S['final_minority_zero_seeds']}/{S['final_balanced_acc']['n']} | [{d}]({d}/SUMMARY.md) |"))
+    if not rows:
+        return []
+    return ["PCNSGD in the binary setting (1:99; each class's gradient normalized to unit length), by the images of "
+            "each class in a step: pcnsgd splits the batch by the class counts with at least 1 image per class "
+            "(methods/pcn_sgd.py), pcnsgd_o splits it equally (PCNSGD+O). Collapsed: seeds whose final model "
+            "classified no minority test image correctly.", "",
+            "| images per step, majority + minority | method | model | batch | seeds x steps | final balanced acc | "
+            "final minority acc | collapsed | study |", "|---|---|---|---|---|---|---|---|---|"] + \
+        [line for _, line in sorted(rows, key=lambda t: t[0])]
+
+
 def readme_lines(results_dir):
     """README's study block: the answer of every study.json in results/ made at full length (not --quick), the
     ResNet-32 ones first, each with its first setting's learning curves."""
@@ -1291,10 +1319,12 @@ def readme_lines(results_dir):
          "CV: std / mean of ||θ(t+1) − θ(t)|| before the lr drop (the noise of the steps); s.e.: the standard error of "
          "the difference of the two means over seeds.", ""]
     for _, d, res in sorted(found, key=lambda t: t[:2]):
-        L += answer_lines(res, f"{rel}/{d}/SUMMARY.md") + [""]
+        answer = answer_lines(res, f"{rel}/{d}/SUMMARY.md")
         first = next(iter(res["settings"]), None)
-        if first:
-            L += [f"![{d}: {first} per-class learning curves]({rel}/{d}/{first}_per_class.png)", ""]
+        if answer and first:
+            L += answer + ["", f"![{d}: {first} per-class learning curves]({rel}/{d}/{first}_per_class.png)", ""]
+    pcn = pcn_batch_lines([(f"{rel}/{d}", res) for _, d, res in sorted(found, key=lambda t: t[:2])])
+    L += pcn + [""] if pcn else []
     if not found:
         L += ["No full-length study has run yet: `python studies/oversampling_vs_weights.py` writes results/study/."]
     return L

@@ -428,6 +428,14 @@ def test_quick_mode_end_to_end(tmp_path):
             assert f"  - {m} (" in text and f"final balanced accuracy {f['mean']:.1f} ± {f['std']:.2f} (" in text
         sh = st["summary"]["class_weights_n"]["loss_share"]
         assert f"{sh['minority']:.3f} / {sh['majority']:.3f}, an expected step {sh['all']:.3f} x a batch mean's" in text
+    # ... and the PCNSGD table: one row per method, the per-class batch of the binary setting (synthetic 40:5 at
+    # batch 16: pcnsgd round(16 x 40/45) = 14 + 2, pcnsgd_o 8 + 8), with the same cells as the summary's
+    b = res["settings"]["binary"]
+    for m, sizes in (("pcnsgd", "14 + 2"), ("pcnsgd_o", "8 + 8")):
+        assert b["runs"][m][0]["per_class_batch"] == [int(k) for k in sizes.split(" + ")]
+        f, mn = b["summary"][m]["final_balanced_acc"], b["summary"][m]["final_minority_acc"]
+        assert (f"| {sizes} | {m} | smallcnn | 16 | {f['n']} x {b['steps']} | {f['mean']:.1f} ± {f['std']:.2f} | "
+                f"{mn['mean']:.1f} ± {mn['std']:.2f} |") in text
     assert "No full-length study" in "\n".join(S.readme_lines(str(tmp_path / "none")))
 
 
