@@ -1,7 +1,7 @@
 """Class weights: cross-entropy weighted by inverse class frequency (RW), optionally deferred (DRW).
 
 Class c gets the weight w_c = (1/n_c) / sum_k (1/n_k) * C, i.e. inverse frequency normalized to sum to C
-(a 1:99 two-class set gives 0.02 / 1.98). The loss is PyTorch's weighted cross-entropy, which divides by the
+(class counts 99 : 1 give the weights 0.02 / 1.98). The loss is PyTorch's weighted cross-entropy, which divides by the
 batch's weight sum: loss = sum_i w_{y_i} l_i / sum_i w_{y_i}, so a batch of only head images still has a
 loss of the usual size, and scaling all weights by a constant changes nothing. The weights therefore act only
 through the batches that hold a tail image, and the balance they buy depends on the batch size: with few
