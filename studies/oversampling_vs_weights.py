@@ -1302,8 +1302,9 @@ def pcn_batch_lines(studies):
 
 
 def readme_lines(results_dir):
-    """README's study block: the answer of every study.json in results/ made at full length (not --quick), the
-    ResNet-32 ones first, each with its first setting's learning curves."""
+    """README's study block: the answer of every study.json in results/ made at full length (not --quick) that ran
+    oversampling, the ResNet-32 ones first, each with its first setting's learning curves; then the PCNSGD table of
+    all of them (pcn_batch_lines)."""
     found = []
     for d in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
         path = os.path.join(results_dir, d, "study.json")
@@ -1318,13 +1319,15 @@ def readme_lines(results_dir):
          "step's loss puts on the minority / majority images (a batch mean: 0.500 / 0.500 when balanced); update-norm "
          "CV: std / mean of ||θ(t+1) − θ(t)|| before the lr drop (the noise of the steps); s.e.: the standard error of "
          "the difference of the two means over seeds.", ""]
-    for _, d, res in sorted(found, key=lambda t: t[:2]):
+    ordered = [(d, res) for _, d, res in sorted(found, key=lambda t: t[:2])]
+    for d, res in ordered:
         answer = answer_lines(res, f"{rel}/{d}/SUMMARY.md")
         first = next(iter(res["settings"]), None)
         if answer and first:
             L += answer + ["", f"![{d}: {first} per-class learning curves]({rel}/{d}/{first}_per_class.png)", ""]
-    pcn = pcn_batch_lines([(f"{rel}/{d}", res) for _, d, res in sorted(found, key=lambda t: t[:2])])
-    L += pcn + [""] if pcn else []
+    pcn = pcn_batch_lines([(f"{rel}/{d}", res) for d, res in ordered])
+    if pcn:
+        L += pcn + [""]
     if not found:
         L += ["No full-length study has run yet: `python studies/oversampling_vs_weights.py` writes results/study/."]
     return L
