@@ -103,6 +103,16 @@ def test_learning_rate_schedule_is_the_official_one():
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 1e-3])
 
 
+def test_the_parser_defaults_are_the_protocol():
+    """run_all.sh passes none of these flags: every number of the table rests on the defaults."""
+    a = common.make_parser("").parse_args([])
+    assert (a.epochs, a.batch_size, a.lr, a.momentum, a.weight_decay) == (200, 128, 0.1, 0.9, 2e-4)
+    assert (a.warmup_epochs, a.lr_decay_epochs, a.lr_decay) == (5, [160, 180], 0.01)
+    assert [common.lr_at(e, a) for e in (0, 4, 159, 160, 179, 180, 199)] == \
+        pytest.approx([0.02, 0.1, 0.1, 1e-3, 1e-3, 1e-5, 1e-5])
+    assert (a.imbalance_type, a.imbalance_ratio, a.data_seed, a.seed) == ("exp", "100", 0, 0)
+
+
 # ---- batch pipeline -------------------------------------------------------------------------------
 
 def make_data(ratio="10", batch_size=64, seed=0):
@@ -189,12 +199,25 @@ def test_group_thresholds_and_ece_bins_at_their_edges():
     probs[2, 5] = 1.0                                # argmax 5, label 5: right, confidence 1.0
     m = common.metrics(probs, torch.tensor([0, 2, 5]), [10] * 20)
     assert m["ece"] == pytest.approx(100 * (abs(1 - 0.06) + abs(0 - 0.10) + 0) / 3, rel=1e-5)
+    # ... and on an edge: 0.2 = 3/15 (right) closes bin 2, 0.21 (wrong) is in bin 3; bins [b/15, (b+1)/15) would
+    # put both in bin 3, where they would partly cancel
+    probs = torch.zeros(2, 20)
+    probs[0] = 0.8 / 19
+    probs[0, 0] = 0.2                                # argmax 0, label 0: right, confidence 0.2
+    probs[1] = 0.79 / 19
+    probs[1, 1] = 0.21                               # argmax 1, label 2: wrong, confidence 0.21
+    m = common.metrics(probs, torch.tensor([0, 2]), [10] * 20)
+    assert m["ece"] == pytest.approx(100 * (abs(1 - 0.2) + abs(0 - 0.21)) / 2, rel=1e-5)
 
 
 def test_top1_counts_samples_and_per_class_accuracy_counts_classes():
     # a test set that is not balanced (an image folder may have one): top-1 is 3 of 4 samples, not the class mean
     m = common.metrics(torch.eye(2)[torch.tensor([0, 0, 0, 0])], torch.tensor([0, 0, 0, 1]), [50, 5])
     assert m["top1"] == pytest.approx(75.0) and m["per_class_acc"] == pytest.approx([100.0, 0.0])
+    # ... and a group's accuracy is the mean of its classes' accuracies, not of its test images': both classes are
+    # "many" here, 100% and 0% give 50, where 3 of the group's 4 test images right would give 75
+    m = common.metrics(torch.eye(2)[torch.tensor([0, 0, 0, 0])], torch.tensor([0, 0, 0, 1]), [500, 200])
+    assert m["many"] == pytest.approx(50.0) and m["medium"] is None and m["few"] is None
 
 
 def test_predict_uses_the_running_statistics_and_leaves_the_model_as_it_was():

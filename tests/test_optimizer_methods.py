@@ -247,6 +247,7 @@ def test_batch_composition_proportional_and_balanced():
     assert pcn.class_batch_sizes([1000, 1], 16, "pcnsgd")[1] == 1  # the at-least-one floor
     bal = pcn.class_batch_sizes(counts, 64, "pcnsgd_o")
     assert bal == [6] * 10 and pcn.class_batch_sizes(counts, 64, "sgd_o") == bal
+    assert pcn.class_batch_sizes(counts, 128, "pcnsgd_o") == [13] * 10  # the protocol's batch: round(12.8), not 12
     with pytest.raises(ValueError):
         pcn.class_batch_sizes(counts, 64, "pcngd")
     g = torch.Generator().manual_seed(0)

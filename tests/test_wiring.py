@@ -3,23 +3,28 @@
 The unit tests check a method's loss, weights or sampler alone; these check that the loop under __main__ really
 trains with them. At its identity value a method's run IS the ERM run (or, for the margin losses, the run of the
 method it reduces to): the same training loss, the mean over an epoch whose later steps measure the weights the
-earlier ones trained. Switched on, the run is not. And
-the samplers' batches, as the training step receives them, have the class mix that the sampler draws (a loop that
-records the sampler's histogram but trains on a plain shuffle fails here).
+earlier ones trained. Switched on, the run is not. A DRW switch changes the training at its epoch and not before.
+The samplers' batches, as the training step receives them, have the class mix that the sampler draws (a loop that
+records the sampler's histogram but trains on a plain shuffle fails here). And what the loop hands to run.restore
+and run.finish is the model the method needs: the scaled cosine head evaluated, the prior bias without weight decay,
+SAM's BatchNorm statistics updated in both passes unless frozen.
 
 Each script runs as __main__ in a forked child of this process (conftest.start_forked: torch is imported once), for
-one epoch on the synthetic set, one thread each, two at a time: about 2 s a run, 28 runs.
+one epoch (the DRW runs two) on the synthetic set, one thread each, two at a time: about 2 s a run, 50 runs.
 """
 import collections
+import json
+import math
 import os
 
 import pytest
 import torch
 
-from conftest import SMOKE_ARGS, read_results, start_forked, wait_forked
+from conftest import SMOKE_ARGS, load_method, read_results, start_forked, wait_forked
 
 import common  # noqa: E402  (the module the forked scripts import: setup() wraps its functions there)
 
+pcn = load_method("pcn_sgd")
 torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # the first optimizer imports torch._dynamo (~2 s): once, here
 
 # one epoch of 7 steps of 64 on 403 synthetic images: its mean loss also measures the weights the steps trained
@@ -30,6 +35,8 @@ ERM = ("methods/erm.py",)
 # (script, flags at the method's identity: the run is the reference's, flags switching the method on, reference)
 IDENTITIES = [
     ("methods/focal.py", ("--gamma", "0"), ("--gamma", "2"), ERM),
+    # beta 0 makes the class-balanced alpha all ones; inverse-frequency alpha is not
+    ("methods/focal.py", ("--gamma", "0", "--alpha", "cb", "--beta", "0"), ("--gamma", "0", "--alpha", "inverse"), ERM),
     ("methods/class_weights.py", ("--drw-epoch", "1"), (), ERM),
     ("methods/class_balanced.py", ("--loss", "softmax", "--beta", "0"), ("--loss", "softmax"), ERM),
     ("methods/ldam_drw.py", ("--loss", "ce", "--no-drw"), ("--loss", "ce", "--drw-epoch", "0"), ERM),
@@ -41,6 +48,9 @@ IDENTITIES = [
     # at w, before the step) is ERM's, the later ones are not.
     ("methods/sam.py", ("--base", "ce_drw", "--rho", "0", "--drw-epoch", "1"),
      ("--base", "ce_drw", "--rho", "0.5", "--drw-epoch", "1"), ERM),
+    # ... and on LDAM-DRW: with rho 0 the LDAM loss and cosine head of ldam_drw.py
+    ("methods/sam.py", ("--base", "ldam_drw", "--rho", "0", "--drw-epoch", "1"),
+     ("--base", "ldam_drw", "--rho", "0.8", "--drw-epoch", "1"), ("methods/ldam_drw.py", "--no-drw")),
     # LDAM with its DRW switch never reached, and reached at once, against LDAM without DRW
     ("methods/ldam_drw.py", ("--drw-epoch", "1"), ("--drw-epoch", "0"), ("methods/ldam_drw.py", "--no-drw")),
     # an infinite delta- gives every sample the margin exp(-inf) = 0: MM is then LDAM with zero margins
@@ -54,7 +64,20 @@ UNDERSAMPLING = ("methods/undersampling.py",)
 # PCNSGD+O: test_optimizer_methods checks the per-class sizes of both variants and the index matrix, this module
 # that the loop trains on its rows
 PCNSGD_O = ("methods/pcn_sgd.py", "--variant", "pcnsgd_o")
-RECORDED = [OVERSAMPLING, DRS, UNDERSAMPLING, PCNSGD_O]
+PCNSGD = ("methods/pcn_sgd.py", "--variant", "pcnsgd")
+RECORDED = [OVERSAMPLING, DRS, UNDERSAMPLING, PCNSGD_O, PCNSGD]
+# the DRW switch in the middle of a run: two epochs, switched on at epoch 1 or never (--drw-epoch 2). The first epoch
+# is the same, the second is not (a loop that sets the weights once, before its first epoch, fails here)
+DRW_TWO_EPOCHS = [("methods/class_weights.py",), ("methods/class_balanced.py", "--loss", "softmax"),
+                  ("methods/ldam_drw.py",), ("methods/mm_drw.py",), ("methods/sam.py", "--base", "ce_drw", "--rho", "0.5")]
+DRW_RUNS = {(*run, "--epochs", "2", "--drw-epoch", k): run for run in DRW_TWO_EPOCHS for k in ("1", "2")}
+# flags that change what trains though no identity ties them to a reference: the two runs' losses differ
+DIFFERENT = [(("methods/cdt.py", "--gamma", "0.3"), ("methods/cdt.py", "--gamma", "0.3", "--normalize", "sum"))]
+# runs whose model and optimizer are recorded as run.restore and run.finish receive them
+SAM, SAM_FROZEN, SAM_LDAM = ("methods/sam.py",), ("methods/sam.py", "--bn-second-pass", "frozen"), \
+    ("methods/sam.py", "--base", "ldam_drw")
+CB_FOCAL, LDAM, MM = ("methods/class_balanced.py",), ("methods/ldam_drw.py",), ("methods/mm_drw.py",)
+INSPECTED = [ERM, SAM, SAM_FROZEN, SAM_LDAM, CB_FOCAL, LDAM, MM]
 
 
 def record_batches(path):
@@ -71,11 +94,40 @@ def record_batches(path):
     return setup
 
 
+def inspect_model(path):
+    """setup() for start_forked: what run.restore (the model and optimizer as the loop starts) and run.finish (the
+    model that is evaluated) receive, written to path as JSON lines."""
+    def setup():
+        import json
+        restore, finish = common.Run.restore, common.Run.finish
+
+        def write(**record):
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+        def restored(self, model, optimizer, *more):
+            ids = {id(p): n for n, p in model.named_parameters()}
+            bias = getattr(model.linear, "bias", None)  # a cosine head (NormedLinear) has none
+            write(at="restore", bias=None if bias is None else bias.tolist(),
+                  groups=[{"weight_decay": g["weight_decay"], "params": [ids[id(p)] for p in g["params"]]}
+                          for g in optimizer.param_groups])
+            return restore(self, model, optimizer, *more)
+
+        def finished(self, model):
+            write(at="finish", type=type(model).__name__, scale=getattr(model, "scale", None),
+                  bn_batches=[m.num_batches_tracked.item() for m in model.modules()
+                              if isinstance(m, torch.nn.BatchNorm2d)])
+            return finish(self, model)
+        common.Run.restore, common.Run.finish = restored, finished
+    return setup
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Every run this module needs, two at a time: (script, *flags) -> (returncode, stdout, stderr, its folder)."""
     runs = [run for script, same, other, ref in IDENTITIES for run in ((script, *same), (script, *other), ref)]
-    pending = list(dict.fromkeys(runs + RECORDED))
+    runs += list(DRW_RUNS) + [run for pair in DIFFERENT for run in pair]
+    pending = list(dict.fromkeys(runs + RECORDED + INSPECTED))
     root = tmp_path_factory.mktemp("wiring")
     running, done = {}, {}
     while pending or running:
@@ -83,7 +135,8 @@ def trained(tmp_path_factory):
             run = pending.pop(0)
             out = root / str(len(done) + len(running))
             out.mkdir()
-            setup = record_batches(out / "batches") if run in RECORDED else None
+            setup = record_batches(out / "batches") if run in RECORDED else \
+                inspect_model(out / "inspected") if run in INSPECTED else None
             running[run] = start_forked(run[0], *ARGS, *run[1:], "--out", out, setup=setup), out
         run = next(iter(running))  # the oldest
         handle, out = running.pop(run)
@@ -109,6 +162,49 @@ def test_at_its_identity_a_method_trains_as_its_reference_and_not_otherwise(scri
     expected = losses(trained, ref)
     assert losses(trained, (script, *same)) == pytest.approx(expected, rel=1e-5)
     assert losses(trained, (script, *other)) != pytest.approx(expected, rel=1e-3), f"{script} {other} trained as {ref}"
+
+
+@pytest.mark.parametrize("run", DRW_TWO_EPOCHS, ids=[" ".join(os.path.basename(x) for x in r) for r in DRW_TWO_EPOCHS])
+def test_the_drw_switch_changes_the_training_at_its_epoch(run, trained):
+    on, never = (losses(trained, (*run, "--epochs", "2", "--drw-epoch", k)) for k in ("1", "2"))
+    assert on[0] == pytest.approx(never[0], rel=1e-6)
+    assert on[1] != pytest.approx(never[1], rel=1e-3), f"{' '.join(run)}: no DRW at epoch 1"
+
+
+@pytest.mark.parametrize("a, b", DIFFERENT, ids=[" ".join(b[len(a):]) for a, b in DIFFERENT])
+def test_a_flag_changes_what_trains(a, b, trained):
+    assert losses(trained, b) != pytest.approx(losses(trained, a), rel=1e-3), f"{' '.join(b)} trained as {' '.join(a)}"
+
+
+def inspected(trained, run):
+    """{'restore': ..., 'finish': ...} as inspect_model recorded them for one run, and its results JSON."""
+    found, out = result(trained, run)
+    return {r["at"]: r for r in map(json.loads, open(out / "inspected"))}, found
+
+
+def test_the_margin_methods_evaluate_the_scaled_cosine_head(trained):
+    """Top-1 would be the same without the scale, the softmax and so the ECE would not: softmax(s * cos) is scored."""
+    assert inspected(trained, ERM)[0]["finish"]["type"] != "Scaled"
+    for run in (LDAM, MM, SAM_LDAM):
+        rec, found = inspected(trained, run)
+        assert (rec["finish"]["type"], rec["finish"]["scale"]) == ("Scaled", found["args"]["scale"]), run
+
+
+def test_sam_updates_the_batchnorm_statistics_in_both_passes_unless_frozen(trained):
+    steps = inspected(trained, ERM)[0]["finish"]["bn_batches"]  # one forward pass per step
+    assert len(set(steps)) == 1 and steps[0] > 0
+    assert inspected(trained, SAM)[0]["finish"]["bn_batches"] == [2 * steps[0]] * len(steps)
+    assert inspected(trained, SAM_FROZEN)[0]["finish"]["bn_batches"] == steps
+
+
+def test_the_sigmoid_losses_start_from_the_prior_bias_without_weight_decay_on_it(trained):
+    rec, found = inspected(trained, CB_FOCAL)
+    C = len(found["train_class_counts"])
+    assert found["args"]["loss"] == "focal" and rec["restore"]["bias"] == pytest.approx([-math.log(C - 1)] * C)
+    decay = {g["weight_decay"]: g["params"] for g in rec["restore"]["groups"]}
+    assert decay[0.0] == ["linear.bias"] and "linear.bias" not in decay[found["args"]["weight_decay"]]
+    erm = inspected(trained, ERM)[0]["restore"]
+    assert len(erm["groups"]) == 1 and "linear.bias" in erm["groups"][0]["params"]  # ERM: one group, decay on all
 
 
 def fed(path, steps, epochs):
@@ -145,6 +241,14 @@ def test_the_undersampler_drives_the_batches(trained):
     per_epoch, _ = fed(out / "batches", steps, 1)
     got = as_list(per_epoch[0])
     assert all(g >= n_min for g in got) and sum(got) == steps * 64, got  # n_min each, + the last batch's fill
+
+
+def test_pcnsgd_batches_are_split_by_the_class_counts(trained):
+    found, out = result(trained, PCNSGD)
+    sizes = found["extra"]["per_class_batch_sizes"]
+    _, batches = fed(out / "batches", found["extra"]["steps_per_epoch"], 1)
+    assert sizes == pcn.class_batch_sizes(found["train_class_counts"], 64, "pcnsgd") and sizes != [6] * 10
+    assert all(as_list(b) == sizes for b in batches), (sizes, batches[:2])
 
 
 def test_pcnsgd_batches_have_the_per_class_sizes(trained):
