@@ -97,13 +97,17 @@ def test_sqrt_sampling_lands_between_natural_and_balanced():
     assert natural_probs[9] < frac[9] < 0.1          # tail: more than natural, less than balanced
 
 
-def test_oversampler_follows_the_generator():
+@pytest.mark.parametrize("sampler", ["oversample", "undersample"])
+def test_the_samplers_follow_their_generator(sampler):
+    """Every draw comes from the generator given (the run's, saved in checkpoints), none from torch's global one."""
     labels = long_tail_labels([30, 10, 3])
-    a = over.oversample_order(labels, [30, 10, 3], 100, torch.Generator().manual_seed(5))
-    b = over.oversample_order(labels, [30, 10, 3], 100, torch.Generator().manual_seed(5))
+    order = (lambda g: over.oversample_order(labels, [30, 10, 3], 100, g)) if sampler == "oversample" else \
+        (lambda g: under.undersample_order(labels, [30, 10, 3], g))
+    a = order(torch.Generator().manual_seed(5))
+    b = order(torch.Generator().manual_seed(5))
     gen = torch.Generator().manual_seed(5)
-    c1, c2 = (over.oversample_order(labels, [30, 10, 3], 100, gen) for _ in range(2))
-    assert torch.equal(a, b) and not torch.equal(c1, c2) and len(a) == 100
+    c1, c2 = order(gen), order(gen)
+    assert torch.equal(a, b) and not torch.equal(c1, c2) and len(a) == (100 if sampler == "oversample" else 9)
 
 
 def test_drs_json_histogram_is_natural_before_the_switch_and_balanced_after(tmp_path):
