@@ -278,11 +278,12 @@ def test_groupnorm_swap_and_split_forward_match_joint():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in conv.modules())
     x = torch.randn(9, 3, 6, 6)
     y = torch.tensor([0, 0, 0, 0, 1, 1, 2, 0, 1])
-    joint, split = copy.deepcopy(conv), copy.deepcopy(conv)
-    pcn.update_direction(joint, x, y, C, split=False)
-    pcn.update_direction(split, x, y, C, split=True)
-    torch.testing.assert_close(flat(p.grad for p in split.parameters()), flat(p.grad for p in joint.parameters()),
-                               rtol=1e-4, atol=1e-6)
+    for eps in (1e-6, 0.5):  # a large eps: g_l's own scale (sum over the class / B) must agree too, not only its direction
+        joint, split = copy.deepcopy(conv), copy.deepcopy(conv)
+        pcn.update_direction(joint, x, y, C, split=False, eps=eps)
+        pcn.update_direction(split, x, y, C, split=True, eps=eps)
+        torch.testing.assert_close(flat(p.grad for p in split.parameters()), flat(p.grad for p in joint.parameters()),
+                                   rtol=1e-4, atol=1e-6)
     resnet = pcn.common.resnet32(10)
     pcn.batchnorm_to_groupnorm(resnet, 4)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in resnet.modules())
