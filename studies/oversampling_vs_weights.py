@@ -1273,37 +1273,55 @@ def answer_lines(res, link):
     return L
 
 
-def pcn_batch_lines(studies):
-    """README's PCNSGD table from [(folder, study.json)]: every binary-setting pcnsgd / pcnsgd_o result, by the
-    images of each class in a step (majority + minority), so that runs at several batch sizes (--batch-binary) line
-    up. Empty when no study has them."""
-    rows = []
+def _pcn_results(studies, setting):
+    """(folder, setting's JSON, method, images of each class in a step, summary) of every pcnsgd / pcnsgd_o result
+    of a setting in [(folder, study.json)]."""
     for d, res in studies:
-        st = res["settings"].get("binary")
+        st = res["settings"].get(setting)
         for m in ("pcnsgd", "pcnsgd_o"):
-            if not st or m not in st["summary"]:
-                continue
-            sizes = st["runs"][m][0]["per_class_batch"]
-            (mj,), (mn,) = st["majority"], st["minority"]
-            S = st["summary"][m]
-            rows.append(((m, -sizes[mj], -sizes[mn], st["model"]), f"| {sizes[mj]} + {sizes[mn]} | {m} | {st['model']} | "
-                         f"{st['batch_size']} | {S['final_balanced_acc']['n']} x {st['steps']} | "
-                         f"{_mean_std(S['final_balanced_acc'])} | {_mean_std(S['final_minority_acc'])} | "
-                         f"{S['final_minority_zero_seeds']}/{S['final_balanced_acc']['n']} | [{d}]({d}/SUMMARY.md) |"))
-    if not rows:
-        return []
-    return ["PCNSGD in the binary setting (1:99; each class's gradient normalized to unit length), by the images of "
-            "each class in a step: pcnsgd splits the batch by the class counts with at least 1 image per class "
-            "(methods/pcn_sgd.py), pcnsgd_o splits it equally (PCNSGD+O). Collapsed: seeds whose final model "
-            "classified no minority test image correctly.", "",
-            "| images per step, majority + minority | method | model | batch | seeds x steps | final balanced acc | "
+            if st and m in st["summary"]:
+                yield d, st, m, st["runs"][m][0]["per_class_batch"], st["summary"][m]
+
+
+def _pcn_cells(d, st, S):
+    n = S["final_balanced_acc"]["n"]
+    return (f"{st['model']} | {st['batch_size']} | {n} x {st['steps']} | {_mean_std(S['final_balanced_acc'])} | "
+            f"{_mean_std(S['final_minority_acc'])} | {S['final_minority_zero_seeds']}/{n} | [{d}]({d}/SUMMARY.md) |")
+
+
+def pcn_batch_lines(studies):
+    """README's PCNSGD tables from [(folder, study.json)]: every binary-setting pcnsgd / pcnsgd_o result by the
+    images of each class in a step (majority + minority), so that runs at several batch sizes (--batch-binary) line
+    up; then every lt10 one, by the number of steps. Empty when no study has them."""
+    rows = [((m, -sizes[mj], -sizes[mn], st["model"]), f"| {sizes[mj]} + {sizes[mn]} | {m} | " + _pcn_cells(d, st, S))
+            for d, st, m, sizes, S in _pcn_results(studies, "binary")
+            for (mj,), (mn,) in [(st["majority"], st["minority"])]]
+    lt = [((m, st["model"], st["steps"]), f"| {' '.join(map(str, sizes))} | {m} | " + _pcn_cells(d, st, S))
+          for d, st, m, sizes, S in _pcn_results(studies, "lt10")]
+    L = []
+    if rows:
+        L += ["PCNSGD in the binary setting (1:99; each class's gradient normalized to unit length), by the images of "
+              "each class in a step: pcnsgd splits the batch by the class counts with at least 1 image per class "
+              "(methods/pcn_sgd.py), pcnsgd_o splits it equally (PCNSGD+O). Collapsed: seeds whose final model "
+              "classified no minority test image correctly.", "",
+              "| images per step, majority + minority | method | model | batch | seeds x steps | final balanced acc | "
+              "final minority acc | collapsed | study |", "|---|---|---|---|---|---|---|---|---|"] + \
+            [line for _, line in sorted(rows, key=lambda t: t[0])]
+    if lt:
+        L += ([""] if L else []) + [
+            "PCNSGD in the lt10 setting (CIFAR-10-LT R=100), by the length of the run: pcnsgd splits the batch by "
+            "the class counts with at least 1 image per class, as the results table's pcnsgd row does, pcnsgd_o "
+            "equally. Minority: the 3 smallest classes; collapsed: seeds whose final model classified no test image "
+            "of them correctly.", "",
+            "| images per step, largest class first | method | model | batch | seeds x steps | final balanced acc | "
             "final minority acc | collapsed | study |", "|---|---|---|---|---|---|---|---|---|"] + \
-        [line for _, line in sorted(rows, key=lambda t: t[0])]
+            [line for _, line in sorted(lt, key=lambda t: t[0])]
+    return L
 
 
 def readme_lines(results_dir):
     """README's study block: the answer of every study.json in results/ made at full length (not --quick) that ran
-    oversampling, the ResNet-32 ones first, each with its first setting's learning curves; then the PCNSGD table of
+    oversampling, the ResNet-32 ones first, each with its first setting's learning curves; then the PCNSGD tables of
     all of them (pcn_batch_lines)."""
     found = []
     for d in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:

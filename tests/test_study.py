@@ -436,6 +436,26 @@ def test_quick_mode_end_to_end(tmp_path):
         f, mn = b["summary"][m]["final_balanced_acc"], b["summary"][m]["final_minority_acc"]
         assert (f"| {sizes} | {m} | smallcnn | 16 | {f['n']} x {b['steps']} | {f['mean']:.1f} ± {f['std']:.2f} | "
                 f"{mn['mean']:.1f} ± {mn['std']:.2f} |") in text
+    # ... and the lt10 one, by the length of the run (a second full-length study, the same runs filed with 3x the
+    # steps): one row per method and study, pcnsgd's rows first, the per-class batch written out largest class first
+    lt = res["settings"]["lt10"]
+    (results / "longer").mkdir()
+    (results / "longer" / "study.json").write_text(json.dumps({**res, "mode": "full", "settings": {
+        "lt10": {**lt, "steps": 3 * lt["steps"]}}}))
+    lines, rel = S.readme_lines(str(results)), os.path.relpath(str(results), ROOT)
+    at = lines.index(next(x for x in lines if x.startswith("PCNSGD in the lt10 setting")))
+    rows = [x for x in lines[at:] if x.startswith("| ") and "| smallcnn |" in x]
+    want = []
+    for m in ("pcnsgd", "pcnsgd_o"):
+        sizes = lt["runs"][m][0]["per_class_batch"]
+        assert len(sizes) == len(lt["train_counts"]) and sizes == sorted(sizes, reverse=True)
+        f, mn = lt["summary"][m]["final_balanced_acc"], lt["summary"][m]["final_minority_acc"]
+        for steps, folder in ((lt["steps"], "full"), (3 * lt["steps"], "longer")):
+            want.append(f"| {' '.join(map(str, sizes))} | {m} | smallcnn | {lt['batch_size']} | {f['n']} x {steps} | "
+                        f"{f['mean']:.1f} ± {f['std']:.2f} | {mn['mean']:.1f} ± {mn['std']:.2f} | "
+                        f"{lt['summary'][m]['final_minority_zero_seeds']}/{f['n']} | "
+                        f"[{rel}/{folder}]({rel}/{folder}/SUMMARY.md) |")
+    assert rows == want
     assert "No full-length study" in "\n".join(S.readme_lines(str(tmp_path / "none")))
 
 
