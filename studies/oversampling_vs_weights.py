@@ -1293,9 +1293,11 @@ def pcn_batch_lines(studies):
     """README's PCNSGD tables from [(folder, study.json)]: every binary-setting pcnsgd / pcnsgd_o result by the
     images of each class in a step (majority + minority), so that runs at several batch sizes (--batch-binary) line
     up; then every lt10 one, by the number of steps. Empty when no study has them."""
-    rows = [((m, -sizes[mj], -sizes[mn], st["model"]), f"| {sizes[mj]} + {sizes[mn]} | {m} | " + _pcn_cells(d, st, S))
-            for d, st, m, sizes, S in _pcn_results(studies, "binary")
-            for (mj,), (mn,) in [(st["majority"], st["minority"])]]
+    rows = []
+    for d, st, m, sizes, S in _pcn_results(studies, "binary"):
+        (mj,), (mn,) = st["majority"], st["minority"]
+        rows.append(((m, -sizes[mj], -sizes[mn], st["model"]),
+                     f"| {sizes[mj]} + {sizes[mn]} | {m} | " + _pcn_cells(d, st, S)))
     lt = [((m, st["model"], st["steps"]), f"| {' '.join(map(str, sizes))} | {m} | " + _pcn_cells(d, st, S))
           for d, st, m, sizes, S in _pcn_results(studies, "lt10")]
     L = []

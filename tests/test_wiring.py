@@ -69,8 +69,9 @@ RECORDED = [OVERSAMPLING, DRS, UNDERSAMPLING, PCNSGD_O, PCNSGD]
 # the DRW switch in the middle of a run: two epochs, switched on at epoch 1 or never (--drw-epoch 2). The first epoch
 # is the same, the second is not (a loop that sets the weights once, before its first epoch, fails here)
 DRW_TWO_EPOCHS = [("methods/class_weights.py",), ("methods/class_balanced.py", "--loss", "softmax"),
-                  ("methods/ldam_drw.py",), ("methods/mm_drw.py",), ("methods/sam.py", "--base", "ce_drw", "--rho", "0.5")]
-DRW_RUNS = {(*run, "--epochs", "2", "--drw-epoch", k): run for run in DRW_TWO_EPOCHS for k in ("1", "2")}
+                  ("methods/ldam_drw.py",), ("methods/mm_drw.py",),
+                  ("methods/sam.py", "--base", "ce_drw", "--rho", "0.5")]
+DRW_RUNS = [(*run, "--epochs", "2", "--drw-epoch", k) for run in DRW_TWO_EPOCHS for k in ("1", "2")]
 # flags that change what trains though no identity ties them to a reference: the two runs' losses differ
 DIFFERENT = [(("methods/cdt.py", "--gamma", "0.3"), ("methods/cdt.py", "--gamma", "0.3", "--normalize", "sum"))]
 # runs whose model and optimizer are recorded as run.restore and run.finish receive them
@@ -98,7 +99,6 @@ def inspect_model(path):
     """setup() for start_forked: what run.restore (the model and optimizer as the loop starts) and run.finish (the
     model that is evaluated) receive, written to path as JSON lines."""
     def setup():
-        import json
         restore, finish = common.Run.restore, common.Run.finish
 
         def write(**record):
@@ -126,7 +126,7 @@ def inspect_model(path):
 def trained(tmp_path_factory):
     """Every run this module needs, two at a time: (script, *flags) -> (returncode, stdout, stderr, its folder)."""
     runs = [run for script, same, other, ref in IDENTITIES for run in ((script, *same), (script, *other), ref)]
-    runs += list(DRW_RUNS) + [run for pair in DIFFERENT for run in pair]
+    runs += DRW_RUNS + [run for pair in DIFFERENT for run in pair]
     pending = list(dict.fromkeys(runs + RECORDED + INSPECTED))
     root = tmp_path_factory.mktemp("wiring")
     running, done = {}, {}
@@ -243,18 +243,13 @@ def test_the_undersampler_drives_the_batches(trained):
     assert all(g >= n_min for g in got) and sum(got) == steps * 64, got  # n_min each, + the last batch's fill
 
 
-def test_pcnsgd_batches_are_split_by_the_class_counts(trained):
-    found, out = result(trained, PCNSGD)
+@pytest.mark.parametrize("run", [PCNSGD, PCNSGD_O], ids=["pcnsgd", "pcnsgd_o"])
+def test_pcnsgd_batches_have_the_per_class_sizes(run, trained):
+    found, out = result(trained, run)
     sizes = found["extra"]["per_class_batch_sizes"]
     _, batches = fed(out / "batches", found["extra"]["steps_per_epoch"], 1)
-    assert sizes == pcn.class_batch_sizes(found["train_class_counts"], 64, "pcnsgd") and sizes != [6] * 10
+    assert sizes == pcn.class_batch_sizes(found["train_class_counts"], 64, run[-1])
+    assert (sizes == [6] * 10) == (run == PCNSGD_O)  # round(64 / 10) each, or split by the class counts
     assert all(as_list(b) == sizes for b in batches), (sizes, batches[:2])
-
-
-def test_pcnsgd_batches_have_the_per_class_sizes(trained):
-    found, out = result(trained, PCNSGD_O)
-    sizes = found["extra"]["per_class_batch_sizes"]
-    _, batches = fed(out / "batches", found["extra"]["steps_per_epoch"], 1)
-    assert sizes == [6] * 10 and all(as_list(b) == sizes for b in batches), (sizes, batches[:2])  # round(64 / 10)
     # the step is the normalized direction: its norm is not the plain gradient's (it is for --variant sgd_o)
     assert found["extra"]["direction_norm"][0] != pytest.approx(found["extra"]["plain_grad_norm"][0], rel=1e-2)
