@@ -164,6 +164,28 @@ def test_batches_are_full_and_cover_every_image():
     assert np.array_equal(np.bincount(seen.numpy(), minlength=10) >= np.array(data.train_counts), [True] * 10)
     short = list(data.batches(order[:5], g))  # an order shorter than a batch still gives one full batch
     assert len(short) == 1 and short[0][0].shape == (64,) + data.train_x.shape[1:]
+    # the short last batch is filled from the epoch's own order (an oversampler's epoch keeps its class mix), without
+    # replacement: here the order is the 86 images of classes 5-9, 42 of them fill up 2 x 64
+    tail = torch.nonzero(data.train_y >= 5).flatten()
+    tail = tail[torch.randperm(len(tail), generator=torch.Generator().manual_seed(1))]
+    data.batch = lambda idx, generator: idx  # each step's indices instead of its images
+    idx = torch.cat(list(data.batches(tail, g)))
+    assert len(idx) == 128 and torch.equal(idx[:86], tail)
+    fill = idx[86:].tolist()
+    assert set(fill) <= set(tail.tolist()) and len(set(fill)) == len(fill)
+
+
+def test_each_epoch_draws_a_new_order_and_new_augmentations_from_the_runs_generator():
+    data = make_data()
+    g = torch.Generator().manual_seed(0)
+    first, second = data.shuffled(g), data.shuffled(g)
+    assert sorted(first.tolist()) == list(range(len(data))) and not torch.equal(first, second)
+    assert torch.equal(data.shuffled(torch.Generator().manual_seed(0)), first)      # from the generator given
+    assert not torch.equal(data.shuffled(torch.Generator().manual_seed(1)), first)  # another seed, another order
+    x = data.train_x[:64]
+    assert not torch.equal(data.augment(x, g), data.augment(x, g))
+    assert not torch.equal(data.augment(x, torch.Generator().manual_seed(0)),
+                           data.augment(x, torch.Generator().manual_seed(1)))
 
 
 # ---- evaluation -----------------------------------------------------------------------------------
@@ -250,11 +272,12 @@ def test_a_run_logs_the_mean_loss_evaluates_every_k_epochs_and_reports_an_fp32_f
     args = common.make_parser("").parse_args(SMOKE_ARGS + ["--epochs", "5", "--eval-every", "2", "--out", str(tmp_path)])
     args = common.finish_args(args, method="bookkeeping")
     monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, "methods", "erm.py")])
-    calls = []
+    calls, tops = [], [50.0, 90.0, 40.0]  # the second evaluation is the best one, the last is not
 
     def fake_evaluate(model, data, fp32=False):
         calls.append(fp32)
-        return {"top1": 10.0 * len(calls), "per_class_acc": [], "many": None, "medium": None, "few": None, "ece": 1.0}
+        return {"top1": tops[(len(calls) - 1) % 3], "per_class_acc": [], "many": None, "medium": None, "few": None,
+                "ece": 1.0}
     monkeypatch.setattr(common, "evaluate", fake_evaluate)
     run = common.start(args)
     for epoch in range(args.epochs):
@@ -266,7 +289,9 @@ def test_a_run_logs_the_mean_loss_evaluates_every_k_epochs_and_reports_an_fp32_f
     assert [e["epoch"] for e in run.history if e["test_top1"] is not None] == [1, 3, 4]
     assert calls == [False, False, True]  # finish() does not evaluate again: the last epoch did
     (r,) = read_results(tmp_path).values()
-    assert r["status"] == "completed" and r["final"]["top1"] == 30.0 and r["history"][-1]["test_top1"] == 30.0
+    assert [e["test_top1"] for e in run.history if e["test_top1"] is not None] == [50.0, 90.0, 40.0]
+    # the final epoch's evaluation, never the best one
+    assert r["status"] == "completed" and r["final"]["top1"] == 40.0 and r["history"][-1]["test_top1"] == 40.0
     assert [e["elapsed_s"] for e in r["history"]] == sorted(e["elapsed_s"] for e in r["history"])
 
     # a loop that stops before its last epoch (a copy with early stopping): finish() evaluates the model it has, in
@@ -277,7 +302,16 @@ def test_a_run_logs_the_mean_loss_evaluates_every_k_epochs_and_reports_an_fp32_f
         run.log_step(torch.tensor(1.0))
         run.end_epoch(epoch, common.lr_at(epoch, args), model=None)
     run.finish(None)
-    assert calls == [False, True] and run.last_eval["top1"] == 20.0
+    assert calls == [False, True] and run.last_eval["top1"] == 90.0
+
+    # an infinite loss is a divergence as a NaN is: the run stops at the end of that epoch and records it
+    run = common.start(common.finish_args(args, method="infinite_loss"))
+    run.log_step(torch.tensor(1.0))
+    run.log_step(torch.tensor(float("inf")))
+    with pytest.raises(SystemExit, match="diverged"):
+        run.end_epoch(0, common.lr_at(0, args), model=None)
+    (r,) = [r for r in read_results(tmp_path).values() if r["method"] == "infinite_loss"]
+    assert r["status"] == "diverged" and r["diverged_epoch"] == 0 and r["final"] is None
 
 
 def test_a_resumed_runs_clock_goes_on_from_its_checkpoint(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 uninterrupted run computes (CPU, --deterministic): the same per-epoch losses and accuracies, the same final
 metrics, the same `extra` (PCN's per-class losses). The row is chosen for the state a checkpoint must hold
 beyond the model and the optimizer: the batch-order generator and PCN's per-class index streams."""
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,8 @@ import pytest
 import torch
 
 from conftest import ROOT, read_results, without_times
+
+import common
 
 ARGS = ["--dataset", "synthetic", "--imbalance-ratio", "10", "--batch-size", "128", "--epochs", "3",
         "--eval-every", "1", "--device", "cpu", "--deterministic"]
@@ -65,6 +68,28 @@ def test_a_checkpoint_of_other_arguments_is_not_resumed(tmp_path):
     assert other.wait() == 0 and "made with other arguments or code: starting from epoch 1" in text, text
     (r,) = read_results(tmp_path).values()
     assert r["resumed_at_epochs"] == [] and len(r["history"]) == 3
+
+
+def test_a_checkpoint_of_another_subset_or_other_code_is_not_resumed(tmp_path):
+    """The key holds every argument but where and how a run is written or sped up (the data seed too: another
+    subset), and the code of the method file and of common.py; a checkpoint saved under any other key is refused."""
+    script = os.path.join(ROOT, "methods", "erm.py")
+    args = common.finish_args(common.make_parser("").parse_args(ARGS + ["--out", str(tmp_path), "--resume"]), "erm")
+    key = common.checkpoint_key(args, script)
+    assert common.RESUME_FREE_ARGS == {"resume", "overwrite", "skip_existing", "checkpoint_every", "cache_dir", "out",
+                                       "download", "fast", "profile_steps"}  # a new one is a decision: add it here
+    assert set(key["args"]) == set(vars(args)) - common.RESUME_FREE_ARGS and key["args"]["data_seed"] == 0
+    assert key["code"] == [common.code_sha256(script), common.code_sha256(common.__file__)]
+    path = common.checkpoint_path(args)
+    os.makedirs(os.path.dirname(path))
+    torch.save({"key": key, "epoch": 1}, path)
+    assert common.load_checkpoint(args, key)[0]["epoch"] == 1
+    for saved in ({**key, "args": {**key["args"], "data_seed": 1}},  # another long-tailed subset
+                  {**key, "code": [key["code"][0], "old"]},            # an older common.py
+                  {**key, "code": ["old", key["code"][1]]}):           # an older method file
+        torch.save({"key": saved, "epoch": 1}, path)
+        ck, why = common.load_checkpoint(args, key)
+        assert ck is None and "made with other arguments or code" in why
 
 
 def test_a_damaged_checkpoint_is_not_resumed(tmp_path):

@@ -227,6 +227,10 @@ def test_code_sha256_ignores_the_header_and_comments_and_the_report_flags_mixed_
     assert common.code_sha256(str(path)) == base  # the generated Result line and comments are not code
     path.write_text(src.replace("momentum=args.momentum", "momentum=0.5"))
     assert common.code_sha256(str(path)) != base
+    # only a docstring is left out: a file's first statement, when it is code, counts
+    (tmp_path / "a.py").write_text("import os\nx = 1\n")
+    (tmp_path / "b.py").write_text("import sys\nx = 1\n")
+    assert common.code_sha256(str(tmp_path / "a.py")) != common.code_sha256(str(tmp_path / "b.py"))
     row = lambda code: {"code": code}  # noqa: E731
     assert common.code_lines({"erm": row({"a" * 64: [0, 1, 2]}), "vs": row({None: [0]})}) == []
     # a seed from before code_sha256 was recorded (None) is not a second version
