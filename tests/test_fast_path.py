@@ -93,13 +93,17 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
             assert t["eval_s"] == t["eval_s_per_epoch"][1] and t["first_eval_extra_s"] >= 0
             assert t["projected_run_s"] == pytest.approx(  # --project-epochs 3, one evaluation: the final one
                 t["setup_s"] + t["first_epoch_s"] + 2 * t["steady_epoch_s"] + t["final_eval_s"])
-        assert row["speedup_projected_run"] > 0
+        e, f = row["eager"], row["fast"]  # the speed-ups: eager over --fast
+        assert row["speedup_steady_epoch"] == pytest.approx(e["steady_epoch_s"] / f["steady_epoch_s"])
+        assert row["speedup_projected_run"] == pytest.approx(e["projected_run_s"] / f["projected_run_s"])
         for path in ("eager", "fast"):  # --profile-steps of the timed runs (on CPU: no GPU activity)
             prof = row[path]["profile"]
             assert prof["steps"] >= 1 and prof["wall_ms_per_step"] > 0 and prof["gpu_activities_per_step"] == 0
         (par,) = row["parallel"]
         assert par["n"] == 2 and par["mps"] is None and len(par["fast"]["steady_epoch_s"]) == 2
-        assert par["eager"]["throughput_vs_one_run"] > 0
+        for path in ("eager", "fast"):  # 2 runs' epochs in the time of the slower one, against one run's epoch
+            assert par[path]["throughput_vs_one_run"] == pytest.approx(
+                2 * row[path]["steady_epoch_s"] / max(par[path]["steady_epoch_s"]))
     assert "--fast" in report["rows"][0]["fast"]["command"] and "--fast" not in report["rows"][0]["eager"]["command"]
     acc = report["rows"][0]["accuracy"]  # --accuracy 2: 2 seeds per path for --project-epochs, compared
     assert acc["n"] == 2 and acc["epochs"] == 3 and len(acc["eager"]["top1"]) == len(acc["fast"]["top1"]) == 2
@@ -201,6 +205,13 @@ def test_step_cost_against_erm_from_the_table_runs():
     # within its multiple up to the tolerance (runs beside it slow it): 1.2x ERM's step for one pass is "yes"
     (near,) = [l for l in bench.step_cost_lines([runs[0], run("focal.py", "focal", 0.6)]) if l.startswith("| focal")]
     assert near.endswith("| 1.20x | 1.0x (one forward-backward pass) | yes |"), near
+    # the tolerance is 1.25x the multiple, and a row beyond it says by how much of ITS multiple (not of ERM's step)
+    cost = lambda row, method, s: [l for l in bench.step_cost_lines([runs[0], run(row, method, s)])  # noqa: E731
+                                   if l.startswith(f"| {method}")][0]
+    assert cost("focal.py", "focal", 0.62).endswith("| 1.24x | 1.0x (one forward-backward pass) | yes |")
+    assert cost("focal.py", "focal", 0.635).endswith("| **no** (1.3x it) |")
+    assert cost("pcn_sgd.py", "pcnsgd", 4.55).endswith("| 9.10x | 7.0x (one forward and C = 10 backward passes) | "
+                                                       "**no** (1.3x it) |")
     lines = bench.step_cost_lines(runs)
     assert [l for l in lines if l.endswith(":")] == ["cifar10-exp-r100 on NVIDIA H200 (torch 2.11), 4 runs at once "
                                                      "under MPS; the table's ERM runs:"]  # eager and CPU runs: none
@@ -218,9 +229,10 @@ def test_step_cost_against_erm_from_the_table_runs():
     report = {"device_name": "NVIDIA H200", "data_flags": "--dataset cifar10 --imbalance-ratio 100", "epochs": 10,
               "date_utc": "2026-11-28", "rows": [{"row": "erm.py", "fast": {
                   "steady_epoch_s": 0.4, "fast_path": {"eager_steps": 10, "graph_replays": 90}},
-                  "parallel": [{"n": 4, "mps": True, "fast": {"steady_epoch_s": [0.5, 0.6, 0.7, 0.8]}}]}]}
+                  "parallel": [{"n": 4, "mps": True, "fast": {"steady_epoch_s": [0.5, 0.6, 0.7, 1.8]}}]}]}
     erm_ms = lambda *key: bench.bench_erm_step_ms([report], *key)  # noqa: E731
     assert erm_ms("cifar10-exp-r100", "NVIDIA H200", 4, True) == (pytest.approx(65.0), "2026-11-28")  # median / 10
+    # (the median of the 4 runs' epochs, not their mean of 0.9 s)
     assert erm_ms("cifar10-exp-r100", "NVIDIA H200", 1, False) == (pytest.approx(40.0), "2026-11-28")
     assert erm_ms("cifar10-exp-r10", "NVIDIA H200", 1, False) == (None, None)  # another setting
     assert erm_ms("cifar10-exp-r100", "NVIDIA H200", 8, True) == (None, None)  # 8 at once: not timed
@@ -290,6 +302,7 @@ def test_jobs_from_the_runs_at_once_timed_under_mps(tmp_path):
     assert b.next_width(bench((4, 1.8)), "NVIDIA H100") == 4  # another GPU model times its own
     assert (b.choose_jobs(bench((4, 1.8), (8, 2.2))), b.next_width(bench((4, 1.8), (8, 2.2)), "GPU")) == (8, 0)
     assert b.choose_jobs(bench((4, 1.8), (8, 1.9))) == 4  # less than 10% more: the shorter runs
+    assert b.choose_jobs(bench((4, 2.0), (8, 2.3))) == 8 and b.choose_jobs(bench((4, 2.0), (8, 2.19))) == 4  # 15%, 9.5%
     assert b.choose_jobs(bench((4, 1.8), (8, None))) == 4  # 8 at once failed
     assert b.choose(bench((4, 1.8), (8, 1.1))) == (True, True)  # MPS by the best number at once
     assert b.choose(bench((4, 1.1), (8, None))) == (True, False)

@@ -160,6 +160,9 @@ def test_loss_share_of_known_batches():
     # Divided by B: the weights themselves, so the shares sum to less than 1 when the weights are small.
     assert S.loss_share("class_weights_n", plan, w, 2) == pytest.approx([(0.06 / 4 + 0.08 / 4) / 2, 1.98 / 4 / 2])
     assert S.loss_share("pcnsgd", plan, w, 2) is None and S.loss_share("pcnsgd_o", plan, w, 2) is None
+    # the mean over the steps, not the median (three steps: (0.75 + 1 + 1) / 3, not 1)
+    plan3 = torch.tensor([[0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0]])
+    assert S.loss_share("erm", plan3, w, 2) == pytest.approx([(0.75 + 1 + 1) / 3, 0.25 / 3])
 
 
 def test_batch_plans():
@@ -271,13 +274,13 @@ def test_probe_losses_and_gradients_are_class_means_in_their_mode_and_leave_the_
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(full[c], ref))
 
 
-def _record(curve, final_minority, update_norms, present):
+def _record(curve, final_minority, update_norms, present, share=None):
     """A binary run's record as aggregate_method reads it: `curve` the minority accuracy at the evaluations of
-    steps 0, 3, 6 and 9 (the majority at 100 - it)."""
+    steps 0, 3, 6 and 9 (the majority at 100 - it); `share` its loss weight per class."""
     return {"eval": {"step": [0, 3, 6, 9], "per_class_acc": [[100.0 - m, m] for m in curve]},
             "final": {"minority_acc": final_minority, "majority_acc": 50.0, "balanced_acc": 50.0, "top1": 50.0,
                       "probe_loss": [0.4, 0.8]},
-            "no_minority_frac": 0.5, "update_norm": update_norms, "minority_present": present,
+            "no_minority_frac": 0.5, "update_norm": update_norms, "minority_present": present, "loss_share": share,
             "measure": {"step": [0], "cos_batch_full": [[0.9, 0.5]], "descent_alignment": [[0.5, -0.5]],
                         "probe_loss": [[0.5, 1.0]]},
             "wall_time_s": 1.0}
@@ -287,8 +290,8 @@ def test_aggregation_comparison_and_verdict_on_hand_made_runs():
     meta = {"minority": [1], "majority": [0], "steps": 9, "lr_drop_step": 6}
     targets = {"minority": [(1, 50.0)], "balanced": [(1, 50.0)]}  # (every run's balanced accuracy is 50: at step 0)
     present = [True, False] * 4 + [True]
-    fast = [_record([0, 50, 60, 70], 70.0, [1.0] * 6 + [100.0] * 3, present),   # at 50 from step 3 on
-            _record([0, 20, 60, 40], 0.0, [3.0] * 6 + [100.0] * 3, present)]    # 60 at step 6 but 40 after it
+    fast = [_record([0, 50, 60, 70], 70.0, [1.0] * 6 + [100.0] * 3, present, [0.9, 0.1]),  # at 50 from step 3 on
+            _record([0, 20, 60, 40], 0.0, [3.0] * 6 + [100.0] * 3, present, [0.7, 0.3])]   # 60 at step 6, 40 after
     agg = S.aggregate_method(fast, meta, targets)
     assert agg["final_minority_acc"]["std"] == pytest.approx(math.sqrt(2) * 35)   # std over seeds, n - 1
     assert agg["final_minority_zero_seeds"] == 1
@@ -300,12 +303,35 @@ def test_aggregation_comparison_and_verdict_on_hand_made_runs():
     un = agg["update_norm"]
     assert un["steps_counted"] == 12 and un["mean"] == pytest.approx(2.0)
     assert un["with_minority_mean"] == pytest.approx(2.0) and un["without_minority_mean"] == pytest.approx(2.0)
-    slow = [_record([0, 0, 60, 70], 70.0, [1.0] * 9, present), _record([0, 0, 0, 50], 60.0, [1.0] * 9, present)]
-    both = [fast[0], _record([0, 0, 60, 70], 65.0, [1.0] * 9, present)]  # medians (3 + 6) / 2 = 4.5 and (6 + 9) / 2
+    # the loss weight per step: the seeds' mean, summed over the group's classes; the minority accuracy's AUC: the mean
+    # over the evaluations (45 and 30), averaged over seeds
+    assert agg["loss_share"] == pytest.approx({"minority": 0.2, "majority": 0.8, "all": 1.0})
+    assert agg["minority_acc_auc"]["mean"] == pytest.approx((45.0 + 30.0) / 2)
+    # norm 1 in the batches with a minority image (steps 0, 2, 4), 3 in those without; then a skewed run: mean 2,
+    # median 1, CV = std / mean (population std)
+    un = S.aggregate_method([_record([0, 50, 60, 70], 70.0, [1.0, 3.0] * 3 + [100.0] * 3, present)], meta,
+                            targets)["update_norm"]
+    assert un["with_minority_mean"] == pytest.approx(1.0) and un["without_minority_mean"] == pytest.approx(3.0)
+    un = S.aggregate_method([_record([0, 50, 60, 70], 70.0, [1.0] * 5 + [7.0] + [100.0] * 3, present)], meta,
+                            targets)["update_norm"]
+    assert un["median"] == pytest.approx(1.0) and un["cv"] == pytest.approx(math.sqrt(5) / 2, rel=1e-4)
+    slow = [_record([0, 0, 60, 70], 70.0, [1.0, 5.0] * 3 + [1.0] * 3, present),
+            _record([0, 0, 0, 50], 60.0, [1.0, 5.0] * 3 + [1.0] * 3, present)]
+    # steps to the target: medians (3 + 6) / 2 = 4.5 and (6 + 9) / 2
+    both = [fast[0], _record([0, 0, 60, 70], 65.0, [1.0, 3.0] * 3 + [1.0] * 3, present)]
     summary = {"a": S.aggregate_method(both, meta, targets), "b": S.aggregate_method(slow, meta, targets)}
     assert summary["a"]["steps_to_target"]["minority@1"]["median"] == pytest.approx(4.5)
     c = S.compare(summary, "a", "b")
     assert c["steps_to_target"]["minority@1"]["b_over_a"] == pytest.approx(7.5 / 4.5, rel=1e-4)
+    # every comparison is b against a: the difference of the means, the ratios of the spreads and of the noise
+    a, b = summary["a"], summary["b"]
+    assert c["final_minority_acc"]["b_minus_a_mean"] == pytest.approx(65.0 - 67.5)
+    assert c["final_minority_acc"]["b_std_over_a_std"] == pytest.approx(2.0, rel=1e-4)  # std 7.07 vs 3.54
+    assert c["late_jitter"]["b_over_a"] == pytest.approx(
+        b["minority_acc_late_jitter"]["mean"] / a["minority_acc_late_jitter"]["mean"], rel=1e-4)
+    assert c["late_jitter"]["b_over_a"] > 1
+    assert c["update_norm_cv"]["b_over_a"] == pytest.approx(b["update_norm"]["cv"] / a["update_norm"]["cv"], rel=1e-3)
+    assert c["update_norm_cv"]["b_over_a"] > 1  # norms 1 and 5 (CV 0.67) against 1 and 3 beside 1s (CV 0.58)
     (speed,) = [line for line in S.verdict(c, summary) if "speed:" in line]
     assert "b 1.67x slower" in speed, speed
     # which one varies more over seeds (final balanced accuracy): the headline names it
