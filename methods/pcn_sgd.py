@@ -19,10 +19,12 @@ oversampling (+O) restores. Variants:
   sgd_o     the same balanced batches with the plain update sum_l g_l (the paper's SGD+O comparison).
 Measured in a binary 1:99 setting (studies/oversampling_vs_weights.py, README's study block, CPU): pcnsgd collapses
 onto the majority in every seed with 4, 8 or 16 majority images and 1 minority image per step, not with 2 + 1, and
-pcnsgd_o (the same number of images per class) in none: a one-image class gradient, once normalized, carries less
-of what the class's images share than an average over many images does. On CIFAR-10-LT R=100 at batch 128 (1 image
-per step for each of the 3 smallest classes; a small CNN, 3 seeds x 1500 steps) no seed collapsed, but those classes
-ended lower than with pcnsgd_o, with noisier batch gradients.
+pcnsgd_o (the same number of images per class) in none. At the start of those runs, along the minority's full
+gradient, the majority's unit term pushes back almost exactly as hard as an equal-batch minority term pulls, and
+harder than a one-image one does: a one-image class gradient, once normalized, carries less of what the class's
+images share than an average over many images. On CIFAR-10-LT R=100 at batch 128 (1 image per step for each of the
+3 smallest classes; a small CNN, 3 seeds x 1500 steps) the nine other classes together push back less than a
+one-image class pulls: no seed collapsed, but those classes ended lower than with pcnsgd_o.
 The results folder is the variant's name, plus "_gn" with --norm group.
 
 Paper:     Francazi, Baity-Jesi, Lucchi, "A Theoretical Analysis of the Learning Dynamics under Class Imbalance",

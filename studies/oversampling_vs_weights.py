@@ -32,7 +32,9 @@ gradients (every --measure-every steps); per-class test accuracy (every --eval-e
 batches without a minority image; the norm of every update ||theta_{t+1} - theta_t||; each class's mini-batch
 gradient norm and its cosine with the class's full gradient on the probe subset (directional noise; 1 = no
 noise); the cosine of the step direction with each class's full gradient (< 0: the step raises that class's
-loss to first order); the spread of the final accuracy over seeds. "Minority" is the max(1, C//3) smallest
+loss to first order), and that first-order effect split into the class's own term and the other classes' terms
+(pull_split; the minority's own pull and the others' push at the start of a run: early_pull); the spread of the
+final accuracy over seeds. "Minority" is the max(1, C//3) smallest
 classes (binary: truck; lt10: the 3 tail classes), "majority" the max(1, C//3) largest.
 Outputs in --out: study.json (everything), <setting>_per_class.png, <setting>_update_norms.png,
 <setting>_directional_noise.png, <setting>_final_spread.png and SUMMARY.md, generated from study.json alone.
@@ -822,6 +824,45 @@ def aggregate_method(runs, setting_meta, targets):
     return out
 
 
+def pull_split(measure, i, c):
+    """The push of the step down class c's loss at measurement i, split in two. The step direction is
+    d = sum_k t_k u_k (u_k: class k's unit mini-batch gradient, t_k its term_norm; a loss method's s_k g_k and PCN's
+    g_k / (||g_k|| + eps) both have this form), so along the unit full gradient U_c of class c,
+    <d, U_c> = t_c cos(g_c, G_c) + sum_{k != c} t_k cos(g_k, G_c) = descent_alignment x direction_norm: the class's
+    own pull and the other classes' push. The step is -lr d: own + others > 0 lowers the class's loss to first
+    order. A class not in the batch pulls 0. (own, others), or None where the class has no full gradient or the
+    record has no term norms (a study.json older than them)."""
+    m = measure
+    if "term_norm" not in m or "direction_norm" not in m:
+        return None
+    t, cos, a, dn = m["term_norm"][i][c], m["cos_batch_full"][i][c], m["descent_alignment"][i][c], m["direction_norm"][i]
+    if a is None or dn is None:
+        return None
+    own = 0.0 if t is None or cos is None else t * cos
+    return own, a * dn - own
+
+
+def early_pull(st, method, frac=0.1):
+    """The minority's own pull and the other classes' push along its full gradient (pull_split) at the start of a
+    run, where a collapse begins: per seed the mean over the measurements at steps < frac x steps (step 0 at least)
+    and the minority classes in the batch, then stats over seeds. None when nothing was measured."""
+    until = max(1, math.ceil(frac * st["steps"]))
+    own, others, n = [], [], 0
+    for r in st["runs"][method]:
+        m = r["measure"]
+        pairs = [pull_split(m, i, c) for i, s in enumerate(m["step"]) if s < until for c in st["minority"]]
+        pairs = [p for p in pairs if p is not None]
+        n += len(pairs)
+        own.append(mean_or_none([p[0] for p in pairs]))
+        others.append(mean_or_none([p[1] for p in pairs]))
+    return {"own": stats(own), "others": stats(others), "until_step": until, "measured": n} if n else None
+
+
+def _pull_cell(st, method):
+    p = early_pull(st, method)
+    return "n/a" if p is None else f"{_f(p['own']['mean'], 2)} / {_f(p['others']['mean'], 2)}"
+
+
 def ratio(a, b):
     return rnd(a / b) if a is not None and b not in (None, 0) else None
 
@@ -1192,8 +1233,9 @@ def summary_text(res):
               + f". Targets: {st['targets']['rule']} ({tlist}).", "",
               f"| method | final minority acc | final balanced acc | steps to {tkeys[0]} | batches w/o minority "
               "| loss weight per step, minority / majority (all) | update norm median (CV) | mean update norm, batches w/ / w/o minority | cos(batch, full) minority / "
-              "majority | steps raising the minority loss | minority loss initial rise (seeds) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "majority | steps raising the minority loss | minority loss initial rise (seeds) | first tenth: minority's own "
+              "pull / others' push |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for m, s in S.items():
             u, r = s["update_norm"], s["minority_loss_initial_rise"]
             neg = s["descent_alignment_minority"]["frac_negative"]
@@ -1207,7 +1249,7 @@ def summary_text(res):
                 f"| {_f(u['median'], 3)} ({_f(u['cv'], 2)}) | {_f(u['with_minority_mean'], 3)} / "
                 f"{_f(u['without_minority_mean'], 3)} | {_f(s['cos_batch_full_minority']['mean'], 2)} / "
                 f"{_f(s['cos_batch_full_majority']['mean'], 2)} | {_f(None if neg is None else 100 * neg, 0)}% "
-                f"| {_f(r['mean'], 3)} ({r['seeds_with_rise']}/{r['n']}) |")
+                f"| {_f(r['mean'], 3)} ({r['seeds_with_rise']}/{r['n']}) | {_pull_cell(st, m)} |")
         L += ["", "Steps to target: median over seeds of the first evaluated step from which the accuracy stays at or "
               "above the target; '(k/n seeds)' when not every seed got there. 'iid': the expected share for "
               "independent draws, (1 - p_minority)^B. Loss weight per step: the mean over steps of the weight the "
@@ -1219,7 +1261,7 @@ def summary_text(res):
               "gradient on the probe subset where the class was in the batch (1 = no directional noise). Steps "
               "raising the minority loss: share of measured steps whose direction has a negative cosine with the "
               "full minority gradient. Initial rise: the largest increase of the minority probe loss above its "
-              "value at step 0 (the 'minority initial drop').", "", "**Measured comparisons**", ""]
+              "value at step 0 (the 'minority initial drop'). " + PULL_NOTE, "", "**Measured comparisons**", ""]
         for c in st["comparisons"]:
             L += verdict(c, S)
         L += ["", *[f"![{name} {p}]({name}_{p}.png)" for p in ("per_class", "update_norms", "directional_noise",
@@ -1273,6 +1315,13 @@ def answer_lines(res, link):
     return L
 
 
+PULL_NOTE = ("First tenth: the measured steps of the first tenth of the run, where a collapse begins. Along the full "
+             "(probe) gradient of a minority class, the step's term for that class (own pull) and the sum of the "
+             "other classes' terms (others' push), mean over seeds (early_pull); with PCN's unit class terms the pull "
+             "is the cosine of the class's batch gradient with its full one. The step lowers the minority's loss "
+             "(to first order) when the pull is the larger.")
+
+
 def _pcn_results(studies, setting):
     """(folder, setting's JSON, method, images of each class in a step, summary) of every pcnsgd / pcnsgd_o result
     of a setting in [(folder, study.json)]."""
@@ -1283,10 +1332,11 @@ def _pcn_results(studies, setting):
                 yield d, st, m, st["runs"][m][0]["per_class_batch"], st["summary"][m]
 
 
-def _pcn_cells(d, st, S):
+def _pcn_cells(d, st, m, S):
     n = S["final_balanced_acc"]["n"]
     return (f"{st['model']} | {st['batch_size']} | {n} x {st['steps']} | {_mean_std(S['final_balanced_acc'])} | "
-            f"{_mean_std(S['final_minority_acc'])} | {S['final_minority_zero_seeds']}/{n} | [{d}]({d}/SUMMARY.md) |")
+            f"{_mean_std(S['final_minority_acc'])} | {S['final_minority_zero_seeds']}/{n} | {_pull_cell(st, m)} | "
+            f"[{d}]({d}/SUMMARY.md) |")
 
 
 def pcn_batch_lines(studies):
@@ -1297,26 +1347,28 @@ def pcn_batch_lines(studies):
     for d, st, m, sizes, S in _pcn_results(studies, "binary"):
         (mj,), (mn,) = st["majority"], st["minority"]
         rows.append(((m, -sizes[mj], -sizes[mn], st["model"]),
-                     f"| {sizes[mj]} + {sizes[mn]} | {m} | " + _pcn_cells(d, st, S)))
-    lt = [((m, st["model"], st["steps"]), f"| {' '.join(map(str, sizes))} | {m} | " + _pcn_cells(d, st, S))
+                     f"| {sizes[mj]} + {sizes[mn]} | {m} | " + _pcn_cells(d, st, m, S)))
+    lt = [((m, st["model"], st["steps"]), f"| {' '.join(map(str, sizes))} | {m} | " + _pcn_cells(d, st, m, S))
           for d, st, m, sizes, S in _pcn_results(studies, "lt10")]
     L = []
     if rows:
         L += ["PCNSGD in the binary setting (1:99; each class's gradient normalized to unit length), by the images of "
               "each class in a step: pcnsgd splits the batch by the class counts with at least 1 image per class "
               "(methods/pcn_sgd.py), pcnsgd_o splits it equally (PCNSGD+O). Collapsed: seeds whose final model "
-              "classified no minority test image correctly.", "",
+              "classified no minority test image correctly. " + PULL_NOTE, "",
               "| images per step, majority + minority | method | model | batch | seeds x steps | final balanced acc | "
-              "final minority acc | collapsed | study |", "|---|---|---|---|---|---|---|---|---|"] + \
+              "final minority acc | collapsed | first tenth: minority's own pull / others' push | study |",
+              "|---|---|---|---|---|---|---|---|---|---|"] + \
             [line for _, line in sorted(rows, key=lambda t: t[0])]
     if lt:
         L += ([""] if L else []) + [
             "PCNSGD in the lt10 setting (CIFAR-10-LT R=100), by the length of the run: pcnsgd splits the batch by "
             "the class counts with at least 1 image per class, as the results table's pcnsgd row does, pcnsgd_o "
             "equally. Minority: the 3 smallest classes; collapsed: seeds whose final model classified no test image "
-            "of them correctly.", "",
+            "of them correctly; own pull / others' push as in the binary table.", "",
             "| images per step, largest class first | method | model | batch | seeds x steps | final balanced acc | "
-            "final minority acc | collapsed | study |", "|---|---|---|---|---|---|---|---|---|"] + \
+            "final minority acc | collapsed | first tenth: minority's own pull / others' push | study |",
+            "|---|---|---|---|---|---|---|---|---|---|"] + \
             [line for _, line in sorted(lt, key=lambda t: t[0])]
     return L
 

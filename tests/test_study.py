@@ -233,6 +233,61 @@ def test_a_measured_steps_direction_and_measurements_against_autograd():
     assert rows["term_norm"][:2] == pytest.approx([abs(coefs[c]) * norms[c] for c in (0, 1)], rel=1e-4)
 
 
+@pytest.mark.parametrize("method", ["pcnsgd", "class_weights"])
+def test_a_steps_pull_on_a_class_splits_into_its_own_term_and_the_others(method):
+    """pull_split, from a step's record alone: along class c's unit full gradient U_c, the step's own term
+    t_c cos(g_c, G_c) and the others' sum_{k != c} t_k cos(g_k, G_c), against the same sums taken from the class
+    gradients directly (t_k: the length of class k's term in the step); a class not in the batch pulls 0 and the
+    others' push is then the whole step's projection."""
+    k, eps = S.cores(), 0.5
+    params = [torch.zeros(5), torch.zeros(2, 3)]
+    g = torch.Generator().manual_seed(3)
+    rand = lambda: [torch.randn(5, generator=g), torch.randn(2, 3, generator=g)]
+    class_grads, full = [rand(), rand(), rand(), None], [rand(), rand(), rand(), rand()]
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 2])  # class 3 not in the batch
+    weights = torch.tensor([0.2, 0.7, 1.5, 3.0])
+    direction, coefs = S.step_direction(method, class_grads, y, weights, eps, k)
+    rows = S.step_measurements(class_grads, y, coefs, direction, full, params, eps)
+    measure = {key: [rows[key]] for key in rows}
+    d, unit = S.flat(direction), [S.flat(f) / S.flat(f).norm() for f in full]
+    # each class's term in the step: s_c g_c for a loss method, g_c / (||g_c|| + eps / B) for PCN
+    terms = [None if cg is None else (S.flat(cg) * coefs[c] if coefs else
+                                      S.flat(cg) / (S.flat(cg).norm() + eps / len(y)))
+             for c, cg in enumerate(class_grads)]
+    assert torch.allclose(sum(t for t in terms if t is not None), d, atol=1e-5)
+    for c in range(4):
+        own, others = S.pull_split(measure, 0, c)
+        want_own = 0.0 if terms[c] is None else float(terms[c] @ unit[c])
+        want_others = sum(float(t @ unit[c]) for j, t in enumerate(terms) if j != c and t is not None)
+        assert own == pytest.approx(want_own, abs=1e-4) and others == pytest.approx(want_others, abs=1e-4)
+        assert own + others == pytest.approx(float(d @ unit[c]), abs=1e-4)
+    assert S.pull_split(measure, 0, 3)[0] == 0.0
+    assert S.pull_split({k: v for k, v in measure.items() if k != "term_norm"}, 0, 0) is None  # an older record
+
+
+def test_early_pull_averages_the_first_tenth_of_each_seed_then_over_seeds():
+    """Measurements at steps < 10 of a 100-step run, minority classes 1 and 2 (class 2 once absent: it pulls 0);
+    per seed the mean over those, then mean and std over seeds."""
+    def run(rows):  # rows: (step, own of class 1, own of class 2 or None, others' push on both)
+        return {"measure": {"step": [r[0] for r in rows], "direction_norm": [1.0] * len(rows),
+                            "term_norm": [[1.0, 1.0, None if r[2] is None else 1.0] for r in rows],
+                            "cos_batch_full": [[0.9, r[1], r[2]] for r in rows],
+                            "descent_alignment": [[0.0, r[1] + r[3], (r[2] or 0.0) + r[3]] for r in rows]}}
+    st = {"steps": 100, "minority": [1, 2], "runs": {"m": [
+        run([(0, 0.8, 0.6, -0.5), (9, 0.6, None, -0.3), (10, -5.0, -5.0, 9.0)]),   # step 10: past the first tenth
+        run([(0, 0.4, 0.4, -0.2), (50, 9.0, 9.0, 9.0)])]}}
+    p = S.early_pull(st, "m")
+    assert p["until_step"] == 10 and p["measured"] == 6
+    own, others = [(0.8 + 0.6 + 0.6 + 0.0) / 4, 0.4], [-0.4, -0.2]
+    assert p["own"]["mean"] == pytest.approx(sum(own) / 2) and p["others"]["mean"] == pytest.approx(sum(others) / 2)
+    assert p["own"]["std"] == pytest.approx(abs(own[0] - own[1]) / math.sqrt(2))
+    assert S._pull_cell(st, "m") == f"{sum(own) / 2:.2f} / {sum(others) / 2:.2f}"
+    older = run([(0, 0.8, 0.6, -0.5)])
+    del older["measure"]["term_norm"]
+    st["runs"]["m"] = [older]
+    assert S.early_pull(st, "m") is None and S._pull_cell(st, "m") == "n/a"
+
+
 class _Pool:
     """What the probe functions read of a setting's image pool."""
     def __init__(self, n=12, classes=4):
@@ -430,6 +485,9 @@ def test_quick_mode_end_to_end(tmp_path):
         for m, s in st["summary"].items():
             f = s["final_minority_acc"]
             assert f"| {m} | {f['mean']:.1f} ± {f['std']:.2f} |" in md
+            # ... and the last column, the minority's pull and the others' push at the start, from the runs' records
+            assert S.early_pull(st, m) is not None
+            assert any(x.startswith(f"| {m} | ") and x.endswith(f" | {S._pull_cell(st, m)} |") for x in md.splitlines())
         for c in st["comparisons"]:
             fb = c["final_balanced_acc"]
             assert f"{fb['a_mean']:.1f} ± {fb['a_std']:.2f} vs {fb['b_mean']:.1f} ± {fb['b_std']:.2f}" in md
@@ -480,7 +538,7 @@ def test_quick_mode_end_to_end(tmp_path):
             want.append(f"| {' '.join(map(str, sizes))} | {m} | smallcnn | {lt['batch_size']} | {f['n']} x {steps} | "
                         f"{f['mean']:.1f} ± {f['std']:.2f} | {mn['mean']:.1f} ± {mn['std']:.2f} | "
                         f"{lt['summary'][m]['final_minority_zero_seeds']}/{f['n']} | "
-                        f"[{rel}/{folder}]({rel}/{folder}/SUMMARY.md) |")
+                        f"{S._pull_cell({**lt, 'steps': steps}, m)} | [{rel}/{folder}]({rel}/{folder}/SUMMARY.md) |")
     assert rows == want
     assert "No full-length study" in "\n".join(S.readme_lines(str(tmp_path / "none")))
 
