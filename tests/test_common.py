@@ -121,16 +121,20 @@ def make_data(ratio="10", batch_size=64, seed=0):
     return common.Data(args, "cpu")
 
 
+def how_augmented(x, out):
+    """For each image of `out`, the (row offset, column offset, flipped) of every zero-padded crop of x that it is."""
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    h = x.shape[-1]
+    return [[(i, j, f) for i in range(9) for j in range(9) for f in (0, 1)
+             if torch.equal(out[k], padded[k, :, i:i + h, j:j + h].flip(2) if f else padded[k, :, i:i + h, j:j + h])]
+            for k in range(len(x))]
+
+
 def test_augment_is_a_zero_padded_crop_or_its_flip_per_image():
     data = make_data()
     x = data.train_x[:64]
-    out = data.augment(x, torch.Generator().manual_seed(0))
-    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
-    h = x.shape[-1]
     kinds = set()
-    for k in range(len(x)):
-        match = [(i, j, f) for i in range(9) for j in range(9) for f in (0, 1)
-                 if torch.equal(out[k], padded[k, :, i:i + h, j:j + h].flip(2) if f else padded[k, :, i:i + h, j:j + h])]
+    for k, match in enumerate(how_augmented(x, data.augment(x, torch.Generator().manual_seed(0)))):
         assert match, f"image {k} is not a crop of its padded self"
         kinds.update(match)
     assert len({m[:2] for m in kinds}) > 10 and {m[2] for m in kinds} == {0, 1}  # offsets and flips vary per image
@@ -185,6 +189,12 @@ def test_each_epoch_draws_a_new_order_and_new_augmentations_from_the_runs_genera
     assert not torch.equal(data.augment(x, g), data.augment(x, g))
     assert not torch.equal(data.augment(x, torch.Generator().manual_seed(0)),
                            data.augment(x, torch.Generator().manual_seed(1)))
+    # the crops and the flips each: two draws in a row from one generator place them differently (a generator of
+    # its own for either part would repeat it); an image that is a crop in more than one way is left out
+    both = [(a[0], b[0]) for a, b in zip(how_augmented(x, data.augment(x, g)), how_augmented(x, data.augment(x, g)))
+            if len(a) == len(b) == 1]
+    assert len(both) > 48
+    assert any(a[:2] != b[:2] for a, b in both) and any(a[2] != b[2] for a, b in both)
 
 
 # ---- evaluation -----------------------------------------------------------------------------------

@@ -370,6 +370,12 @@ def test_aggregation_comparison_and_verdict_on_hand_made_runs():
     un = S.aggregate_method([_record([0, 50, 60, 70], 70.0, [1.0] * 5 + [7.0] + [100.0] * 3, present)], meta,
                             targets)["update_norm"]
     assert un["median"] == pytest.approx(1.0) and un["cv"] == pytest.approx(math.sqrt(5) / 2, rel=1e-4)
+    # the steps raising the minority loss: a negative cosine of the step with its full gradient; an orthogonal step
+    # (cosine 0) raises nothing
+    flat_step = _record([0, 50, 60, 70], 70.0, [1.0] * 9, present)
+    flat_step["measure"]["descent_alignment"] = [[0.5, 0.0]]
+    assert agg["descent_alignment_minority"]["frac_negative"] == 1.0
+    assert S.aggregate_method([flat_step], meta, targets)["descent_alignment_minority"]["frac_negative"] == 0.0
     slow = [_record([0, 0, 60, 70], 70.0, [1.0, 5.0] * 3 + [1.0] * 3, present),
             _record([0, 0, 0, 50], 60.0, [1.0, 5.0] * 3 + [1.0] * 3, present)]
     # steps to the target: medians (3 + 6) / 2 = 4.5 and (6 + 9) / 2
