@@ -47,7 +47,8 @@ Choices:   BatchNorm (--norm batch, default): ONE joint forward of the whole bat
            larger kernels; whether that is faster on a GPU is for studies/benchmark.py to say). --norm group swaps
            every BatchNorm2d for GroupNorm(channels/4, channels) as the official
            code (GF=4 in PythonRunManager.sh); GroupNorm has no cross-sample coupling, so each class is then
-           forwarded and back-propagated alone (exactly the same g_l, about the cost of one ERM step).
+           forwarded and back-propagated alone (exactly the same g_l, about the arithmetic of one ERM step but C
+           times its kernel launches, and eager only: --fast does not capture it).
            Learning rate: kept as given (the paper uses the plain lr with the normalized direction). The
            direction has norm between 0 and C (about sqrt(C) when the g_l are orthogonal, less when classes pull
            against each other), and unlike the ERM gradient it does not shrink as the loss falls: a step can be

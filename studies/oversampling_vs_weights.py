@@ -54,7 +54,7 @@ Run:  python studies/oversampling_vs_weights.py --quick
       python studies/oversampling_vs_weights.py --quick --dataset synthetic   # without the CIFAR folder
       python studies/oversampling_vs_weights.py --dataset imagefolder --data-dir data/cifar10-jpeg
       python studies/oversampling_vs_weights.py --from-json results/study/study.json   # plots + summary only
-      python studies/oversampling_vs_weights.py --readme   # README's answer, from every full-length study.json
+      python studies/oversampling_vs_weights.py --readme   # README's answer, from every study.json not --quick
 """
 import argparse
 import concurrent.futures
@@ -156,8 +156,10 @@ def cosine(a, b):
 def measure_rows(mean_grads, full_grads, direction, terms, params):
     """The per-class measurements of one step, computed on the device and read back with a single sync:
     batch_grad_norm ||g_c|| (class-mean loss), probe_grad_norm ||G_c||, cos_batch_full cos(g_c, G_c) (directional
-    noise), descent_alignment cos(direction, G_c), term_norm (the class's term in the step), direction_norm.
-    Absent classes (None) come back as None."""
+    noise), descent_alignment cos(direction, G_c), term_norm (the class's term in the step), direction_norm, and
+    push[k][c] = term_norm_k cos(g_k, G_c): class k's term of the step along class c's full gradient (the diagonal
+    is each class's own pull, a column's sum is descent_alignment_c x direction_norm). Absent classes (None) come
+    back as None."""
     nan = torch.tensor(float("nan"), device=params[0].device)
     mg = [flat(g, params) for g in mean_grads]
     fg = [flat(g, params) for g in full_grads]
@@ -169,10 +171,13 @@ def measure_rows(mean_grads, full_grads, direction, terms, params):
             [pick(None if v is None else cosine_t(d, v)) for v in fg],
             [pick(None if t is None else torch.as_tensor(t, device=nan.device, dtype=torch.float32)) for t in terms]]
     C = len(mg)
-    vals = torch.stack([x.float() for r in rows for x in r] + [d.norm()]).tolist()
+    unit = lambda vs: torch.stack([torch.full_like(d, float("nan")) if v is None else v / v.norm() for v in vs])
+    push = (unit(mg) @ unit(fg).T) * torch.stack([x.float() for x in rows[4]])[:, None]
+    vals = torch.cat([torch.stack([x.float() for r in rows for x in r] + [d.norm()]), push.flatten()]).tolist()
     keys = ("batch_grad_norm", "probe_grad_norm", "cos_batch_full", "descent_alignment", "term_norm")
     out = {k: rnd(vals[i * C:(i + 1) * C]) for i, k in enumerate(keys)}
-    out["direction_norm"] = rnd(vals[-1])
+    out["direction_norm"] = rnd(vals[5 * C])
+    out["push"] = [rnd(vals[5 * C + 1 + k * C:5 * C + 1 + (k + 1) * C]) for k in range(C)]
     return out
 
 
@@ -586,7 +591,7 @@ def train_one(args, setting, method, seed, log=print):
     upd = torch.zeros(steps, device=device)
     rec_eval = {"step": [], "per_class_acc": [], "top1": []}
     rec_meas = {"step": [], "probe_loss": [], "batch_grad_norm": [], "term_norm": [], "probe_grad_norm": [],
-                "cos_batch_full": [], "descent_alignment": [], "direction_norm": []}
+                "cos_batch_full": [], "descent_alignment": [], "direction_norm": [], "push": []}
 
     def evaluate(step):
         m = common.evaluate(model, pool, fp32=step == steps)  # the reported final evaluation in fp32
@@ -842,11 +847,15 @@ def pull_split(measure, i, c):
     return own, a * dn - own
 
 
+def _early(st, frac):
+    return max(1, math.ceil(frac * st["steps"]))  # the first frac of a run: its steps below this (step 0 at least)
+
+
 def early_pull(st, method, frac=0.1):
     """The minority's own pull and the other classes' push along its full gradient (pull_split) at the start of a
     run, where a collapse begins: per seed the mean over the measurements at steps < frac x steps (step 0 at least)
     and the minority classes in the batch, then stats over seeds. None when nothing was measured."""
-    until = max(1, math.ceil(frac * st["steps"]))
+    until = _early(st, frac)
     own, others, n = [], [], 0
     for r in st["runs"][method]:
         m = r["measure"]
@@ -856,6 +865,24 @@ def early_pull(st, method, frac=0.1):
         own.append(mean_or_none([p[0] for p in pairs]))
         others.append(mean_or_none([p[1] for p in pairs]))
     return {"own": stats(own), "others": stats(others), "until_step": until, "measured": n} if n else None
+
+
+def early_push_by_class(st, method, frac=0.1):
+    """early_pull's others' push, split by the class k that pushes: per seed the sum of push[k][c] over the same
+    measurements and minority classes c other than k, divided by the number of those (measurement, c) pairs (a class
+    not in the batch pushes 0), then the mean over seeds; summed over k it is early_pull's others' push. None when
+    the runs have no push records (a study.json older than them)."""
+    until, per_run = _early(st, frac), []
+    for r in st["runs"][method]:
+        m = r["measure"]
+        if "push" not in m or not m["push"]:
+            return None
+        C = len(m["push"][0])
+        pairs = [(i, c) for i, s in enumerate(m["step"]) if s < until for c in st["minority"]
+                 if pull_split(m, i, c) is not None]
+        per_run.append([sum(m["push"][i][k][c] or 0.0 for i, c in pairs if c != k) / len(pairs) if pairs else None
+                        for k in range(C)])
+    return [mean_or_none([p[k] for p in per_run]) for k in range(len(per_run[0]))] if per_run else None
 
 
 def _pull_cell(st, method):
@@ -1250,6 +1277,12 @@ def summary_text(res):
                 f"{_f(u['without_minority_mean'], 3)} | {_f(s['cos_batch_full_minority']['mean'], 2)} / "
                 f"{_f(s['cos_batch_full_majority']['mean'], 2)} | {_f(None if neg is None else 100 * neg, 0)}% "
                 f"| {_f(r['mean'], 3)} ({r['seeds_with_rise']}/{r['n']}) | {_pull_cell(st, m)} |")
+        by_class = {m: early_push_by_class(st, m) for m in S} if len(st["classes"]) > 2 else {}
+        if any(by_class.values()):
+            L += ["", "The others' push on the minority in the first tenth, by the class that pushes (each class's "
+                  "share of the last column's push; the minority classes push on each other too):", ""]
+            L += [f"- {m}: " + ", ".join(f"{st['classes'][k]} {_f(v, 2)}" for k, v in enumerate(vals) if v is not None)
+                  for m, vals in by_class.items() if vals]
         L += ["", "Steps to target: median over seeds of the first evaluated step from which the accuracy stays at or "
               "above the target; '(k/n seeds)' when not every seed got there. 'iid': the expected share for "
               "independent draws, (1 - p_minority)^B. Loss weight per step: the mean over steps of the weight the "
@@ -1370,6 +1403,14 @@ def pcn_batch_lines(studies):
             "final minority acc | collapsed | first tenth: minority's own pull / others' push | study |",
             "|---|---|---|---|---|---|---|---|---|---|"] + \
             [line for _, line in sorted(lt, key=lambda t: t[0])]
+        by = [(d, st, m, early_push_by_class(st, m)) for d, st, m, _, _ in _pcn_results(studies, "lt10")]
+        by = [(d, st, m, v) for d, st, m, v in by if v]
+        if by:
+            L += ["", "The others' push in the lt10 rows above, by the class that pushes (each class's share of the "
+                  "others' push on the 3 smallest classes, which push on each other too; the studies that record it):",
+                  ""] + [f"- {m}, [{d}]({d}/SUMMARY.md) ({st['steps']} steps): " +
+                         ", ".join(f"{st['classes'][k]} {_f(x, 2)}" for k, x in enumerate(v) if x is not None)
+                         for d, st, m, v in by]
     return L
 
 
@@ -1386,8 +1427,8 @@ def readme_lines(results_dir):
             if res.get("study") == "oversampling_vs_weights" and res.get("mode") != "quick":
                 found.append((res["args"]["model"] != "resnet32", d, res))
     rel = os.path.relpath(results_dir, ROOT)
-    L = ["Generated by `python studies/oversampling_vs_weights.py --readme` from the full-length study.json files in "
-         "results/ (every measurement and plot: each study's SUMMARY.md). Loss weight per step: the mean weight a "
+    L = ["Generated by `python studies/oversampling_vs_weights.py --readme` from the study.json files in results/ not "
+         "made with --quick (every measurement and plot: each study's SUMMARY.md). Loss weight per step: the mean weight a "
          "step's loss puts on the minority / majority images (a batch mean: 0.500 / 0.500 when balanced); update-norm "
          "CV: std / mean of ||θ(t+1) − θ(t)|| before the lr drop (the noise of the steps); s.e.: the standard error of "
          "the difference of the two means over seeds.", ""]
@@ -1401,7 +1442,7 @@ def readme_lines(results_dir):
     if pcn:
         L += pcn + [""]
     if not found:
-        L += ["No full-length study has run yet: `python studies/oversampling_vs_weights.py` writes results/study/."]
+        L += ["No study without --quick has run yet: `python studies/oversampling_vs_weights.py` writes results/study/."]
     return L
 
 
@@ -1431,7 +1472,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CPU-sized run: SmallCNN, 3 seeds, few steps, capped test set")
     p.add_argument("--readme", action="store_true",
-                   help="write the answer of every full-length study.json in results/ into README.md (its "
+                   help="write the answer of every study.json in results/ not made with --quick into README.md (its "
                         "<!-- study:start --> block) and stop")
     p.add_argument("--from-json", default=None, help="re-make the plots and SUMMARY.md of an existing study.json")
     d = p.add_argument_group("data")

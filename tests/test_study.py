@@ -261,6 +261,10 @@ def test_a_steps_pull_on_a_class_splits_into_its_own_term_and_the_others(method)
         want_others = sum(float(t @ unit[c]) for j, t in enumerate(terms) if j != c and t is not None)
         assert own == pytest.approx(want_own, abs=1e-4) and others == pytest.approx(want_others, abs=1e-4)
         assert own + others == pytest.approx(float(d @ unit[c]), abs=1e-4)
+        # the push record: class k's term along class c's full gradient, for each k (None: k not in the batch)
+        for j in range(4):
+            want = None if terms[j] is None else pytest.approx(float(terms[j] @ unit[c]), abs=1e-4)
+            assert rows["push"][j][c] == want
     assert S.pull_split(measure, 0, 3)[0] == 0.0
     assert S.pull_split({k: v for k, v in measure.items() if k != "term_norm"}, 0, 0) is None  # an older record
 
@@ -282,6 +286,21 @@ def test_early_pull_averages_the_first_tenth_of_each_seed_then_over_seeds():
     assert p["own"]["mean"] == pytest.approx(sum(own) / 2) and p["others"]["mean"] == pytest.approx(sum(others) / 2)
     assert p["own"]["std"] == pytest.approx(abs(own[0] - own[1]) / math.sqrt(2))
     assert S._pull_cell(st, "m") == f"{sum(own) / 2:.2f} / {sum(others) / 2:.2f}"
+    assert S.early_push_by_class(st, "m") is None  # records without push
+    # with push records: 3 classes, minority 1 and 2; by the class k that pushes, the sum of push[k][c] over the
+    # minority classes c != k, divided by the number of (measurement, c) pairs; summed over k, early_pull's push
+    def from_push(steps, pushes):  # term 1 and direction norm 1: the diagonal is the cosine, a column sums to <d, U_c>
+        return {"step": steps, "direction_norm": [1.0] * len(steps), "push": pushes,
+                "term_norm": [[None if p[k][k] is None else 1.0 for k in range(3)] for p in pushes],
+                "cos_batch_full": [[p[k][k] for k in range(3)] for p in pushes],
+                "descent_alignment": [[sum(p[k][c] or 0.0 for k in range(3)) for c in range(3)] for p in pushes]}
+    st = {"steps": 100, "minority": [1, 2], "runs": {"m": [{"measure": from_push([0, 9, 10], [
+        [[0.9, -0.3, -0.2], [0.0, 0.8, 0.1], [0.0, -0.2, 0.6]],        # step 0: row k, column c
+        [[0.9, -0.1, -0.3], [0.0, 0.6, 0.0], [None, None, None]],       # step 9: class 2 not in the batch
+        [[0.9, -9.0, -9.0], [0.0, 9.0, 9.0], [0.0, 9.0, 9.0]]])}]}}     # step 10: past the first tenth
+    by = S.early_push_by_class(st, "m")
+    assert by == pytest.approx([(-0.3 - 0.2 - 0.1 - 0.3) / 4, (0.1 + 0.0) / 4, (-0.2 + 0.0) / 4])
+    assert sum(by) == pytest.approx(S.early_pull(st, "m")["others"]["mean"])
     older = run([(0, 0.8, 0.6, -0.5)])
     del older["measure"]["term_norm"]
     st["runs"]["m"] = [older]
@@ -502,7 +521,7 @@ def test_quick_mode_end_to_end(tmp_path):
     run_script(STUDY, "--from-json", out / "study.json", timeout=120)
     again = (out / "SUMMARY.md").read_text()
     assert again == md
-    # --readme's answer: a full-length study's numbers as its summary states them; a --quick one is left out.
+    # --readme's answer: a study's numbers (not --quick) as its summary states them; a --quick one is left out.
     results = tmp_path / "results"
     for folder, mode in (("full", "full"), ("quick", "quick")):
         (results / folder).mkdir(parents=True)
@@ -526,7 +545,7 @@ def test_quick_mode_end_to_end(tmp_path):
         f, mn = b["summary"][m]["final_balanced_acc"], b["summary"][m]["final_minority_acc"]
         assert (f"| {sizes} | {m} | smallcnn | 16 | {f['n']} x {b['steps']} | {f['mean']:.1f} ± {f['std']:.2f} | "
                 f"{mn['mean']:.1f} ± {mn['std']:.2f} |") in text
-    # ... and the lt10 one, by the length of the run (a second full-length study, the same runs filed with 3x the
+    # ... and the lt10 one, by the length of the run (a second study, the same runs filed with 3x the
     # steps): one row per method and study, pcnsgd's rows first, the per-class batch written out largest class first
     lt = res["settings"]["lt10"]
     (results / "longer").mkdir()
@@ -546,7 +565,15 @@ def test_quick_mode_end_to_end(tmp_path):
                         f"{lt['summary'][m]['final_minority_zero_seeds']}/{f['n']} | "
                         f"{S._pull_cell({**lt, 'steps': steps}, m)} | [{rel}/{folder}]({rel}/{folder}/SUMMARY.md) |")
     assert rows == want
-    assert "No full-length study" in "\n".join(S.readme_lines(str(tmp_path / "none")))
+    # ... and below it, the others' push by the class that pushes, one line per lt10 study and method
+    for m in ("pcnsgd", "pcnsgd_o"):
+        for steps, folder in ((lt["steps"], "full"), (3 * lt["steps"], "longer")):
+            by = S.early_push_by_class({**lt, "steps": steps}, m)
+            assert len(by) == len(lt["classes"]) and abs(sum(by) - S.early_pull({**lt, "steps": steps}, m)["others"][
+                "mean"]) < 1e-3
+            assert (f"- {m}, [{rel}/{folder}]({rel}/{folder}/SUMMARY.md) ({steps} steps): " +
+                    ", ".join(f"{c} {x:.2f}" for c, x in zip(lt["classes"], by))) in lines
+    assert "No study without --quick" in "\n".join(S.readme_lines(str(tmp_path / "none")))
 
 
 def test_readme_states_the_committed_studies():
