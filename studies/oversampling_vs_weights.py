@@ -851,6 +851,12 @@ def _early(st, frac):
     return max(1, math.ceil(frac * st["steps"]))  # the first frac of a run: its steps below this (step 0 at least)
 
 
+def _early_pairs(st, measure, until):
+    """(measurement index, minority class, pull_split) of a run's measurements at steps < until, where defined."""
+    return [(i, c, p) for i, s in enumerate(measure["step"]) if s < until for c in st["minority"]
+            for p in [pull_split(measure, i, c)] if p is not None]
+
+
 def early_pull(st, method, frac=0.1):
     """The minority's own pull and the other classes' push along its full gradient (pull_split) at the start of a
     run, where a collapse begins: per seed the mean over the measurements at steps < frac x steps (step 0 at least)
@@ -858,9 +864,7 @@ def early_pull(st, method, frac=0.1):
     until = _early(st, frac)
     own, others, n = [], [], 0
     for r in st["runs"][method]:
-        m = r["measure"]
-        pairs = [pull_split(m, i, c) for i, s in enumerate(m["step"]) if s < until for c in st["minority"]]
-        pairs = [p for p in pairs if p is not None]
+        pairs = [p for _, _, p in _early_pairs(st, r["measure"], until)]
         n += len(pairs)
         own.append(mean_or_none([p[0] for p in pairs]))
         others.append(mean_or_none([p[1] for p in pairs]))
@@ -878,11 +882,14 @@ def early_push_by_class(st, method, frac=0.1):
         if "push" not in m or not m["push"]:
             return None
         C = len(m["push"][0])
-        pairs = [(i, c) for i, s in enumerate(m["step"]) if s < until for c in st["minority"]
-                 if pull_split(m, i, c) is not None]
+        pairs = [(i, c) for i, c, _ in _early_pairs(st, m, until)]
         per_run.append([sum(m["push"][i][k][c] or 0.0 for i, c in pairs if c != k) / len(pairs) if pairs else None
                         for k in range(C)])
     return [mean_or_none([p[k] for p in per_run]) for k in range(len(per_run[0]))] if per_run else None
+
+
+def _by_class_text(st, values):
+    return ", ".join(f"{st['classes'][k]} {_f(v, 2)}" for k, v in enumerate(values) if v is not None)
 
 
 def _pull_cell(st, method):
@@ -1281,8 +1288,7 @@ def summary_text(res):
         if any(by_class.values()):
             L += ["", "The others' push on the minority in the first tenth, by the class that pushes (each class's "
                   "share of the last column's push; the minority classes push on each other too):", ""]
-            L += [f"- {m}: " + ", ".join(f"{st['classes'][k]} {_f(v, 2)}" for k, v in enumerate(vals) if v is not None)
-                  for m, vals in by_class.items() if vals]
+            L += [f"- {m}: " + _by_class_text(st, vals) for m, vals in by_class.items() if vals]
         L += ["", "Steps to target: median over seeds of the first evaluated step from which the accuracy stays at or "
               "above the target; '(k/n seeds)' when not every seed got there. 'iid': the expected share for "
               "independent draws, (1 - p_minority)^B. Loss weight per step: the mean over steps of the weight the "
@@ -1408,8 +1414,7 @@ def pcn_batch_lines(studies):
         if by:
             L += ["", "The others' push in the lt10 rows above, by the class that pushes (each class's share of the "
                   "others' push on the 3 smallest classes, which push on each other too; the studies that record it):",
-                  ""] + [f"- {m}, [{d}]({d}/SUMMARY.md) ({st['steps']} steps): " +
-                         ", ".join(f"{st['classes'][k]} {_f(x, 2)}" for k, x in enumerate(v) if x is not None)
+                  ""] + [f"- {m}, [{d}]({d}/SUMMARY.md) ({st['steps']} steps): " + _by_class_text(st, v)
                          for d, st, m, v in by]
     return L
 
