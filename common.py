@@ -48,10 +48,24 @@ class UserError(SystemExit):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage block), like every other input error here."""
+    """argparse with one-line errors (no usage block), like every other input error here, and a --help that gives
+    each flag's default."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
 
     def error(self, message):
         raise UserError(f"{message} (see {self.prog} --help)")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """'(default: ...)' after each flag's help, except a default of None or False: nothing to show there (a None
+    default's help says what is used instead)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -60,8 +74,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def make_parser(doc):
     """The arguments every method shares, with the protocol's numbers as defaults."""
-    p = ArgumentParser(description=doc.strip().splitlines()[0] if doc else None,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=doc.strip().splitlines()[0] if doc else None)
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagefolder | synthetic")
     d.add_argument("--data-dir", default=None,
@@ -111,7 +124,9 @@ def make_parser(doc):
     r.add_argument("--resume", action="store_true",
                    help="continue from this run's checkpoint where one exists (same arguments and code), else start "
                         "from epoch 0; the resumed run computes what the uninterrupted run would")
-    r.add_argument("--out", default=os.path.join(ROOT, "results"), help="results root folder")
+    r.add_argument("--out", default=None,
+                   help="results root folder (None: results/, or the git-ignored results/scratch/ for --dataset "
+                        "synthetic, whose runs are tests of the pipeline, not results for the tables)")
     r.add_argument("--name", default=None, help="name of the run's method folder (None: set by the method)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing result file")
     r.add_argument("--skip-existing", action="store_true", help="exit 0 without training if the result exists")
@@ -153,6 +168,10 @@ def finish_args(args, method):
           f"--name must be a plain folder name (no path separators, not '.' or '..'), got '{args.name}'")
     if args.dataset == "imagefolder":
         check(args.data_dir is not None, "--dataset imagefolder needs --data-dir pointing at a folder with train/ and test/")
+    check(not (args.overwrite and args.skip_existing),
+          "--overwrite and --skip-existing contradict each other: pass one (replace an existing result, or keep it)")
+    if args.out is None:
+        args.out = os.path.join(ROOT, "results", *(["scratch"] if args.dataset == "synthetic" else []))
     args.method = args.name or method
     args.device = resolve_device(args.device)
     cuda = torch.device(args.device).type == "cuda"
@@ -434,7 +453,8 @@ class Data:
         keep, self.train_counts = make_long_tailed(train_y, self.num_classes, args.imbalance_type,
                                                    args.imbalance_ratio, args.data_seed)
         check(args.batch_size <= len(keep), f"--batch-size {args.batch_size} is larger than the {len(keep)} training "
-                                            "images of this subset: every batch would repeat images")
+                                            f"images of this subset: every batch would repeat images; pass "
+                                            f"--batch-size {len(keep)} or less")
         self.subset_sha256 = hashlib.sha256(np.ascontiguousarray(keep, dtype=np.int64).tobytes()).hexdigest()
         to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
         self.train_x = to(train_x[keep]).permute(0, 3, 1, 2).contiguous()   # (N, 3, H, W) uint8
@@ -1186,13 +1206,22 @@ def plan(jobs, flags, out, at_once=1):
     "<done> <seconds> <epochs done> <epochs> <results JSON>": done is 1 when the JSON exists (the run is skipped),
     seconds the longest wall time of the same method's completed runs in the same setting (else in any setting;
     -1: never run) with `at_once` runs sharing the device (_completed_walls), epochs done those its checkpoint holds
-    (0 without --resume or a checkpoint it can use). Checks every job's flags first."""
+    (0 without --resume or a checkpoint it can use). Checks every job's flags first, and the layout of the image
+    folder of each job still to run, so that a missing data folder stops run_all.sh before any run starts."""
     walls = _completed_walls(out, at_once)
-    lines = []
+    lines, folders_checked = [], set()
     for job in jobs:
         row, itype, ratio, seed = job.split("|")
         args = row_args(row, list(flags) + ["--imbalance-type", itype, "--imbalance-ratio", ratio, "--seed", seed,
                                             "--out", out])
+        if args.dataset == "imagefolder" and args.data_dir not in folders_checked and not os.path.exists(
+                result_path(args)):
+            try:
+                list_imagefolder(args.data_dir)
+            except UserError as e:
+                raise UserError(f"{str(e.code).removeprefix('error: ')} (run_all.sh: DATA_DIR=<folder>, or "
+                                "DATA_FLAGS for another dataset)")
+            folders_checked.add(args.data_dir)
         setting = setting_name(args)
         same = walls.get((setting, args.method)) or [w for (s, m), ws in walls.items() if m == args.method for w in ws]
         path = result_path(args)
@@ -1693,7 +1722,8 @@ if __name__ == "__main__":
     sub = p.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("report", help="results/**/seed*.json -> results/RESULTS.md, plots, README table, "
                                         "and the Result line of each method file's header")
-    rep.add_argument("results_dir", nargs="?", default=os.path.join(ROOT, "results"))
+    rep.add_argument("results_dir", nargs="?", default=os.path.join(ROOT, "results"),
+                     help="the results root to report on (README and the method headers are written only for results/)")
     pl = sub.add_parser("plan", help="for run_all.sh: read jobs 'row|type|ratio|seed' from stdin, print for each "
                                      "'<done 0|1> <estimated seconds or -1> <epochs done> <epochs> <results JSON>'")
     pl.add_argument("--out", required=True, help="the results root of the runs")

@@ -95,6 +95,11 @@ for setting in $SETTINGS; do
     done
   done
 done
+if [ "${#jobs_list[@]}" -eq 0 ]; then
+  echo "run_all.sh: ONLY='$ONLY' matches no row of the table; the rows:" >&2
+  printf '  %s\n' "${ROWS[@]}" >&2
+  exit 1
+fi
 [ -n "$DEADLINE" ] && ! [[ "$DEADLINE" =~ ^[0-9]+$ ]] && { echo "run_all.sh: DEADLINE must be whole seconds" >&2; exit 1; }
 
 # One line per job: "<done 0|1> <seconds the method's finished runs took, -1: unknown> <epochs its checkpoint holds>
@@ -231,6 +236,11 @@ if [ -n "$DEADLINE" ] && [ "$CHECKPOINT_EVERY" -gt 0 ]; then
 fi
 while [ "$finished" -lt "$started" ]; do reap; done
 rm -f "$durations"
+if [ "$started" -gt 0 ] && [ "$failed" -eq "$started" ]; then  # nothing trained: no invocation to record, no report
+  echo "[run_all] every run failed ($failed): nothing added to $OUT/run_all.jsonl, no report; see the logs:" \
+    "grep -l '^error' $OUT/logs/*.log" >&2
+  exit 1
+fi
 session
 
 if compgen -G "$OUT/*/*/seed*.json" >/dev/null; then

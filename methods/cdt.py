@@ -12,11 +12,13 @@ Paper:     Ye, Chen, Zhan, Chao, "Identifying and Compensating for Feature Devia
            Label-Imbalanced Data", AISTATS 2023 (code valavakilian/Implicit_geometry, train_models/criterion.py
            CDTLoss): the same per-class ratios (majority R^gamma, minority 1 on their step data), rescaled so the
            multipliers sum to C (--normalize sum), and gamma swept over [-1.5, 1.5] on step R=10 (a negative
-           gamma cools the head instead); they publish geometry, not a CIFAR-LT-100 accuracy.
+           gamma reverses the temperatures: the head's becomes the highest, the rarest class's the lowest); they
+           publish geometry, not a CIFAR-LT-100 accuracy.
 Code:      orparask/VS-Loss @ 7ade9c9, class_imbalance/train.py --loss_type CDT = VSLoss with tau=0
            (L228-230), losses.py VSLoss (L34-53): x / ((1/n)^gamma / min (1/n)^gamma).
-vs ERM:    the loss multiplies class c's logit by delta_c = (n_c / n_max)^gamma (--normalize head: 1 for the head
-           class, as VS-Loss) or by C delta_c / sum_j delta_j (--normalize sum: Behnia et al.; the same ratios,
+vs ERM:    the loss multiplies class c's logit by delta_c = (n_c / n_max)^gamma / max_j (n_j / n_max)^gamma
+           (--normalize head: the largest multiplier is 1, as VS-Loss's x / (t / min t); with gamma >= 0 that is
+           the head class's) or by C delta_c / sum_j delta_j (--normalize sum: Behnia et al.; the same ratios,
            another overall logit scale, so not the same training). Nothing else changes: plain linear head, no
            re-weighting, raw logits at test time. Results folders "cdt" (head), "cdt_sum" (sum).
 gamma:     --gamma 0.3, the default of VS-Loss train.py (`--gamma default=0.3, help='CDT hyperparameter'`,
@@ -48,22 +50,23 @@ def parse_args(argv=None):
                         help="temperature a_c = (n_max / n_c)^gamma (VS-Loss train.py default 0.3, "
                              "'CDT hyperparameter'); 0 gives plain CE; Behnia et al. sweep -1.5 to 1.5")
     parser.add_argument("--normalize", default="head",
-                        help="head: multipliers (n_c / n_max)^gamma, 1 for the head class (VS-Loss, Ye et al.) | "
-                             "sum: rescaled to sum to C (Behnia et al.'s CDTLoss)")
+                        help="head: multipliers (n_c / n_max)^gamma divided by their largest, so 1 for the head class "
+                             "when gamma >= 0 (VS-Loss, Ye et al.) | sum: rescaled to sum to C (Behnia et al.'s "
+                             "CDTLoss)")
     args = parser.parse_args(argv)
     common.check(math.isfinite(args.gamma), f"--gamma must be a finite number, got {args.gamma:g}")
     common.check(args.normalize in ("head", "sum"), f"unknown --normalize '{args.normalize}': use head or sum")
     return common.finish_args(args, method="cdt" + ("_sum" if args.normalize == "sum" else ""))
 
 
-# METHOD: the loss, CE(z * delta, y) in fp32, delta_c = (n_c / n_max)^gamma, with normalize="sum" rescaled to
-# sum to C. `counts` is a list or a tensor of n_c.
+# METHOD: the loss, CE(z * delta, y) in fp32, delta_c = (n_c / n_max)^gamma rescaled so that its largest is 1
+# (normalize="head", VS-Loss's form for every gamma) or so that it sums to C (normalize="sum").
+# `counts` is a list or a tensor of n_c.
 def cdt_loss(logits, labels, counts, gamma, normalize="head"):
     z = logits.float()
     counts = torch.as_tensor(counts, dtype=torch.float32, device=z.device)
     delta = (counts / counts.max()) ** gamma
-    if normalize == "sum":
-        delta = delta * (len(delta) / delta.sum())
+    delta = delta / delta.max() if normalize == "head" else delta * (len(delta) / delta.sum())
     return F.cross_entropy(z * delta, labels)
 
 

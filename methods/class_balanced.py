@@ -10,7 +10,9 @@ Paper:     Cui, Jia, Lin, Song, Belongie, "Class-Balanced Loss Based on Effectiv
            Eq. 2-7, Table 2: CIFAR-10-LT R=100 best is CB focal, beta=0.9999, gamma=1: 25.43% error, i.e.
            74.57% top-1; CIFAR-100-LT R=100 best is CB focal, beta=0.9, gamma=1: 60.40% error. The report's
            paper column for cb_focal is LDAM Table 2's CB Focal row: 25.43 / 63.98% error, Cui's focal cells at
-           beta 0.9999 (CIFAR-10-LT) and 0.999 (CIFAR-100-LT, Cui Fig. 10).
+           beta 0.9999 (CIFAR-10-LT) and 0.999 (CIFAR-100-LT, Cui Fig. 10). So on CIFAR-100-LT the default
+           beta 0.9999 (run_all.sh's) matches neither that cell nor Cui's best: add --beta 0.999 --name
+           cb_focal_beta0.999 to compare like with like.
 Code:      richardaecn/class-balanced-loss @ 1d78572 (TensorFlow 1): src/cifar_main.py weights (L425-430),
            _tower_fn losses and weight decay (L323-356), focal_loss (L226-266); src/model_base.py
            _fully_connected (L188-197, the bias init).

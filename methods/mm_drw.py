@@ -14,7 +14,8 @@ Paper:     Kang, Vu, Yoo, "Learning Imbalanced Datasets with Maximum Margin Loss
            slides Table 1 (CIFAR-10-LT R=100: MM-DRW 21.98% error, i.e. 78.02% top-1; MM-LDAM-DRW 21.37%;
            MM 26.56%); Tables 2-3 tune (beta, delta-) per setting (CIFAR-10-LT R=100: 1.5 / 0.6; CIFAR-100-LT
            R=100: 1.3 / 1.2), and --mm-beta / --delta-minus default to the tuned pair of the run's setting (MM_TUNED;
-           CIFAR-10-LT R=100's where the slides tuned none). MM-LDAM-DRW has no published pair: it uses MM-DRW's
+           CIFAR-10-LT R=100's where the slides tuned none). The pairs were tuned for MM-DRW; MM (--no-drw) uses
+           them untuned. MM-LDAM-DRW has no published pair: it uses MM-DRW's
            (the official scripts/train_main.sh, too, runs HMM-LDAM with HMM's max_m and gamma). On CIFAR-10-LT
            R=100 that leaves the rarest class delta- - m_y = 0.6 - 0.5 = 0.1: its margin reaches exp(-0.1) = 0.90
            in cosine units (27 logits at s=30), 1.8x LDAM's largest, untuned; a row that falls short of MM-DRW may
@@ -70,8 +71,8 @@ def parse_args(argv=None):
                    help="the slides' beta: delta+ = beta * delta- (official --gamma). Default: the slides' best for the setting "
                         "(Table 2 CIFAR-10 / Table 3 CIFAR-100, e.g. 1.5 for CIFAR-10-LT R=100; see MM_TUNED)")
     m.add_argument("--delta-minus", type=float, default=None,
-                   help="delta- of the wrongly classified samples; the largest margin is exp(-delta-) (official "
-                        "--max_m). Default: the slides' best for the setting (e.g. 0.6 for CIFAR-10-LT R=100)")
+                   help="delta- of the wrongly classified samples; the largest margin is exp(-delta-) without --ldam, "
+                        "exp(-(delta- - max m_y)) with it (official --max_m). Default: the slides' best for the setting (e.g. 0.6 for CIFAR-10-LT R=100)")
     m.add_argument("--scale", type=float, default=30.0,
                    help="logit scale s of the cosine logits (official cifar_train.py default; the slides give none)")
     m.add_argument("--ldam", action="store_true",

@@ -8,16 +8,20 @@ combined with deferred re-weighting (DRW).
 
 Paper:     Rangwani, Aithal, Mishra, Babu, "Escaping Saddle Points for Effective Generalization on Class-Imbalanced
            Data", NeurIPS 2022. CIFAR-10-LT R=100 top-1: CE+DRW+SAM 80.6, LDAM+DRW+SAM 81.9 (CIFAR-100-LT: 44.6,
-           45.4; repo README, best test epoch).
+           45.4; repo README, best test epoch). Its Table 1's CE+SAM (73.1 / 39.6) is not verified here.
 Code:      val-iisc/Saddle-LongTail @ 48328fb, cifar_train_sam.py + sam.py (davda54's SAM, adaptive=False).
 vs ERM:    two forward/backward passes per step (both count in the wall time); the base loss is CE with DRW class
-           weights (--base ce_drw) or LDAM with DRW on a NormedLinear head (--base ldam_drw). rho is constant over
-           all epochs from epoch 0 (`--rho_schedule none`): 0.5 for ce_drw and 0.8 for ldam_drw on CIFAR-10-LT,
-           0.8 for both on CIFAR-100-LT (run.sh). Results folders: sam_ce_drw, sam_ldam_drw.
+           weights (--base ce_drw), LDAM with DRW on a NormedLinear head (--base ldam_drw), or plain CE (--base
+           ce, the paper's CE+SAM baseline). rho is constant over all epochs from epoch 0 (`--rho_schedule none`):
+           0.5 for ce_drw, 0.8 for ldam_drw and 0.1 for ce on CIFAR-10-LT; 0.8, 0.8 and 0.2 on CIFAR-100-LT (run.sh,
+           which gives them for R=100 only; used here for every ratio and for step imbalance). Results folders:
+           sam_ce_drw, sam_ldam_drw, sam_ce. The logged training loss is the one at w
+           (the official code logs the second pass's, at w + e).
 BatchNorm: as the official code (no disable_running_stats), both forward passes update the BN running statistics,
            so the statistics used at test time average the weights w and the perturbed w + e. --bn-second-pass
-           frozen leaves them to the first pass only (davda54's recommended `disable_running_stats`; the second
-           forward runs with track_running_stats off), a deviation from the published runs.
+           frozen leaves them to the first pass only (the effect of davda54's recommended `disable_running_stats`,
+           which zeroes the BN momentum; here the second forward runs with track_running_stats off, so
+           num_batches_tracked counts one pass per step), a deviation from the published runs.
 Copies:    the DRW weights (CB weights, beta 0.9999, from --drw-epoch 160) and the LDAM pieces (NormedLinear,
            margins n^-1/4 scaled to max 0.5, s 30) are small copies of kaidic/LDAM-DRW @ 2536330 (losses.py,
            cifar_train.py, models/resnet_cifar.py) kept in this file: method files never import each other.
@@ -40,23 +44,26 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
-BASES = ("ce_drw", "ldam_drw")
+BASES = ("ce_drw", "ldam_drw", "ce")
 
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
     # METHOD: the base loss, the SAM radius, and the DRW / LDAM numbers of kaidic/LDAM-DRW.
     m = parser.add_argument_group("SAM (Rangwani et al. 2022) on CE-DRW / LDAM-DRW")
-    m.add_argument("--base", default="ldam_drw", help="ce_drw | ldam_drw (results folder sam_<base>)")
+    m.add_argument("--base", default="ldam_drw",
+                   help="ce_drw | ldam_drw | ce (no DRW: the paper's CE+SAM) (results folder sam_<base>)")
     m.add_argument("--rho", type=float, default=None,
                    help="SAM radius, constant from epoch 0; None: Saddle-LongTail run.sh's value, given for LT R=100 "
-                        "only and used here for every ratio: 0.5 for ce_drw and 0.8 for ldam_drw with 10 classes, "
-                        "0.8 for both with 100")
+                        "only and used here for every ratio: 0.5 for ce_drw, 0.8 for ldam_drw and 0.1 for ce with 10 "
+                        "classes; 0.8, 0.8 and 0.2 with 100")
     m.add_argument("--bn-second-pass", default="update",
                    help="update | frozen: whether the perturbed (second) forward also updates the BatchNorm running "
-                        "statistics. update: the official cifar_train_sam.py; frozen: davda54's disable_running_stats")
+                        "statistics. update: the official cifar_train_sam.py; frozen: the effect of davda54's "
+                        "disable_running_stats")
     m.add_argument("--beta", type=float, default=0.9999, help="DRW class-balanced weights (LDAM-DRW cifar_train.py)")
-    m.add_argument("--drw-epoch", type=int, default=160, help="0-based epoch from which DRW weights apply (LDAM-DRW)")
+    m.add_argument("--drw-epoch", type=int, default=160,
+                   help="0-based epoch from which DRW weights apply (LDAM-DRW); --base ce has none")
     m.add_argument("--max-m", type=float, default=0.5, help="largest LDAM margin, ldam_drw only (LDAM-DRW)")
     m.add_argument("--scale", type=float, default=30.0,
                    help="LDAM logit scale s, ldam_drw only (LDAM-DRW losses.py; --scale as in ldam_drw.py)")
@@ -65,19 +72,23 @@ def parse_args(argv=None):
     common.check(args.bn_second_pass in ("update", "frozen"),
                  f"unknown --bn-second-pass '{args.bn_second_pass}': use update or frozen")
     if args.rho is not None:
-        common.check(math.isfinite(args.rho) and args.rho >= 0, f"--rho must be >= 0 (0 = plain SGD), got {args.rho:g}")
+        common.check(math.isfinite(args.rho) and args.rho >= 0, f"--rho must be >= 0 (0 = the SGD step; with "
+                 f"--bn-second-pass update the BN statistics still see two passes), got {args.rho:g}")
     common.check(0 <= args.beta < 1, f"--beta must be in [0, 1), got {args.beta:g}")
     common.check(args.drw_epoch >= 0, f"--drw-epoch must be >= 0, got {args.drw_epoch}")
     common.check(math.isfinite(args.max_m) and args.max_m >= 0, f"--max-m must be >= 0, got {args.max_m:g}")
     common.check(math.isfinite(args.scale) and args.scale > 0, f"--scale must be positive, got {args.scale:g}")
+    if args.base == "ce":
+        args.drw_epoch = None  # no switch: the report then marks no DRW epoch on the plots
     args = common.finish_args(args, method=f"sam_{args.base}")
-    if args.rho is None:
-        args.rho = 0.8 if args.base == "ldam_drw" or (common.class_count(args) or 0) >= 100 else 0.5
+    if args.rho is None:  # METHOD: run.sh's rho of the base and the dataset
+        many = (common.class_count(args) or 0) >= 100
+        args.rho = {"ce_drw": 0.8 if many else 0.5, "ldam_drw": 0.8, "ce": 0.2 if many else 0.1}[args.base]
     return args
 
 
 # METHOD: DRW weights (copy of the LDAM-DRW recipe): CB weights (1-beta)/(1-beta^n_c) normalized to sum to C,
-# all ones before the switch epoch (beta = 0 in the official `epoch // 160` list).
+# all ones before the switch epoch (beta = 0 in the official `epoch // 160` list); drw_epoch None: never switched on.
 def class_balanced_weights(counts, beta):
     n = torch.tensor(counts, dtype=torch.float64)
     w = (1 - beta) / (1 - beta ** n)
@@ -85,7 +96,7 @@ def class_balanced_weights(counts, beta):
 
 
 def drw_weights(counts, beta, epoch, drw_epoch):
-    return class_balanced_weights(counts, beta if epoch >= drw_epoch else 0.0)
+    return class_balanced_weights(counts, beta if drw_epoch is not None and epoch >= drw_epoch else 0.0)
 
 
 # METHOD: LDAM (copy of kaidic/LDAM-DRW): cosine logits, margin n_y^-1/4 (max max_m) off the target logit, scale s.
@@ -194,7 +205,8 @@ if __name__ == "__main__":
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     run.extra["rho"] = args.rho
-    run.extra["drw_class_weights"] = class_balanced_weights(data.train_counts, args.beta).tolist()
+    if args.drw_epoch is not None:
+        run.extra["drw_class_weights"] = class_balanced_weights(data.train_counts, args.beta).tolist()
 
     def train_step(x, y, weight):  # one SAM step on a batch
         def closure():

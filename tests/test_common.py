@@ -112,6 +112,16 @@ def test_the_parser_defaults_are_the_protocol():
     assert (a.imbalance_type, a.imbalance_ratio, a.data_seed, a.seed) == ("exp", "100", 0, 0)
 
 
+def test_results_go_to_results_and_synthetic_runs_to_the_ignored_scratch_folder():
+    """A synthetic run without --out must not land in the committed tables (python common.py report covers
+    results/); results/scratch/ is in .gitignore."""
+    out = lambda *flags: common.finish_args(common.make_parser("").parse_args(list(flags)), method="m").out  # noqa
+    assert out("--device", "cpu") == os.path.join(ROOT, "results")
+    assert out("--dataset", "synthetic", "--device", "cpu") == os.path.join(ROOT, "results", "scratch")
+    assert out("--dataset", "synthetic", "--device", "cpu", "--out", "elsewhere") == "elsewhere"
+    assert "results/scratch/" in open(os.path.join(ROOT, ".gitignore")).read().split()
+
+
 # ---- batch pipeline -------------------------------------------------------------------------------
 
 def make_data(ratio="10", batch_size=64, seed=0):
@@ -153,9 +163,13 @@ def test_a_batch_is_its_images_augmented_then_normalized():
 
 def test_normalize_uses_the_ldam_constants():
     data = make_data()
-    white = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
-    expected = [(1 - m) / s for m, s in zip(common.MEAN, common.STD)]
-    assert data.normalize(white)[0, :, 0, 0].tolist() == pytest.approx(expected, rel=1e-5)
+    # kaidic/LDAM-DRW cifar_train.py: Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)), written out
+    # here (not read from common.MEAN / STD); black pins the mean, white then the std
+    mean, std = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
+    for level in (0, 255):
+        img = torch.full((1, 3, 2, 2), level, dtype=torch.uint8)
+        expected = [(level / 255 - m) / s for m, s in zip(mean, std)]
+        assert data.normalize(img)[0, :, 0, 0].tolist() == pytest.approx(expected, rel=1e-5)
 
 
 def test_batches_are_full_and_cover_every_image():

@@ -320,6 +320,11 @@ def test_default_names_and_rho():
     assert a.method == "sam_ldam_drw" and a.rho == 0.8 and a.bn_second_pass == "update"
     assert sam.parse_args([*SMOKE_ARGS, "--base", "ce_drw", "--dataset", "cifar100"]).rho == 0.8  # by class count
     assert sam.parse_args([*SMOKE_ARGS, "--base", "ce_drw", "--rho", "0"]).rho == 0.0
+    # CE+SAM: no DRW switch (plain CE weights in every epoch) and run.sh's CE rho, 0.1 / 0.2
+    a = sam.parse_args([*SMOKE_ARGS, "--base", "ce"])
+    assert a.method == "sam_ce" and a.rho == 0.1 and a.drw_epoch is None
+    assert torch.equal(sam.drw_weights([100, 10, 1], 0.9999, 10**6, a.drw_epoch), torch.ones(3))
+    assert sam.parse_args([*SMOKE_ARGS, "--base", "ce", "--dataset", "cifar100"]).rho == 0.2
 
 
 @pytest.mark.parametrize("labels", [[0] * 9 + [1] * 2 + [2] * 1, [0] * 8 + [1] * 4])  # the second: class 2 absent

@@ -284,7 +284,8 @@ BAD_INPUT = [  # (build(tmp_path) -> (script, args, phrases the message must con
     (_method_arg("methods/erm.py", "--lr", "inf", "--lr"), False),
     (_method_arg("methods/erm.py", "--weight-decay", "nan", "--weight-decay"), False),
     (_method_arg("methods/erm.py", "--device", "cudafoo", "unknown --device"), False),
-    (_method_arg("methods/erm.py", "--batch-size", "100000", "larger than the"), False),
+    (_method_arg("methods/erm.py", "--batch-size", "100000", "pass --batch-size"), False),
+    (_method_arg("methods/erm.py", "--overwrite", "--skip-existing", "contradict"), False),
 ]
 
 

@@ -267,11 +267,13 @@ def test_cb_losses_match_cui_definitions():
     assert torch.allclose(cb.cb_sigmoid_loss(logits, labels, w), (w[labels] * bce.sum(1)).sum() / n, atol=1e-5)
     # focal: (1 - p_t)^gamma on every output, p_t = p for the true class and 1 - p for the others
     p_t = torch.where(y == 1, p, 1 - p)
-    for gamma in (0.5, 1.0, 2.0):
+    for gamma in (0.0, 0.5, 1.0, 2.0):  # gamma 0: the sigmoid loss above
         expected = (w[labels] * ((1 - p_t) ** gamma * bce).sum(1)).sum() / n
         assert torch.allclose(cb.cb_focal_loss(logits, labels, w, gamma), expected, atol=1e-5)
-    assert torch.allclose(cb.cb_focal_loss(logits, labels, w, 0.0), cb.cb_sigmoid_loss(logits, labels, w))
-    assert torch.allclose(cb.cb_loss("focal", logits, labels, w, 2.0), cb.cb_focal_loss(logits, labels, w, 2.0))
+    # cb_loss, what the training loop calls, picks each of the three by name
+    for kind, value in (("softmax", (w[labels] * ce).sum() / n), ("sigmoid", (w[labels] * bce.sum(1)).sum() / n),
+                        ("focal", (w[labels] * ((1 - p_t) ** 2.0 * bce).sum(1)).sum() / n)):
+        assert torch.allclose(cb.cb_loss(kind, logits, labels, w, 2.0), value, atol=1e-5), kind
 
 
 def test_cb_focal_is_stable_for_large_logits():

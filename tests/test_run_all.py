@@ -106,6 +106,35 @@ def test_a_run_still_going_at_the_deadline_is_stopped_and_goes_on_next_time(tmp_
     assert "1 stopped at a deadline to go on from their checkpoints" in (out / "RESULTS.md").read_text()
 
 
+def test_run_all_stops_before_any_run_on_a_missing_data_folder_or_an_only_that_matches_nothing(tmp_path):
+    """One error line and nothing written: no logs, no run_all.jsonl, no report."""
+    out = tmp_path / "results"
+    env = {**os.environ, "OUT": str(out), "JOBS": "1", "SEEDS": "0"}
+    for extra, needle in (({"DATA_DIR": str(tmp_path / "nodata")}, "nodata does not exist"),
+                          ({"SMOKE": "1", "ONLY": "^nosuch"}, "ONLY='^nosuch' matches no row of the table")):
+        proc = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              env={**env, **extra})
+        assert proc.returncode == 1 and needle in proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert "[run_all] start" not in proc.stdout and not out.exists()
+    # a job whose JSON exists needs no data: the plan checks the folder of the runs still to make only
+    flags = ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "nodata"), "--device", "cpu"]
+    with pytest.raises(common.UserError, match="run_all.sh: DATA_DIR=<folder>"):
+        common.plan(["erm.py|exp|10|0"], flags, str(out))
+    write_run(out, "nodata-exp-r10", "erm", 0)
+    assert common.plan(["erm.py|exp|10|0"], flags, str(out))[0].startswith("1 ")
+
+
+def test_an_invocation_whose_every_run_failed_records_nothing(tmp_path):
+    python = tmp_path / "python"  # a python that fails every training run (after the plan, which it passes on)
+    python.write_text('#!/bin/sh\ncase "$1" in methods/*) echo "error: boom"; exit 1;; esac\nexec python "$@"\n')
+    python.chmod(0o755)
+    out = tmp_path / "results"
+    proc = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SMOKE": "1", "OUT": str(out), "ONLY": "^erm.py$", "PYTHON": str(python)})
+    assert proc.returncode == 1 and "every run failed (1): nothing added" in proc.stderr, proc.stdout + proc.stderr
+    assert not (out / "run_all.jsonl").exists() and not (out / "RESULTS.md").exists()
+
+
 def keep_checkpoints():
     """setup() for start_forked: the run's checkpoints stay when it ends, as those of a run killed part-way do."""
     common.Run.drop_checkpoint = lambda self: None

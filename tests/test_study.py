@@ -228,7 +228,10 @@ def test_a_measured_steps_direction_and_measurements_against_autograd():
     assert rows["term_norm"][:2] == pytest.approx([n / (n + eps / 10) for n in norms], rel=1e-4)
     assert rows["term_norm"][2] is None
     direction, coefs = S.step_direction("class_weights", class_grads, y, weights, eps, k)
-    assert coefs == pytest.approx(S.class_coefficients("class_weights", y, weights, 3))
+    # s_c = w_c B / sum_i w_yi = w_c 10 / (8 x 0.1 + 2 x 0.9), and the direction is weighted CE's gradient
+    assert coefs == pytest.approx([0.1 * 10 / 2.6, 0.9 * 10 / 2.6, 2.0 * 10 / 2.6])
+    weighted = torch.autograd.grad(F.cross_entropy(model(x), y, weight=weights), params)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(direction, weighted))
     rows = S.step_measurements(class_grads, y, coefs, direction, class_grads, params, eps)
     assert rows["term_norm"][:2] == pytest.approx([abs(coefs[c]) * norms[c] for c in (0, 1)], rel=1e-4)
 
