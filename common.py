@@ -367,6 +367,8 @@ def load_imagefolder(root, cache_dir):
                 raise UserError(f"cannot read image {path} ({e.__class__.__name__}): remove or replace the file")
             if shape is None:
                 shape = a.shape
+                check(shape[0] == shape[1], f"image {path} is {shape[1]}x{shape[0]}: ResNet-32's global average pool "
+                                            "expects square images (CIFAR's 32x32)")
             check(a.shape == shape, f"image {path} is {a.shape[1]}x{a.shape[0]} but the first image is "
                                     f"{shape[1]}x{shape[0]}: all images must have the same size")
             if out is None:
@@ -500,7 +502,7 @@ class Data:
 
     def batches(self, order, generator):
         """Cut an epoch's index order into full batches. A short last batch is filled up with indices drawn
-        without replacement from the same order, so the epoch's class mix is kept (97 x 128 = 12,416
+        without replacement from the same order, so the epoch's class mix is kept in expectation (97 x 128 = 12,416
         draws for 12,406 images on CIFAR-10-LT R=100)."""
         short = -len(order) % self.batch_size
         if short:
@@ -642,8 +644,8 @@ class GraphedStep:
       - tensor arguments are copied into fixed input buffers before each replay (a new batch, new class weights);
       - the non-tensor arguments (e.g. a class weight of None before DRW), the optimizer's learning rates (Python
         floats, frozen into the kernels), train/eval mode and the inputs' shapes select the graph: when any of
-        them changes, the next `warmup` calls run eagerly, then a new graph is captured (8-10 times per run:
-        every lr value, the DRW switch). The eager calls create the optimizer state and let cuDNN pick its
+        them changes, the next `warmup` calls run eagerly, then a new graph is captured (7 times in a protocol
+        run: every lr value; one more for a DRW switch on an epoch of its own, not at 160). The eager calls create the optimizer state and let cuDNN pick its
         kernels before capture (a captured step without momentum buffers would re-create them every replay);
       - anything else `fn` reads that changes between calls (a Python variable of the loop) is NOT seen by a
         replay: pass it as an argument. Host syncs (.item(), .tolist(), data-dependent shapes) cannot be
@@ -1117,6 +1119,7 @@ class Run:
             "git_dirty": dirty,
             "script_sha256": hashlib.sha256(open(script, "rb").read()).hexdigest() if os.path.exists(script) else None,
             "code_sha256": code_sha256(script),
+            "common_code_sha256": code_sha256(os.path.abspath(__file__)),  # the shared loop's version (provenance)
             "extra": self.extra,
         })
 
@@ -1258,8 +1261,9 @@ PAPER_TOP1 = {
 MAIN_METHODS = ("erm", "oversampling", "drs", "class_weights", "cb_focal", "erm_drw", "ldam_drw", "mm_drw",
                 "logit_adjust", "vs", "pcnsgd_o", "sam_ldam_drw")
 PAPER_NOTES = ("Published numbers were measured on the original CIFAR pixels by the papers' own code, which reports "
-               "the best test epoch of one run; on the JPEG copy every method scores a few points lower, the "
-               "differences between methods carry over. 'focal' (the softmax focal loss of the LDAM code) is "
+               "the best test epoch of one run. The JPEG copy should cost every method some accuracy (not "
+               "measured here: no run on the original pixels is committed), so compare each method's difference "
+               "from ERM with the paper's, not the values. 'focal' (the softmax focal loss of the LDAM code) is "
                "compared with LDAM's Focal row, which is Cui's sigmoid focal loss at gamma 1 (the sigmoid form "
                "runs as class_balanced.py --loss focal --beta 0 --name sigmoid_focal). "
                "'oversampling', 'drs' and 'class_weights' are compared with LDAM's CB-RS / DRS / CB-RW rows "

@@ -4,9 +4,9 @@ Class c gets the weight w_c = (1/n_c) / sum_k (1/n_k) * C, i.e. inverse frequenc
 (class counts 99 : 1 give the weights 0.02 / 1.98). The loss is PyTorch's weighted cross-entropy, which divides by the
 batch's weight sum: loss = sum_i w_{y_i} l_i / sum_i w_{y_i}, so a batch of only head images still has a
 loss of the usual size, and scaling all weights by a constant changes nothing. The weights therefore act only
-through the batches that hold a tail image, and the balance they buy depends on the batch size: with few
-tail images per batch the tail gets far less than its 1/C of the loss weight on average (README, "Oversampling or
-class weights in mini-batch SGD?", measures it against oversampling). With --drw-epoch E the
+within batches that mix classes, and the balance they buy depends on the batch size: a class's expected share
+of the loss weight is below its 1/C when its images are few per batch, far below in a binary 1:99 setting at
+batch 16 (README, "Oversampling or class weights in mini-batch SGD?", measures it against oversampling). With --drw-epoch E the
 weights are off (plain CE) for the first E epochs: DRW, deferred re-weighting, is --drw-epoch 160.
 
 Paper:     Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss", NeurIPS 2019:
@@ -20,7 +20,9 @@ Code:      kaidic/LDAM-DRW @ 2536330, cifar_train.py --train_rule Reweight / DRW
 vs ERM:    the loss takes weight=w (from --drw-epoch on). The weights are exactly 1/n, as the paper text says,
            not the official code's beta=0.9999 weights (issue #3: the author calls 0.9999 "already very close
            to inverse of frequency"; the head weight differs by ~25% on CIFAR-10-LT R=100). The official
-           weights: methods/class_balanced.py --loss softmax, or methods/ldam_drw.py --loss ce for ERM-DRW.
+           CB RW exactly (its weights and PyTorch's division by the weight sum): methods/ldam_drw.py --loss ce
+           --drw-epoch 0 --name cb_rw; ERM-DRW: methods/ldam_drw.py --loss ce. (methods/class_balanced.py --loss
+           softmax has the same weights but divides by the batch size, as Cui's TF code: another training.)
            The switch compares epoch >= --drw-epoch, so any schedule length works (the official
            epoch // 160 indexes a 2-element list and fails beyond epoch 319).
 Variants:  results folders "class_weights" (--drw-epoch 0, weights from the start) and "class_weights_drw"

@@ -2,6 +2,7 @@
 
 LDAM subtracts a class-dependent margin m_y, proportional to n_y^(-1/4), from the target logit of a cosine
 classifier, so the rare classes must be separated by a wider margin: loss = CE(s * (cos - m_y onehot), y).
+The margins are scaled so that the rarest class's is --max-m: with equal counts (ratio 1) every class gets 0.5.
 DRW trains with this loss unweighted until epoch 160 (the first lr drop), then weights each class by the
 class-balanced weight w_c = (1-beta)/(1-beta^n_c) (normalized to sum to C), so re-weighting only acts once
 the features are learned. `--loss ce` keeps the ordinary linear head and plain CE, which gives ERM-DRW.
@@ -15,12 +16,13 @@ vs ERM:    (1) the head is NormedLinear (cosine logits, no bias) for --loss ldam
            max margin --max-m 0.5 and scale --scale 30; (3) from --drw-epoch 160 the loss is weighted by the
            class-balanced weights (--beta 0.9999). --no-drw gives plain LDAM; --loss ce gives ERM-DRW.
            The official code builds the margins as a CUDA-only float tensor; here they live on any device.
-           The cosine head runs in fp32 even under bf16 autocast (a bf16 cosine times s=30 is off by up to ~0.05;
+           The cosine head runs in fp32 even under bf16 autocast (a bf16 cosine times s=30 is off by up to ~0.06;
            the head's inputs, the features, still come in bf16).
            Evaluation (top-1, ECE) uses softmax(s * cos), the probabilities the loss trains; top-1 is the
            argmax of the cosines as in the official code, only the ECE depends on s.
 Variants:  results folders "ldam_drw" (default), "ldam" (--no-drw), "erm_drw" (--loss ce), "ce" (--loss ce
-           --no-drw, which is ERM).
+           --no-drw, which is ERM). --drw-epoch 0 weights from the start (the official CB RW with --loss ce) but
+           keeps the folder name: add --name, e.g. --name cb_rw.
 Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight decay 2e-4, linear warm-up over
            5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
            Precision: on CUDA the network runs under bf16 autocast (the loss in fp32, the final evaluation in

@@ -3,7 +3,8 @@
 Each epoch draws --num-samples training indices with replacement, sample i with probability proportional to
 n_{y_i}^(-q): q=1 (default) gives every class the same probability 1/C per draw (class-balanced, "RS"),
 q=0.5 square-root sampling (class c drawn with probability proportional to sqrt(n_c)), q=0 the natural
-distribution. Tail images repeat within an epoch; head images are left out. With --start-epoch E the first
+distribution (still drawn with replacement, so not ERM's permutation). Tail images repeat within an epoch; head
+images are left out. With --start-epoch E the first
 E epochs use the plain shuffle of ERM and re-sampling starts at epoch E: DRS (deferred re-sampling) is
 --start-epoch 160, the first lr drop.
 

@@ -60,19 +60,21 @@ Choices:   BatchNorm (--norm batch, default): ONE joint forward of the whole bat
 Protocol:  the shared one (momentum 0.9, wd 2e-4, 200 epochs, warm-up, decays at 160/180) gives a CIFAR-LT number
            comparable to the other methods. The published behaviour is `--momentum 0 --weight-decay 0 --norm
            group` (MainBlock.py: momentum 0, weight_decay 0; GroupNorm models); the official runs also use
-           other nets, batch sizes and lr schedules (MainBlock.py, PythonRunManager.sh), and sum-reduced CE (after the
+           other nets and batch sizes (PythonRunManager.sh), no augmentation (ToTensor and Normalize only,
+           CodeBlocks.py), float64 (model.double()), an lr divided by 10 at 0-based epochs 7, 79, 799 without
+           warm-up (MainBlock.py lr_rule, LambdaLR), and sum-reduced CE (after the
            normalization it matters only through eps, which is applied on that scale here; sgd_o uses the batch
            mean, as the official plain SGD divides by the batch size).
            With this protocol's optimizer the step is not the paper's: the direction keeps a norm near sqrt(C)
-           while the SGD gradient falls by orders of magnitude as training goes on (ResNet-32, 10 classes, a short
-           check on synthetic data: 3.7 -> 2.5 against 17.5 -> 0.07), so with momentum 0.9 a late step can be tens
-           of times an ERM step until the decay at epoch 160. For the conv weights, each followed by BatchNorm
+           while the SGD gradient falls by orders of magnitude as training goes on (the JSON's direction_norm and
+           plain_grad_norm, per epoch, show both), so with momentum 0.9 a late step can be tens of times an ERM
+           step until the decay at epoch 160. For the conv weights, each followed by BatchNorm
            (scale-invariant), the longer step mostly grows their norm until weight decay balances it, so their
            angular step ends near ERM's; the step that does not shrink acts mainly on the linear head and the BN
            affine parameters. No lr is published for this regime; the table uses the shared 0.1, and
            direction_norm / plain_grad_norm in the JSON show the ratio a run actually had.
            Precision: on CUDA the network runs under bf16 autocast (the loss in fp32, the final evaluation in
-           fp32); --fp32 trains in fp32 throughout, as the official code.
+           fp32); --fp32 trains in fp32 throughout (the official PCN code runs in float64).
 Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
 Run:       python methods/pcn_sgd.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100 --variant pcnsgd
 """
@@ -120,6 +122,9 @@ def parse_args(argv=None):
     common.check(math.isfinite(args.eps) and args.eps > 0, f"--eps must be > 0 (a zero class gradient would give 0/0), got {args.eps:g}")
     common.check(not (args.class_grads == "batched" and args.norm == "group"),
                  "--class-grads batched needs --norm batch (--norm group forwards each class on its own)")
+    if args.class_grads == "batched" and args.variant == "sgd_o":
+        print("note: --class-grads batched changes nothing with --variant sgd_o, whose plain update needs one joint "
+              "backward", file=sys.stderr, flush=True)
     if args.fast and args.norm == "group" and args.variant != "sgd_o":
         print("note: --norm group runs one forward per class with data-dependent shapes, which a CUDA graph cannot "
               "replay: this run is eager despite --fast", file=sys.stderr, flush=True)
@@ -130,7 +135,10 @@ def parse_args(argv=None):
 # METHOD: batch composition. Every class sits in every batch, with its own batch size.
 def class_batch_sizes(counts, batch_size, variant):
     """pcnsgd: round(B * n_c / N), at least 1 (the official split by the class ratios); pcnsgd_o / sgd_o: round(B / C)
-    for every class (the official OversamplingMode 'ON'). The total may differ from B by rounding."""
+    for every class (the official OversamplingMode 'ON'). The total may differ from B by rounding and the floor.
+    (At 3eb4ef0 the official 'ON' mode also keeps int(n_c / b) * b images of every class, CodeBlocks.py l0, nearly
+    all of a balanced source's: its +O runs draw from an almost balanced set. Here, as in the paper, the minority
+    classes of the long-tailed subset are oversampled.)"""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant '{variant}'")
     if variant == "pcnsgd":
@@ -144,7 +152,8 @@ class ClassStream:
     re-shuffled and drawing goes on (the official minority loaders re-built when exhausted). take(k, batch) draws
     k = a whole number of batches; a batch that spans two passes gets the images the old pass left over, then
     images of the new pass that are not among them (those wait until the end of the new pass): no image twice in
-    one batch while the class has at least `batch` images, and each pass still holds every image once."""
+    one batch while the class has at least `batch` images, and each pass still holds every image once. A pass goes
+    on across epochs (the official code re-creates the minority loaders at each epoch, dropping a pass half used)."""
 
     def __init__(self, indices, generator):
         self.indices, self.generator = indices, generator
@@ -306,6 +315,9 @@ if __name__ == "__main__":
                                 weight_decay=args.weight_decay)
     # METHOD: one index stream per class, fixed per-class batch sizes, ERM's number of steps per epoch.
     sizes = class_batch_sizes(data.train_counts, args.batch_size, args.variant)
+    if sum(sizes) != args.batch_size:
+        print(f"note: the per-class batch sizes sum to {sum(sizes)}, not --batch-size {args.batch_size} (whole images, "
+              "every class at least 1; the JSON records per_class_batch_sizes)", file=sys.stderr, flush=True)
     steps = data.steps_per_epoch
     streams = [ClassStream((data.train_y == c).nonzero().squeeze(1), run.generator) for c in range(C)]
     run.extra.update(per_class_batch_sizes=sizes, steps_per_epoch=steps,

@@ -7,8 +7,8 @@ of 128 instead of ERM's 97), so the same 200 epochs take about 1/25 of ERM's ste
 
 Paper:     random undersampling is the oldest remedy (e.g. Japkowicz 2000; Buda, Maki, Mazurowski, "A systematic
            study of the class imbalance problem in convolutional neural networks", Neural Networks 2018, which
-           compares it with oversampling on imbalanced MNIST / CIFAR-10 / ImageNet subsets). There is no published
-           CIFAR-LT ResNet-32 number under this protocol (none is published).
+           compares it with oversampling on imbalanced MNIST / CIFAR-10 / ImageNet subsets). No CIFAR-LT ResNet-32
+           number under this protocol is published.
 Code:      not in kaidic/LDAM-DRW; written here. Each epoch does what imbalanced-learn's RandomUnderSampler
            (default sampling_strategy='auto': every class but the smallest cut to its size) does once.
 vs ERM:    only the epoch's index order: undersample_order() instead of data.shuffled(). The class histogram

@@ -43,8 +43,9 @@ Modes: --quick: the binary setting only (add --settings binary lt10 for both), a
 below), 3 seeds, 300 steps, at most 200 test images per class, one CPU thread; about 2-3 minutes on 2 CPU cores;
 written to results/scratch/study-quick/ (git-ignored). Full (default): ResNet-32 (common.resnet32, BatchNorm),
 5 seeds, 1500 steps (binary, ~4.8 epochs) / 600 steps (lt10, ~6 epochs), the full test set, 4 worker processes
-on a GPU, written to results/study/. Not yet timed on a GPU: the estimate from an eager ResNet-32 step's cost on an
-H100 (~15 ms) is 10-15 minutes on one H100, most of it PCNSGD's C backward passes per step on lt10.
+on a GPU, written to results/study/. Not yet timed on a GPU: an estimate from an eager ResNet-32 step's cost
+(~15 ms on the H200 of results/bench-nvidia-h200.json: 1.5 s per epoch of 97 steps) is 10-15 minutes on one
+GPU, most of it PCNSGD's C backward passes per step on lt10.
 Each finished run is kept at once in <out>/runs/ (with the arguments, device and code that made it), so an
 invocation cut short by a time limit loses only the runs still going: the same command again trains only the
 missing runs, and the last one writes study.json (then the single runs are removed).

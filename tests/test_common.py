@@ -80,6 +80,17 @@ def test_resnet32_shape_and_parameter_count():
     assert common.resnet32(100)(torch.randn(2, 3, 32, 32)).shape == (2, 100)
 
 
+def test_resnet32_starts_from_the_official_kaiming_normal_init():
+    """kaidic/LDAM-DRW _weights_init: kaiming_normal_ on every Conv2d and Linear weight, std sqrt(2 / fan_in);
+    PyTorch's default (kaiming_uniform_ with a = sqrt(5)) would give sqrt(1 / (3 fan_in)), 2.4x smaller."""
+    torch.manual_seed(0)
+    model = common.resnet32(10)
+    for name, m in model.named_modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            fan_in = m.weight[0].numel()
+            assert m.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.15), name
+
+
 def test_option_a_shortcut_pads_channels_with_zeros():
     block = common.BasicBlock(16, 32, stride=2)
     x = torch.randn(2, 16, 8, 8)
@@ -234,6 +245,10 @@ def test_group_thresholds_and_ece_bins_at_their_edges():
     pred = torch.tensor([0, 0, 2, 0])                      # classes 0 and 2 right, 1 and 3 wrong
     m = common.metrics(torch.eye(4)[pred], torch.arange(4), [101, 100, 20, 19])
     assert (m["many"], m["medium"], m["few"]) == pytest.approx((100.0, 50.0, 0.0))
+    # CIFAR-100-LT R=100: 35 many (classes 0-34), 35 medium (35-69), 30 few (70-99); one class of each right
+    pred = torch.tensor([c if c in (0, 35, 70) else (c + 1) % 100 for c in range(100)])
+    m = common.metrics(torch.eye(100)[pred], torch.arange(100), common.long_tail_counts(500, 100, "exp", 100))
+    assert (m["many"], m["medium"], m["few"]) == pytest.approx((100 / 35, 100 / 35, 100 / 30))
     # ECE bins are (b/15, (b+1)/15]: confidence 0.06 (right) and 0.10 (wrong) fall in bins 0 and 1 and do not
     # cancel; 1.0 (right) is in the last bin, with no gap
     probs = torch.zeros(3, 20)

@@ -182,6 +182,13 @@ def _mixed_sizes(t):
     return "methods/erm.py", imagefolder_args(str(t / "data")), ["small.png", "same size"]
 
 
+def _not_square(t):
+    make_folder(t / "data")
+    for path in sorted((t / "data").rglob("*.png")):
+        Image.new("RGB", (32, 24)).save(path)  # all the same size, but 32 wide and 24 high
+    return "methods/erm.py", imagefolder_args(str(t / "data")), ["is 32x24", "square images"]
+
+
 def _ratio_below_one(t):
     return "methods/erm.py", [*SMOKE_ARGS, "--imbalance-ratio", "0.5"], ["--imbalance-ratio must be >= 1"]
 
@@ -269,7 +276,8 @@ def _method_arg(script, flag, value, phrase):
 BAD_INPUT = [  # (build(tmp_path) -> (script, args, phrases the message must contain), run as a real process)
     (_missing, False), (_empty, False), (_no_splits, False), (_no_test, False), (_train_only_class, False),
     (_test_only_class, False), (_class_without_images, False), (_garbage_image, True), (_truncated_jpeg, False),
-    (_dangling_symlink, False), (_unreadable, False), (_mixed_sizes, False), (_ratio_below_one, False),
+    (_dangling_symlink, False), (_unreadable, False), (_mixed_sizes, False), (_not_square, False),
+    (_ratio_below_one, False),
     (_ratio_not_a_number, False), (_ratio_empties_a_class, False), (_ratio_empties_synthetic, False),
     (_unknown_dataset, False), (_unknown_option, False), (_epochs_not_int, False), (_negative_epochs, False),
     (_zero_batch, False), (_negative_batch, False), (_unknown_device, False), (_cuda_without_gpu, False),

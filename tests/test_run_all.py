@@ -298,3 +298,4 @@ def test_results_record_their_code_version(smoke_table):
     for r in read_results(out).values():
         script = r["command"].split()[0]
         assert r["code_sha256"] == common.code_sha256(os.path.join(ROOT, script)), script
+        assert r["common_code_sha256"] == common.code_sha256(os.path.join(ROOT, "common.py"))

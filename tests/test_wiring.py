@@ -188,6 +188,9 @@ def test_the_margin_methods_evaluate_the_scaled_cosine_head(trained):
     for run in (LDAM, MM, SAM_LDAM):
         rec, found = inspected(trained, run)
         assert (rec["finish"]["type"], rec["finish"]["scale"]) == ("Scaled", found["args"]["scale"]), run
+        # the cosine head's weight is trained, with weight decay (the optimizer is built after the head swap)
+        assert [g["weight_decay"] for g in rec["restore"]["groups"] if "linear.weight" in g["params"]] == \
+            [found["args"]["weight_decay"]], run
 
 
 def test_sam_updates_the_batchnorm_statistics_in_both_passes_unless_frozen(trained):
