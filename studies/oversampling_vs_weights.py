@@ -1355,6 +1355,35 @@ def answer_lines(res, link):
     return L
 
 
+def verdict_lines(studies):
+    """The question's answer so far, one line over every study [(folder, study.json)]: per setting that ran
+    oversampling and a class-weight form, the best form's final balanced accuracy against oversampling's, and
+    PyTorch's weighted mean's (the form most code uses). Empty when no setting has both."""
+    rows = []
+    for d, res in studies:
+        for name, st in res["settings"].items():
+            S = st["summary"]
+            forms = [m for m in WEIGHTINGS if m in S]
+            if "oversampling" not in S or not forms:
+                continue
+            acc = lambda m: S[m]["final_balanced_acc"]["mean"]  # noqa: E731
+            best = max(forms, key=acc)
+            rows.append((f"{name}, {st['model']}, {res['device_name']}", acc(best) - acc("oversampling"), best,
+                         acc("class_weights") - acc("oversampling") if "class_weights" in S else None, st["steps"]))
+    if not rows:
+        return []
+    ahead = sum(diff < 0 for _, diff, _, _, _ in rows)
+    text = (f"**The answer so far**: oversampling ends with a higher final balanced accuracy than every class-weight "
+            f"form in {ahead} of the {len(rows)} settings measured; the best form against it: "
+            + ", ".join(f"{diff:+.1f} points ({label}: {best})" for label, diff, best, _, _ in rows))
+    pytorch = [(label, cw) for label, _, _, cw, _ in rows if cw is not None]
+    if pytorch:
+        text += ("; PyTorch's weighted mean (`F.cross_entropy(weight=w)`, as methods/class_weights.py and the LDAM "
+                 "code): " + ", ".join(f"{cw:+.1f} ({label})" for label, cw in pytorch))
+    return [text + f". Final balanced accuracy, mean over seeds, after at most {max(r[4] for r in rows)} steps (the "
+                   "start of a training, not the 200-epoch protocol); the lines below give the spread and the s.e."]
+
+
 PULL_NOTE = ("First tenth: the measured steps of the first tenth of the run, where a collapse begins. Along the full "
              "(probe) gradient of a minority class, the step's term for that class (own pull) and the sum of the "
              "other classes' terms (others' push), mean over seeds (early_pull); with PCN's unit class terms the pull "
@@ -1403,7 +1432,7 @@ def pcn_batch_lines(studies):
     if lt:
         L += ([""] if L else []) + [
             "PCNSGD in the lt10 setting (CIFAR-10-LT R=100), by the length of the run: pcnsgd splits the batch by "
-            "the class counts with at least 1 image per class, as the results table's pcnsgd row does, pcnsgd_o "
+            "the class counts with at least 1 image per class, as run_all.sh's pcnsgd row does, pcnsgd_o "
             "equally. Minority: the 3 smallest classes; collapsed: seeds whose final model classified no test image "
             "of them correctly; own pull / others' push as in the binary table.", "",
             "| images per step, largest class first | method | model | batch | seeds x steps | final balanced acc | "
@@ -1439,6 +1468,8 @@ def readme_lines(results_dir):
          "CV: std / mean of ||θ(t+1) − θ(t)|| before the lr drop (the noise of the steps); s.e.: the standard error of "
          "the difference of the two means over seeds.", ""]
     ordered = [(d, res) for _, d, res in sorted(found, key=lambda t: t[:2])]
+    verdict = verdict_lines(ordered)
+    L += verdict + ([""] if verdict else [])
     for d, res in ordered:
         answer = answer_lines(res, f"{rel}/{d}/SUMMARY.md")
         first = next(iter(res["settings"]), None)

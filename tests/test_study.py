@@ -579,6 +579,23 @@ def test_quick_mode_end_to_end(tmp_path):
     assert "No study without --quick" in "\n".join(S.readme_lines(str(tmp_path / "none")))
 
 
+def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with_oversampling():
+    acc = lambda **means: {m: {"final_balanced_acc": {"mean": v}} for m, v in means.items()}  # noqa: E731
+    setting = lambda model, steps, **means: {"model": model, "steps": steps, "summary": acc(**means)}  # noqa: E731
+    studies = [("a", {"device_name": "cpu", "settings": {
+                   "binary": setting("smallcnn", 1500, oversampling=70.0, class_weights=50.0, class_weights_n=65.5,
+                                     class_weights_u=55.0),
+                   "lt10": setting("smallcnn", 300, oversampling=30.0, class_weights_u=31.25, erm=20.0)}}),
+               ("pcn-only", {"device_name": "cpu", "settings": {"binary": setting("smallcnn", 9000, pcnsgd=60.0)}})]
+    (line,) = S.verdict_lines(studies)
+    assert line.startswith("**The answer so far**: oversampling ends with a higher final balanced accuracy than every "
+                           "class-weight form in 1 of the 2 settings measured; the best form against it: -4.5 points "
+                           "(binary, smallcnn, cpu: class_weights_n), +1.2 points (lt10, smallcnn, cpu: class_weights_u)")
+    assert "code): -20.0 (binary, smallcnn, cpu). " in line  # lt10 ran no class_weights
+    assert "after at most 1500 steps" in line  # the study without oversampling is not a setting measured here
+    assert S.verdict_lines(studies[1:]) == []
+
+
 def test_readme_states_the_committed_studies():
     """README's study block is what --readme writes from the committed study.json files: no number typed by hand."""
     text = open(os.path.join(ROOT, "README.md")).read()
