@@ -645,8 +645,9 @@ class GraphedStep:
       - the non-tensor arguments (e.g. a class weight of None before DRW), the optimizer's learning rates (Python
         floats, frozen into the kernels), train/eval mode and the inputs' shapes select the graph: when any of
         them changes, the next `warmup` calls run eagerly, then a new graph is captured (7 times in a protocol
-        run: every lr value; one more for a DRW switch on an epoch of its own, not at 160). The eager calls create the optimizer state and let cuDNN pick its
-        kernels before capture (a captured step without momentum buffers would re-create them every replay);
+        run: every lr value; one more for a DRW switch on an epoch of its own, not at 160). The eager calls
+        create the optimizer state and let cuDNN pick its kernels before capture (a captured step without
+        momentum buffers would re-create them every replay);
       - anything else `fn` reads that changes between calls (a Python variable of the loop) is NOT seen by a
         replay: pass it as an argument. Host syncs (.item(), .tolist(), data-dependent shapes) cannot be
         captured and fail at capture time.
@@ -1217,8 +1218,8 @@ def plan(jobs, flags, out, at_once=1):
         row, itype, ratio, seed = job.split("|")
         args = row_args(row, list(flags) + ["--imbalance-type", itype, "--imbalance-ratio", ratio, "--seed", seed,
                                             "--out", out])
-        if args.dataset == "imagefolder" and args.data_dir not in folders_checked and not os.path.exists(
-                result_path(args)):
+        path = result_path(args)
+        if args.dataset == "imagefolder" and args.data_dir not in folders_checked and not os.path.exists(path):
             try:
                 list_imagefolder(args.data_dir)
             except UserError as e:
@@ -1227,7 +1228,6 @@ def plan(jobs, flags, out, at_once=1):
             folders_checked.add(args.data_dir)
         setting = setting_name(args)
         same = walls.get((setting, args.method)) or [w for (s, m), ws in walls.items() if m == args.method for w in ws]
-        path = result_path(args)
         ck, _ = load_checkpoint(args, checkpoint_key(args, os.path.join(ROOT, "methods", row.split()[0])))
         done = min(ck["epoch"] + 1, args.epochs) if ck else 0
         lines.append(f"{int(os.path.exists(path))} {round(max(same)) if same else -1} {done} {args.epochs} {path}")

@@ -1358,7 +1358,7 @@ def answer_lines(res, link):
 def verdict_lines(studies):
     """The question's answer so far, one line over every study [(folder, study.json)]: per setting that ran
     oversampling and a class-weight form, the best form's final balanced accuracy against oversampling's, and
-    PyTorch's weighted mean's (the form most code uses). Empty when no setting has both."""
+    PyTorch's weighted mean's (methods/class_weights.py's). Empty when no setting has both."""
     rows = []
     for d, res in studies:
         for name, st in res["settings"].items():
