@@ -20,7 +20,8 @@ Methods (the same model init per seed, the same number of steps, plain SGD by de
   class_weights_n  the same weights normalized by the batch size, sum_i w_yi l_i / B: the post's formula, under
                    which a head-only batch gets a 50x smaller step. Its expectation is sum_c p_c w_c L_c, the
                    balanced loss times sum_c p_c w_c = 0.0396 at 1:99: an expected step 25x smaller than
-                   oversampling's at the same learning rate.
+                   oversampling's at the same learning rate. Its weights are class_weights_u's times that factor,
+                   so with plain SGD (no momentum, no weight decay) it is class_weights_u at 0.0396x the lr.
   class_weights_u  the same formula with the weights rescaled to mean 1 over the training images, w_c = N / (C n_c)
                    (0.505 / 50 at 1:99): an unbiased estimate of the balanced loss, so its expected step is exactly
                    oversampling's, and the two differ only in their noise: the post's question without the 25x.
@@ -1355,12 +1356,15 @@ def answer_lines(res, link):
     return L
 
 
-def verdict_lines(studies):
+def verdict_lines(studies, table=None):
     """The question's answer so far, one line over every study [(folder, study.json)]: per setting that ran
     oversampling and a class-weight form, the best form's final balanced accuracy against oversampling's, and
-    PyTorch's weighted mean's (methods/class_weights.py's). Empty when no setting has both."""
+    PyTorch's weighted mean's (methods/class_weights.py's); then, from run_all.sh's table (`table`: common.summarize
+    of results/), class_weights against oversampling at full length, where the order may differ. Empty when no
+    setting has both."""
     rows = []
     for d, res in studies:
+        plain_sgd = res["args"]["momentum"] == 0 and res["args"]["weight_decay"] == 0
         for name, st in res["settings"].items():
             S = st["summary"]
             forms = [m for m in WEIGHTINGS if m in S]
@@ -1368,20 +1372,42 @@ def verdict_lines(studies):
                 continue
             acc = lambda m: S[m]["final_balanced_acc"]["mean"]  # noqa: E731
             best = max(forms, key=acc)
-            rows.append((f"{name}, {st['model']}, {res['device_name']}", acc(best) - acc("oversampling"), best,
-                         acc("class_weights") - acc("oversampling") if "class_weights" in S else None, st["steps"]))
+            note = best
+            if best == "class_weights_n" and plain_sgd:  # w_n = r w_u for every class: plain SGD at r x the lr
+                n = st["train_counts"]
+                r = len(n) ** 2 / (sum(n) * sum(1 / k for k in n))
+                note += f", which is class_weights_u at {r:.3f}x the lr"
+            where = f"{name}, {st['model']}, {res['device_name']}, {S['oversampling']['final_balanced_acc']['n']} " \
+                    f"seeds x {st['steps']} steps"
+            rows.append((where, acc(best) - acc("oversampling"), note,
+                         acc("class_weights") - acc("oversampling") if "class_weights" in S else None,
+                         res["args"]["lr"]))
     if not rows:
         return []
+    lrs = sorted({r[4] for r in rows})
     ahead = sum(diff < 0 for _, diff, _, _, _ in rows)
-    text = (f"**The answer so far**: oversampling ends with a higher final balanced accuracy than every class-weight "
-            f"form in {ahead} of the {len(rows)} settings measured; the best form against it: "
-            + ", ".join(f"{diff:+.1f} points ({label}: {best})" for label, diff, best, _, _ in rows))
-    pytorch = [(label, cw) for label, _, _, cw, _ in rows if cw is not None]
+    text = (f"**The answer so far**, from the CPU studies below (plain SGD at one lr for every method, "
+            f"{' / '.join(f'{x:g}' for x in lrs)}, not tuned per method; the start of a training, not the 200-epoch "
+            f"protocol): oversampling ends with a higher final balanced accuracy than every class-weight form in "
+            f"{ahead} of the {len(rows)} (setting, model) pairs measured; the best form against it: "
+            + ", ".join(f"{diff:+.1f} points ({where}: {note})" for where, diff, note, _, _ in rows))
+    pytorch = [(where, cw) for where, _, _, cw, _ in rows if cw is not None]
     if pytorch:
         text += ("; PyTorch's weighted mean (`F.cross_entropy(weight=w)`, as methods/class_weights.py and the LDAM "
-                 "code): " + ", ".join(f"{cw:+.1f} ({label})" for label, cw in pytorch))
-    return [text + f". Final balanced accuracy, mean over seeds, after at most {max(r[4] for r in rows)} steps (the "
-                   "start of a training, not the 200-epoch protocol); the lines below give the spread and the s.e."]
+                 "code): " + ", ".join(f"{cw:+.1f} ({where.split(', ')[0]}, {where.split(', ')[1]})"
+                                       for where, cw in pytorch))
+    full = [(setting, t) for setting, t in sorted((table or {}).items())
+            if t.get("oversampling", {}).get("n") and t.get("class_weights", {}).get("n")]
+    if full:
+        seeds = lambda row: f"{row['n']} seed{'s' * (row['n'] > 1)}"  # noqa: E731
+        text += (". At full length, run_all.sh's table (200 epochs, momentum 0.9): "
+                 + "; ".join(f"class_weights {t['class_weights']['top1'][0]:.2f} ({seeds(t['class_weights'])}) "
+                             f"against oversampling {t['oversampling']['top1'][0]:.2f} ({seeds(t['oversampling'])}) "
+                             f"on {setting}, "
+                             + ("the other way round" if t["class_weights"]["top1"][0] > t["oversampling"]["top1"][0]
+                                else "the same order") for setting, t in full))
+    return [text + ". Balanced accuracy at the argmax, which also shows where a method leaves the decision "
+                   "threshold, mean over seeds; the lines below give the spread and the s.e."]
 
 
 PULL_NOTE = ("First tenth: the measured steps of the first tenth of the run, where a collapse begins. Along the full "
@@ -1464,11 +1490,13 @@ def readme_lines(results_dir):
     rel = os.path.relpath(results_dir, ROOT)
     L = ["Generated by `python studies/oversampling_vs_weights.py --readme` from the study.json files in results/ not "
          "made with --quick (every measurement and plot: each study's SUMMARY.md). Loss weight per step: the mean weight a "
-         "step's loss puts on the minority / majority images (a batch mean: 0.500 / 0.500 when balanced); update-norm "
-         "CV: std / mean of ||θ(t+1) − θ(t)|| before the lr drop (the noise of the steps); s.e.: the standard error of "
-         "the difference of the two means over seeds.", ""]
+         "step's loss puts on the minority / majority images (for a batch mean; balanced: each group's share of the "
+         "classes, 0.500 / 0.500 in the binary setting); update-norm CV: std / mean of ||θ(t+1) − θ(t)|| over the "
+         "steps before the lr drop and the seeds (the spread of the step sizes, their trend included); s.e.: the "
+         "standard error of the difference of the two means over seeds (unpaired, so conservative although the runs "
+         "pair by seed; with 3 or 5 seeds, k s.e. reads as a t-statistic).", ""]
     ordered = [(d, res) for _, d, res in sorted(found, key=lambda t: t[:2])]
-    verdict = verdict_lines(ordered)
+    verdict = verdict_lines(ordered, common.summarize(common.load_results(results_dir)))
     L += verdict + ([""] if verdict else [])
     for d, res in ordered:
         answer = answer_lines(res, f"{rel}/{d}/SUMMARY.md")
