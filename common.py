@@ -1211,7 +1211,9 @@ def plan(jobs, flags, out, at_once=1):
     seconds the longest wall time of the same method's completed runs in the same setting (else in any setting;
     -1: never run) with `at_once` runs sharing the device (_completed_walls), epochs done those its checkpoint holds
     (0 without --resume or a checkpoint it can use). Checks every job's flags first, and the layout of the image
-    folder of each job still to run, so that a missing data folder stops run_all.sh before any run starts."""
+    folder of each job still to run, so that a missing data folder stops run_all.sh before any run starts. The
+    checkpoint of a run whose JSON exists is deleted: a copy carried from an earlier session, where the run was cut
+    short, would otherwise travel to every later one."""
     walls = _completed_walls(out, at_once)
     lines, folders_checked = [], set()
     for job in jobs:
@@ -1228,6 +1230,8 @@ def plan(jobs, flags, out, at_once=1):
             folders_checked.add(args.data_dir)
         setting = setting_name(args)
         same = walls.get((setting, args.method)) or [w for (s, m), ws in walls.items() if m == args.method for w in ws]
+        if os.path.exists(path) and os.path.exists(checkpoint_path(args)):
+            os.remove(checkpoint_path(args))
         ck, _ = load_checkpoint(args, checkpoint_key(args, os.path.join(ROOT, "methods", row.split()[0])))
         done = min(ck["epoch"] + 1, args.epochs) if ck else 0
         lines.append(f"{int(os.path.exists(path))} {round(max(same)) if same else -1} {done} {args.epochs} {path}")

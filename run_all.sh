@@ -155,7 +155,7 @@ reap() {  # wait for one run to end
 session() {  # append this invocation to $OUT/run_all.jsonl (the report sums them)
   printf '{"date_utc": "%s", "wall_s": %d, "runs_planned": %d, "runs_done_before": %d, "runs_finished": %d, "failed": %d, "cut_at_deadline": %d, "left_for_later": %d, "jobs": %d, "fast": %s, "mps": %s, "deadline_s": %s, "settings": "%s", "seeds": "%s", "git_commit": "%s", "smoke": %s}\n' \
     "$(date -u +%Y-%m-%dT%H:%M:%SZ)" $(( $(date +%s) - t0 )) "$total" "$done_before" "$finished" "$failed" "$cut" "$deferred" \
-    "$JOBS" "$([ "${FAST:-0}" = 1 ] && echo true || echo false)" "$([ "${MPS:-0}" = 1 ] && echo true || echo false)" \
+    "$JOBS" "$([ "${FAST:-0}" = 1 ] && echo true || echo false)" "$([ "$IMBALANCE_REF_MPS" = 1 ] && echo true || echo false)" \
     "${DEADLINE:-null}" "$SETTINGS" "$SEEDS" "$(git rev-parse --short HEAD 2>/dev/null || echo "${IMBALANCE_REF_GIT_COMMIT:-unknown}")" \
     "$([ "$SMOKE" = 1 ] && echo true || echo false)" >>"$OUT/run_all.jsonl"
 }

@@ -1356,14 +1356,69 @@ def answer_lines(res, link):
     return L
 
 
+# What two studies must share for their runs of a setting to differ only by the learning rate (with the setting's
+# model, batch, steps and the device): README's lr sweep.
+SWEEP_ARGS = ("dataset", "data_seed", "seeds", "seed0", "width", "momentum", "weight_decay", "lr_drop_at", "lr_drop",
+              "eps", "binary_ratio", "lt_ratio")
+
+
+def lr_sweeps(studies):
+    """{setting key: [(lr, folder, study.json), ...] by lr} for each setting that several studies of [(folder,
+    study.json)] ran alike except for --lr; the key starts with the setting's name, model, batch and steps."""
+    groups = {}
+    for d, res in studies:
+        for name, st in res["settings"].items():
+            key = (name, st["model"], st["batch_size"], st["steps"], res["device_name"],
+                   *(repr(res["args"].get(k)) for k in SWEEP_ARGS))
+            groups.setdefault(key, []).append((res["args"]["lr"], d, res))
+    return {k: sorted(v, key=lambda t: t[:2]) for k, v in groups.items() if len({t[0] for t in v}) > 1}
+
+
+def sweep_extras(studies):
+    """The folders that README shows only in an lr sweep's table: in every sweep a study is part of, another study
+    ran more methods (that one keeps its answer lines and plot)."""
+    base, seen = set(), set()
+    for runs in lr_sweeps(studies).values():
+        seen |= {d for _, d, _ in runs}
+        base.add(max(runs, key=lambda t: (len(t[2]["args"]["methods"]), -abs(t[0] - 0.1)))[1])
+    return seen - base
+
+
+def lr_sweep_lines(studies):
+    """README's lr sweep tables: per sweep (lr_sweeps), each method's final balanced accuracy at every lr run, none
+    selected; the oversampling and class-weight methods."""
+    L = []
+    for (name, model, batch, steps, device, *_), runs in sorted(lr_sweeps(studies).items()):
+        lrs = sorted({lr for lr, _, _ in runs})
+        cell = {}
+        for lr, d, res in runs:
+            for m, s in res["settings"][name]["summary"].items():
+                cell.setdefault(m, {})[lr] = (s["final_balanced_acc"], d)
+        seeds = {s["final_balanced_acc"]["n"] for lr, d, res in runs for s in res["settings"][name]["summary"].values()}
+        L += [f"Learning-rate sweep, {name}, {model}, {device}, batch {batch}, {'/'.join(map(str, sorted(seeds)))} "
+              f"seeds x {steps} steps: final balanced accuracy at every lr run (none selected; the same seeds and "
+              "initial weights at every lr; folders: " + ", ".join(sorted({f"[{d}]({d}/SUMMARY.md)" for _, d, _ in runs}))
+              + ").", "",
+              "| method | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
+        for m in ("oversampling", *WEIGHTINGS):
+            if m in cell:
+                L.append(f"| {m} | " + " | ".join(_mean_std(cell[m][lr][0]) if lr in cell[m] else "—" for lr in lrs)
+                         + " |")
+        L.append("")
+    return L
+
+
 def verdict_lines(studies, table=None):
     """The question's answer so far, one line over every study [(folder, study.json)]: per setting that ran
     oversampling and a class-weight form, the best form's final balanced accuracy against oversampling's, and
     PyTorch's weighted mean's (methods/class_weights.py's); then, from run_all.sh's table (`table`: common.summarize
-    of results/), class_weights against oversampling at full length, where the order may differ. Empty when no
-    setting has both."""
-    rows = []
+    of results/), class_weights against oversampling at full length, where the order may differ, and in each lr
+    sweep (lr_sweeps) the lrs where oversampling ends ahead. A study that README shows only in a sweep
+    (sweep_extras) is not a pair of its own. Empty when no setting has both."""
+    rows, extras = [], sweep_extras(studies)
     for d, res in studies:
+        if d in extras:
+            continue
         plain_sgd = res["args"]["momentum"] == 0 and res["args"]["weight_decay"] == 0
         for name, st in res["settings"].items():
             S = st["summary"]
@@ -1396,6 +1451,18 @@ def verdict_lines(studies, table=None):
         text += ("; PyTorch's weighted mean (`F.cross_entropy(weight=w)`, as methods/class_weights.py and the LDAM "
                  "code): " + ", ".join(f"{cw:+.1f} ({where.split(', ')[0]}, {where.split(', ')[1]})"
                                        for where, cw in pytorch))
+    for (name, model, *_), runs in sorted(lr_sweeps(studies).items()):
+        means = {}
+        for lr, d, res in runs:
+            for m, s in res["settings"][name]["summary"].items():
+                means.setdefault(m, {})[lr] = s["final_balanced_acc"]["mean"]
+        both = {m: sorted(set(means[m]) & set(means.get("oversampling", {}))) for m in WEIGHTINGS if m in means}
+        said = [f"{m} at {sum(means['oversampling'][lr] > means[m][lr] for lr in lrs)} of {len(lrs)}"
+                for m, lrs in both.items() if len(lrs) > 1]
+        if said:
+            lrs = sorted({lr for lr, _, _ in runs})
+            text += (f". In the lr sweep of {name}, {model} (lr {lrs[0]:g} to {lrs[-1]:g}, the table below) "
+                     f"oversampling ends above " + " and above ".join(said) + " lrs")
     full = [(setting, t) for setting, t in sorted((table or {}).items())
             if t.get("oversampling", {}).get("n") and t.get("class_weights", {}).get("n")]
     if full:
@@ -1498,11 +1565,15 @@ def readme_lines(results_dir):
     ordered = [(d, res) for _, d, res in sorted(found, key=lambda t: t[:2])]
     verdict = verdict_lines(ordered, common.summarize(common.load_results(results_dir)))
     L += verdict + ([""] if verdict else [])
+    extras = sweep_extras(ordered)
     for d, res in ordered:
+        if d in extras:  # in the lr sweep's table only
+            continue
         answer = answer_lines(res, f"{rel}/{d}/SUMMARY.md")
         first = next(iter(res["settings"]), None)
         if answer and first:
             L += answer + ["", f"![{d}: {first} per-class learning curves]({rel}/{d}/{first}_per_class.png)", ""]
+    L += lr_sweep_lines([(f"{rel}/{d}", res) for d, res in ordered])
     pcn = pcn_batch_lines([(f"{rel}/{d}", res) for d, res in ordered])
     if pcn:
         L += pcn + [""]

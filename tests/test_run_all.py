@@ -161,6 +161,8 @@ def test_plan_finds_the_checkpoint_each_rows_own_run_saves(tmp_path):
         running.append(start_forked(f"methods/{row.split()[0]}", *row.split()[1:], *flags, *job, setup=keep_checkpoints))
     for handle in running:
         ended(handle)
+    for row in rows:  # a run killed after epoch 1 has no JSON (the plan drops the checkpoint of one that has)
+        os.remove(common.result_path(common.row_args(row, flags + job)))
     lines = common.plan([f"{row}|exp|10|0" for row in rows], flags, str(tmp_path))
     assert {row: line.split()[2] for row, line in zip(rows, lines)} == {row: "1" for row in rows}
 
@@ -204,6 +206,11 @@ def test_plan_marks_existing_runs_and_estimates_from_the_same_method(tmp_path):
     assert plan("--resume", "--lr", "0.05") == [f"0 30 0 200 {path('synthetic-exp-r10', 'erm', 1)}"]  # not its run
     ckpt.write_bytes(b"damaged")
     assert plan("--resume") == [f"0 30 0 200 {path('synthetic-exp-r10', 'erm', 1)}"]
+    # a finished run's checkpoint (carried from the session that cut it short) is deleted, a running one's kept
+    stale = ckpt.parent / "seed0.pt"
+    stale.write_bytes(b"from an earlier session")
+    assert common.plan(["erm.py|exp|10|0", "erm.py|exp|10|1"], flags, str(tmp_path))[0].startswith("1 ")
+    assert not stale.exists() and ckpt.exists()
     with pytest.raises(common.UserError, match="imbalance-ratio"):
         common.plan(["erm.py|exp|0.5|0"], flags, str(tmp_path))         # every job's flags checked before training
     with pytest.raises(common.UserError, match="nosuch.py"):

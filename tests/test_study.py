@@ -582,7 +582,7 @@ def test_quick_mode_end_to_end(tmp_path):
 def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with_oversampling():
     acc = lambda **means: {m: {"final_balanced_acc": {"mean": v, "n": 5}} for m, v in means.items()}  # noqa: E731
     setting = lambda model, steps, counts, **means: {  # noqa: E731
-        "model": model, "steps": steps, "train_counts": counts, "summary": acc(**means)}
+        "model": model, "batch_size": 16, "steps": steps, "train_counts": counts, "summary": acc(**means)}
     plain = {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}
     studies = [("a", {"device_name": "cpu", "args": plain, "settings": {
                    "binary": setting("smallcnn", 1500, [99, 1], oversampling=70.0, class_weights=50.0,
@@ -610,6 +610,35 @@ def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with
             "oversampling 80.00 (2 seeds) on x-exp-r10, the same order; class_weights 69.80 (3 seeds) against "
             "oversampling 65.16 (1 seed) on x-exp-r100, the other way round.") in line
     assert S.verdict_lines(studies[1:], table) == []
+
+
+def test_an_lr_sweep_is_a_table_of_every_lr_and_its_extra_studies_no_answer_of_their_own():
+    fba = lambda mean: {"final_balanced_acc": {"mean": mean, "std": 1.0, "n": 5}}  # noqa: E731
+    def study(lr, steps=1500, **means):
+        args = {"lr": lr, "methods": list(means), "momentum": 0.0, "weight_decay": 0.0, "seeds": 5}
+        return {"device_name": "cpu", "args": args, "settings": {"binary": {
+            "model": "smallcnn", "batch_size": 16, "steps": steps, "train_counts": [99, 1],
+            "summary": {m: fba(v) for m, v in means.items()}}}}
+    base = study(0.1, oversampling=70.0, class_weights=50.0, class_weights_u=55.0, erm=50.0)
+    studies = [("base", base), ("lr0.3", study(0.3, oversampling=60.0, class_weights_u=62.0)),
+               ("lr0.01", study(0.01, oversampling=65.0, class_weights=51.0, class_weights_u=60.0)),
+               ("longer", study(0.3, steps=3000, oversampling=1.0, class_weights_u=2.0))]  # another setting: alone
+    ((key, runs),) = S.lr_sweeps(studies).items()
+    assert key[:4] == ("binary", "smallcnn", 16, 1500) and [(lr, d) for lr, d, _ in runs] == [
+        (0.01, "lr0.01"), (0.1, "base"), (0.3, "lr0.3")]
+    assert S.sweep_extras(studies) == {"lr0.01", "lr0.3"}  # base ran the most methods
+    momentum = studies + [("m", {**study(0.03, oversampling=1.0), "args": {**study(0.03)["args"], "momentum": 0.9}})]
+    assert len(S.lr_sweeps(momentum)[key]) == 3  # a study with other training arguments is not in the sweep
+    lines = S.lr_sweep_lines(studies)
+    assert lines[0].startswith("Learning-rate sweep, binary, smallcnn, cpu, batch 16, 5 seeds x 1500 steps:")
+    assert lines[2:] == ["| method | lr 0.01 | lr 0.1 | lr 0.3 |", "|---|---|---|---|",
+                         "| oversampling | 65.0 ± 1.00 | 70.0 ± 1.00 | 60.0 ± 1.00 |",
+                         "| class_weights | 51.0 ± 1.00 | 50.0 ± 1.00 | — |",
+                         "| class_weights_u | 60.0 ± 1.00 | 55.0 ± 1.00 | 62.0 ± 1.00 |", ""]
+    (line,) = S.verdict_lines(studies)
+    assert "in 1 of the 2 (setting, model) pairs measured" in line  # base and longer: the extras are no pairs
+    assert ("In the lr sweep of binary, smallcnn (lr 0.01 to 0.3, the table below) oversampling ends above "
+            "class_weights at 2 of 2 and above class_weights_u at 2 of 3 lrs") in line
 
 
 def test_readme_states_the_committed_studies():
