@@ -1210,24 +1210,30 @@ def plan(jobs, flags, out, at_once=1):
     "<done> <seconds> <epochs done> <epochs> <results JSON>": done is 1 when the JSON exists (the run is skipped),
     seconds the longest wall time of the same method's completed runs in the same setting (else in any setting;
     -1: never run) with `at_once` runs sharing the device (_completed_walls), epochs done those its checkpoint holds
-    (0 without --resume or a checkpoint it can use). Checks every job's flags first, and the layout of the image
-    folder of each job still to run, so that a missing data folder stops run_all.sh before any run starts. The
+    (0 without --resume or a checkpoint it can use). Checks every job's flags first, and the data of each job still
+    to run (an image folder's layout; the torchvision CIFAR files, downloaded here once with --download, not by
+    JOBS runs at once), so that missing data stops run_all.sh before any run starts. The
     checkpoint of a run whose JSON exists is deleted: a copy carried from an earlier session, where the run was cut
     short, would otherwise travel to every later one."""
     walls = _completed_walls(out, at_once)
-    lines, folders_checked = [], set()
+    lines, checked = [], set()
     for job in jobs:
         row, itype, ratio, seed = job.split("|")
         args = row_args(row, list(flags) + ["--imbalance-type", itype, "--imbalance-ratio", ratio, "--seed", seed,
                                             "--out", out])
         path = result_path(args)
-        if args.dataset == "imagefolder" and args.data_dir not in folders_checked and not os.path.exists(path):
+        source = (args.dataset, args.data_dir)
+        if args.dataset != "synthetic" and source not in checked and not os.path.exists(path):
             try:
-                list_imagefolder(args.data_dir)
+                if args.dataset == "imagefolder":
+                    list_imagefolder(args.data_dir)
+                else:
+                    with contextlib.redirect_stdout(sys.stderr):  # run_all.sh reads the plan from stdout
+                        load_cifar(args.dataset, args.data_dir or os.path.join(ROOT, "data"), args.download)
             except UserError as e:
                 raise UserError(f"{str(e.code).removeprefix('error: ')} (run_all.sh: DATA_DIR=<folder>, or "
                                 "DATA_FLAGS for another dataset)")
-            folders_checked.add(args.data_dir)
+            checked.add(source)
         setting = setting_name(args)
         same = walls.get((setting, args.method)) or [w for (s, m), ws in walls.items() if m == args.method for w in ws]
         if os.path.exists(path) and os.path.exists(checkpoint_path(args)):

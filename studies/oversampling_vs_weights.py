@@ -1404,6 +1404,13 @@ def lr_sweep_lines(studies):
             if m in cell:
                 L.append(f"| {m} | " + " | ".join(_mean_std(cell[m][lr][0]) if lr in cell[m] else "—" for lr in lrs)
                          + " |")
+        plain = [(lr, res) for lr, _, res in runs if "class_weights_n" in res["settings"][name]["summary"]
+                 and res["args"]["momentum"] == 0 and res["args"]["weight_decay"] == 0]
+        if plain:  # w_n = r w_u for every class (verdict_lines)
+            n = runs[0][2]["settings"][name]["train_counts"]
+            r = len(n) ** 2 / (sum(n) * sum(1 / k for k in n))
+            L += ["", "With plain SGD, class_weights_n at lr " + ", ".join(f"{lr:g}" for lr, _ in plain) +
+                  " is class_weights_u at lr " + ", ".join(f"{lr * r:.3g}" for lr, _ in plain) + "."]
         L.append("")
     return L
 

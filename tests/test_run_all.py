@@ -122,6 +122,10 @@ def test_run_all_stops_before_any_run_on_a_missing_data_folder_or_an_only_that_m
         common.plan(["erm.py|exp|10|0"], flags, str(out))
     write_run(out, "nodata-exp-r10", "erm", 0)
     assert common.plan(["erm.py|exp|10|0"], flags, str(out))[0].startswith("1 ")
+    # torchvision's CIFAR files: looked for (and with --download fetched once) by the plan, not by each run
+    with pytest.raises(common.UserError, match="cifar10 not found in .*nocifar.*run_all.sh: DATA_DIR"):
+        common.plan(["erm.py|exp|100|0"], ["--dataset", "cifar10", "--data-dir", str(tmp_path / "nocifar"),
+                                           "--device", "cpu"], str(out))
 
 
 def test_an_invocation_whose_every_run_failed_records_nothing(tmp_path):

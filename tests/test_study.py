@@ -635,6 +635,10 @@ def test_an_lr_sweep_is_a_table_of_every_lr_and_its_extra_studies_no_answer_of_t
                          "| oversampling | 65.0 ± 1.00 | 70.0 ± 1.00 | 60.0 ± 1.00 |",
                          "| class_weights | 51.0 ± 1.00 | 50.0 ± 1.00 | — |",
                          "| class_weights_u | 60.0 ± 1.00 | 55.0 ± 1.00 | 62.0 ± 1.00 |", ""]
+    with_n = [("base", study(0.1, oversampling=70.0, class_weights_n=58.0)), *studies[1:]]
+    lines = S.lr_sweep_lines(with_n)
+    assert "| class_weights_n | — | 58.0 ± 1.00 | — |" in lines
+    assert "With plain SGD, class_weights_n at lr 0.1 is class_weights_u at lr 0.00396." in lines  # 4 / (100 x 100/99)
     (line,) = S.verdict_lines(studies)
     assert "in 1 of the 2 (setting, model) pairs measured" in line  # base and longer: the extras are no pairs
     assert ("In the lr sweep of binary, smallcnn (lr 0.01 to 0.3, the table below) oversampling ends above "
