@@ -1356,6 +1356,12 @@ def answer_lines(res, link):
     return L
 
 
+def n_to_u_lr(counts):
+    """r with class_weights_n's weights = r x class_weights_u's for every class (C^2 / (N sum_c 1/n_c), 0.0396 at
+    1:99): with plain SGD (no momentum, no weight decay) class_weights_n is class_weights_u at r x the lr."""
+    return len(counts) ** 2 / (sum(counts) * sum(1 / n for n in counts))
+
+
 # What two studies must share for their runs of a setting to differ only by the learning rate (with the setting's
 # model, batch, steps and the device): README's lr sweep.
 SWEEP_ARGS = ("dataset", "data_seed", "seeds", "seed0", "width", "momentum", "weight_decay", "lr_drop_at", "lr_drop",
@@ -1406,9 +1412,8 @@ def lr_sweep_lines(studies):
                          + " |")
         plain = [(lr, res) for lr, _, res in runs if "class_weights_n" in res["settings"][name]["summary"]
                  and res["args"]["momentum"] == 0 and res["args"]["weight_decay"] == 0]
-        if plain:  # w_n = r w_u for every class (verdict_lines)
-            n = runs[0][2]["settings"][name]["train_counts"]
-            r = len(n) ** 2 / (sum(n) * sum(1 / k for k in n))
+        if plain:
+            r = n_to_u_lr(runs[0][2]["settings"][name]["train_counts"])
             L += ["", "With plain SGD, class_weights_n at lr " + ", ".join(f"{lr:g}" for lr, _ in plain) +
                   " is class_weights_u at lr " + ", ".join(f"{lr * r:.3g}" for lr, _ in plain) + "."]
         L.append("")
@@ -1436,9 +1441,7 @@ def verdict_lines(studies, table=None):
             best = max(forms, key=acc)
             note = best
             if best == "class_weights_n" and plain_sgd:  # w_n = r w_u for every class: plain SGD at r x the lr
-                n = st["train_counts"]
-                r = len(n) ** 2 / (sum(n) * sum(1 / k for k in n))
-                note += f", which is class_weights_u at {r:.3f}x the lr"
+                note += f", which is class_weights_u at {n_to_u_lr(st['train_counts']):.3f}x the lr"
             where = f"{name}, {st['model']}, {res['device_name']}, {S['oversampling']['final_balanced_acc']['n']} " \
                     f"seeds x {st['steps']} steps"
             rows.append((where, acc(best) - acc("oversampling"), note,
