@@ -1380,6 +1380,20 @@ def lr_sweeps(studies):
     return {k: sorted(v, key=lambda t: t[:2]) for k, v in groups.items() if len({t[0] for t in v}) > 1}
 
 
+def _sweep_accs(name, runs):
+    """{method: {lr: its final_balanced_acc summary}} of one lr sweep's runs (lr_sweeps) of setting `name`."""
+    accs = {}
+    for lr, _, res in runs:
+        for m, s in res["settings"][name]["summary"].items():
+            accs.setdefault(m, {})[lr] = s["final_balanced_acc"]
+    return accs
+
+
+def _plain_sgd(res):
+    """No momentum and no weight decay: a loss scaled by r is then the same training at r x the lr (n_to_u_lr)."""
+    return res["args"]["momentum"] == 0 and res["args"]["weight_decay"] == 0
+
+
 def sweep_extras(studies):
     """The folders that README shows only in an lr sweep's table: in every sweep a study is part of, another study
     ran more methods (that one keeps its answer lines and plot)."""
@@ -1396,11 +1410,8 @@ def lr_sweep_lines(studies):
     L = []
     for (name, model, batch, steps, device, *_), runs in sorted(lr_sweeps(studies).items()):
         lrs = sorted({lr for lr, _, _ in runs})
-        cell = {}
-        for lr, d, res in runs:
-            for m, s in res["settings"][name]["summary"].items():
-                cell.setdefault(m, {})[lr] = (s["final_balanced_acc"], d)
-        seeds = {s["final_balanced_acc"]["n"] for lr, d, res in runs for s in res["settings"][name]["summary"].values()}
+        cell = _sweep_accs(name, runs)
+        seeds = {a["n"] for by_lr in cell.values() for a in by_lr.values()}
         L += [f"Learning-rate sweep, {name}, {model}, {device}, batch {batch}, {'/'.join(map(str, sorted(seeds)))} "
               f"seeds x {steps} steps: final balanced accuracy at every lr run (none selected; the same seeds and "
               "initial weights at every lr; folders: " + ", ".join(sorted({f"[{d}]({d}/SUMMARY.md)" for _, d, _ in runs}))
@@ -1408,10 +1419,10 @@ def lr_sweep_lines(studies):
               "| method | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
         for m in ("oversampling", *WEIGHTINGS):
             if m in cell:
-                L.append(f"| {m} | " + " | ".join(_mean_std(cell[m][lr][0]) if lr in cell[m] else "—" for lr in lrs)
+                L.append(f"| {m} | " + " | ".join(_mean_std(cell[m][lr]) if lr in cell[m] else "—" for lr in lrs)
                          + " |")
         plain = [(lr, res) for lr, _, res in runs if "class_weights_n" in res["settings"][name]["summary"]
-                 and res["args"]["momentum"] == 0 and res["args"]["weight_decay"] == 0]
+                 and _plain_sgd(res)]
         if plain:
             r = n_to_u_lr(runs[0][2]["settings"][name]["train_counts"])
             L += ["", "With plain SGD, class_weights_n at lr " + ", ".join(f"{lr:g}" for lr, _ in plain) +
@@ -1431,7 +1442,6 @@ def verdict_lines(studies, table=None):
     for d, res in studies:
         if d in extras:
             continue
-        plain_sgd = res["args"]["momentum"] == 0 and res["args"]["weight_decay"] == 0
         for name, st in res["settings"].items():
             S = st["summary"]
             forms = [m for m in WEIGHTINGS if m in S]
@@ -1440,38 +1450,36 @@ def verdict_lines(studies, table=None):
             acc = lambda m: S[m]["final_balanced_acc"]["mean"]  # noqa: E731
             best = max(forms, key=acc)
             note = best
-            if best == "class_weights_n" and plain_sgd:  # w_n = r w_u for every class: plain SGD at r x the lr
+            if best == "class_weights_n" and _plain_sgd(res):
                 note += f", which is class_weights_u at {n_to_u_lr(st['train_counts']):.3f}x the lr"
-            where = f"{name}, {st['model']}, {res['device_name']}, {S['oversampling']['final_balanced_acc']['n']} " \
-                    f"seeds x {st['steps']} steps"
+            pair = f"{name}, {st['model']}"
+            where = f"{pair}, {res['device_name']}, {S['oversampling']['final_balanced_acc']['n']} seeds x " \
+                    f"{st['steps']} steps"
             rows.append((where, acc(best) - acc("oversampling"), note,
                          acc("class_weights") - acc("oversampling") if "class_weights" in S else None,
-                         res["args"]["lr"]))
+                         res["args"]["lr"], pair))
     if not rows:
         return []
     lrs = sorted({r[4] for r in rows})
-    ahead = sum(diff < 0 for _, diff, _, _, _ in rows)
+    ahead = sum(diff < 0 for _, diff, _, _, _, _ in rows)
     text = (f"**The answer so far**, from the CPU studies below (plain SGD at one lr for every method, "
             f"{' / '.join(f'{x:g}' for x in lrs)}, not tuned per method; the start of a training, not the 200-epoch "
             f"protocol): oversampling ends with a higher final balanced accuracy than every class-weight form in "
             f"{ahead} of the {len(rows)} (setting, model) pairs measured; the best form against it: "
-            + ", ".join(f"{diff:+.1f} points ({where}: {note})" for where, diff, note, _, _ in rows))
-    pytorch = [(where, cw) for where, _, _, cw, _ in rows if cw is not None]
+            + ", ".join(f"{diff:+.1f} points ({where}: {note})" for where, diff, note, _, _, _ in rows))
+    pytorch = [(pair, cw) for _, _, _, cw, _, pair in rows if cw is not None]
     if pytorch:
         text += ("; PyTorch's weighted mean (`F.cross_entropy(weight=w)`, as methods/class_weights.py and the LDAM "
-                 "code): " + ", ".join(f"{cw:+.1f} ({where.split(', ')[0]}, {where.split(', ')[1]})"
-                                       for where, cw in pytorch))
+                 "code): " + ", ".join(f"{cw:+.1f} ({pair})" for pair, cw in pytorch))
     for (name, model, *_), runs in sorted(lr_sweeps(studies).items()):
-        means = {}
-        for lr, d, res in runs:
-            for m, s in res["settings"][name]["summary"].items():
-                means.setdefault(m, {})[lr] = s["final_balanced_acc"]["mean"]
-        both = {m: sorted(set(means[m]) & set(means.get("oversampling", {}))) for m in WEIGHTINGS if m in means}
-        said = [f"{m} at {sum(means['oversampling'][lr] > means[m][lr] for lr in lrs)} of {len(lrs)}"
-                for m, lrs in both.items() if len(lrs) > 1]
+        accs = _sweep_accs(name, runs)
+        over = accs.get("oversampling", {})
+        both = {m: sorted(set(accs[m]) & set(over)) for m in WEIGHTINGS if m in accs}
+        said = [f"{m} at {sum(over[lr]['mean'] > accs[m][lr]['mean'] for lr in common_lrs)} of {len(common_lrs)}"
+                for m, common_lrs in both.items() if len(common_lrs) > 1]
         if said:
-            lrs = sorted({lr for lr, _, _ in runs})
-            text += (f". In the lr sweep of {name}, {model} (lr {lrs[0]:g} to {lrs[-1]:g}, the table below) "
+            swept = sorted({lr for lr, _, _ in runs})
+            text += (f". In the lr sweep of {name}, {model} (lr {swept[0]:g} to {swept[-1]:g}, the table below) "
                      f"oversampling ends above " + " and above ".join(said) + " lrs")
     full = [(setting, t) for setting, t in sorted((table or {}).items())
             if t.get("oversampling", {}).get("n") and t.get("class_weights", {}).get("n")]
