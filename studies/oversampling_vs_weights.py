@@ -35,8 +35,9 @@ gradient norm and its cosine with the class's full gradient on the probe subset 
 noise); the cosine of the step direction with each class's full gradient (< 0: the step raises that class's
 loss to first order), and that first-order effect split into the class's own term and the other classes' terms
 (pull_split; the minority's own pull and the others' push at the start of a run: early_pull); the spread of the
-final accuracy over seeds. "Minority" is the max(1, C//3) smallest
-classes (binary: truck; lt10: the 3 tail classes), "majority" the max(1, C//3) largest.
+final accuracy over seeds; the final model's one-vs-rest ROC AUC per class (class_aucs: threshold-free, so it
+separates how well a model ranks the minority from where its logits put the decision). "Minority" is the
+max(1, C//3) smallest classes (binary: truck; lt10: the 3 tail classes), "majority" the max(1, C//3) largest.
 Outputs in --out: study.json (everything), <setting>_per_class.png, <setting>_update_norms.png,
 <setting>_directional_noise.png, <setting>_final_spread.png and SUMMARY.md, generated from study.json alone.
 
@@ -251,6 +252,23 @@ def initial_rise(steps, values):
     peak = max(range(len(values)), key=lambda i: values[i])
     back = next((steps[i] for i in range(peak, len(values)) if values[i] <= v0), None)
     return {"rise": rise, "back_at_step": back if rise > 0 else steps[0]}
+
+
+def class_aucs(scores, labels, num_classes):
+    """Each class's one-vs-rest ROC AUC, in [0, 1]: the chance that an image of class c scores higher on scores[:, c]
+    than an image of another class (a tie counts one half; Mann-Whitney). None for a class with no test image or no
+    other one. No decision threshold enters it: a shift of the logits that moves where a model decides (which a
+    class weight or a prior does) changes its accuracies at the argmax, not this."""
+    out = []
+    for c in range(num_classes):
+        pos, neg = scores[labels == c, c], scores[labels != c, c].sort().values
+        if len(pos) == 0 or len(neg) == 0:
+            out.append(None)
+            continue
+        below = torch.searchsorted(neg, pos)  # the other images scoring strictly lower
+        tied = torch.searchsorted(neg, pos, right=True) - below
+        out.append(((below.double() + tied.double() / 2).sum() / (len(pos) * len(neg))).item())
+    return out
 
 
 def stats(xs):
@@ -639,6 +657,7 @@ def train_one(args, setting, method, seed, log=print):
     final = evaluate(steps)
     probe_final = probe_losses(model, pool, probe, C)
     per_class = final["per_class_acc"]
+    aucs = class_aucs(common.predict(model, pool, fp32=True, log=True).cpu(), pool.test_y.cpu(), C)
     out = {
         "method": method, "seed": seed, "lr": base_lr, "steps": steps, "batch_size": B,
         "per_class_batch": sizes, "images_per_step": int(plan.shape[1]),
@@ -651,7 +670,9 @@ def train_one(args, setting, method, seed, log=print):
         "final": {"per_class_acc": rnd(per_class), "top1": rnd(final["top1"]),
                   "minority_acc": rnd(mean_or_none([per_class[c] for c in minority])),
                   "majority_acc": rnd(mean_or_none([per_class[c] for c in setting["majority"]])),
-                  "balanced_acc": rnd(sum(per_class) / C), "probe_loss": rnd(probe_final)},
+                  "balanced_acc": rnd(sum(per_class) / C), "probe_loss": rnd(probe_final),
+                  "auc": rnd(aucs), "minority_auc": rnd(mean_or_none([aucs[c] for c in minority])),
+                  "mean_auc": rnd(mean_or_none(aucs))},
         "wall_time_s": time.time() - t0,
     }
     return out
@@ -754,6 +775,10 @@ def aggregate_method(runs, setting_meta, targets):
     for key in ("minority_acc", "majority_acc", "balanced_acc", "top1"):
         vals = [r["final"][key] for r in runs]
         out[f"final_{key}"] = {**stats(vals), "values": vals}
+    # The threshold-free view (class_aucs), in runs that recorded it (studies made before it did not).
+    for key in ("minority_auc", "mean_auc"):
+        vals = [r["final"].get(key) for r in runs]
+        out[f"final_{key}"] = {**stats(vals), "values": vals} if None not in vals else None
     # Seeds whose final model gets no minority test image right (collapsed onto the majority): their spread is 0.
     out["final_minority_zero_seeds"] = sum(r["final"]["minority_acc"] == 0 for r in runs)
     # Speed: the first evaluated step at which the minority (or balanced) accuracy reaches each target.
@@ -1220,7 +1245,9 @@ def headline(c, S):
                   f"({by}).")
     fm = c["final_minority_acc"]
     third = (f"Final minority accuracy {_f(fm['a_mean'])} ± {_f(fm['a_std'], 2)} ({a}) vs {_f(fm['b_mean'])} ± "
-             f"{_f(fm['b_std'], 2)} ({b}), final balanced accuracy {_f(fb['a_mean'])} vs {_f(fb['b_mean'])}.")
+             f"{_f(fm['b_std'], 2)} ({b}), final balanced accuracy {_f(fb['a_mean'])} vs {_f(fb['b_mean'])}"
+             + (f", final minority AUC (threshold-free) {_auc(S[a])} vs {_auc(S[b])}."
+                if S[a].get("final_minority_auc") and S[b].get("final_minority_auc") else "."))
     zero = [f"{m} in {S[m]['final_minority_zero_seeds']}/{S[m]['final_minority_acc']['n']} seeds" for m in (a, b)
             if S[m]["final_minority_zero_seeds"]]
     if zero:
@@ -1267,11 +1294,12 @@ def summary_text(res):
               f"{st['class_weights']}"
               + (f" (class_weights_u: {st['class_weights_u']})" if "class_weights_u" in st else "")
               + f". Targets: {st['targets']['rule']} ({tlist}).", "",
-              f"| method | final minority acc | final balanced acc | steps to {tkeys[0]} | batches w/o minority "
+              f"| method | final minority acc | final balanced acc | final minority AUC | steps to {tkeys[0]} "
+              "| batches w/o minority "
               "| loss weight per step, minority / majority (all) | update norm median (CV) | mean update norm, batches w/ / w/o minority | cos(batch, full) minority / "
               "majority | steps raising the minority loss | minority loss initial rise (seeds) | first tenth: minority's own "
               "pull / others' push |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for m, s in S.items():
             u, r = s["update_norm"], s["minority_loss_initial_rise"]
             neg = s["descent_alignment_minority"]["frac_negative"]
@@ -1280,7 +1308,7 @@ def summary_text(res):
                      else "n/a (unit class gradients)" if m.startswith("pcnsgd") else "n/a")
             L.append(
                 f"| {m} | {_mean_std(s['final_minority_acc'])} | {_mean_std(s['final_balanced_acc'])} "
-                f"| {_steps(s['steps_to_target'][tkeys[0]])} | {_f(100 * s['no_minority_frac']['mean'])}% "
+                f"| {_auc(s)} | {_steps(s['steps_to_target'][tkeys[0]])} | {_f(100 * s['no_minority_frac']['mean'])}% "
                 f"(iid {_f(100 * st['expected_no_minority_frac_iid'][m])}%) | {share} "
                 f"| {_f(u['median'], 3)} ({_f(u['cv'], 2)}) | {_f(u['with_minority_mean'], 3)} / "
                 f"{_f(u['without_minority_mean'], 3)} | {_f(s['cos_batch_full_minority']['mean'], 2)} / "
@@ -1291,7 +1319,8 @@ def summary_text(res):
             L += ["", "The others' push on the minority in the first tenth, by the class that pushes (each class's "
                   "share of the last column's push; the minority classes push on each other too):", ""]
             L += [f"- {m}: " + _by_class_text(st, vals) for m, vals in by_class.items() if vals]
-        L += ["", "Steps to target: median over seeds of the first evaluated step from which the accuracy stays at or "
+        L += ["", AUC_NOTE + " Steps to target: median over seeds of the first evaluated step from which the accuracy "
+              "stays at or "
               "above the target; '(k/n seeds)' when not every seed got there. 'iid': the expected share for "
               "independent draws, (1 - p_minority)^B. Loss weight per step: the mean over steps of the weight the "
               "method's loss puts on a class's images (sum of w_y / the normalizer over the class's images in the "
@@ -1319,12 +1348,33 @@ def _mean_std(x):
     return f"{_f(x['mean'])} ± {_f(x['std'], 2)}"
 
 
+AUC_NOTE = ("Minority AUC: the one-vs-rest ROC AUC of the final model's log-probability of each minority class on the "
+            "test set (class_aucs; 0.5: chance, 1: every image of the class ranked above every other image), mean over "
+            "the minority classes, then over seeds; no decision threshold enters it, so a method whose features rank "
+            "the minority well but whose logits decide for the majority has a high AUC and a low accuracy; n/a: "
+            "the study ran before it was recorded.")
+
+
+def _auc_text(a):
+    """An AUC summary (stats) as text."""
+    return "n/a" if not a else f"{_f(a['mean'], 3)} ± {_f(a['std'], 3)}"
+
+
+def _auc(s):
+    """A method summary's final minority AUC as text."""
+    return _auc_text(s.get("final_minority_auc"))
+
+
 def _share(s):
     sh = s.get("loss_share")
     if not sh:
         return "n/a"
     step = "" if abs(sh["all"] - 1) < 0.005 else f", an expected step {sh['all']:.3f} x a batch mean's"
     return f"{sh['minority']:.3f} / {sh['majority']:.3f}{step}"
+
+
+def _auc_clause(s):
+    return f", minority AUC {_auc(s)}" if s.get("final_minority_auc") else ""
 
 
 def answer_lines(res, link):
@@ -1340,7 +1390,7 @@ def answer_lines(res, link):
                  f"{o['final_balanced_acc']['n']} seeds x {st['steps']} steps ([SUMMARY.md]({link})). "
                  f"Oversampling: loss weight per step on the minority / majority {_share(o)}, update-norm CV "
                  f"{_f(o['update_norm']['cv'], 2)}, final balanced accuracy {_mean_std(o['final_balanced_acc'])}, "
-                 f"minority accuracy {_mean_std(o['final_minority_acc'])}.")
+                 f"minority accuracy {_mean_std(o['final_minority_acc'])}{_auc_clause(o)}.")
         for m in WEIGHTINGS:
             if m not in S:
                 continue
@@ -1352,7 +1402,8 @@ def answer_lines(res, link):
                     if s["final_minority_zero_seeds"] else "")
             L.append(f"  - {m} ({WEIGHTINGS[m]}): loss weight {_share(s)}; update-norm CV "
                      f"{_f(s['update_norm']['cv'], 2)}; final balanced accuracy {_mean_std(b)} ({diff:+.1f} points "
-                     f"against oversampling{by}), minority accuracy {_mean_std(s['final_minority_acc'])}{zero}.")
+                     f"against oversampling{by}), minority accuracy {_mean_std(s['final_minority_acc'])}"
+                     f"{_auc_clause(s)}{zero}.")
     return L
 
 
@@ -1380,12 +1431,14 @@ def lr_sweeps(studies):
     return {k: sorted(v, key=lambda t: t[:2]) for k, v in groups.items() if len({t[0] for t in v}) > 1}
 
 
-def _sweep_accs(name, runs):
-    """{method: {lr: its final_balanced_acc summary}} of one lr sweep's runs (lr_sweeps) of setting `name`."""
+def _sweep_accs(name, runs, key="final_balanced_acc"):
+    """{method: {lr: its `key` summary}} of one lr sweep's runs (lr_sweeps) of setting `name` (an lr whose study did
+    not record `key` is left out)."""
     accs = {}
     for lr, _, res in runs:
         for m, s in res["settings"][name]["summary"].items():
-            accs.setdefault(m, {})[lr] = s["final_balanced_acc"]
+            if s.get(key):
+                accs.setdefault(m, {})[lr] = s[key]
     return accs
 
 
@@ -1421,6 +1474,12 @@ def lr_sweep_lines(studies):
             if m in cell:
                 L.append(f"| {m} | " + " | ".join(_mean_std(cell[m][lr]) if lr in cell[m] else "—" for lr in lrs)
                          + " |")
+        auc = _sweep_accs(name, runs, "final_minority_auc")
+        if auc:
+            L += ["", "The same runs' final minority AUC (threshold-free; —: not run, or not recorded):", "",
+                  "| method | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
+            L += [f"| {m} | " + " | ".join(_auc_text(auc[m][lr]) if lr in auc[m] else "—" for lr in lrs) + " |"
+                  for m in ("oversampling", *WEIGHTINGS) if m in auc]
         plain = [(lr, res) for lr, _, res in runs if "class_weights_n" in res["settings"][name]["summary"]
                  and _plain_sgd(res)]
         if plain:
@@ -1438,7 +1497,7 @@ def verdict_lines(studies, table=None):
     of results/), class_weights against oversampling at full length, where the order may differ, and in each lr
     sweep (lr_sweeps) the lrs where oversampling ends ahead. A study that README shows only in a sweep
     (sweep_extras) is not a pair of its own. Empty when no setting has both."""
-    rows, extras = [], sweep_extras(studies)
+    rows, aucs, extras = [], [], sweep_extras(studies)
     for d, res in studies:
         if d in extras:
             continue
@@ -1458,6 +1517,10 @@ def verdict_lines(studies, table=None):
             rows.append((where, acc(best) - acc("oversampling"), note,
                          acc("class_weights") - acc("oversampling") if "class_weights" in S else None,
                          res["args"]["lr"], pair))
+            ranked = [(m, S[m]["final_minority_auc"]["mean"]) for m in ("oversampling", *forms)
+                      if S[m].get("final_minority_auc")]
+            if len(ranked) > 1 and ranked[0][0] == "oversampling":
+                aucs.append((pair, ranked))
     if not rows:
         return []
     lrs = sorted({r[4] for r in rows})
@@ -1491,6 +1554,10 @@ def verdict_lines(studies, table=None):
                              f"on {setting}, "
                              + ("the other way round" if t["class_weights"]["top1"][0] > t["oversampling"]["top1"][0]
                                 else "the same order") for setting, t in full))
+    if aucs:
+        text += (". Threshold-free, where recorded (the final minority AUC, mean over seeds; a shift of the decision "
+                 "threshold does not change it): " + "; ".join(
+                     f"{pair}: " + ", ".join(f"{m} {a:.3f}" for m, a in ranked) for pair, ranked in aucs))
     return [text + ". Balanced accuracy at the argmax, which also shows where a method leaves the decision "
                    "threshold, mean over seeds; the lines below give the spread and the s.e."]
 

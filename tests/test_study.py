@@ -86,6 +86,27 @@ def test_steps_to_target_and_initial_rise():
     assert S.initial_rise([0, 5, 10], [1.0, 1.5, 1.0])["back_at_step"] == 10  # back AT its initial value counts
 
 
+def test_class_aucs_count_the_pairs_ranked_right_and_ignore_the_threshold():
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    scores = torch.tensor([[0.0, -1.0], [0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [0.0, 0.5]])
+    # class 1 against class 0 on scores[:, 1]: of the 3 x 2 pairs, only (0.5, 1.0) is ranked wrong
+    assert S.class_aucs(scores, labels, 2)[1] == pytest.approx(5 / 6)
+    # class 0's scores are all tied: every pair counts one half
+    assert S.class_aucs(scores, labels, 2)[0] == pytest.approx(0.5)
+    # a threshold shift (a constant added to one class's scores) and a monotone map leave it as it was
+    assert S.class_aucs(scores + torch.tensor([0.0, 7.0]), labels, 2) == S.class_aucs(scores, labels, 2)
+    assert S.class_aucs(scores.exp(), labels, 2) == pytest.approx(S.class_aucs(scores, labels, 2))
+    assert S.class_aucs(-scores, labels, 2)[1] == pytest.approx(1 / 6)  # reversed ranking
+    assert S.class_aucs(torch.cat([scores, scores[:, :1]], 1), labels, 3)[2] is None  # a class without test images
+    # ties among many images: the Mann-Whitney count over every pair, done by hand
+    g = torch.Generator().manual_seed(0)
+    labels, scores = torch.randint(0, 3, (300,), generator=g), torch.randint(0, 4, (300, 3), generator=g).float()
+    for c, auc in enumerate(S.class_aucs(scores, labels, 3)):
+        pos, neg = scores[labels == c, c], scores[labels != c, c]
+        pairs = (pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()
+        assert auc == pytest.approx(pairs.mean().item(), abs=1e-12)
+
+
 def test_minority_and_majority_groups():
     assert S.group_classes([5000, 50], "minority") == [1] and S.group_classes([5000, 50], "majority") == [0]
     lt = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
@@ -498,6 +519,13 @@ def test_quick_mode_end_to_end(tmp_path):
             assert all(r["no_minority_frac"] == 0 for r in runs)  # every class in every batch
         s = b["summary"][m]
         assert s["final_minority_acc"]["values"] == [r["final"]["minority_acc"] for r in runs]
+        # the threshold-free view: per class in [0, 1]; the binary minority's and majority's are one number (a
+        # model's two log-probabilities rank the images in opposite orders)
+        for r in runs:
+            auc = r["final"]["auc"]
+            assert all(0 <= a <= 1 for a in auc) and auc[1] == pytest.approx(auc[0], abs=1e-4)
+            assert r["final"]["minority_auc"] == auc[1] and r["final"]["mean_auc"] == pytest.approx(sum(auc) / 2)
+        assert s["final_minority_auc"]["values"] == [r["final"]["minority_auc"] for r in runs]
     # Paired design: erm and both class-weight variants see the same batches for a seed.
     for m in ("class_weights", "class_weights_n", "class_weights_u"):
         for r, e in zip(b["runs"][m], b["runs"]["erm"]):
@@ -511,8 +539,9 @@ def test_quick_mode_end_to_end(tmp_path):
     assert "Mode **quick**, model **smallcnn**" in md and "device **cpu**" in md and "synthetic" in md
     for name, st in res["settings"].items():
         for m, s in st["summary"].items():
-            f = s["final_minority_acc"]
+            f, a = s["final_minority_acc"], s["final_minority_auc"]
             assert f"| {m} | {f['mean']:.1f} ± {f['std']:.2f} |" in md
+            assert f" | {a['mean']:.3f} ± {a['std']:.3f} | " in md
             # ... and the last column, the minority's pull and the others' push at the start, from the runs' records
             assert S.early_pull(st, m) is not None
             assert any(x.startswith(f"| {m} | ") and x.endswith(f" | {S._pull_cell(st, m)} |") for x in md.splitlines())
@@ -534,7 +563,8 @@ def test_quick_mode_end_to_end(tmp_path):
     for name, st in res["settings"].items():
         o = st["summary"]["oversampling"]
         assert (f"final balanced accuracy {o['final_balanced_acc']['mean']:.1f} ± {o['final_balanced_acc']['std']:.2f}, "
-                f"minority accuracy {o['final_minority_acc']['mean']:.1f} ± {o['final_minority_acc']['std']:.2f}.") in text
+                f"minority accuracy {o['final_minority_acc']['mean']:.1f} ± {o['final_minority_acc']['std']:.2f}, "
+                f"minority AUC {o['final_minority_auc']['mean']:.3f} ± {o['final_minority_auc']['std']:.3f}.") in text
         for m in ("class_weights", "class_weights_n", "class_weights_u"):
             f = st["summary"][m]["final_balanced_acc"]
             assert f"  - {m} (" in text and f"final balanced accuracy {f['mean']:.1f} ± {f['std']:.2f} (" in text
@@ -610,6 +640,15 @@ def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with
             "oversampling 80.00 (2 seeds) on x-exp-r10, the same order; class_weights 69.80 (3 seeds) against "
             "oversampling 65.16 (1 seed) on x-exp-r100, the other way round.") in line
     assert S.verdict_lines(studies[1:], table) == []
+    assert "Threshold-free" not in line  # no study recorded the AUC
+    # where the runs recorded the minority AUC: every form's beside oversampling's, per (setting, model) pair
+    auc = lambda **means: {m: {"mean": v, "std": 0.01, "n": 5} for m, v in means.items()}  # noqa: E731
+    for m, a in auc(oversampling=0.9, class_weights=0.85, class_weights_u=0.875).items():
+        studies[0][1]["settings"]["binary"]["summary"][m]["final_minority_auc"] = a
+    (line,) = S.verdict_lines(studies)
+    assert ("Threshold-free, where recorded (the final minority AUC, mean over seeds; a shift of the decision "
+            "threshold does not change it): binary, smallcnn: oversampling 0.900, class_weights 0.850, "
+            "class_weights_u 0.875. Balanced accuracy at the argmax") in line
 
 
 def test_an_lr_sweep_is_a_table_of_every_lr_and_its_extra_studies_no_answer_of_their_own():
@@ -639,6 +678,17 @@ def test_an_lr_sweep_is_a_table_of_every_lr_and_its_extra_studies_no_answer_of_t
     lines = S.lr_sweep_lines(with_n)
     assert "| class_weights_n | — | 58.0 ± 1.00 | — |" in lines
     assert "With plain SGD, class_weights_n at lr 0.1 is class_weights_u at lr 0.00396." in lines  # 4 / (100 x 100/99)
+    assert not any("minority AUC" in x for x in lines)  # no study recorded it
+    # the same runs' minority AUC, in a table of its own: an lr whose study did not record it shows a dash
+    for d, res in with_n[:2]:
+        for m, sm in res["settings"]["binary"]["summary"].items():
+            sm["final_minority_auc"] = {"mean": 0.5 + sm["final_balanced_acc"]["mean"] / 1000, "std": 0.02, "n": 5}
+    lines = S.lr_sweep_lines(with_n)
+    at = lines.index("The same runs' final minority AUC (threshold-free; —: not run, or not recorded):")
+    assert lines[at + 2:at + 8] == ["| method | lr 0.01 | lr 0.1 | lr 0.3 |", "|---|---|---|---|",
+                                    "| oversampling | — | 0.570 ± 0.020 | 0.560 ± 0.020 |",
+                                    "| class_weights_n | — | 0.558 ± 0.020 | — |",
+                                    "| class_weights_u | — | — | 0.562 ± 0.020 |", ""]
     (line,) = S.verdict_lines(studies)
     assert "in 1 of the 2 (setting, model) pairs measured" in line  # base and longer: the extras are no pairs
     assert ("In the lr sweep of binary, smallcnn (lr 0.01 to 0.3, the table below) oversampling ends above "
