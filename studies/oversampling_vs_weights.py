@@ -1582,8 +1582,8 @@ def _pcn_results(studies, setting):
 def _pcn_cells(d, st, m, S):
     n = S["final_balanced_acc"]["n"]
     return (f"{st['model']} | {st['batch_size']} | {n} x {st['steps']} | {_mean_std(S['final_balanced_acc'])} | "
-            f"{_mean_std(S['final_minority_acc'])} | {S['final_minority_zero_seeds']}/{n} | {_pull_cell(st, m)} | "
-            f"[{d}]({d}/SUMMARY.md) |")
+            f"{_mean_std(S['final_minority_acc'])} | {_auc(S)} | {S['final_minority_zero_seeds']}/{n} | "
+            f"{_pull_cell(st, m)} | [{d}]({d}/SUMMARY.md) |")
 
 
 def pcn_batch_lines(studies):
@@ -1602,20 +1602,23 @@ def pcn_batch_lines(studies):
         L += ["PCNSGD in the binary setting (1:99; each class's gradient normalized to unit length), by the images of "
               "each class in a step: pcnsgd splits the batch by the class counts with at least 1 image per class "
               "(methods/pcn_sgd.py), pcnsgd_o splits it equally (PCNSGD+O). Collapsed: seeds whose final model "
-              "classified no minority test image correctly. " + PULL_NOTE, "",
+              "classified no minority test image correctly. Final minority AUC: threshold-free (n/a: not recorded). "
+              + PULL_NOTE, "",
               "| images per step, majority + minority | method | model | batch | seeds x steps | final balanced acc | "
-              "final minority acc | collapsed | first tenth: minority's own pull / others' push | study |",
-              "|---|---|---|---|---|---|---|---|---|---|"] + \
+              "final minority acc | final minority AUC | collapsed | first tenth: minority's own pull / others' push "
+              "| study |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"] + \
             [line for _, line in sorted(rows, key=lambda t: t[0])]
     if lt:
         L += ([""] if L else []) + [
             "PCNSGD in the lt10 setting (CIFAR-10-LT R=100), by the length of the run: pcnsgd splits the batch by "
             "the class counts with at least 1 image per class, as run_all.sh's pcnsgd row does, pcnsgd_o "
             "equally. Minority: the 3 smallest classes; collapsed: seeds whose final model classified no test image "
-            "of them correctly; own pull / others' push as in the binary table.", "",
+            "of them correctly; minority AUC, own pull / others' push as in the binary table.", "",
             "| images per step, largest class first | method | model | batch | seeds x steps | final balanced acc | "
-            "final minority acc | collapsed | first tenth: minority's own pull / others' push | study |",
-            "|---|---|---|---|---|---|---|---|---|---|"] + \
+            "final minority acc | final minority AUC | collapsed | first tenth: minority's own pull / others' push "
+            "| study |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"] + \
             [line for _, line in sorted(lt, key=lambda t: t[0])]
         by = [(d, st, m, early_push_by_class(st, m)) for d, st, m, _, _ in _pcn_results(studies, "lt10")]
         by = [(d, st, m, v) for d, st, m, v in by if v]

@@ -576,8 +576,9 @@ def test_quick_mode_end_to_end(tmp_path):
     for m, sizes in (("pcnsgd", "14 + 2"), ("pcnsgd_o", "8 + 8")):
         assert b["runs"][m][0]["per_class_batch"] == [int(k) for k in sizes.split(" + ")]
         f, mn = b["summary"][m]["final_balanced_acc"], b["summary"][m]["final_minority_acc"]
+        a = b["summary"][m]["final_minority_auc"]
         assert (f"| {sizes} | {m} | smallcnn | 16 | {f['n']} x {b['steps']} | {f['mean']:.1f} ± {f['std']:.2f} | "
-                f"{mn['mean']:.1f} ± {mn['std']:.2f} |") in text
+                f"{mn['mean']:.1f} ± {mn['std']:.2f} | {a['mean']:.3f} ± {a['std']:.3f} |") in text
     # ... and the lt10 one, by the length of the run (a second study, the same runs filed with 3x the
     # steps): one row per method and study, pcnsgd's rows first, the per-class batch written out largest class first
     lt = res["settings"]["lt10"]
@@ -592,10 +593,11 @@ def test_quick_mode_end_to_end(tmp_path):
         sizes = lt["runs"][m][0]["per_class_batch"]
         assert len(sizes) == len(lt["train_counts"]) and sizes == sorted(sizes, reverse=True)
         f, mn = lt["summary"][m]["final_balanced_acc"], lt["summary"][m]["final_minority_acc"]
+        a = lt["summary"][m]["final_minority_auc"]
         for steps, folder in ((lt["steps"], "full"), (3 * lt["steps"], "longer")):
             want.append(f"| {' '.join(map(str, sizes))} | {m} | smallcnn | {lt['batch_size']} | {f['n']} x {steps} | "
                         f"{f['mean']:.1f} ± {f['std']:.2f} | {mn['mean']:.1f} ± {mn['std']:.2f} | "
-                        f"{lt['summary'][m]['final_minority_zero_seeds']}/{f['n']} | "
+                        f"{a['mean']:.3f} ± {a['std']:.3f} | {lt['summary'][m]['final_minority_zero_seeds']}/{f['n']} | "
                         f"{S._pull_cell({**lt, 'steps': steps}, m)} | [{rel}/{folder}]({rel}/{folder}/SUMMARY.md) |")
     assert rows == want
     # ... and below it, the others' push by the class that pushes, one line per lt10 study and method
