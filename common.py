@@ -723,11 +723,11 @@ def _map_tensors(fn, out):
 # ------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict(model, data, fp32=False, log=False):
+def predict(model, data, fp32=False, logits=False):
     """Softmax probabilities of the whole test set, in one pass of large batches: in bf16 on CUDA as the training
     (fast, for the curves), or in fp32 (fp32=True: the final evaluation, whose top-1 and ECE are reported; bf16
-    logits, 8-bit mantissa, can flip near-ties). log=True: log-probabilities instead, scores to rank images by
-    (a confident image's probability rounds to 1 in fp32, and ties with every other one; its log does not)."""
+    logits, 8-bit mantissa, can flip near-ties). logits=True: the logits instead (as float32), for scores that
+    rounding would tie (a confident image's probability rounds to 1, an unlikely class's to 0)."""
     was_training = model.training
     model.eval()
     size = 2500 if data.device.type == "cuda" else 500
@@ -738,8 +738,8 @@ def predict(model, data, fp32=False, log=False):
     try:
         for x, _ in data.test_batches(size):
             with torch.autocast(data.device.type, enabled=False) if fp32 else autocast(data.device):
-                logits = model(x).float()
-                probs.append(logits.log_softmax(1) if log else logits.softmax(1))
+                z = model(x).float()
+                probs.append(z if logits else z.softmax(1))
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
         model.train(was_training)

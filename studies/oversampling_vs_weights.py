@@ -35,8 +35,8 @@ gradient norm and its cosine with the class's full gradient on the probe subset 
 noise); the cosine of the step direction with each class's full gradient (< 0: the step raises that class's
 loss to first order), and that first-order effect split into the class's own term and the other classes' terms
 (pull_split; the minority's own pull and the others' push at the start of a run: early_pull); the spread of the
-final accuracy over seeds; the final model's one-vs-rest ROC AUC per class (class_aucs: threshold-free, so it
-separates how well a model ranks the minority from where its logits put the decision). "Minority" is the
+final accuracy over seeds; the final model's one-vs-rest ROC AUC per class (class_aucs of the log_odds: a ranking,
+so it separates how well a model ranks the minority from where its logits put the decision). "Minority" is the
 max(1, C//3) smallest classes (binary: truck; lt10: the 3 tail classes), "majority" the max(1, C//3) largest.
 Outputs in --out: study.json (everything), <setting>_per_class.png, <setting>_update_norms.png,
 <setting>_directional_noise.png, <setting>_final_spread.png and SUMMARY.md, generated from study.json alone.
@@ -254,11 +254,23 @@ def initial_rise(steps, values):
     return {"rise": rise, "back_at_step": back if rise > 0 else steps[0]}
 
 
+def log_odds(logits):
+    """Each class's log-odds, log(p_c / (1 - p_c)) = z_c - log sum_{j != c} exp(z_j), from the logits: it orders the
+    images as p_c does (one-vs-rest AUCs of p_c, as sklearn's), but without rounding. In fp32 a confident image's p_c
+    rounds to 1 and log_softmax's log p_c to 0, so such images all tie; their log-odds stay apart."""
+    out = torch.empty_like(logits)
+    for c in range(logits.shape[1]):
+        out[:, c] = logits[:, c] - torch.cat([logits[:, :c], logits[:, c + 1:]], 1).logsumexp(1)
+    return out
+
+
 def class_aucs(scores, labels, num_classes):
     """Each class's one-vs-rest ROC AUC, in [0, 1]: the chance that an image of class c scores higher on scores[:, c]
     than an image of another class (a tie counts one half; Mann-Whitney). None for a class with no test image or no
-    other one. No decision threshold enters it: a shift of the logits that moves where a model decides (which a
-    class weight or a prior does) changes its accuracies at the argmax, not this."""
+    other one. With scores = log_odds(logits) no decision threshold enters it in the binary setting: a shift of
+    the logits that moves where a model decides (which a class weight or a prior does) changes its accuracies at
+    the argmax, not this. With more classes a shift of class c's own logit leaves c's AUC as it is; a shift of
+    the others' logits can reorder images that the others score differently."""
     out = []
     for c in range(num_classes):
         pos, neg = scores[labels == c, c], scores[labels != c, c].sort().values
@@ -657,7 +669,7 @@ def train_one(args, setting, method, seed, log=print):
     final = evaluate(steps)
     probe_final = probe_losses(model, pool, probe, C)
     per_class = final["per_class_acc"]
-    aucs = class_aucs(common.predict(model, pool, fp32=True, log=True).cpu(), pool.test_y.cpu(), C)
+    aucs = class_aucs(log_odds(common.predict(model, pool, fp32=True, logits=True).cpu()), pool.test_y.cpu(), C)
     out = {
         "method": method, "seed": seed, "lr": base_lr, "steps": steps, "batch_size": B,
         "per_class_batch": sizes, "images_per_step": int(plan.shape[1]),
@@ -671,6 +683,7 @@ def train_one(args, setting, method, seed, log=print):
                   "minority_acc": rnd(mean_or_none([per_class[c] for c in minority])),
                   "majority_acc": rnd(mean_or_none([per_class[c] for c in setting["majority"]])),
                   "balanced_acc": rnd(sum(per_class) / C), "probe_loss": rnd(probe_final),
+                  "auc_scores": "log_odds",  # studies before it ranked by fp32 log-probabilities, which tie
                   "auc": rnd(aucs), "minority_auc": rnd(mean_or_none([aucs[c] for c in minority])),
                   "mean_auc": rnd(mean_or_none(aucs))},
         "wall_time_s": time.time() - t0,
@@ -775,9 +788,10 @@ def aggregate_method(runs, setting_meta, targets):
     for key in ("minority_acc", "majority_acc", "balanced_acc", "top1"):
         vals = [r["final"][key] for r in runs]
         out[f"final_{key}"] = {**stats(vals), "values": vals}
-    # The threshold-free view (class_aucs), in runs that recorded it (studies made before it did not).
+    # The ranking view (class_aucs), in runs that recorded it from the log-odds (older studies did not, or ranked
+    # by log-probabilities, which round to 0 for confident images and tie: not shown).
     for key in ("minority_auc", "mean_auc"):
-        vals = [r["final"].get(key) for r in runs]
+        vals = [r["final"].get(key) if r["final"].get("auc_scores") == "log_odds" else None for r in runs]
         out[f"final_{key}"] = {**stats(vals), "values": vals} if None not in vals else None
     # Seeds whose final model gets no minority test image right (collapsed onto the majority): their spread is 0.
     out["final_minority_zero_seeds"] = sum(r["final"]["minority_acc"] == 0 for r in runs)
@@ -1246,7 +1260,7 @@ def headline(c, S):
     fm = c["final_minority_acc"]
     third = (f"Final minority accuracy {_f(fm['a_mean'])} ± {_f(fm['a_std'], 2)} ({a}) vs {_f(fm['b_mean'])} ± "
              f"{_f(fm['b_std'], 2)} ({b}), final balanced accuracy {_f(fb['a_mean'])} vs {_f(fb['b_mean'])}"
-             + (f", final minority AUC (threshold-free) {_auc(S[a])} vs {_auc(S[b])}."
+             + (f", final minority AUC {_auc(S[a])} vs {_auc(S[b])}."
                 if S[a].get("final_minority_auc") and S[b].get("final_minority_auc") else "."))
     zero = [f"{m} in {S[m]['final_minority_zero_seeds']}/{S[m]['final_minority_acc']['n']} seeds" for m in (a, b)
             if S[m]["final_minority_zero_seeds"]]
@@ -1348,11 +1362,13 @@ def _mean_std(x):
     return f"{_f(x['mean'])} ± {_f(x['std'], 2)}"
 
 
-AUC_NOTE = ("Minority AUC: the one-vs-rest ROC AUC of the final model's log-probability of each minority class on the "
-            "test set (class_aucs; 0.5: chance, 1: every image of the class ranked above every other image), mean over "
-            "the minority classes, then over seeds; no decision threshold enters it, so a method whose features rank "
-            "the minority well but whose logits decide for the majority has a high AUC and a low accuracy; n/a: "
-            "the study ran before it was recorded.")
+AUC_NOTE = ("Minority AUC: the one-vs-rest ROC AUC of the final model's probability of each minority class on the "
+            "test set, ranked by its log-odds (class_aucs of log_odds; 0.5: chance, 1: every image of the class "
+            "ranked above every other image), mean over the minority classes, then over seeds. It is a ranking: in "
+            "the binary setting no decision threshold enters it (with more classes, no shift of the class's own "
+            "logit), so a method whose features rank the minority well but whose logits decide for the majority "
+            "has a high AUC and a low accuracy; n/a: not recorded (studies before 3692d40), or ranked by "
+            "log-probabilities, which tie where they round to 0 (studies from 3692d40 to the log-odds).")
 
 
 def _auc_text(a):
@@ -1476,7 +1492,7 @@ def lr_sweep_lines(studies):
                          + " |")
         auc = _sweep_accs(name, runs, "final_minority_auc")
         if auc:
-            L += ["", "The same runs' final minority AUC (threshold-free; —: not run, or not recorded):", "",
+            L += ["", "The same runs' final minority AUC (a ranking, see SUMMARY.md; —: not run, or not recorded):", "",
                   "| method | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
             L += [f"| {m} | " + " | ".join(_auc_text(auc[m][lr]) if lr in auc[m] else "—" for lr in lrs) + " |"
                   for m in ("oversampling", *WEIGHTINGS) if m in auc]
@@ -1555,8 +1571,9 @@ def verdict_lines(studies, table=None):
                              + ("the other way round" if t["class_weights"]["top1"][0] > t["oversampling"]["top1"][0]
                                 else "the same order") for setting, t in full))
     if aucs:
-        text += (". Threshold-free, where recorded (the final minority AUC, mean over seeds; a shift of the decision "
-                 "threshold does not change it): " + "; ".join(
+        text += (". As a ranking, where recorded (the final minority AUC, mean over seeds; no shift of the decision "
+                 "threshold changes it in the binary setting, no shift of a minority class's own logit in lt10): "
+                 + "; ".join(
                      f"{pair}: " + ", ".join(f"{m} {a:.3f}" for m, a in ranked) for pair, ranked in aucs))
     return [text + ". Balanced accuracy at the argmax, which also shows where a method leaves the decision "
                    "threshold, mean over seeds; the lines below give the spread and the s.e."]
@@ -1602,7 +1619,8 @@ def pcn_batch_lines(studies):
         L += ["PCNSGD in the binary setting (1:99; each class's gradient normalized to unit length), by the images of "
               "each class in a step: pcnsgd splits the batch by the class counts with at least 1 image per class "
               "(methods/pcn_sgd.py), pcnsgd_o splits it equally (PCNSGD+O). Collapsed: seeds whose final model "
-              "classified no minority test image correctly. Final minority AUC: threshold-free (n/a: not recorded). "
+              "classified no minority test image correctly. Final minority AUC: a ranking, which no decision threshold "
+              "changes (n/a: not recorded). "
               + PULL_NOTE, "",
               "| images per step, majority + minority | method | model | batch | seeds x steps | final balanced acc | "
               "final minority acc | final minority AUC | collapsed | first tenth: minority's own pull / others' push "
@@ -1639,7 +1657,7 @@ def readme_lines(results_dir):
         path = os.path.join(results_dir, d, "study.json")
         if os.path.isfile(path):
             with open(path) as f:
-                res = json.load(f)
+                res = drop_tied_aucs(json.load(f))
             if res.get("study") == "oversampling_vs_weights" and res.get("mode") != "quick":
                 found.append((res["args"]["model"] != "resnet32", d, res))
     rel = os.path.relpath(results_dir, ROOT)
@@ -1668,6 +1686,16 @@ def readme_lines(results_dir):
     if not found:
         L += ["No study without --quick has run yet: `python studies/oversampling_vs_weights.py` writes results/study/."]
     return L
+
+
+def drop_tied_aucs(res):
+    """A study.json read back: the summaries' minority and mean AUC only where every run ranked by the log-odds
+    (runs from 3692d40 until them ranked by fp32 log-probabilities, which round to 0 and tie). Returns res."""
+    for setting in res.get("settings", {}).values():
+        for m, runs in setting.get("runs", {}).items():
+            if any(r["final"].get("auc_scores") != "log_odds" for r in runs):
+                setting["summary"][m].update(final_minority_auc=None, final_mean_auc=None)
+    return res
 
 
 def write_outputs(res, out, plots=True):
@@ -1827,7 +1855,7 @@ def main(argv=None):
                 raise common.UserError(f"{args.from_json} is not JSON ({e})")
         common.check(res.get("study") == "oversampling_vs_weights",
                      f"{args.from_json} is not a study.json of this study")
-        for p in write_outputs(res, os.path.dirname(os.path.abspath(args.from_json)))[1:]:
+        for p in write_outputs(drop_tied_aucs(res), os.path.dirname(os.path.abspath(args.from_json)))[1:]:
             print(f"wrote {p}")
         return
     cores()  # fail early if a method file is missing

@@ -295,12 +295,13 @@ def test_predict_uses_the_running_statistics_and_leaves_the_model_as_it_was():
         expected = model(data.normalize(data.test_x)).softmax(1)
     assert torch.allclose(probs, expected, atol=1e-5)
     with torch.no_grad():
-        expected = model(data.normalize(data.test_x)).log_softmax(1)
+        expected = model(data.normalize(data.test_x))
     model.train()
-    logp = common.predict(model, data, fp32=True, log=True)  # log-probabilities: the same model's, in log space
-    assert torch.allclose(logp, expected, atol=1e-4) and torch.allclose(logp.exp(), probs, atol=1e-5)
-    # this untrained net's logits lie far apart: probabilities round to 0 (all tied), their logs stay finite
-    assert (probs == 0).any() and logp.isfinite().all()
+    z = common.predict(model, data, fp32=True, logits=True)  # the logits: the same model's, before the softmax
+    assert z.dtype == torch.float32 and torch.allclose(z, expected, atol=1e-4)
+    assert torch.allclose(z.softmax(1), probs, atol=1e-5)
+    # this untrained net's logits lie far apart: probabilities round to 0 (all tied), the logits do not
+    assert (probs == 0).any() and z.isfinite().all()
 
 
 def test_empty_group_is_absent_not_zero():

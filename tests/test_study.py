@@ -107,6 +107,22 @@ def test_class_aucs_count_the_pairs_ranked_right_and_ignore_the_threshold():
         assert auc == pytest.approx(pairs.mean().item(), abs=1e-12)
 
 
+def test_log_odds_rank_as_the_probabilities_do_without_their_ties():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(200, 4, generator=g, dtype=torch.float64)
+    p = z.softmax(1)
+    assert torch.allclose(S.log_odds(z), (p / (1 - p)).log(), atol=1e-10)
+    # confident images, as a collapsed model's: log p of the likely class rounds to 0 in fp32 and ties; the
+    # log-odds stay apart, so each class's AUC is the exact one, and the two of a binary model are equal
+    labels = torch.randint(0, 2, (400,), generator=g)
+    z = torch.stack([torch.zeros(400), 20 + 10 * torch.rand(400, generator=g) + 2 * labels], 1)
+    assert (z.log_softmax(1)[:, 1] == 0).sum() > 100
+    tied, exact = S.class_aucs(z.log_softmax(1), labels, 2), S.class_aucs(S.log_odds(z), labels, 2)
+    pos, neg = z[labels == 1, 1].double(), z[labels == 0, 1].double()
+    assert exact[1] == exact[0] == pytest.approx((pos[:, None] > neg[None]).double().mean().item(), abs=1e-12)
+    assert tied[1] < exact[1] - 0.1  # what the rounded log-probabilities would have reported
+
+
 def test_minority_and_majority_groups():
     assert S.group_classes([5000, 50], "minority") == [1] and S.group_classes([5000, 50], "majority") == [0]
     lt = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
@@ -405,6 +421,20 @@ def test_aggregation_comparison_and_verdict_on_hand_made_runs():
     # over the evaluations (45 and 30), averaged over seeds
     assert agg["loss_share"] == pytest.approx({"minority": 0.2, "majority": 0.8, "all": 1.0})
     assert agg["minority_acc_auc"]["mean"] == pytest.approx((45.0 + 30.0) / 2)
+    # the final minority AUC: from runs that ranked by the log-odds; a study that did not record it, or ranked by
+    # log-probabilities (which tie), shows none
+    assert agg["final_minority_auc"] is None
+    for r, a in zip(fast, (0.75, 0.65)):
+        r["final"].update(minority_auc=a, mean_auc=a, auc_scores="log_odds")
+    assert S.aggregate_method(fast, meta, targets)["final_minority_auc"]["mean"] == pytest.approx(0.7)
+    fast[1]["final"]["auc_scores"] = "log_probs"
+    assert S.aggregate_method(fast, meta, targets)["final_minority_auc"] is None
+    # the same for a study.json read back: a summary written from tied scores loses its AUC
+    res = {"settings": {"binary": {"runs": {"a": fast, "b": fast[:1]},
+                                   "summary": {"a": {"final_minority_auc": 1, "final_mean_auc": 1},
+                                               "b": {"final_minority_auc": 1, "final_mean_auc": 1}}}}}
+    assert S.drop_tied_aucs(res)["settings"]["binary"]["summary"] == {
+        "a": {"final_minority_auc": None, "final_mean_auc": None}, "b": {"final_minority_auc": 1, "final_mean_auc": 1}}
     # norm 1 in the batches with a minority image (steps 0, 2, 4), 3 in those without; then a skewed run: mean 2,
     # median 1, CV = std / mean (population std)
     un = S.aggregate_method([_record([0, 50, 60, 70], 70.0, [1.0, 3.0] * 3 + [100.0] * 3, present)], meta,
@@ -519,11 +549,12 @@ def test_quick_mode_end_to_end(tmp_path):
             assert all(r["no_minority_frac"] == 0 for r in runs)  # every class in every batch
         s = b["summary"][m]
         assert s["final_minority_acc"]["values"] == [r["final"]["minority_acc"] for r in runs]
-        # the threshold-free view: per class in [0, 1]; the binary minority's and majority's are one number (a
-        # model's two log-probabilities rank the images in opposite orders)
+        # the ranking view: per class in [0, 1]; the binary minority's and majority's are one number (a
+        # model's two log-odds rank the images in opposite orders)
         for r in runs:
             auc = r["final"]["auc"]
-            assert all(0 <= a <= 1 for a in auc) and auc[1] == pytest.approx(auc[0], abs=1e-4)
+            assert all(0 <= a <= 1 for a in auc) and auc[1] == auc[0]  # the log-odds z1 - z0 and z0 - z1
+            assert r["final"]["auc_scores"] == "log_odds"
             assert r["final"]["minority_auc"] == auc[1] and r["final"]["mean_auc"] == pytest.approx(sum(auc) / 2)
         assert s["final_minority_auc"]["values"] == [r["final"]["minority_auc"] for r in runs]
     # Paired design: erm and both class-weight variants see the same batches for a seed.
@@ -642,14 +673,15 @@ def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with
             "oversampling 80.00 (2 seeds) on x-exp-r10, the same order; class_weights 69.80 (3 seeds) against "
             "oversampling 65.16 (1 seed) on x-exp-r100, the other way round.") in line
     assert S.verdict_lines(studies[1:], table) == []
-    assert "Threshold-free" not in line  # no study recorded the AUC
+    assert "As a ranking" not in line  # no study recorded the AUC
     # where the runs recorded the minority AUC: every form's beside oversampling's, per (setting, model) pair
     auc = lambda **means: {m: {"mean": v, "std": 0.01, "n": 5} for m, v in means.items()}  # noqa: E731
     for m, a in auc(oversampling=0.9, class_weights=0.85, class_weights_u=0.875).items():
         studies[0][1]["settings"]["binary"]["summary"][m]["final_minority_auc"] = a
     (line,) = S.verdict_lines(studies)
-    assert ("Threshold-free, where recorded (the final minority AUC, mean over seeds; a shift of the decision "
-            "threshold does not change it): binary, smallcnn: oversampling 0.900, class_weights 0.850, "
+    assert ("As a ranking, where recorded (the final minority AUC, mean over seeds; no shift of the decision "
+            "threshold changes it in the binary setting, no shift of a minority class's own logit in lt10): "
+            "binary, smallcnn: oversampling 0.900, class_weights 0.850, "
             "class_weights_u 0.875. Balanced accuracy at the argmax") in line
 
 
@@ -686,7 +718,7 @@ def test_an_lr_sweep_is_a_table_of_every_lr_and_its_extra_studies_no_answer_of_t
         for m, sm in res["settings"]["binary"]["summary"].items():
             sm["final_minority_auc"] = {"mean": 0.5 + sm["final_balanced_acc"]["mean"] / 1000, "std": 0.02, "n": 5}
     lines = S.lr_sweep_lines(with_n)
-    at = lines.index("The same runs' final minority AUC (threshold-free; —: not run, or not recorded):")
+    at = lines.index("The same runs' final minority AUC (a ranking, see SUMMARY.md; —: not run, or not recorded):")
     assert lines[at + 2:at + 8] == ["| method | lr 0.01 | lr 0.1 | lr 0.3 |", "|---|---|---|---|",
                                     "| oversampling | — | 0.570 ± 0.020 | 0.560 ± 0.020 |",
                                     "| class_weights_n | — | 0.558 ± 0.020 | — |",
