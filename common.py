@@ -1262,7 +1262,7 @@ PAPER_TOP1 = {
                              "class_weights": 86.54, "erm_drw": 86.88, "cb_focal": 87.10, "ldam": 86.96,
                              "ldam_drw": 88.16, "mm_drw": 88.56, "mm_ldam_drw": 88.74},
     ("cifar10", "step", 100): {"erm": 63.30, "focal": 63.91, "oversampling": 61.86, "drs": 72.03,
-                               "class_weights": 61.94, "erm_drw": 71.60, "ldam": 66.58, "ldam_drw": 76.92,
+                               "class_weights": 61.94, "erm_drw": 71.60, "cb_focal": 60.27, "ldam": 66.58, "ldam_drw": 76.92,
                                "mm_drw": 77.17, "mm_ldam_drw": 78.18},
     ("cifar100", "exp", 100): {"erm": 38.32, "focal": 38.41, "oversampling": 33.44, "drs": 40.33,
                                "class_weights": 33.99, "erm_drw": 40.66, "cb_focal": 36.02, "ldam": 39.60,

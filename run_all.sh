@@ -9,8 +9,9 @@
 #
 # Environment: DATA_DIR (an ImageFolder with train/ and test/) or DATA_FLAGS (e.g. "--dataset cifar10
 # --download" for the original CIFAR-10 through torchvision), SEEDS ("0 1 2"), SETTINGS ("exp:100"),
-# JOBS (runs at once; 4 eager runs on one GPU give about 3x the throughput of 1), FAST (1: every run with --fast,
-# one CUDA graph per training step, the same math ~4x faster on a GPU; 0: the plain eager path; no effect on CPU),
+# JOBS (runs at once; 4 eager runs under MPS gave 3.6x the throughput of 1 on an H200: results/SPEED.md), FAST
+# (1: every run with --fast, one CUDA graph per training step, the same math 4.6x faster per epoch there; 0: the
+# plain eager path; no effect on CPU),
 # MPS (1: run under a CUDA MPS daemon, started here and stopped at the end, so that the kernels of the JOBS runs
 # can share the GPU at once instead of taking turns), DEADLINE (seconds: no run starts that is expected to end
 # later, judged by the wall time of the same method's finished runs, or the longest known run for a method never
@@ -129,7 +130,7 @@ for i in "${!jobs_list[@]}"; do
   fi
   [ "$seconds" -ge 0 ] && { [ "${est["$row|$itype$ratio"]:--1}" -ge "$seconds" ] || est["$row|$itype$ratio"]=$seconds; }
 done
-# the runs a checkpoint holds part of go first: they end soonest, and their checkpoints (3.5 MB each) do not pile up
+# the runs a checkpoint holds part of go first: they end soonest, and their checkpoints (~3.8 MB each) do not pile up
 todo=(${partial[@]+"${partial[@]}"} ${todo[@]+"${todo[@]}"})
 
 started=0 finished=0 failed=0 deferred=0 cut=0

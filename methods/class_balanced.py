@@ -41,7 +41,8 @@ Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight deca
 Result:    cb_softmax 70.35 (n=1); cb_focal 69.54 (n=1) top-1 % on JPEG CIFAR-10-LT R=100, final epoch, mean ±
            std over seeds; NVIDIA H200, torch 2.11.0+cu130 (results/RESULTS.md).
 Run:       python methods/class_balanced.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
-           (CIFAR-100-LT: add --beta 0.9 --name cb_focal_beta0.9, Cui's best there, in a folder of its own)
+           (CIFAR-100-LT: add --beta 0.999 --name cb_focal_beta0.999 to match the report's paper column, or
+           --beta 0.9 --name cb_focal_beta0.9 for Cui's best cell; each in a folder of its own)
 """
 import math
 import os

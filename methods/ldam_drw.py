@@ -2,7 +2,7 @@
 
 LDAM subtracts a class-dependent margin m_y, proportional to n_y^(-1/4), from the target logit of a cosine
 classifier, so the rare classes must be separated by a wider margin: loss = CE(s * (cos - m_y onehot), y).
-The margins are scaled so that the rarest class's is --max-m: with equal counts (ratio 1) every class gets 0.5.
+The margins are scaled so that the rarest class's is --max-m: with equal counts (ratio 1) every class gets --max-m (0.5).
 DRW trains with this loss unweighted until epoch 160 (the first lr drop), then weights each class by the
 class-balanced weight w_c = (1-beta)/(1-beta^n_c) (normalized to sum to C), so re-weighting only acts once
 the features are learned. `--loss ce` keeps the ordinary linear head and plain CE, which gives ERM-DRW.

@@ -1618,11 +1618,12 @@ def pcn_batch_lines(studies):
     if rows:
         L += ["PCNSGD in the binary setting (1:99; each class's gradient normalized to unit length), by the images of "
               "each class in a step: pcnsgd splits the batch by the class counts with at least 1 image per class "
-              "(methods/pcn_sgd.py), pcnsgd_o splits it equally (PCNSGD+O). Collapsed: seeds whose final model "
+              "(methods/pcn_sgd.py), pcnsgd_o splits it equally (PCNSGD+O); batch asked: the study's --batch-binary, "
+              "which a split rounds up (the first column). Collapsed: seeds whose final model "
               "classified no minority test image correctly. Final minority AUC: a ranking, which no decision threshold "
               "changes (n/a: not recorded). "
               + PULL_NOTE, "",
-              "| images per step, majority + minority | method | model | batch | seeds x steps | final balanced acc | "
+              "| images per step, majority + minority | method | model | batch asked | seeds x steps | final balanced acc | "
               "final minority acc | final minority AUC | collapsed | first tenth: minority's own pull / others' push "
               "| study |",
               "|---|---|---|---|---|---|---|---|---|---|---|"] + \
@@ -1631,9 +1632,9 @@ def pcn_batch_lines(studies):
         L += ([""] if L else []) + [
             "PCNSGD in the lt10 setting (CIFAR-10-LT R=100), by the length of the run: pcnsgd splits the batch by "
             "the class counts with at least 1 image per class, as run_all.sh's pcnsgd row does, pcnsgd_o "
-            "equally. Minority: the 3 smallest classes; collapsed: seeds whose final model classified no test image "
-            "of them correctly; minority AUC, own pull / others' push as in the binary table.", "",
-            "| images per step, largest class first | method | model | batch | seeds x steps | final balanced acc | "
+            "equally (batch asked: --batch-lt, rounded up as in the binary table). Minority: the 3 smallest "
+            "classes; collapsed: seeds whose final model classified no test image of them correctly; minority AUC, own pull / others' push as in the binary table.", "",
+            "| images per step, largest class first | method | model | batch asked | seeds x steps | final balanced acc | "
             "final minority acc | final minority AUC | collapsed | first tenth: minority's own pull / others' push "
             "| study |",
             "|---|---|---|---|---|---|---|---|---|---|---|"] + \

@@ -547,6 +547,23 @@ def test_gpu_scripts_parse(script):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_gpu_session_leaves_the_next_carry_room_for_its_checkpoints(tmp_path):
+    """The checkpoints that come back travel to the next session with the data archive and the repository's
+    files (64 MiB in all): room_mib is what is left of it, less 2 MiB; ignored folders do not count."""
+    script = open(os.path.join(ROOT, ".ci", "gpu-session")).read()
+    room_mib = script[script.index("room_mib() {"):script.index("\n}\n", script.index("room_mib() {")) + 3]
+    mib = 1048576
+    for path, size in [("data/cifar10-jpeg.tar.gz", 20 * mib), ("results/a.json", 10 * mib),
+                       ("data/cifar10-jpeg/train/x.jpg", 50 * mib), ("results/checkpoints/r/s/c.pt", 30 * mib),
+                       ("results/x/checkpoints/r/s/c.pt", 30 * mib), ("results/scratch/big", 9 * mib),
+                       ("common.py", mib // 2)]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp_path / path, "wb") as f:
+            f.truncate(size)
+    out = subprocess.run(["bash", "-c", room_mib + "room_mib"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.stdout.strip() == str(62 - 30 - 1)  # 30.5 MiB (and the folders) travel besides, rounded up to 31
+
+
 def test_whole_table_time_from_the_table_runs():
     """SPEED.md's estimate of the whole table: the GPU time of the --fast runs so far per ERM step their math
     needed, times the ERM steps of every row x seed (a row not run yet: ERM's steps)."""
