@@ -123,6 +123,16 @@ def load_method(name):
     return load_script(os.path.join("methods", f"{name}.py"), f"method_{name}")
 
 
+def assert_user_error(parse_args, args, needle):
+    """parse_args(args) stops with common.UserError (exit status 1, before any data is loaded) whose message is one
+    line, 'error: ...', that contains needle (the flag at fault)."""
+    import common
+    with pytest.raises(common.UserError) as e:
+        parse_args([str(a) for a in args])
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message and needle in message, message
+
+
 def read_results(out_dir):
     """{relative path: parsed JSON} of every results file under out_dir."""
     found = {}

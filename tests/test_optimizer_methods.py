@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import SMOKE_ARGS, load_method
+from conftest import SMOKE_ARGS, assert_user_error, load_method
 
 sam = load_method("sam")
 pcn = load_method("pcn_sgd")
@@ -107,21 +107,6 @@ def test_sam_gradient_is_taken_at_the_ascent_point(bn):
         torch.testing.assert_close(p.detach(), want, rtol=1e-5, atol=1e-6)
     plain = [w - lr * (gi + wd * w) for w, gi in zip(w0, g)]
     assert (flat(plain) - flat(model.parameters())).abs().max() > 1e-4  # differs from plain SGD
-
-
-def test_sam_base_pieces():
-    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
-    m = sam.ldam_margins(counts, 0.5)
-    assert m.max().item() == pytest.approx(0.5) and torch.allclose(m * torch.tensor(counts) ** 0.25, m[0] * 5000 ** 0.25)
-    assert torch.equal(sam.drw_weights(counts, 0.9999, 159, 160), torch.ones(10))
-    w = sam.drw_weights(counts, 0.9999, 160, 160)
-    assert w.sum().item() == pytest.approx(10) and w[0].item() == pytest.approx(0.051, abs=1e-3)
-    logits = torch.randn(6, 10)
-    y = torch.arange(6)
-    assert torch.allclose(sam.ldam_loss(logits, y, torch.zeros(10), s=1.0), F.cross_entropy(logits, y))
-    head = sam.NormedLinear(64, 10)
-    assert torch.allclose(head.weight.norm(dim=0), torch.ones(10), atol=1e-4)
-    assert head(torch.randn(4, 64)).abs().max() <= 1 + 1e-6
 
 
 # ------------------------------------------------------------------------------------------------
@@ -304,11 +289,7 @@ def test_groupnorm_swap_and_split_forward_match_joint():
     (pcn, ["--eps", "inf"], "--eps"),
 ])
 def test_bad_input_gives_one_line_error(module, flags, needle, tmp_path):
-    with pytest.raises(SystemExit) as e:
-        module.parse_args([*SMOKE_ARGS, "--out", str(tmp_path), *flags])
-    assert isinstance(e.value, pcn.common.UserError)
-    message = str(e.value.code)
-    assert "\n" not in message and message.startswith("error:") and needle in message, message
+    assert_user_error(module.parse_args, [*SMOKE_ARGS, "--out", tmp_path, *flags], needle)
 
 
 def test_default_names_and_rho():

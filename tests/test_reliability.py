@@ -285,6 +285,8 @@ BAD_INPUT = [  # (build(tmp_path) -> (script, args, phrases the message must con
     (_out_not_writable, False),
     (_method_arg("methods/class_balanced.py", "--beta", "1.0", "beta"), False),
     (_method_arg("methods/focal.py", "--gamma", "-1", "gamma"), False),
+    (_method_arg("methods/oversampling.py", "--sampling-power", "2", "--sampling-power"), False),
+    (_method_arg("methods/ldam_drw.py", "--beta", "1.5", "--beta must be in [0, 1), got 1.5"), False),
     (_method_arg("methods/sam.py", "--rho", "-0.1", "rho"), False),
     (_method_arg("methods/erm.py", "--seed", "-1", "--seed"), False),
     (_method_arg("methods/erm.py", "--data-seed", str(2 ** 32), "--data-seed"), False),

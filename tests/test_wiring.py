@@ -244,6 +244,7 @@ def test_the_undersampler_drives_the_batches(trained):
     per_epoch, _ = fed(out / "batches", steps, 1)
     got = as_list(per_epoch[0])
     assert all(g >= n_min for g in got) and sum(got) == steps * 64, got  # n_min each, + the last batch's fill
+    assert found["extra"]["sampled_class_counts"] == [[n_min] * 10]  # the JSON's record of the epoch's draw
 
 
 @pytest.mark.parametrize("run", [PCNSGD, PCNSGD_O], ids=["pcnsgd", "pcnsgd_o"])
