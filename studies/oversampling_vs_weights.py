@@ -1633,7 +1633,8 @@ def pcn_batch_lines(studies):
             "PCNSGD in the lt10 setting (CIFAR-10-LT R=100), by the length of the run: pcnsgd splits the batch by "
             "the class counts with at least 1 image per class, as run_all.sh's pcnsgd row does, pcnsgd_o "
             "equally (batch asked: --batch-lt, rounded up as in the binary table). Minority: the 3 smallest "
-            "classes; collapsed: seeds whose final model classified no test image of them correctly; minority AUC, own pull / others' push as in the binary table.", "",
+            "classes; collapsed: seeds whose final model classified no test image of them correctly; minority AUC, "
+            "own pull / others' push as in the binary table.", "",
             "| images per step, largest class first | method | model | batch asked | seeds x steps | final balanced acc | "
             "final minority acc | final minority AUC | collapsed | first tenth: minority's own pull / others' push "
             "| study |",
