@@ -264,6 +264,12 @@ def log_odds(logits):
     return out
 
 
+def ranked_by_log_odds(run):
+    """Whether a run's AUCs came from the log-odds (runs from 3692d40 until them ranked by fp32 log-probabilities,
+    which tie; earlier ones recorded none)."""
+    return run["final"].get("auc_scores") == "log_odds"
+
+
 def class_aucs(scores, labels, num_classes):
     """Each class's one-vs-rest ROC AUC, in [0, 1]: the chance that an image of class c scores higher on scores[:, c]
     than an image of another class (a tie counts one half; Mann-Whitney). None for a class with no test image or no
@@ -791,7 +797,7 @@ def aggregate_method(runs, setting_meta, targets):
     # The ranking view (class_aucs), in runs that recorded it from the log-odds (older studies did not, or ranked
     # by log-probabilities, which round to 0 for confident images and tie: not shown).
     for key in ("minority_auc", "mean_auc"):
-        vals = [r["final"].get(key) if r["final"].get("auc_scores") == "log_odds" else None for r in runs]
+        vals = [r["final"].get(key) if ranked_by_log_odds(r) else None for r in runs]
         out[f"final_{key}"] = {**stats(vals), "values": vals} if None not in vals else None
     # Seeds whose final model gets no minority test image right (collapsed onto the majority): their spread is 0.
     out["final_minority_zero_seeds"] = sum(r["final"]["minority_acc"] == 0 for r in runs)
@@ -1695,7 +1701,7 @@ def drop_tied_aucs(res):
     (runs from 3692d40 until them ranked by fp32 log-probabilities, which round to 0 and tie). Returns res."""
     for setting in res.get("settings", {}).values():
         for m, runs in setting.get("runs", {}).items():
-            if any(r["final"].get("auc_scores") != "log_odds" for r in runs):
+            if not all(ranked_by_log_odds(r) for r in runs):
                 setting["summary"][m].update(final_minority_auc=None, final_mean_auc=None)
     return res
 
