@@ -21,6 +21,11 @@ SMOKE_ARGS = ["--dataset", "synthetic", "--imbalance-ratio", "10", "--epochs", "
               "--eval-every", "1", "--device", "cpu"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # for training subprocesses: 2 spinning cores cost more
 
+# CIFAR-10-LT R=100: the training counts of the official code (kaidic/LDAM-DRW imbalance_cifar.py), head to tail,
+# and Cui et al.'s class-balanced weights of these counts at beta 0.9999, normalized to sum to 10 (3 decimals).
+C10_LT100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+CB_C10_LT100_9999 = [0.051, 0.077, 0.121, 0.195, 0.319, 0.525, 0.868, 1.443, 2.409, 3.993]
+
 
 def run_script(script, *args, check=True, env=None, timeout=600):
     """Run a repository script (path relative to the root) in a subprocess; return the CompletedProcess."""

@@ -5,8 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import common
-from conftest import assert_user_error, load_method
+from conftest import C10_LT100, CB_C10_LT100_9999, assert_user_error, load_method
 
 ldam = load_method("ldam_drw")
 mm = load_method("mm_drw")
@@ -15,7 +14,6 @@ cdt = load_method("cdt")
 vs = load_method("vs_loss")
 sam = load_method("sam")
 
-C10_LT100 = common.long_tail_counts(5000, 10, "exp", 100)  # [5000, 2997, ..., 50]
 SMALL = [100, 40, 10, 5]
 
 
@@ -28,10 +26,6 @@ def batch(n=12, c=4, seed=0, cosine=False):
 
 
 # ---------------------------------------------------------------- LDAM and DRW
-
-def test_c10_counts_are_the_official_ones():
-    assert C10_LT100 == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
-
 
 def test_ldam_margins_follow_n_to_the_minus_quarter_with_max_exactly_max_m():
     m = ldam.ldam_margins(SMALL, 0.7)
@@ -72,9 +66,7 @@ def test_drw_weights_are_ones_before_the_switch_and_class_balanced_after():
     assert torch.equal(ldam.drw_weights(C10_LT100, beta, 199, None), torch.ones(10))  # --no-drw
     w = ldam.drw_weights(C10_LT100, beta, 160, switch)
     assert w.sum().item() == pytest.approx(10, rel=1e-6)
-    # Cui et al., effective number: beta 0.9999 on C10 LT-100, normalized to sum to 10
-    expected = [0.051, 0.077, 0.121, 0.195, 0.319, 0.525, 0.868, 1.443, 2.409, 3.993]
-    assert w.tolist() == pytest.approx(expected, abs=6e-4)
+    assert w.tolist() == pytest.approx(CB_C10_LT100_9999, abs=6e-4)  # Cui et al., effective number
     assert torch.equal(ldam.drw_weights(C10_LT100, beta, 199, switch), w)
     for epoch in (0, 160):  # the copy in mm_drw.py agrees
         assert torch.equal(mm.drw_weights(C10_LT100, beta, epoch, switch), ldam.drw_weights(C10_LT100, beta, epoch, switch))

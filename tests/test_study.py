@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import ROOT, load_method, load_script, run_script
+from conftest import C10_LT100, ROOT, load_method, load_script, run_script
 
 STUDY = "studies/oversampling_vs_weights.py"
 
@@ -125,7 +125,7 @@ def test_log_odds_rank_as_the_probabilities_do_without_their_ties():
 
 def test_minority_and_majority_groups():
     assert S.group_classes([5000, 50], "minority") == [1] and S.group_classes([5000, 50], "majority") == [0]
-    lt = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    lt = C10_LT100
     assert S.group_classes(lt, "minority") == [7, 8, 9] and S.group_classes(lt, "majority") == [0, 1, 2]
     # ties (a step imbalance): of equal counts, the later class counts as the smaller
     step = [100, 10, 10, 10, 100, 100]
@@ -181,7 +181,7 @@ def test_unbiased_class_weights_have_the_expected_step_of_oversampling():
     for method, scale in (("class_weights_u", 1.0), ("class_weights_n", 0.0396)):
         w = S.loss_weights(method, counts, k).double()
         assert float((p * w * class_loss).sum()) == pytest.approx(scale * balanced, rel=1e-6)
-    lt = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    lt = C10_LT100
     w = S.loss_weights("class_weights_u", lt, k).double()
     assert float((torch.tensor(lt, dtype=torch.float64) * w).sum() / sum(lt)) == pytest.approx(1.0)  # mean weight 1
 
