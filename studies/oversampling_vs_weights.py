@@ -1612,7 +1612,8 @@ def _pcn_cells(d, st, m, S):
 def pcn_batch_lines(studies):
     """README's PCNSGD tables from [(folder, study.json)]: every binary-setting pcnsgd / pcnsgd_o result by the
     images of each class in a step (majority + minority), so that runs at several batch sizes (--batch-binary) line
-    up; then every lt10 one, by the number of steps. Empty when no study has them."""
+    up; then every lt10 one, by the number of steps, and its push by class in the same order. Empty when no study
+    has them."""
     rows = []
     for d, st, m, sizes, S in _pcn_results(studies, "binary"):
         (mj,), (mn,) = st["majority"], st["minority"]
@@ -1647,7 +1648,7 @@ def pcn_batch_lines(studies):
             "|---|---|---|---|---|---|---|---|---|---|---|"] + \
             [line for _, line in sorted(lt, key=lambda t: t[0])]
         by = [(d, st, m, early_push_by_class(st, m)) for d, st, m, _, _ in _pcn_results(studies, "lt10")]
-        by = [(d, st, m, v) for d, st, m, v in by if v]
+        by = sorted(((d, st, m, v) for d, st, m, v in by if v), key=lambda t: (t[2], t[1]["model"], t[1]["steps"]))
         if by:
             L += ["", "The others' push in the lt10 rows above, by the class that pushes (each class's share of the "
                   "others' push on the 3 smallest classes, which push on each other too; the studies that record it):",
