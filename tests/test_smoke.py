@@ -1,15 +1,12 @@
 """A tiny CPU run of every script in methods/ (found by glob), checking the JSON it writes. The rows of
-run_all.sh run once per session (the smoke_table fixture); a script that is in no row runs on its own. And README's
-quick start: its training command still runs, and .ci/run calls its test command."""
+run_all.sh run once per session (the smoke_table fixture); a script that is in no row runs on its own."""
 import glob
 import math
 import os
-import re
-import shlex
 
 import pytest
 
-from conftest import ROOT, SMOKE_ARGS, read_results, run_forked, run_script
+from conftest import ROOT, SMOKE_ARGS, read_results, run_script
 
 SCRIPTS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "methods", "*.py")))
 
@@ -48,35 +45,3 @@ def test_smoke_run_writes_complete_json(script, smoke_table, tmp_path):
             assert len(x["direction_norm"]) == len(x["plain_grad_norm"]) == 2
             assert all(0 < d <= 10 for d in x["direction_norm"])  # a sum of 10 unit vectors
             assert all(p > 0 for p in x["plain_grad_norm"]) and x["direction_norm"] != x["plain_grad_norm"]
-
-
-def quick_start_commands():
-    """The commands of README's quick start: the lines of the first bash block under '## Quick start' that are not
-    comments, each split into (install, run) at its '&&'."""
-    text = open(os.path.join(ROOT, "README.md")).read()
-    block = re.search(r"## Quick start\n+```bash\n(.*?)```", text, re.S).group(1)
-    return [[part.strip() for part in line.split("&&")] for line in block.splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
-
-
-def test_readme_quick_start_is_two_commands_and_ci_runs_the_second():
-    (install1, train), (install2, test) = quick_start_commands()
-    assert install1 == install2 == "pip install -r requirements.txt"
-    assert train.startswith("python methods/") and "--dataset synthetic" in train and "--device cpu" in train
-    ci = [line.strip() for line in open(os.path.join(ROOT, ".ci", "run")) if not line.lstrip().startswith("#")]
-    assert any(line.endswith("&& " + test) for line in ci), (test, ci)
-
-
-def test_readme_quick_start_trains(tmp_path):
-    """README's first command as written, but 2 epochs (not 30) and the results folder in tmp_path: its flags
-    still exist and it ends with a result."""
-    (_, train), _ = quick_start_commands()
-    python, script, *args = shlex.split(train)
-    assert python == "python" and args[args.index("--epochs") + 1] == "30" and "--out" in args
-    args[args.index("--epochs") + 1] = "2"
-    args[args.index("--out") + 1] = str(tmp_path)
-    code, out, err = run_forked(script, *args)
-    assert code == 0, err[-2000:]
-    assert "final (epoch 2)" in out
-    (r,) = read_results(tmp_path).values()
-    assert r["status"] == "completed" and r["args"]["dataset"] == "synthetic" and r["args"]["imbalance_ratio"] == 10

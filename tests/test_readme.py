@@ -1,0 +1,119 @@
+"""README's commands, checked against the code instead of trusted: the quick start runs and CI calls its test
+command, every `python <script>` command parses with that script's own parser, every variable set before
+`bash run_all.sh` is one run_all.sh reads, and the study commands are the ones that made the committed studies."""
+import glob
+import json
+import os
+import re
+import shlex
+
+import torch
+
+from conftest import ROOT, load_script, read_results, run_forked
+
+
+def readme_commands():
+    """The commands of README.md's bash blocks, one list of command lines per block in the order of the file:
+    comments dropped, lines continued with a backslash joined, and a one-line `for v in a b; do cmd; done` loop
+    written out as one command per value."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    blocks = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        commands = []
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#")[0].strip()
+            loop = re.fullmatch(r"for (\w+) in ([^;]*); do (.*); done", line)
+            if loop:
+                commands += [loop.group(3).replace("$" + loop.group(1), v) for v in loop.group(2).split()]
+            elif line:
+                commands.append(line)
+        blocks.append(commands)
+    return blocks
+
+
+def all_commands():
+    """Every simple command of README's bash blocks (a line split at its '&&'), as a list of words."""
+    return [shlex.split(part) for block in readme_commands() for line in block for part in line.split("&&")]
+
+
+def python_commands(script=None):
+    """(script, arguments) of every `python <file>.py ...` command of README (only those of `script` if given)."""
+    return [(w[1], w[2:]) for w in all_commands()
+            if len(w) > 1 and w[0] == "python" and w[1].endswith(".py") and script in (None, w[1])]
+
+
+def quick_start_commands():
+    """README's quick start (its first bash block), each command split into (install, run) at its '&&'."""
+    return [[part.strip() for part in line.split("&&")] for line in readme_commands()[0]]
+
+
+def test_readme_quick_start_is_two_commands_and_ci_runs_the_second():
+    (install1, train), (install2, test) = quick_start_commands()
+    assert install1 == install2 == "pip install -r requirements.txt"
+    assert train.startswith("python methods/") and "--dataset synthetic" in train and "--device cpu" in train
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        ci = [line.strip() for line in f if not line.lstrip().startswith("#")]
+    assert any(line.endswith("&& " + test) for line in ci), (test, ci)
+
+
+def test_readme_quick_start_trains(tmp_path):
+    """README's first command as written, but 2 epochs (not 30) and the results folder in tmp_path: its flags
+    still exist and it ends with a result."""
+    (_, train), _ = quick_start_commands()
+    python, script, *args = shlex.split(train)
+    assert python == "python" and args[args.index("--epochs") + 1] == "30" and "--out" in args
+    args[args.index("--epochs") + 1] = "2"
+    args[args.index("--out") + 1] = str(tmp_path)
+    code, out, err = run_forked(script, *args)
+    assert code == 0, err[-2000:]
+    assert "final (epoch 2)" in out
+    (r,) = read_results(tmp_path).values()
+    assert r["status"] == "completed" and r["args"]["dataset"] == "synthetic" and r["args"]["imbalance_ratio"] == 10
+
+
+def test_every_python_command_of_readme_parses(monkeypatch):
+    """Each `python <script> <flags>` of README is accepted by that script's parse_args (a renamed or removed flag
+    fails here). The GPU commands ask for CUDA, which parse_args checks: this machine is made to answer that it
+    has one, since only the flags are under test."""
+    commands = python_commands()
+    assert {s for s, _ in commands} >= {"methods/erm.py", "studies/oversampling_vs_weights.py", "studies/benchmark.py"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for script, args in commands:
+        module = load_script(script, "readme_" + re.sub(r"\W", "_", script))
+        module.parse_args(args)  # a SystemExit names the flag at fault
+
+
+def test_every_variable_set_for_run_all_is_read_by_it():
+    """`NAME=value ... bash run_all.sh` in README: run_all.sh reads each NAME (a misspelt one would be ignored)."""
+    with open(os.path.join(ROOT, "run_all.sh")) as f:
+        script = f.read()
+    names = set()
+    for words in all_commands():
+        if words[-2:] == ["bash", "run_all.sh"]:
+            names |= {w.split("=")[0] for w in words[:-2]}
+    assert {"JOBS", "FAST", "MPS", "DEADLINE", "SETTINGS", "DATA_FLAGS", "ONLY"} <= names, names
+    for name in names:
+        assert re.search(r"\$\{?" + name + r"\b", script), f"run_all.sh never reads {name}"
+
+
+def test_readme_commands_made_the_committed_studies():
+    """Each `python studies/oversampling_vs_weights.py ... --out results/X` command of README, read by the script's
+    own parser, gives the arguments results/X/study.json records (data and cache paths aside, which name the
+    machine): the listed commands are the ones that made the numbers. And every committed study has its command."""
+    study = load_script("studies/oversampling_vs_weights.py", "readme_study")
+    listed = {}
+    for _, args in python_commands("studies/oversampling_vs_weights.py"):
+        parsed = vars(study.parse_args(args))
+        if parsed["out"]:
+            listed[parsed["out"]] = parsed
+    committed = sorted(os.path.relpath(os.path.dirname(p), ROOT)
+                       for p in glob.glob(os.path.join(ROOT, "results", "*", "study.json")))
+    assert committed
+    for d in committed:
+        assert d in listed, f"README lists no command for {d}"
+        with open(os.path.join(ROOT, d, "study.json")) as f:
+            recorded = json.load(f)["args"]
+        differ = {k: (v, recorded.get(k)) for k, v in listed[d].items()
+                  if k not in ("data_dir", "cache_dir") and recorded.get(k) != v}
+        assert not differ, f"README's command for {d} differs from what made it (README, recorded): {differ}"
