@@ -77,11 +77,11 @@ def test_every_python_command_of_readme_parses(monkeypatch):
     fails here). The GPU commands ask for CUDA, which parse_args checks: this machine is made to answer that it
     has one, since only the flags are under test."""
     commands = python_commands()
-    assert {s for s, _ in commands} >= {"methods/erm.py", "studies/oversampling_vs_weights.py", "studies/benchmark.py"}
+    modules = {s: load_script(s, "readme_" + re.sub(r"\W", "_", s)) for s, _ in commands}
+    assert set(modules) >= {"methods/erm.py", "studies/oversampling_vs_weights.py", "studies/benchmark.py"}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for script, args in commands:
-        module = load_script(script, "readme_" + re.sub(r"\W", "_", script))
-        module.parse_args(args)  # a SystemExit names the flag at fault
+        modules[script].parse_args(args)  # a SystemExit names the flag at fault
 
 
 def test_every_variable_set_for_run_all_is_read_by_it():
