@@ -11,6 +11,8 @@ import torch
 
 from conftest import ROOT, load_script, read_results, run_forked
 
+STUDY = "studies/oversampling_vs_weights.py"
+
 
 def readme_commands():
     """The commands of README.md's bash blocks, one list of command lines per block in the order of the file:
@@ -43,6 +45,12 @@ def python_commands(script=None):
             if len(w) > 1 and w[0] == "python" and w[1].endswith(".py") and script in (None, w[1])]
 
 
+def parse(module, script, args, data_dir):
+    """module.parse_args(args) for README's command of `script`; the study's parser checks that its data folder
+    exists, so it gets one that does (the data is not under test, and a clean checkout has none)."""
+    return module.parse_args(args + (["--data-dir", str(data_dir)] if script == STUDY else []))
+
+
 def quick_start_commands():
     """README's quick start (its first bash block), each command split into (install, run) at its '&&'."""
     return [[part.strip() for part in line.split("&&")] for line in readme_commands()[0]]
@@ -72,16 +80,16 @@ def test_readme_quick_start_trains(tmp_path):
     assert r["status"] == "completed" and r["args"]["dataset"] == "synthetic" and r["args"]["imbalance_ratio"] == 10
 
 
-def test_every_python_command_of_readme_parses(monkeypatch):
+def test_every_python_command_of_readme_parses(monkeypatch, tmp_path):
     """Each `python <script> <flags>` of README is accepted by that script's parse_args (a renamed or removed flag
     fails here). The GPU commands ask for CUDA, which parse_args checks: this machine is made to answer that it
     has one, since only the flags are under test."""
     commands = python_commands()
     modules = {s: load_script(s, "readme_" + re.sub(r"\W", "_", s)) for s, _ in commands}
-    assert set(modules) >= {"methods/erm.py", "studies/oversampling_vs_weights.py", "studies/benchmark.py"}
+    assert set(modules) >= {"methods/erm.py", STUDY, "studies/benchmark.py"}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for script, args in commands:
-        modules[script].parse_args(args)  # a SystemExit names the flag at fault
+        parse(modules[script], script, args, tmp_path)  # a SystemExit names the flag at fault
 
 
 def test_every_variable_set_for_run_all_is_read_by_it():
@@ -97,16 +105,23 @@ def test_every_variable_set_for_run_all_is_read_by_it():
         assert re.search(r"\$\{?" + name + r"\b", script), f"run_all.sh never reads {name}"
 
 
-def test_readme_commands_made_the_committed_studies():
-    """Each `python studies/oversampling_vs_weights.py ... --out results/X` command of README, read by the script's
-    own parser, gives the arguments results/X/study.json records (data and cache paths aside, which name the
-    machine): the listed commands are the ones that made the numbers. And every committed study has its command."""
-    study = load_script("studies/oversampling_vs_weights.py", "readme_study")
+def test_readme_commands_made_the_committed_studies(tmp_path):
+    """Each `python studies/oversampling_vs_weights.py ... [--out results/X]` command of README (no --out:
+    results/study), read by the script's own parser, gives the arguments results/X/study.json records (aside from
+    the paths and the machine's own choices): the listed commands are the ones that made the numbers. And every
+    committed study has its command."""
+    study = load_script(STUDY, "readme_study")
     listed = {}
-    for _, args in python_commands("studies/oversampling_vs_weights.py"):
-        parsed = vars(study.parse_args(args))
-        if parsed["out"]:
-            listed[parsed["out"]] = parsed
+    for _, args in python_commands(STUDY):
+        parsed = vars(parse(study, STUDY, args, tmp_path))
+        if parsed["out"]:  # not --readme
+            # where it ran, not what it measured: compared only where the command sets it (unset, the parser picks
+            # what this machine has: --device auto is cpu here, cuda on a GPU, and --workers follows)
+            skip = {"data_dir", "cache_dir", "out"} | {k for k in ("device", "workers", "threads")
+                                                         if "--" + k not in args}
+            listed[os.path.relpath(os.path.join(ROOT, parsed["out"]), ROOT)] = {
+                k: v for k, v in parsed.items() if k not in skip}
+    assert os.path.join("results", "study") in listed  # the full study, the default folder
     committed = sorted(os.path.relpath(os.path.dirname(p), ROOT)
                        for p in glob.glob(os.path.join(ROOT, "results", "*", "study.json")))
     assert committed
@@ -114,6 +129,5 @@ def test_readme_commands_made_the_committed_studies():
         assert d in listed, f"README lists no command for {d}"
         with open(os.path.join(ROOT, d, "study.json")) as f:
             recorded = json.load(f)["args"]
-        differ = {k: (v, recorded.get(k)) for k, v in listed[d].items()
-                  if k not in ("data_dir", "cache_dir") and recorded.get(k) != v}
+        differ = {k: (v, recorded.get(k)) for k, v in listed[d].items() if recorded.get(k) != v}
         assert not differ, f"README's command for {d} differs from what made it (README, recorded): {differ}"
