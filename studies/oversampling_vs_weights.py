@@ -69,6 +69,7 @@ import math
 import multiprocessing
 import os
 import sys
+import threading
 import time
 import warnings
 
@@ -710,6 +711,18 @@ def set_threads(args):
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.workers))
 
 
+def _end_with_parent(parent):
+    """Worker initializer: the worker ends once the process that started it is gone (killed, even by SIGKILL or by
+    a kill of its pid alone), instead of training on as an orphan that holds the CPU or GPU for the rest of its
+    run; an orderly end (done, Ctrl-C to the group, an error) is the pool's own shutdown. POSIX: an orphan gets a
+    new parent."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _job(args, name, method, seed):
     """One run in a worker process (or in-process): builds the setting once per process."""
     set_threads(args)
@@ -778,7 +791,8 @@ def run_all(args, settings):
             done(i, job, _job(args, *job))
     elif todo:
         ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=ctx) as ex:
+        with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_end_with_parent,
+                                                    initargs=(os.getpid(),)) as ex:
             futures = {ex.submit(_job, args, *job): job for job in todo}
             for i, fut in enumerate(concurrent.futures.as_completed(futures), 1):
                 done(i, futures[fut], fut.result())

@@ -5,6 +5,10 @@ import json
 import math
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -507,6 +511,63 @@ def test_an_invocation_cut_short_keeps_its_finished_runs(tmp_path):
     (out / "runs" / "binary_erm_seed0.json").write_text(json.dumps({"key": key, "record": erm}))
     other = run_script(STUDY, *small, "--methods", "erm", "--lr", "0.05", "--out", out, timeout=300)
     assert "kept from an earlier invocation" not in other.stdout and "[1/1] binary erm seed0" in other.stdout
+
+
+def _state_and_parent(pid):
+    """(state letter, parent pid) of a process from /proc (Linux); None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+        return state, int(ppid)
+    except (OSError, ValueError):
+        return None
+
+
+def _cmdline(pid):
+    """The command line of a process ('' once it is gone): a pool worker's runs multiprocessing's spawn_main, the
+    resource tracker, also a child, does not."""
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            return f.read().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+def _alive(pid):
+    """pid is a live process: not gone, not a zombie."""
+    return (_state_and_parent(pid) or ("Z",))[0] != "Z"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the process tree from /proc")
+def test_workers_end_when_the_study_is_killed(tmp_path):
+    """--workers 2, then SIGKILL to the study's own process alone (as `kill -9 <pid>`): its two workers, busy with
+    a run, end within seconds instead of training on as orphans."""
+    args = TINY[:TINY.index("--steps-binary")] + ["--steps-binary", "100000", "--settings", "binary",
+                                                   "--methods", "erm", "oversampling", "--seeds", "1"]
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, STUDY), *args, "--workers", "2", "--threads", "1",
+                             "--out", str(tmp_path / "study")], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        deadline = time.time() + 120
+        while len(workers) < 2:
+            assert proc.poll() is None and time.time() < deadline, "the study ended or started no 2 workers"
+            time.sleep(0.2)
+            workers = [int(d) for d in os.listdir("/proc") if d.isdigit() and _alive(int(d))
+                       and _state_and_parent(int(d))[1] == proc.pid and "spawn_main" in _cmdline(int(d))]
+        time.sleep(5)  # the workers are training now (torch imported, setting built)
+        assert all(_alive(w) for w in workers)
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 20
+        while any(_alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not [w for w in workers if _alive(w)], "workers outlived the study"
+    finally:
+        proc.kill()
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
 
 
 def test_quick_mode_end_to_end(tmp_path):
