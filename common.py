@@ -140,6 +140,9 @@ def check(condition, message):
 
 def finish_args(args, method):
     """Validate the shared arguments and fill in derived ones. `method` names the results folder."""
+    for name, value in vars(args).items():  # argparse's float() takes 'inf' and 'nan': no flag here means either
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {value:g}")
     if args.dataset not in ("cifar10", "cifar100", "imagefolder", "synthetic"):
         raise UserError(f"unknown dataset '{args.dataset}': use cifar10, cifar100, imagefolder or synthetic")
     check(args.imbalance_type in ("exp", "step", "none"),
