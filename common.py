@@ -138,11 +138,17 @@ def check(condition, message):
         raise UserError(message)
 
 
+def check_finite(args):
+    """argparse's float() takes 'inf' and 'nan', and no flag of ours means either: stop at the first such value."""
+    for name, value in vars(args).items():
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {v:g}")
+
+
 def finish_args(args, method):
     """Validate the shared arguments and fill in derived ones. `method` names the results folder."""
-    for name, value in vars(args).items():  # argparse's float() takes 'inf' and 'nan': no flag here means either
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {value:g}")
+    check_finite(args)
     if args.dataset not in ("cifar10", "cifar100", "imagefolder", "synthetic"):
         raise UserError(f"unknown dataset '{args.dataset}': use cifar10, cifar100, imagefolder or synthetic")
     check(args.imbalance_type in ("exp", "step", "none"),

@@ -1827,6 +1827,7 @@ def parse_args(argv=None):
     for k, v in fill.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    common.check_finite(args)
     chk = common.check
     chk(args.dataset in ("imagefolder", "synthetic"),
         f"unknown --dataset '{args.dataset}': use imagefolder or synthetic")

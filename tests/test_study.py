@@ -810,3 +810,6 @@ def test_bad_input_gives_a_one_line_error(tmp_path):
     proc = run_script(STUDY, "--quick", "--dataset", "synthetic", "--methods", "erm", "magic", "--out", tmp_path,
                       check=False)
     assert proc.returncode == 1 and proc.stderr.strip() == "error: unknown method(s) magic: use " + " ".join(S.METHODS)
+    for flag in ("--lr", "--binary-ratio", "--target-fracs"):  # argparse's float() takes them
+        with pytest.raises(S.common.UserError, match=f"^error: {flag} must be a finite number, got inf$"):
+            S.parse_args(["--quick", "--dataset", "synthetic", flag, "inf"])
