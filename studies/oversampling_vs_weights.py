@@ -1413,6 +1413,11 @@ def _auc_clause(s):
     return f", minority AUC {_auc(s)}" if s.get("final_minority_auc") else ""
 
 
+def _optimizer(args):
+    """', momentum 0.9' (and ', weight decay w') for a study whose SGD is not plain; '' for plain SGD."""
+    return "".join(f", {k.replace('_', ' ')} {args[k]:g}" for k in ("momentum", "weight_decay") if args.get(k))
+
+
 def answer_lines(res, link):
     """The post's question answered by one study (res: its study.json): per setting, each class-weight variant against
     oversampling in the numbers that decide it, all read from the JSON (link: the study's SUMMARY.md)."""
@@ -1422,7 +1427,7 @@ def answer_lines(res, link):
         if "oversampling" not in S:
             continue
         o = S["oversampling"]
-        L.append(f"- **{name}, {st['model']}, {res['device_name']}**: {st['description']}; "
+        L.append(f"- **{name}, {st['model']}, {res['device_name']}{_optimizer(res['args'])}**: {st['description']}; "
                  f"{o['final_balanced_acc']['n']} seeds x {st['steps']} steps ([SUMMARY.md]({link})). "
                  f"Oversampling: loss weight per step on the minority / majority {_share(o)}, update-norm CV "
                  f"{_f(o['update_norm']['cv'], 2)}, final balanced accuracy {_mean_std(o['final_balanced_acc'])}, "
@@ -1485,11 +1490,13 @@ def _plain_sgd(res):
 
 def sweep_extras(studies):
     """The folders that README shows only in an lr sweep's table: in every sweep a study is part of, another study
-    ran more methods (that one keeps its answer lines and plot)."""
+    ran more methods, or as many at an effective lr (lr / (1 - momentum)) nearer 0.1 (that one keeps its answer lines
+    and plot)."""
     base, seen = set(), set()
     for runs in lr_sweeps(studies).values():
         seen |= {d for _, d, _ in runs}
-        base.add(max(runs, key=lambda t: (len(t[2]["args"]["methods"]), -abs(t[0] - 0.1)))[1])
+        base.add(max(runs, key=lambda t: (len(t[2]["args"]["methods"]),
+                                          -abs(t[0] / (1 - t[2]["args"]["momentum"]) - 0.1)))[1])
     return seen - base
 
 
@@ -1501,7 +1508,8 @@ def lr_sweep_lines(studies):
         lrs = sorted({lr for lr, _, _ in runs})
         cell = _sweep_accs(name, runs)
         seeds = {a["n"] for by_lr in cell.values() for a in by_lr.values()}
-        L += [f"Learning-rate sweep, {name}, {model}, {device}, batch {batch}, {'/'.join(map(str, sorted(seeds)))} "
+        L += [f"Learning-rate sweep, {name}, {model}, {device}{_optimizer(runs[0][2]['args'])}, batch {batch}, "
+              f"{'/'.join(map(str, sorted(seeds)))} "
               f"seeds x {steps} steps: final balanced accuracy at every lr run (none selected; the same seeds and "
               "initial weights at every lr; folders: " + ", ".join(sorted({f"[{d}]({d}/SUMMARY.md)" for _, d, _ in runs}))
               + ").", "",
@@ -1516,6 +1524,11 @@ def lr_sweep_lines(studies):
                   "| method | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
             L += [f"| {m} | " + " | ".join(_auc_text(auc[m][lr]) if lr in auc[m] else "—" for lr in lrs) + " |"
                   for m in ("oversampling", *WEIGHTINGS) if m in auc]
+        mom = runs[0][2]["args"]["momentum"]
+        if mom:
+            L += ["", f"With momentum {mom:g}, a steady gradient moves the weights lr / (1 - {mom:g}) = {1 / (1 - mom):.3g} "
+                      "x lr per step: lr " + ", ".join(f"{lr:g}" for lr in lrs) + " take the steps of plain SGD at lr "
+                  + ", ".join(f"{lr / (1 - mom):.3g}" for lr in lrs) + "."]
         plain = [(lr, res) for lr, _, res in runs if "class_weights_n" in res["settings"][name]["summary"]
                  and _plain_sgd(res)]
         if plain:
@@ -1547,12 +1560,12 @@ def verdict_lines(studies, table=None):
             note = best
             if best == "class_weights_n" and _plain_sgd(res):
                 note += f", which is class_weights_u at {n_to_u_lr(st['train_counts']):.3f}x the lr"
-            pair = f"{name}, {st['model']}"
-            where = f"{pair}, {res['device_name']}, {S['oversampling']['final_balanced_acc']['n']} seeds x " \
-                    f"{st['steps']} steps"
+            pair = f"{name}, {st['model']}{_optimizer(res['args'])}"
+            where = f"{name}, {st['model']}, {res['device_name']}{_optimizer(res['args'])}, " \
+                    f"{S['oversampling']['final_balanced_acc']['n']} seeds x {st['steps']} steps"
             rows.append((where, acc(best) - acc("oversampling"), note,
                          acc("class_weights") - acc("oversampling") if "class_weights" in S else None,
-                         res["args"]["lr"], pair))
+                         res["args"]["lr"], pair, _optimizer(res["args"])))
             ranked = [(m, S[m]["final_minority_auc"]["mean"]) for m in ("oversampling", *forms)
                       if S[m].get("final_minority_auc")]
             if len(ranked) > 1 and ranked[0][0] == "oversampling":
@@ -1560,13 +1573,16 @@ def verdict_lines(studies, table=None):
     if not rows:
         return []
     lrs = sorted({r[4] for r in rows})
-    ahead = sum(diff < 0 for _, diff, _, _, _, _ in rows)
-    text = (f"**The answer so far**, from the CPU studies below (plain SGD at one lr for every method, "
-            f"{' / '.join(f'{x:g}' for x in lrs)}, not tuned per method; the start of a training, not the 200-epoch "
-            f"protocol): oversampling ends with a higher final balanced accuracy than every class-weight form in "
-            f"{ahead} of the {len(rows)} (setting, model) pairs measured; the best form against it: "
-            + ", ".join(f"{diff:+.1f} points ({where}: {note})" for where, diff, note, _, _, _ in rows))
-    pytorch = [(pair, cw) for _, _, _, cw, _, pair in rows if cw is not None]
+    ahead = sum(diff < 0 for _, diff, _, _, _, _, _ in rows)
+    plain = not any(r[6] for r in rows)
+    text = (f"**The answer so far**, from the CPU studies below ({'plain ' * plain}SGD at one lr for every method, "
+            f"{' / '.join(f'{x:g}' for x in lrs)}, not tuned per method; "
+            f"{'' if plain else 'plain SGD (no momentum, no weight decay) unless a case names its momentum; '}"
+            f"the start of a training, not the 200-epoch protocol): oversampling ends with a higher final balanced "
+            f"accuracy than every class-weight form in {ahead} of the {len(rows)} "
+            f"{'(setting, model) pairs' if plain else '(setting, model, optimizer) cases'} measured; the best form "
+            "against it: " + ", ".join(f"{diff:+.1f} points ({where}: {note})" for where, diff, note, *_ in rows))
+    pytorch = [(pair, cw) for _, _, _, cw, _, pair, _ in rows if cw is not None]
     if pytorch:
         text += ("; PyTorch's weighted mean (`F.cross_entropy(weight=w)`, as methods/class_weights.py and the LDAM "
                  "code): " + ", ".join(f"{cw:+.1f} ({pair})" for pair, cw in pytorch))
@@ -1578,7 +1594,8 @@ def verdict_lines(studies, table=None):
                 for m, common_lrs in both.items() if len(common_lrs) > 1]
         if said:
             swept = sorted({lr for lr, _, _ in runs})
-            text += (f". In the lr sweep of {name}, {model} (lr {swept[0]:g} to {swept[-1]:g}, the table below) "
+            text += (f". In the lr sweep of {name}, {model}{_optimizer(runs[0][2]['args'])} (lr {swept[0]:g} to "
+                     f"{swept[-1]:g}, the table below) "
                      f"oversampling ends above " + " and above ".join(said) + " lrs")
     full = [(setting, t) for setting, t in sorted((table or {}).items())
             if t.get("oversampling", {}).get("n") and t.get("class_weights", {}).get("n")]

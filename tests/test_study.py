@@ -728,7 +728,15 @@ def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with
     assert "At full length" not in line  # no table given
     # with momentum the two forms are not one another at another lr, and the line does not say so
     momentum = [(d, {**res, "args": {**plain, "momentum": 0.9}}) for d, res in studies]
-    assert "which is class_weights_u" not in S.verdict_lines(momentum)[0]
+    (line,) = S.verdict_lines(momentum)
+    assert "which is class_weights_u" not in line
+    # ... and a case with momentum says so: in the lead, the case and the pair of PyTorch's weighted mean
+    (line,) = S.verdict_lines(studies[:1] + [("m", {**studies[0][1], "args": {**plain, "lr": 0.01, "momentum": 0.9}})])
+    assert ("(SGD at one lr for every method, 0.01 / 0.1, not tuned per method; plain SGD (no momentum, no weight "
+            "decay) unless a case names its momentum; the start of a training") in line
+    assert "in 2 of the 4 (setting, model, optimizer) cases measured" in line
+    assert "-4.5 points (binary, smallcnn, cpu, momentum 0.9, 5 seeds x 1500 steps: class_weights_n)" in line
+    assert "-20.0 (binary, smallcnn), -20.0 (binary, smallcnn, momentum 0.9)" in line
     # run_all.sh's table, where class_weights and oversampling both have runs: their top-1 and which is ahead
     row = lambda top1, n: {"top1": (top1, None), "n": n}  # noqa: E731
     table = {"x-exp-r100": {"oversampling": row(65.16, 1), "class_weights": row(69.8, 3)},
@@ -767,6 +775,22 @@ def test_an_lr_sweep_is_a_table_of_every_lr_and_its_extra_studies_no_answer_of_t
     assert S.sweep_extras(studies) == {"lr0.01", "lr0.3"}  # base ran the most methods
     momentum = studies + [("m", {**study(0.03, oversampling=1.0), "args": {**study(0.03)["args"], "momentum": 0.9}})]
     assert len(S.lr_sweeps(momentum)[key]) == 3  # a study with other training arguments is not in the sweep
+    # a sweep with momentum 0.9: its base is the lr nearest 0.1 as an effective lr / (1 - momentum), here 0.01;
+    # its table and the answer's sentence name the momentum
+    def heavy(lr):
+        res = study(lr, oversampling=70.0 - lr, class_weights=50.0, class_weights_u=55.0 + 1000 * lr)
+        return {**res, "args": {**res["args"], "momentum": 0.9}}
+    momentum = [(f"m{lr}", heavy(lr)) for lr in (0.003, 0.01, 0.03)]
+    assert S.sweep_extras(momentum) == {"m0.003", "m0.03"}
+    lines = S.lr_sweep_lines(momentum)
+    assert lines[0].startswith("Learning-rate sweep, binary, smallcnn, cpu, momentum 0.9, batch 16, 5 seeds x 1500 "
+                               "steps:")
+    assert ("With momentum 0.9, a steady gradient moves the weights lr / (1 - 0.9) = 10 x lr per step: lr 0.003, "
+            "0.01, 0.03 take the steps of plain SGD at lr 0.03, 0.1, 0.3.") in lines
+    assert not any(x.startswith("With momentum") for x in S.lr_sweep_lines(studies))
+    (line,) = S.verdict_lines(momentum)
+    assert ("In the lr sweep of binary, smallcnn, momentum 0.9 (lr 0.003 to 0.03, the table below) oversampling ends "
+            "above class_weights at 3 of 3 and above class_weights_u at 2 of 3 lrs") in line
     lines = S.lr_sweep_lines(studies)
     assert lines[0].startswith("Learning-rate sweep, binary, smallcnn, cpu, batch 16, 5 seeds x 1500 steps:")
     assert lines[2:] == ["| method | lr 0.01 | lr 0.1 | lr 0.3 |", "|---|---|---|---|",
