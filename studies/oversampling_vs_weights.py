@@ -1539,6 +1539,45 @@ def lr_sweep_lines(studies):
     return L
 
 
+def momentum_pairs(studies):
+    """[(setting, model, device, plain (lr, folder, study.json), with momentum (lr, folder, study.json))]: each pair
+    of studies of [(folder, study.json)] whose runs of a setting are alike (SWEEP_ARGS, model, batch, steps, device)
+    but for the momentum, at the same step, lr / (1 - momentum); the first plain study of each such group."""
+    groups = {}
+    for d, res in studies:
+        a = res["args"]
+        for name, st in res["settings"].items():
+            key = (name, st["model"], st["batch_size"], st["steps"], res["device_name"],
+                   round(a["lr"] / (1 - a["momentum"]), 12), *(repr(a.get(k)) for k in SWEEP_ARGS if k != "momentum"))
+            groups.setdefault(key, []).append((a["momentum"], a["lr"], d, res))
+    pairs = []
+    for (name, model, _, _, device, *_), runs in sorted(groups.items()):
+        plain = [r[1:] for r in runs if r[0] == 0]
+        pairs += [(name, model, device, plain[0], r[1:]) for r in runs if plain and r[0] != 0]
+    return pairs
+
+
+def momentum_lines(studies):
+    """README's table of momentum against plain SGD at the same step (momentum_pairs): per pair, the update-norm CV
+    and the final balanced accuracy of oversampling and each class-weight form that both studies ran."""
+    L = []
+    for name, model, device, (lr0, d0, r0), (lr1, d1, r1) in momentum_pairs(studies):
+        s0, s1 = r0["settings"][name]["summary"], r1["settings"][name]["summary"]
+        if not L:
+            L = ["Momentum against plain SGD at the same step (lr / (1 - momentum): the distance a steady gradient moves "
+                 "the weights per step), each pair of studies alike but for the momentum and the lr; plain → with "
+                 "momentum (the update-norm CV over the steps before the lr drop, as above):", "",
+                 "| setting, model, device | lr plain / with momentum | method | update-norm CV | final balanced "
+                 "accuracy | studies |", "|---|---|---|---|---|---|"]
+        for m in ("oversampling", *WEIGHTINGS):
+            if m in s0 and m in s1:
+                L.append(f"| {name}, {model}, {device} | {lr0:g} / {lr1:g} (momentum {r1['args']['momentum']:g}) | {m} "
+                         f"| {_f(s0[m]['update_norm']['cv'], 2)} → {_f(s1[m]['update_norm']['cv'], 2)} | "
+                         f"{_mean_std(s0[m]['final_balanced_acc'])} → {_mean_std(s1[m]['final_balanced_acc'])} | "
+                         f"[{d0}]({d0}/SUMMARY.md), [{d1}]({d1}/SUMMARY.md) |")
+    return L + [""] if L else []
+
+
 def verdict_lines(studies, table=None):
     """The question's answer so far, one line over every study [(folder, study.json)]: per setting that ran
     oversampling and a class-weight form, the best form's final balanced accuracy against oversampling's, and
@@ -1720,6 +1759,7 @@ def readme_lines(results_dir):
         if answer and first:
             L += answer + ["", f"![{d}: {first} per-class learning curves]({rel}/{d}/{first}_per_class.png)", ""]
     L += lr_sweep_lines([(f"{rel}/{d}", res) for d, res in ordered])
+    L += momentum_lines([(f"{rel}/{d}", res) for d, res in ordered])
     pcn = pcn_batch_lines([(f"{rel}/{d}", res) for d, res in ordered])
     if pcn:
         L += pcn + [""]

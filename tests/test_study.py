@@ -818,6 +818,30 @@ def test_an_lr_sweep_is_a_table_of_every_lr_and_its_extra_studies_no_answer_of_t
             "class_weights at 2 of 2 and above class_weights_u at 2 of 3 lrs") in line
 
 
+def test_momentum_against_plain_sgd_pairs_the_studies_at_the_same_step():
+    def study(lr, momentum, steps=1500, **means):
+        args = {"lr": lr, "methods": list(means), "momentum": momentum, "weight_decay": 0.0, "seeds": 5}
+        return {"device_name": "cpu", "args": args, "settings": {"binary": {
+            "model": "smallcnn", "batch_size": 16, "steps": steps, "train_counts": [99, 1], "summary": {
+                m: {"final_balanced_acc": {"mean": v, "std": 1.0, "n": 5}, "update_norm": {"cv": v / 100}}
+                for m, v in means.items()}}}}
+    studies = [("p0.1", study(0.1, 0.0, oversampling=70.0, class_weights=50.0, erm=40.0)),
+               ("p0.3", study(0.3, 0.0, oversampling=60.0)),
+               ("m0.01", study(0.01, 0.9, oversampling=66.0, class_weights=52.0, class_weights_u=55.0, erm=41.0)),
+               ("m0.003", study(0.003, 0.9, oversampling=1.0)),  # the step of plain lr 0.03, which did not run
+               ("m0.03-longer", study(0.03, 0.9, steps=3000, oversampling=1.0))]  # plain lr 0.3's step, other length
+    ((name, model, device, plain, heavy),) = S.momentum_pairs(studies)
+    assert (name, model, device, plain[:2], heavy[:2]) == ("binary", "smallcnn", "cpu", (0.1, "p0.1"), (0.01, "m0.01"))
+    pair = "| binary, smallcnn, cpu | 0.1 / 0.01 (momentum 0.9) |"
+    assert S.momentum_lines(studies)[2:] == [  # the methods both ran, erm aside
+        "| setting, model, device | lr plain / with momentum | method | update-norm CV | final balanced accuracy | "
+        "studies |", "|---|---|---|---|---|---|",
+        f"{pair} oversampling | 0.70 → 0.66 | 70.0 ± 1.00 → 66.0 ± 1.00 | [p0.1](p0.1/SUMMARY.md), [m0.01](m0.01/SUMMARY.md) |",
+        f"{pair} class_weights | 0.50 → 0.52 | 50.0 ± 1.00 → 52.0 ± 1.00 | [p0.1](p0.1/SUMMARY.md), [m0.01](m0.01/SUMMARY.md) |",
+        ""]
+    assert S.momentum_lines(studies[1:]) == []  # no plain study at a momentum study's step: no table
+
+
 def test_readme_states_the_committed_studies():
     """README's study block is what --readme writes from the committed study.json files: no number typed by hand."""
     text = open(os.path.join(ROOT, "README.md")).read()
