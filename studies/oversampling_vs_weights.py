@@ -1729,8 +1729,8 @@ def pcn_batch_lines(studies):
 
 def readme_lines(results_dir):
     """README's study block: the answer of every study.json in results/ made at full length (not --quick) that ran
-    oversampling, the ResNet-32 ones first, each with its first setting's learning curves; then the PCNSGD tables of
-    all of them (pcn_batch_lines)."""
+    oversampling, the ResNet-32 ones first, each with its first setting's learning curves; then the lr sweep tables
+    (lr_sweep_lines), momentum against plain SGD (momentum_lines) and the PCNSGD tables (pcn_batch_lines)."""
     found = []
     for d in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
         path = os.path.join(results_dir, d, "study.json")
