@@ -803,9 +803,10 @@ def git_state():
     return os.environ.get("IMBALANCE_REF_GIT_COMMIT") or None, None
 
 
-def write_json(path, obj):
-    """Atomic (write_atomic): a kill never leaves half a results file."""
-    write_atomic(path, lambda f: json.dump(obj, f, indent=1))
+def write_json(path, obj, compact=False):
+    """Atomic (write_atomic): a kill never leaves half a results file. compact: one line, no spaces (a large file:
+    less than half the size, which counts where results/ travels to a GPU with the data)."""
+    write_atomic(path, lambda f: json.dump(obj, f, **({"separators": (",", ":")} if compact else {"indent": 1})))
 
 
 def write_atomic(path, write, mode="w"):

@@ -779,7 +779,7 @@ def run_all(args, settings):
 
     def done(i, job, rec):  # the i-th run trained by this invocation
         results[job] = rec
-        common.write_json(run_file(args, *job), {"key": key, "record": rec})
+        common.write_json(run_file(args, *job), {"key": key, "record": rec}, compact=True)
         f, n = rec["final"], len(jobs) - len(todo) + i  # runs done, the kept ones included
         eta = (time.time() - t0) / i * (len(todo) - i)
         print(f"[{n}/{len(jobs)}] {job[0]} {job[1]} seed{job[2]}: minority acc {f['minority_acc']:.1f}%  "
@@ -1780,7 +1780,7 @@ def drop_tied_aucs(res):
 
 def write_outputs(res, out, plots=True):
     path = os.path.join(out, "study.json")
-    common.write_json(path, res)
+    common.write_json(path, res, compact=True)  # per-step records: 0.5-1.5 MB compact, twice that indented
     with open(path) as f:
         res = json.load(f)  # the summary and the plots read back exactly what was written
     written = [path]

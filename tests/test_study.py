@@ -579,7 +579,9 @@ def test_quick_mode_end_to_end(tmp_path):
         for plot in ("per_class", "update_norms", "directional_noise", "final_spread"):
             assert f"{setting}_{plot}.png" in files
             assert os.path.getsize(out / f"{setting}_{plot}.png") > 5000
-    res = json.loads((out / "study.json").read_text())
+    text = (out / "study.json").read_text()
+    assert "\n" not in text  # compact: per-step records are most of a study's size
+    res = json.loads(text)
     b = res["settings"]["binary"]
     assert b["train_counts"] == [40, 5] and b["minority"] == [1] and b["steps"] == 12
     inv = [1 / 40, 1 / 5]  # inverse frequency, normalized to sum to C = 2
