@@ -1460,15 +1460,20 @@ SWEEP_ARGS = ("dataset", "data_seed", "seeds", "seed0", "width", "momentum", "we
               "eps", "binary_ratio", "lt_ratio")
 
 
+def _alike(res, name, st, but=()):
+    """What two studies' runs of a setting must share to be compared: the setting, its model, batch and steps, the
+    device and SWEEP_ARGS less `but`."""
+    return (name, st["model"], st["batch_size"], st["steps"], res["device_name"],
+            *(repr(res["args"].get(k)) for k in SWEEP_ARGS if k not in but))
+
+
 def lr_sweeps(studies):
     """{setting key: [(lr, folder, study.json), ...] by lr} for each setting that several studies of [(folder,
     study.json)] ran alike except for --lr; the key starts with the setting's name, model, batch and steps."""
     groups = {}
     for d, res in studies:
         for name, st in res["settings"].items():
-            key = (name, st["model"], st["batch_size"], st["steps"], res["device_name"],
-                   *(repr(res["args"].get(k)) for k in SWEEP_ARGS))
-            groups.setdefault(key, []).append((res["args"]["lr"], d, res))
+            groups.setdefault(_alike(res, name, st), []).append((res["args"]["lr"], d, res))
     return {k: sorted(v, key=lambda t: t[:2]) for k, v in groups.items() if len({t[0] for t in v}) > 1}
 
 
@@ -1541,14 +1546,13 @@ def lr_sweep_lines(studies):
 
 def momentum_pairs(studies):
     """[(setting, model, device, plain (lr, folder, study.json), with momentum (lr, folder, study.json))]: each pair
-    of studies of [(folder, study.json)] whose runs of a setting are alike (SWEEP_ARGS, model, batch, steps, device)
-    but for the momentum, at the same step, lr / (1 - momentum); the first plain study of each such group."""
+    of studies of [(folder, study.json)] whose runs of a setting are alike (_alike) but for the momentum, at the
+    same step, lr / (1 - momentum); the first plain study of each such group."""
     groups = {}
     for d, res in studies:
         a = res["args"]
         for name, st in res["settings"].items():
-            key = (name, st["model"], st["batch_size"], st["steps"], res["device_name"],
-                   round(a["lr"] / (1 - a["momentum"]), 12), *(repr(a.get(k)) for k in SWEEP_ARGS if k != "momentum"))
+            key = (*_alike(res, name, st, but=("momentum",)), round(a["lr"] / (1 - a["momentum"]), 12))
             groups.setdefault(key, []).append((a["momentum"], a["lr"], d, res))
     pairs = []
     for (name, model, _, _, device, *_), runs in sorted(groups.items()):
