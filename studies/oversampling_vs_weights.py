@@ -1603,12 +1603,13 @@ def verdict_lines(studies, table=None):
             note = best
             if best == "class_weights_n" and _plain_sgd(res):
                 note += f", which is class_weights_u at {n_to_u_lr(st['train_counts']):.3f}x the lr"
-            pair = f"{name}, {st['model']}{_optimizer(res['args'])}"
-            where = f"{name}, {st['model']}, {res['device_name']}{_optimizer(res['args'])}, " \
+            opt = _optimizer(res["args"])
+            pair = f"{name}, {st['model']}{opt}"
+            where = f"{name}, {st['model']}, {res['device_name']}{opt}, " \
                     f"{S['oversampling']['final_balanced_acc']['n']} seeds x {st['steps']} steps"
             rows.append((where, acc(best) - acc("oversampling"), note,
                          acc("class_weights") - acc("oversampling") if "class_weights" in S else None,
-                         res["args"]["lr"], pair, _optimizer(res["args"])))
+                         res["args"]["lr"], pair, opt))
             ranked = [(m, S[m]["final_minority_auc"]["mean"]) for m in ("oversampling", *forms)
                       if S[m].get("final_minority_auc")]
             if len(ranked) > 1 and ranked[0][0] == "oversampling":

@@ -295,7 +295,8 @@ def test_losses_run_in_fp32_from_bf16_logits():
 
 BAD = [(ldam, ["--beta", "1"], "--beta"), (ldam, ["--beta", "-0.1"], "--beta"), (ldam, ["--max-m", "-0.1"], "--max-m"),
        (ldam, ["--scale", "0"], "--scale"), (ldam, ["--scale", "inf"], "--scale must be a finite number"),
-       (ldam, ["--max-m", "inf"], "--max-m must be a finite number"), (mm, ["--scale", "inf"], "--scale"), (ldam, ["--loss", "focal"], "--loss"),
+       (ldam, ["--max-m", "inf"], "--max-m must be a finite number"), (mm, ["--scale", "inf"], "--scale"),
+       (ldam, ["--loss", "focal"], "--loss"),
        (ldam, ["--drw-epoch", "-1"], "--drw-epoch"),
        (mm, ["--beta", "1"], "--beta"), (mm, ["--mm-beta", "-1"], "--mm-beta"),
        (mm, ["--delta-minus", "-0.5"], "--delta-minus"), (mm, ["--max-m", "-0.1"], "--max-m"),

@@ -760,13 +760,17 @@ def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with
             "class_weights_u 0.875. Balanced accuracy at the argmax") in line
 
 
+def study(lr, momentum=0.0, steps=1500, **means):
+    """A binary-setting study.json with what the README tables read: per method (means: its final balanced accuracy)
+    that accuracy over 5 seeds (std 1) and an update-norm CV of accuracy / 100."""
+    args = {"lr": lr, "methods": list(means), "momentum": momentum, "weight_decay": 0.0, "seeds": 5}
+    return {"device_name": "cpu", "args": args, "settings": {"binary": {
+        "model": "smallcnn", "batch_size": 16, "steps": steps, "train_counts": [99, 1], "summary": {
+            m: {"final_balanced_acc": {"mean": v, "std": 1.0, "n": 5}, "update_norm": {"cv": v / 100}}
+            for m, v in means.items()}}}}
+
+
 def test_an_lr_sweep_is_a_table_of_every_lr_and_its_extra_studies_no_answer_of_their_own():
-    fba = lambda mean: {"final_balanced_acc": {"mean": mean, "std": 1.0, "n": 5}}  # noqa: E731
-    def study(lr, steps=1500, **means):
-        args = {"lr": lr, "methods": list(means), "momentum": 0.0, "weight_decay": 0.0, "seeds": 5}
-        return {"device_name": "cpu", "args": args, "settings": {"binary": {
-            "model": "smallcnn", "batch_size": 16, "steps": steps, "train_counts": [99, 1],
-            "summary": {m: fba(v) for m, v in means.items()}}}}
     base = study(0.1, oversampling=70.0, class_weights=50.0, class_weights_u=55.0, erm=50.0)
     studies = [("base", base), ("lr0.3", study(0.3, oversampling=60.0, class_weights_u=62.0)),
                ("lr0.01", study(0.01, oversampling=65.0, class_weights=51.0, class_weights_u=60.0)),
@@ -775,14 +779,12 @@ def test_an_lr_sweep_is_a_table_of_every_lr_and_its_extra_studies_no_answer_of_t
     assert key[:4] == ("binary", "smallcnn", 16, 1500) and [(lr, d) for lr, d, _ in runs] == [
         (0.01, "lr0.01"), (0.1, "base"), (0.3, "lr0.3")]
     assert S.sweep_extras(studies) == {"lr0.01", "lr0.3"}  # base ran the most methods
-    momentum = studies + [("m", {**study(0.03, oversampling=1.0), "args": {**study(0.03)["args"], "momentum": 0.9}})]
+    momentum = studies + [("m", study(0.03, 0.9, oversampling=1.0))]
     assert len(S.lr_sweeps(momentum)[key]) == 3  # a study with other training arguments is not in the sweep
     # a sweep with momentum 0.9: its base is the lr nearest 0.1 as an effective lr / (1 - momentum), here 0.01;
     # its table and the answer's sentence name the momentum
-    def heavy(lr):
-        res = study(lr, oversampling=70.0 - lr, class_weights=50.0, class_weights_u=55.0 + 1000 * lr)
-        return {**res, "args": {**res["args"], "momentum": 0.9}}
-    momentum = [(f"m{lr}", heavy(lr)) for lr in (0.003, 0.01, 0.03)]
+    momentum = [(f"m{lr}", study(lr, 0.9, oversampling=70.0 - lr, class_weights=50.0, class_weights_u=55.0 + 1000 * lr))
+                for lr in (0.003, 0.01, 0.03)]
     assert S.sweep_extras(momentum) == {"m0.003", "m0.03"}
     lines = S.lr_sweep_lines(momentum)
     assert lines[0].startswith("Learning-rate sweep, binary, smallcnn, cpu, momentum 0.9, batch 16, 5 seeds x 1500 "
@@ -821,12 +823,6 @@ def test_an_lr_sweep_is_a_table_of_every_lr_and_its_extra_studies_no_answer_of_t
 
 
 def test_momentum_against_plain_sgd_pairs_the_studies_at_the_same_step():
-    def study(lr, momentum, steps=1500, **means):
-        args = {"lr": lr, "methods": list(means), "momentum": momentum, "weight_decay": 0.0, "seeds": 5}
-        return {"device_name": "cpu", "args": args, "settings": {"binary": {
-            "model": "smallcnn", "batch_size": 16, "steps": steps, "train_counts": [99, 1], "summary": {
-                m: {"final_balanced_acc": {"mean": v, "std": 1.0, "n": 5}, "update_norm": {"cv": v / 100}}
-                for m, v in means.items()}}}}
     studies = [("p0.1", study(0.1, 0.0, oversampling=70.0, class_weights=50.0, erm=40.0)),
                ("p0.3", study(0.3, 0.0, oversampling=60.0)),
                ("m0.01", study(0.01, 0.9, oversampling=66.0, class_weights=52.0, class_weights_u=55.0, erm=41.0)),
