@@ -1582,14 +1582,21 @@ def momentum_lines(studies):
     return L + [""] if L else []
 
 
+def _difference(a, b):
+    """b's mean minus a's (two final-accuracy summaries) as text, with how many standard errors it is."""
+    se = common.se_of_difference(a["std"], a["n"], b["std"], b["n"])
+    return f"{b['mean'] - a['mean']:+.1f}" + (f" ({abs(b['mean'] - a['mean']) / se:.1f} s.e.)" if se else "")
+
+
 def verdict_lines(studies, table=None):
-    """The question's answer so far, one line over every study [(folder, study.json)]: per setting that ran
-    oversampling and a class-weight form, the best form's final balanced accuracy against oversampling's, and
-    PyTorch's weighted mean's (methods/class_weights.py's); then, from run_all.sh's table (`table`: common.summarize
-    of results/), class_weights against oversampling at full length, where the order may differ, and in each lr
-    sweep (lr_sweeps) the lrs where oversampling ends ahead. A study that README shows only in a sweep
-    (sweep_extras) is not a pair of its own. Empty when no setting has both."""
-    rows, aucs, extras = [], [], sweep_extras(studies)
+    """The question's answer so far over every study [(folder, study.json)]: a lead sentence, then a table with one
+    row per case (a setting of a study that ran oversampling and a class-weight form): oversampling's final balanced
+    accuracy, the best form's against it and PyTorch's weighted mean's (methods/class_weights.py's), and the final
+    minority AUC of oversampling against the highest form's; then in each lr sweep (lr_sweeps) the lrs where
+    oversampling ends ahead, and from run_all.sh's table (`table`: common.summarize of results/) class_weights against
+    oversampling at full length, where the order may differ. A study that README shows only in a sweep
+    (sweep_extras) is not a case of its own. Empty when no setting has both."""
+    rows, extras = [], sweep_extras(studies)
     for d, res in studies:
         if d in extras:
             continue
@@ -1598,38 +1605,40 @@ def verdict_lines(studies, table=None):
             forms = [m for m in WEIGHTINGS if m in S]
             if "oversampling" not in S or not forms:
                 continue
-            acc = lambda m: S[m]["final_balanced_acc"]["mean"]  # noqa: E731
-            best = max(forms, key=acc)
+            acc = lambda m: S[m]["final_balanced_acc"]  # noqa: E731
+            best = max(forms, key=lambda m: acc(m)["mean"])
             note = best
             if best == "class_weights_n" and _plain_sgd(res):
-                note += f", which is class_weights_u at {n_to_u_lr(st['train_counts']):.3f}x the lr"
-            opt = _optimizer(res["args"])
-            pair = f"{name}, {st['model']}{opt}"
-            where = f"{name}, {st['model']}, {res['device_name']}{opt}, " \
-                    f"{S['oversampling']['final_balanced_acc']['n']} seeds x {st['steps']} steps"
-            rows.append((where, acc(best) - acc("oversampling"), note,
-                         acc("class_weights") - acc("oversampling") if "class_weights" in S else None,
-                         res["args"]["lr"], pair, opt))
-            ranked = [(m, S[m]["final_minority_auc"]["mean"]) for m in ("oversampling", *forms)
-                      if S[m].get("final_minority_auc")]
-            if len(ranked) > 1 and ranked[0][0] == "oversampling":
-                aucs.append((pair, ranked))
+                note += f" (class_weights_u at {n_to_u_lr(st['train_counts']):.3f}x the lr)"
+            aucs = [S[m]["final_minority_auc"]["mean"] for m in forms if S[m].get("final_minority_auc")]
+            auc = (f"{S['oversampling']['final_minority_auc']['mean']:.3f} vs {max(aucs):.3f}"
+                   if aucs and S["oversampling"].get("final_minority_auc") else "n/a")
+            rows.append({"ahead": acc(best)["mean"] < acc("oversampling")["mean"], "lr": res["args"]["lr"],
+                         "steps": st["steps"], "opt": _optimizer(res["args"]), "cells": [
+                             f"{name}, {st['model']}, {res['device_name']}{_optimizer(res['args'])}",
+                             f"{res['args']['lr']:g}", f"{acc('oversampling')['n']} x {st['steps']}",
+                             _mean_std(acc("oversampling")), note, _difference(acc("oversampling"), acc(best)),
+                             _difference(acc("oversampling"), acc("class_weights")) if "class_weights" in S else "—",
+                             auc]})
     if not rows:
         return []
-    lrs = sorted({r[4] for r in rows})
-    ahead = sum(diff < 0 for _, diff, _, _, _, _, _ in rows)
-    plain = not any(r[6] for r in rows)
-    text = (f"**The answer so far**, from the CPU studies below ({'plain ' * plain}SGD at one lr for every method, "
+    lrs, steps = sorted({r["lr"] for r in rows}), sorted({r["steps"] for r in rows})
+    plain = not any(r["opt"] for r in rows)
+    lead = (f"**The answer so far**, from the CPU studies below ({'plain ' * plain}SGD at one lr for every method, "
             f"{' / '.join(f'{x:g}' for x in lrs)}, not tuned per method; "
-            f"{'' if plain else 'plain SGD (no momentum, no weight decay) unless a case names its momentum; '}"
-            f"the start of a training, not the 200-epoch protocol): oversampling ends with a higher final balanced "
-            f"accuracy than every class-weight form in {ahead} of the {len(rows)} "
-            f"{'(setting, model) pairs' if plain else '(setting, model, optimizer) cases'} measured; the best form "
-            "against it: " + ", ".join(f"{diff:+.1f} points ({where}: {note})" for where, diff, note, *_ in rows))
-    pytorch = [(pair, cw) for _, _, _, cw, _, pair, _ in rows if cw is not None]
-    if pytorch:
-        text += ("; PyTorch's weighted mean (`F.cross_entropy(weight=w)`, as methods/class_weights.py and the LDAM "
-                 "code): " + ", ".join(f"{cw:+.1f} ({pair})" for pair, cw in pytorch))
+            f"{'' if plain else 'plain SGD (no momentum, no weight decay) unless a case names its optimizer; '}"
+            f"runs of {' to '.join(f'{x:g}' for x in sorted({steps[0], steps[-1]}))} steps, not the 200-epoch "
+            f"protocol): oversampling ends with a higher final balanced accuracy than every class-weight form in "
+            f"{sum(r['ahead'] for r in rows)} of the {len(rows)} cases measured. Balanced accuracy at the argmax, "
+            "which also shows where a method leaves the decision threshold, mean ± std over seeds; a difference is "
+            "the class-weight form's minus oversampling's (s.e.: its standard error); the final minority AUC is a "
+            "ranking, which no shift of the decision threshold changes in the binary setting (in lt10, no shift of "
+            "a minority class's own logit). Each case's spread, minority accuracy and update noise: the lines below.")
+    L = [lead, "", "| case: setting, model, device, optimizer | lr | seeds x steps | oversampling | best class-weight "
+         "form | its difference | PyTorch's weighted mean (class_weights): difference | final minority AUC, "
+         "oversampling vs the highest form's |", "|---|---|---|---|---|---|---|---|"]
+    L += ["| " + " | ".join(r["cells"]) + " |" for r in rows]
+    text = []
     for (name, model, *_), runs in sorted(lr_sweeps(studies).items()):
         accs = _sweep_accs(name, runs)
         over = accs.get("oversampling", {})
@@ -1638,26 +1647,20 @@ def verdict_lines(studies, table=None):
                 for m, common_lrs in both.items() if len(common_lrs) > 1]
         if said:
             swept = sorted({lr for lr, _, _ in runs})
-            text += (f". In the lr sweep of {name}, {model}{_optimizer(runs[0][2]['args'])} (lr {swept[0]:g} to "
-                     f"{swept[-1]:g}, the table below) "
-                     f"oversampling ends above " + " and above ".join(said) + " lrs")
+            text.append(f"In the lr sweep of {name}, {model}{_optimizer(runs[0][2]['args'])} (lr {swept[0]:g} to "
+                        f"{swept[-1]:g}, the table below) oversampling ends above " + " and above ".join(said)
+                        + " lrs.")
     full = [(setting, t) for setting, t in sorted((table or {}).items())
             if t.get("oversampling", {}).get("n") and t.get("class_weights", {}).get("n")]
     if full:
         seeds = lambda row: f"{row['n']} seed{'s' * (row['n'] > 1)}"  # noqa: E731
-        text += (". At full length, run_all.sh's table (200 epochs, momentum 0.9): "
-                 + "; ".join(f"class_weights {t['class_weights']['top1'][0]:.2f} ({seeds(t['class_weights'])}) "
-                             f"against oversampling {t['oversampling']['top1'][0]:.2f} ({seeds(t['oversampling'])}) "
-                             f"on {setting}, "
-                             + ("the other way round" if t["class_weights"]["top1"][0] > t["oversampling"]["top1"][0]
-                                else "the same order") for setting, t in full))
-    if aucs:
-        text += (". As a ranking, where recorded (the final minority AUC, mean over seeds; no shift of the decision "
-                 "threshold changes it in the binary setting, no shift of a minority class's own logit in lt10): "
-                 + "; ".join(
-                     f"{pair}: " + ", ".join(f"{m} {a:.3f}" for m, a in ranked) for pair, ranked in aucs))
-    return [text + ". Balanced accuracy at the argmax, which also shows where a method leaves the decision "
-                   "threshold, mean over seeds; the lines below give the spread and the s.e."]
+        text.append("At full length, run_all.sh's table (200 epochs, momentum 0.9): "
+                    + "; ".join(f"class_weights {t['class_weights']['top1'][0]:.2f} ({seeds(t['class_weights'])}) "
+                                f"against oversampling {t['oversampling']['top1'][0]:.2f} ({seeds(t['oversampling'])}) "
+                                f"on {setting}, "
+                                + ("the other way round" if t["class_weights"]["top1"][0] > t["oversampling"]["top1"][0]
+                                   else "the same order") for setting, t in full) + ".")
+    return L + (["", " ".join(text)] if text else [])
 
 
 PULL_NOTE = ("First tenth: the measured steps of the first tenth of the run, where a collapse begins. Along the full "

@@ -710,7 +710,8 @@ def test_quick_mode_end_to_end(tmp_path):
 
 
 def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with_oversampling():
-    acc = lambda **means: {m: {"final_balanced_acc": {"mean": v, "n": 5}} for m, v in means.items()}  # noqa: E731
+    acc = lambda **means: {m: {"final_balanced_acc": {"mean": v, "std": 1.0, "n": 5}}  # noqa: E731
+                           for m, v in means.items()}
     setting = lambda model, steps, counts, **means: {  # noqa: E731
         "model": model, "batch_size": 16, "steps": steps, "train_counts": counts, "summary": acc(**means)}
     plain = {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}
@@ -720,44 +721,43 @@ def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with
                    "lt10": setting("smallcnn", 300, [100, 10, 1], oversampling=30.0, class_weights_u=31.25)}}),
                ("pcn-only", {"device_name": "cpu", "args": plain, "settings": {
                    "binary": setting("smallcnn", 9000, [99, 1], pcnsgd=60.0)}})]
-    (line,) = S.verdict_lines(studies)
-    assert "(plain SGD at one lr for every method, 0.1, not tuned per method;" in line
-    assert ("than every class-weight form in 1 of the 2 (setting, model) pairs measured; the best form against it: "
-            "-4.5 points (binary, smallcnn, cpu, 5 seeds x 1500 steps: class_weights_n, which is class_weights_u at "
-            "0.040x the lr), +1.2 points (lt10, smallcnn, cpu, 5 seeds x 300 steps: class_weights_u)") in line
-    # (w_n / w_u = C^2 / (N sum_c 1 / n_c) = 4 / (100 x 100/99) = 0.0396 for every class at 99 : 1)
-    assert "code): -20.0 (binary, smallcnn). " in line  # lt10 ran no class_weights
-    assert "At full length" not in line  # no table given
-    # with momentum the two forms are not one another at another lr, and the line does not say so
+    lead, blank, head, rule, *rows = S.verdict_lines(studies)
+    assert "(plain SGD at one lr for every method, 0.1, not tuned per method; runs of 300 to 1500 steps" in lead
+    assert "than every class-weight form in 1 of the 2 cases measured." in lead
+    assert blank == "" and head.count("|") == rule.count("|") == 9 and rule == "|---" * 8 + "|"
+    # one row per case; the s.e. of a difference of two 5-seed means with std 1 is sqrt(2 / 5) = 0.632;
+    # w_n / w_u = C^2 / (N sum_c 1 / n_c) = 4 / (100 x 100/99) = 0.0396 for every class at 99 : 1; lt10 ran no
+    # class_weights and no study recorded the AUC
+    assert rows == [
+        "| binary, smallcnn, cpu | 0.1 | 5 x 1500 | 70.0 ± 1.00 | class_weights_n (class_weights_u at 0.040x the lr) "
+        "| -4.5 (7.1 s.e.) | -20.0 (31.6 s.e.) | n/a |",
+        "| lt10, smallcnn, cpu | 0.1 | 5 x 300 | 30.0 ± 1.00 | class_weights_u | +1.2 (2.0 s.e.) | — | n/a |"]
+    # with momentum the two forms are not one another at another lr, and the row does not say so
     momentum = [(d, {**res, "args": {**plain, "momentum": 0.9}}) for d, res in studies]
-    (line,) = S.verdict_lines(momentum)
-    assert "which is class_weights_u" not in line
-    # ... and a case with momentum says so: in the lead, the case and the pair of PyTorch's weighted mean
-    (line,) = S.verdict_lines(studies[:1] + [("m", {**studies[0][1], "args": {**plain, "lr": 0.01, "momentum": 0.9}})])
+    assert "which is class_weights_u" not in "\n".join(S.verdict_lines(momentum))
+    # ... and a case with another optimizer says so: in the lead and in its row
+    lead, _, _, _, *rows = S.verdict_lines(studies[:1] + [("m", {**studies[0][1], "args": {
+        **plain, "lr": 0.01, "momentum": 0.9, "weight_decay": 2e-4}})])
     assert ("(SGD at one lr for every method, 0.01 / 0.1, not tuned per method; plain SGD (no momentum, no weight "
-            "decay) unless a case names its momentum; the start of a training") in line
-    assert "in 2 of the 4 (setting, model, optimizer) cases measured" in line
-    assert "-4.5 points (binary, smallcnn, cpu, momentum 0.9, 5 seeds x 1500 steps: class_weights_n)" in line
-    assert "-20.0 (binary, smallcnn), -20.0 (binary, smallcnn, momentum 0.9)" in line
+            "decay) unless a case names its optimizer; runs of 300 to 1500 steps") in lead
+    assert "in 2 of the 4 cases measured" in lead
+    assert ("| binary, smallcnn, cpu, momentum 0.9, weight decay 0.0002 | 0.01 | 5 x 1500 | 70.0 ± 1.00 | "
+            "class_weights_n | -4.5 (7.1 s.e.) | -20.0 (31.6 s.e.) | n/a |") in rows
     # run_all.sh's table, where class_weights and oversampling both have runs: their top-1 and which is ahead
     row = lambda top1, n: {"top1": (top1, None), "n": n}  # noqa: E731
     table = {"x-exp-r100": {"oversampling": row(65.16, 1), "class_weights": row(69.8, 3)},
              "x-exp-r10": {"oversampling": row(80.0, 2), "class_weights": row(79.0, 2)}, "y": {"erm": row(1.0, 1)}}
-    (line,) = S.verdict_lines(studies, table)
-    assert ("At full length, run_all.sh's table (200 epochs, momentum 0.9): class_weights 79.00 (2 seeds) against "
-            "oversampling 80.00 (2 seeds) on x-exp-r10, the same order; class_weights 69.80 (3 seeds) against "
-            "oversampling 65.16 (1 seed) on x-exp-r100, the other way round.") in line
+    assert not any("At full length" in x for x in S.verdict_lines(studies))  # no table given
+    assert S.verdict_lines(studies, table)[-1] == (
+        "At full length, run_all.sh's table (200 epochs, momentum 0.9): class_weights 79.00 (2 seeds) against "
+        "oversampling 80.00 (2 seeds) on x-exp-r10, the same order; class_weights 69.80 (3 seeds) against "
+        "oversampling 65.16 (1 seed) on x-exp-r100, the other way round.")
     assert S.verdict_lines(studies[1:], table) == []
-    assert "As a ranking" not in line  # no study recorded the AUC
-    # where the runs recorded the minority AUC: every form's beside oversampling's, per (setting, model) pair
+    # where the runs recorded the minority AUC: oversampling's against the highest form's
     auc = lambda **means: {m: {"mean": v, "std": 0.01, "n": 5} for m, v in means.items()}  # noqa: E731
     for m, a in auc(oversampling=0.9, class_weights=0.85, class_weights_u=0.875).items():
         studies[0][1]["settings"]["binary"]["summary"][m]["final_minority_auc"] = a
-    (line,) = S.verdict_lines(studies)
-    assert ("As a ranking, where recorded (the final minority AUC, mean over seeds; no shift of the decision "
-            "threshold changes it in the binary setting, no shift of a minority class's own logit in lt10): "
-            "binary, smallcnn: oversampling 0.900, class_weights 0.850, "
-            "class_weights_u 0.875. Balanced accuracy at the argmax") in line
+    assert S.verdict_lines(studies)[4].endswith(" | 0.900 vs 0.875 |")
 
 
 def study(lr, momentum=0.0, steps=1500, **means):
@@ -792,7 +792,7 @@ def test_an_lr_sweep_is_a_table_of_every_lr_and_its_extra_studies_no_answer_of_t
     assert ("With momentum 0.9, a steady gradient moves the weights lr / (1 - 0.9) = 10 x lr per step: lr 0.003, "
             "0.01, 0.03 take the steps of plain SGD at lr 0.03, 0.1, 0.3.") in lines
     assert not any(x.startswith("With momentum") for x in S.lr_sweep_lines(studies))
-    (line,) = S.verdict_lines(momentum)
+    line = S.verdict_lines(momentum)[-1]
     assert ("In the lr sweep of binary, smallcnn, momentum 0.9 (lr 0.003 to 0.03, the table below) oversampling ends "
             "above class_weights at 3 of 3 and above class_weights_u at 2 of 3 lrs") in line
     lines = S.lr_sweep_lines(studies)
@@ -816,8 +816,10 @@ def test_an_lr_sweep_is_a_table_of_every_lr_and_its_extra_studies_no_answer_of_t
                                     "| oversampling | — | 0.570 ± 0.020 | 0.560 ± 0.020 |",
                                     "| class_weights_n | — | 0.558 ± 0.020 | — |",
                                     "| class_weights_u | — | — | 0.562 ± 0.020 |", ""]
-    (line,) = S.verdict_lines(studies)
-    assert "in 1 of the 2 (setting, model) pairs measured" in line  # base and longer: the extras are no pairs
+    lines = S.verdict_lines(studies)
+    assert "in 1 of the 2 cases measured" in lines[0]  # base and longer: the extras are no cases
+    assert len(lines) == 4 + 2 + 2
+    line = lines[-1]
     assert ("In the lr sweep of binary, smallcnn (lr 0.01 to 0.3, the table below) oversampling ends above "
             "class_weights at 2 of 2 and above class_weights_u at 2 of 3 lrs") in line
 
