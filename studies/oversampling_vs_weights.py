@@ -1461,9 +1461,9 @@ SWEEP_ARGS = ("dataset", "data_seed", "seeds", "seed0", "width", "momentum", "we
 
 
 def _alike(res, name, st, but=()):
-    """What two studies' runs of a setting must share to be compared: the setting, its model, batch and steps, the
-    device and SWEEP_ARGS less `but`."""
-    return (name, st["model"], st["batch_size"], st["steps"], res["device_name"],
+    """What two studies' runs of a setting must share to be compared: the setting, its model, batch and steps (None
+    where `but` holds "steps"), the device and SWEEP_ARGS less `but`."""
+    return (name, st["model"], st["batch_size"], None if "steps" in but else st["steps"], res["device_name"],
             *(repr(res["args"].get(k)) for k in SWEEP_ARGS if k not in but))
 
 
@@ -1578,6 +1578,58 @@ def momentum_lines(studies):
                 L.append(f"| {name}, {model}, {device} | {lr0:g} / {lr1:g} (momentum {r1['args']['momentum']:g}) | {m} "
                          f"| {_f(s0[m]['update_norm']['cv'], 2)} → {_f(s1[m]['update_norm']['cv'], 2)} | "
                          f"{_mean_std(s0[m]['final_balanced_acc'])} → {_mean_std(s1[m]['final_balanced_acc'])} | "
+                         f"[{d0}]({d0}/SUMMARY.md), [{d1}]({d1}/SUMMARY.md) |")
+    return L + [""] if L else []
+
+
+def length_pairs(studies):
+    """[(setting, model, device, short (folder, study.json), long (folder, study.json))]: each pair of studies of
+    [(folder, study.json)] whose runs of a setting are alike (_alike) but for the number of steps and the weight
+    decay, at the same lr; the short one is the group's shortest without weight decay, paired with every longer
+    one."""
+    groups = {}
+    for d, res in studies:
+        for name, st in res["settings"].items():
+            key = (*_alike(res, name, st, but=("steps", "weight_decay")), res["args"]["lr"])
+            groups.setdefault(key, []).append((st["steps"], res["args"]["weight_decay"], d, res))
+    pairs = []
+    for (name, model, _, _, device, *_), runs in sorted(groups.items()):
+        short = min(runs, key=lambda r: r[:3])
+        if short[1] == 0:
+            pairs += [(name, model, device, short[2:], r[2:]) for r in sorted(runs, key=lambda r: r[:3])
+                      if r[0] > short[0]]
+    return pairs
+
+
+def _final_probe_loss(st, m):
+    """Method m's final mean CE on the minority images of the probe subset (training images; every minority image in
+    the binary setting) in a setting's JSON, mean ± std over seeds: near 0 where the model has memorized them."""
+    return _auc_text(stats([_group_mean(r["final"]["probe_loss"], st["minority"]) for r in st["runs"][m]]))
+
+
+def length_lines(studies):
+    """README's table of longer runs against shorter ones (length_pairs): per pair, the final balanced accuracy,
+    minority accuracy, minority AUC and minority training loss of oversampling and each class-weight form that both
+    studies ran."""
+    L = []
+    for name, model, device, (d0, r0), (d1, r1) in length_pairs(studies):
+        st0, st1 = r0["settings"][name], r1["settings"][name]
+        if not L:
+            L = ["Longer runs against shorter ones, each pair of studies alike but for the number of steps (and the "
+                 "weight decay, where the longer one has it): short → long, mean ± std over seeds (the lr drop at the "
+                 "same fraction of each run):", "",
+                 "| setting, model, device, optimizer | steps | method | final balanced accuracy | final minority "
+                 "accuracy | final minority AUC | final minority training loss (probe) | studies |",
+                 "|---|---|---|---|---|---|---|---|"]
+        wd = r1["args"]["weight_decay"]
+        case = (f"| {name}, {model}, {device}, lr {r0['args']['lr']:g}{_optimizer(r0['args'])} | {st0['steps']} → "
+                f"{st1['steps']}{f' (weight decay {wd:g})' if wd else ''} |")
+        for m in ("oversampling", *WEIGHTINGS):
+            s0, s1 = st0["summary"].get(m), st1["summary"].get(m)
+            if s0 and s1:
+                L.append(f"{case} {m} | {_mean_std(s0['final_balanced_acc'])} → {_mean_std(s1['final_balanced_acc'])} "
+                         f"| {_mean_std(s0['final_minority_acc'])} → {_mean_std(s1['final_minority_acc'])} | "
+                         f"{_auc(s0)} → {_auc(s1)} | {_final_probe_loss(st0, m)} → {_final_probe_loss(st1, m)} | "
                          f"[{d0}]({d0}/SUMMARY.md), [{d1}]({d1}/SUMMARY.md) |")
     return L + [""] if L else []
 
@@ -1738,7 +1790,8 @@ def pcn_batch_lines(studies):
 def readme_lines(results_dir):
     """README's study block: the answer of every study.json in results/ made at full length (not --quick) that ran
     oversampling, the ResNet-32 ones first, each with its first setting's learning curves; then the lr sweep tables
-    (lr_sweep_lines), momentum against plain SGD (momentum_lines) and the PCNSGD tables (pcn_batch_lines)."""
+    (lr_sweep_lines), momentum against plain SGD (momentum_lines), longer runs against shorter ones
+    (length_lines) and the PCNSGD tables (pcn_batch_lines)."""
     found = []
     for d in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
         path = os.path.join(results_dir, d, "study.json")
@@ -1768,6 +1821,7 @@ def readme_lines(results_dir):
             L += answer + ["", f"![{d}: {first} per-class learning curves]({rel}/{d}/{first}_per_class.png)", ""]
     L += lr_sweep_lines([(f"{rel}/{d}", res) for d, res in ordered])
     L += momentum_lines([(f"{rel}/{d}", res) for d, res in ordered])
+    L += length_lines([(f"{rel}/{d}", res) for d, res in ordered])
     pcn = pcn_batch_lines([(f"{rel}/{d}", res) for d, res in ordered])
     if pcn:
         L += pcn + [""]
