@@ -685,7 +685,7 @@ def train_one(args, setting, method, seed, log=print):
         "loss_share": rnd(loss_share(method, plan_labels, weights, C)),
         "presence": rnd(present.float().mean(0).tolist()),
         "no_minority_frac": no_group_fraction(present, minority),
-        "minority_present": present[:, minority].any(1).tolist(),
+        "minority_present": present[:, minority].any(1).int().tolist(),  # 0 / 1: 2 bytes a step, not 5
         "final": {"per_class_acc": rnd(per_class), "top1": rnd(final["top1"]),
                   "minority_acc": rnd(mean_or_none([per_class[c] for c in minority])),
                   "majority_acc": rnd(mean_or_none([per_class[c] for c in setting["majority"]])),

@@ -596,8 +596,10 @@ def test_quick_mode_end_to_end(tmp_path):
             assert len(r["measure"]["cos_batch_full"]) == len(r["measure"]["step"]) >= 3
             assert sum(r["sampled_class_counts"]) == 12 * r["images_per_step"]
             assert 0 <= r["no_minority_frac"] <= 1
-            # recount the batches without a minority image from the per-step record
+            # recount the batches without a minority image from the per-step record, written as 0 / 1 (not
+            # true / false: 2 bytes a step in the JSON, which counts in runs of 20000 steps)
             assert r["no_minority_frac"] == pytest.approx(1 - sum(r["minority_present"]) / 12)
+            assert all(type(p) is int and p in (0, 1) for p in r["minority_present"])
             for row in r["measure"]["cos_batch_full"]:
                 assert all(c is None or -1.0001 <= c <= 1.0001 for c in row)
         for r in runs:  # the loss weight per class: a batch mean's is the class's share of the batches
