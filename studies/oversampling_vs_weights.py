@@ -1642,7 +1642,8 @@ def _difference(a, b):
 
 def verdict_lines(studies, table=None):
     """The question's answer so far over every study [(folder, study.json)]: a lead sentence, then a table with one
-    row per case (a setting of a study that ran oversampling and a class-weight form): oversampling's final balanced
+    row per case (a setting of a study that ran oversampling and a class-weight form; by setting, model, optimizer
+    and length): oversampling's final balanced
     accuracy, the best form's against it and PyTorch's weighted mean's (methods/class_weights.py's), and the final
     minority AUC of oversampling against the highest form's; then in each lr sweep (lr_sweeps) the lrs where
     oversampling ends ahead, and from run_all.sh's table (`table`: common.summarize of results/) class_weights against
@@ -1666,7 +1667,8 @@ def verdict_lines(studies, table=None):
             auc = (f"{S['oversampling']['final_minority_auc']['mean']:.3f} vs {max(aucs):.3f}"
                    if aucs and S["oversampling"].get("final_minority_auc") else "n/a")
             rows.append({"ahead": acc(best)["mean"] < acc("oversampling")["mean"], "lr": res["args"]["lr"],
-                         "steps": st["steps"], "opt": _optimizer(res["args"]), "cells": [
+                         "steps": st["steps"], "opt": _optimizer(res["args"]),
+                         "order": (name, st["model"], _optimizer(res["args"]), st["steps"]), "cells": [
                              f"{name}, {st['model']}, {res['device_name']}{_optimizer(res['args'])}",
                              f"{res['args']['lr']:g}", f"{acc('oversampling')['n']} x {st['steps']}",
                              _mean_std(acc("oversampling")), note, _difference(acc("oversampling"), acc(best)),
@@ -1689,7 +1691,7 @@ def verdict_lines(studies, table=None):
     L = [lead, "", "| case: setting, model, device, optimizer | lr | seeds x steps | oversampling | best class-weight "
          "form | its difference | PyTorch's weighted mean (class_weights): difference | final minority AUC, "
          "oversampling vs the highest form's |", "|---|---|---|---|---|---|---|---|"]
-    L += ["| " + " | ".join(r["cells"]) + " |" for r in rows]
+    L += ["| " + " | ".join(r["cells"]) + " |" for r in sorted(rows, key=lambda r: r["order"])]
     text = []
     for (name, model, *_), runs in sorted(lr_sweeps(studies).items()):
         accs = _sweep_accs(name, runs)

@@ -743,6 +743,9 @@ def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with
     assert ("(SGD at one lr for every method, 0.01 / 0.1, not tuned per method; plain SGD (no momentum, no weight "
             "decay) unless a case names its optimizer; runs of 300 to 1500 steps") in lead
     assert "in 2 of the 4 cases measured" in lead
+    assert [r.split(" | ")[0] for r in rows] == [  # by setting, model, optimizer and length, not by study
+        "| binary, smallcnn, cpu", "| binary, smallcnn, cpu, momentum 0.9, weight decay 0.0002", "| lt10, smallcnn, cpu",
+        "| lt10, smallcnn, cpu, momentum 0.9, weight decay 0.0002"]
     assert ("| binary, smallcnn, cpu, momentum 0.9, weight decay 0.0002 | 0.01 | 5 x 1500 | 70.0 ± 1.00 | "
             "class_weights_n | -4.5 (7.1 s.e.) | -20.0 (31.6 s.e.) | n/a |") in rows
     # run_all.sh's table, where class_weights and oversampling both have runs: their top-1 and which is ahead
