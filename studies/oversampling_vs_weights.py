@@ -1394,7 +1394,7 @@ AUC_NOTE = ("Minority AUC: the one-vs-rest ROC AUC of the final model's probabil
 
 
 def _auc_text(a):
-    """An AUC summary (stats) as text."""
+    """An AUC summary (stats) as text, 3 decimals (also a loss's: _final_probe_loss)."""
     return "n/a" if not a else f"{_f(a['mean'], 3)} ± {_f(a['std'], 3)}"
 
 
@@ -1645,12 +1645,12 @@ def _difference(a, b):
 def verdict_lines(studies, table=None):
     """The question's answer so far over every study [(folder, study.json)]: a lead sentence, then a table with one
     row per case (a setting of a study that ran oversampling and a class-weight form; by setting, model, optimizer
-    and length): oversampling's final balanced
-    accuracy, the best form's against it and PyTorch's weighted mean's (methods/class_weights.py's), and the final
-    minority AUC of oversampling against the highest form's; then in each lr sweep (lr_sweeps) the lrs where
-    oversampling ends ahead, and from run_all.sh's table (`table`: common.summarize of results/) class_weights against
-    oversampling at full length, where the order may differ. A study that README shows only in a sweep
-    (sweep_extras) is not a case of its own. Empty when no setting has both."""
+    and length): oversampling's final balanced accuracy, the best form's against it and PyTorch's weighted mean's
+    (methods/class_weights.py's), and the final minority AUC of oversampling against the highest form's; then in
+    each lr sweep (lr_sweeps) the lrs where oversampling ends ahead, and from run_all.sh's table (`table`:
+    common.summarize of results/) class_weights against oversampling at full length, where the order may differ. A
+    study that README shows only in a sweep (sweep_extras) is not a case of its own. Empty when no setting has
+    both."""
     rows, extras = [], sweep_extras(studies)
     for d, res in studies:
         if d in extras:
@@ -1668,10 +1668,10 @@ def verdict_lines(studies, table=None):
             aucs = [S[m]["final_minority_auc"]["mean"] for m in forms if S[m].get("final_minority_auc")]
             auc = (f"{S['oversampling']['final_minority_auc']['mean']:.3f} vs {max(aucs):.3f}"
                    if aucs and S["oversampling"].get("final_minority_auc") else "n/a")
+            opt = _optimizer(res["args"])
             rows.append({"ahead": acc(best)["mean"] < acc("oversampling")["mean"], "lr": res["args"]["lr"],
-                         "steps": st["steps"], "opt": _optimizer(res["args"]),
-                         "order": (name, st["model"], _optimizer(res["args"]), st["steps"]), "cells": [
-                             f"{name}, {st['model']}, {res['device_name']}{_optimizer(res['args'])}",
+                         "steps": st["steps"], "opt": opt, "order": (name, st["model"], opt, st["steps"]), "cells": [
+                             f"{name}, {st['model']}, {res['device_name']}{opt}",
                              f"{res['args']['lr']:g}", f"{acc('oversampling')['n']} x {st['steps']}",
                              _mean_std(acc("oversampling")), note, _difference(acc("oversampling"), acc(best)),
                              _difference(acc("oversampling"), acc("class_weights")) if "class_weights" in S else "—",
