@@ -1469,13 +1469,20 @@ def _alike(res, name, st, but=()):
             *(repr(res["args"].get(k)) for k in SWEEP_ARGS if k not in but))
 
 
-def lr_sweeps(studies):
-    """{setting key: [(lr, folder, study.json), ...] by lr} for each setting that several studies of [(folder,
-    study.json)] ran alike except for --lr; the key starts with the setting's name, model, batch and steps."""
+def _groups_alike(studies, but=(), also=lambda res, st: ()):
+    """{key: [(folder, study.json, setting's JSON), ...]}: the runs of a setting of [(folder, study.json)] grouped by
+    what they share (_alike less `but`, plus also(study.json, setting's JSON)), in the order of `studies`."""
     groups = {}
     for d, res in studies:
         for name, st in res["settings"].items():
-            groups.setdefault(_alike(res, name, st), []).append((res["args"]["lr"], d, res))
+            groups.setdefault((*_alike(res, name, st, but), *also(res, st)), []).append((d, res, st))
+    return groups
+
+
+def lr_sweeps(studies):
+    """{setting key: [(lr, folder, study.json), ...] by lr} for each setting that several studies of [(folder,
+    study.json)] ran alike except for --lr; the key starts with the setting's name, model, batch and steps."""
+    groups = {k: [(res["args"]["lr"], d, res) for d, res, _ in v] for k, v in _groups_alike(studies).items()}
     return {k: sorted(v, key=lambda t: t[:2]) for k, v in groups.items() if len({t[0] for t in v}) > 1}
 
 
@@ -1550,14 +1557,10 @@ def momentum_pairs(studies):
     """[(setting, model, device, plain (lr, folder, study.json), with momentum (lr, folder, study.json))]: each pair
     of studies of [(folder, study.json)] whose runs of a setting are alike (_alike) but for the momentum, at the
     same step, lr / (1 - momentum); the first plain study of each such group."""
-    groups = {}
-    for d, res in studies:
-        a = res["args"]
-        for name, st in res["settings"].items():
-            key = (*_alike(res, name, st, but=("momentum",)), round(a["lr"] / (1 - a["momentum"]), 12))
-            groups.setdefault(key, []).append((a["momentum"], a["lr"], d, res))
+    step = lambda res, st: (round(res["args"]["lr"] / (1 - res["args"]["momentum"]), 12),)  # noqa: E731
     pairs = []
-    for (name, model, _, _, device, *_), runs in sorted(groups.items()):
+    for (name, model, _, _, device, *_), group in sorted(_groups_alike(studies, ("momentum",), step).items()):
+        runs = [(res["args"]["momentum"], res["args"]["lr"], d, res) for d, res, _ in group]
         plain = [r[1:] for r in runs if r[0] == 0]
         pairs += [(name, model, device, plain[0], r[1:]) for r in runs if plain and r[0] != 0]
     return pairs
@@ -1589,13 +1592,10 @@ def length_pairs(studies):
     [(folder, study.json)] whose runs of a setting are alike (_alike) but for the number of steps and the weight
     decay, at the same lr; the short one is the group's shortest without weight decay, paired with every longer
     one."""
-    groups = {}
-    for d, res in studies:
-        for name, st in res["settings"].items():
-            key = (*_alike(res, name, st, but=("steps", "weight_decay")), res["args"]["lr"])
-            groups.setdefault(key, []).append((st["steps"], res["args"]["weight_decay"], d, res))
+    lr = lambda res, st: (res["args"]["lr"],)  # noqa: E731
     pairs = []
-    for (name, model, _, _, device, *_), runs in sorted(groups.items()):
+    for (name, model, _, _, device, *_), group in sorted(_groups_alike(studies, ("steps", "weight_decay"), lr).items()):
+        runs = [(st["steps"], res["args"]["weight_decay"], d, res) for d, res, st in group]
         short = min(runs, key=lambda r: r[:3])
         if short[1] == 0:
             pairs += [(name, model, device, short[2:], r[2:]) for r in sorted(runs, key=lambda r: r[:3])
