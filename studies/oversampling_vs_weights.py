@@ -57,7 +57,7 @@ Run:  python studies/oversampling_vs_weights.py --quick
       python studies/oversampling_vs_weights.py --quick --dataset synthetic   # without the CIFAR folder
       python studies/oversampling_vs_weights.py --dataset imagefolder --data-dir data/cifar10-jpeg
       python studies/oversampling_vs_weights.py --from-json results/study/study.json   # plots + summary only
-      python studies/oversampling_vs_weights.py --readme   # README's answer, from every study.json not --quick
+      python studies/oversampling_vs_weights.py --readme   # results/STUDY.md and README's block, from each study.json
 """
 import argparse
 import concurrent.futures
@@ -1457,7 +1457,7 @@ def n_to_u_lr(counts):
 
 
 # What two studies must share for their runs of a setting to differ only by the learning rate (with the setting's
-# model, batch, steps and the device): README's lr sweep.
+# model, batch, steps and the device): the lr sweep tables of results/STUDY.md.
 SWEEP_ARGS = ("dataset", "data_seed", "seeds", "seed0", "width", "momentum", "weight_decay", "lr_drop_at", "lr_drop",
               "eps", "binary_ratio", "lt_ratio")
 
@@ -1503,9 +1503,9 @@ def _plain_sgd(res):
 
 
 def sweep_extras(studies):
-    """The folders that README shows only in an lr sweep's table: in every sweep a study is part of, another study
-    ran more methods, or as many at an effective lr (lr / (1 - momentum)) nearer 0.1 (that one keeps its answer lines
-    and plot)."""
+    """The folders that results/STUDY.md shows only in an lr sweep's table: in every sweep a study is part of,
+    another study ran more methods, or as many at an effective lr (lr / (1 - momentum)) nearer 0.1 (that one keeps
+    its answer lines and plot)."""
     base, seen = set(), set()
     for runs in lr_sweeps(studies).values():
         seen |= {d for _, d, _ in runs}
@@ -1515,8 +1515,8 @@ def sweep_extras(studies):
 
 
 def lr_sweep_lines(studies):
-    """README's lr sweep tables: per sweep (lr_sweeps), each method's final balanced accuracy at every lr run, none
-    selected; the oversampling and class-weight methods."""
+    """results/STUDY.md's lr sweep tables: per sweep (lr_sweeps), each method's final balanced accuracy at every lr
+    run, none selected; the oversampling and class-weight methods."""
     L = []
     for (name, model, batch, steps, device, *_), runs in sorted(lr_sweeps(studies).items()):
         lrs = sorted({lr for lr, _, _ in runs})
@@ -1567,8 +1567,9 @@ def momentum_pairs(studies):
 
 
 def momentum_lines(studies):
-    """README's table of momentum against plain SGD at the same step (momentum_pairs): per pair, the update-norm CV
-    and the final balanced accuracy of oversampling and each class-weight form that both studies ran."""
+    """results/STUDY.md's table of momentum against plain SGD at the same step (momentum_pairs): per pair, the
+    update-norm CV and the final balanced accuracy of oversampling and each class-weight form that both studies
+    ran."""
     L = []
     for name, model, device, (lr0, d0, r0), (lr1, d1, r1) in momentum_pairs(studies):
         s0, s1 = r0["settings"][name]["summary"], r1["settings"][name]["summary"]
@@ -1610,9 +1611,9 @@ def _final_probe_loss(st, m):
 
 
 def length_lines(studies):
-    """README's table of longer runs against shorter ones (length_pairs): per pair, the final balanced accuracy,
-    minority accuracy, minority AUC and minority training loss of oversampling and each class-weight form that both
-    studies ran."""
+    """The table of longer runs against shorter ones (length_pairs; README and results/STUDY.md): per pair, the
+    final balanced accuracy, minority accuracy, minority AUC and minority training loss of oversampling and each
+    class-weight form that both studies ran."""
     L = []
     for name, model, device, (d0, r0), (d1, r1) in length_pairs(studies):
         st0, st1 = r0["settings"][name], r1["settings"][name]
@@ -1642,15 +1643,15 @@ def _difference(a, b):
     return f"{b['mean'] - a['mean']:+.1f}" + (f" ({abs(b['mean'] - a['mean']) / se:.1f} s.e.)" if se else "")
 
 
-def verdict_lines(studies, table=None):
+def verdict_lines(studies, table=None, page=None):
     """The question's answer so far over every study [(folder, study.json)]: a lead sentence, then a table with one
     row per case (a setting of a study that ran oversampling and a class-weight form; by setting, model, optimizer
     and length): oversampling's final balanced accuracy, the best form's against it and PyTorch's weighted mean's
     (methods/class_weights.py's), and the final minority AUC of oversampling against the highest form's; then in
     each lr sweep (lr_sweeps) the lrs where oversampling ends ahead, and from run_all.sh's table (`table`:
     common.summarize of results/) class_weights against oversampling at full length, where the order may differ. A
-    study that README shows only in a sweep (sweep_extras) is not a case of its own. Empty when no setting has
-    both."""
+    study that the page shows only in a sweep (sweep_extras) is not a case of its own. page: a link to the page that
+    holds each case's lines and the sweep tables (None: they follow below). Empty when no setting has both."""
     rows, extras = [], sweep_extras(studies)
     for d, res in studies:
         if d in extras:
@@ -1689,7 +1690,8 @@ def verdict_lines(studies, table=None):
             "which also shows where a method leaves the decision threshold, mean ± std over seeds; a difference is "
             "the class-weight form's minus oversampling's (s.e.: its standard error); the final minority AUC is a "
             "ranking, which no shift of the decision threshold changes in the binary setting (in lt10, no shift of "
-            "a minority class's own logit). Each case's spread, minority accuracy and update noise: the lines below.")
+            "a minority class's own logit). Each case's spread, minority accuracy and update noise: "
+            + (f"its lines in {page}." if page else "the lines below."))
     L = [lead, "", "| case: setting, model, device, optimizer | lr | seeds x steps | oversampling | best class-weight "
          "form | its difference | PyTorch's weighted mean (class_weights): difference | final minority AUC, "
          "oversampling vs the highest form's |", "|---|---|---|---|---|---|---|---|"]
@@ -1704,7 +1706,7 @@ def verdict_lines(studies, table=None):
         if said:
             swept = sorted({lr for lr, _, _ in runs})
             text.append(f"In the lr sweep of {name}, {model}{_optimizer(runs[0][2]['args'])} (lr {swept[0]:g} to "
-                        f"{swept[-1]:g}, the table below) oversampling ends above " + " and above ".join(said)
+                        f"{swept[-1]:g}, {f'its table in {page}' if page else 'the table below'}) oversampling ends above " + " and above ".join(said)
                         + " lrs.")
     full = [(setting, t) for setting, t in sorted((table or {}).items())
             if t.get("oversampling", {}).get("n") and t.get("class_weights", {}).get("n")]
@@ -1744,10 +1746,10 @@ def _pcn_cells(d, st, m, S):
 
 
 def pcn_batch_lines(studies):
-    """README's PCNSGD tables from [(folder, study.json)]: every binary-setting pcnsgd / pcnsgd_o result by the
-    images of each class in a step (majority + minority), so that runs at several batch sizes (--batch-binary) line
-    up; then every lt10 one, by the number of steps, and its push by class in the same order. Empty when no study
-    has them."""
+    """The PCNSGD tables (README and results/STUDY.md) from [(folder, study.json)]: every binary-setting pcnsgd /
+    pcnsgd_o result by the images of each class in a step (majority + minority), so that runs at several batch sizes
+    (--batch-binary) line up; then every lt10 one, by the number of steps, and its push by class in the same order.
+    Empty when no study has them."""
     rows = []
     for d, st, m, sizes, S in _pcn_results(studies, "binary"):
         (mj,), (mn,) = st["majority"], st["minority"]
@@ -1791,11 +1793,9 @@ def pcn_batch_lines(studies):
     return L
 
 
-def readme_lines(results_dir):
-    """README's study block: the answer of every study.json in results/ made at full length (not --quick) that ran
-    oversampling, the ResNet-32 ones first, each with its first setting's learning curves; then the lr sweep tables
-    (lr_sweep_lines), momentum against plain SGD (momentum_lines), longer runs against shorter ones
-    (length_lines) and the PCNSGD tables (pcn_batch_lines)."""
+def full_studies(results_dir):
+    """[(folder, study.json)] of every study.json in results_dir made at full length (not --quick), the ResNet-32
+    ones first, then by folder."""
     found = []
     for d in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
         path = os.path.join(results_dir, d, "study.json")
@@ -1804,34 +1804,74 @@ def readme_lines(results_dir):
                 res = drop_tied_aucs(json.load(f))
             if res.get("study") == "oversampling_vs_weights" and res.get("mode") != "quick":
                 found.append((res["args"]["model"] != "resnet32", d, res))
-    rel = os.path.relpath(results_dir, ROOT)
-    L = ["Generated by `python studies/oversampling_vs_weights.py --readme` from the study.json files in results/ not "
-         "made with --quick (every measurement and plot: each study's SUMMARY.md). Loss weight per step: the mean weight a "
-         "step's loss puts on the minority / majority images (for a batch mean; balanced: each group's share of the "
-         "classes, 0.500 / 0.500 in the binary setting); update-norm CV: std / mean of ||θ(t+1) − θ(t)|| over the "
-         "steps before the lr drop and the seeds (the spread of the step sizes, their trend included); s.e.: the "
-         "standard error of the difference of the two means over seeds (unpaired, so conservative although the runs "
-         "pair by seed; with 3 or 5 seeds, k s.e. reads as a t-statistic).", ""]
-    ordered = [(d, res) for _, d, res in sorted(found, key=lambda t: t[:2])]
-    verdict = verdict_lines(ordered, common.summarize(common.load_results(results_dir)))
+    return [(d, res) for _, d, res in sorted(found, key=lambda t: t[:2])]
+
+
+SE_NOTE = ("s.e.: the standard error of the difference of the two means over seeds (unpaired, so conservative although "
+           "the runs pair by seed; with 3 or 5 seeds, k s.e. reads as a t-statistic).")
+NO_STUDY = "No study without --quick has run yet: `python studies/oversampling_vs_weights.py` writes results/study/."
+
+
+def study_page_lines(results_dir):
+    """results/STUDY.md, every study at full length (full_studies) in one page: the answer so far (verdict_lines),
+    then each study that ran oversampling with its answer (answer_lines) and its first setting's learning curves, the
+    lr sweep tables (lr_sweep_lines), momentum against plain SGD (momentum_lines), longer runs against shorter ones
+    (length_lines) and the PCNSGD tables (pcn_batch_lines). Links are relative to results_dir, where the page goes."""
+    studies = full_studies(results_dir)
+    L = ["# Oversampling or class weights in mini-batch SGD: every study", "",
+         "Generated by `python studies/oversampling_vs_weights.py --readme` from the study.json files in this folder "
+         "not made with --quick (every measurement and plot of a study: its SUMMARY.md); the question, and what the "
+         "measurements say about it: [README](../README.md#oversampling-or-class-weights-in-mini-batch-sgd). Loss "
+         "weight per step: the mean weight a step's loss puts on the minority / majority images (for a batch mean; "
+         "balanced: each group's share of the classes, 0.500 / 0.500 in the binary setting); update-norm CV: std / "
+         "mean of ||θ(t+1) − θ(t)|| over the steps before the lr drop and the seeds (the spread of the step sizes, "
+         "their trend included); " + SE_NOTE, ""]
+    verdict = verdict_lines(studies, common.summarize(common.load_results(results_dir)))
     L += verdict + ([""] if verdict else [])
-    extras = sweep_extras(ordered)
-    for d, res in ordered:
+    extras = sweep_extras(studies)
+    for d, res in studies:
         if d in extras:  # in the lr sweep's table only
             continue
-        answer = answer_lines(res, f"{rel}/{d}/SUMMARY.md")
+        answer = answer_lines(res, f"{d}/SUMMARY.md")
         first = next(iter(res["settings"]), None)
         if answer and first:
-            L += answer + ["", f"![{d}: {first} per-class learning curves]({rel}/{d}/{first}_per_class.png)", ""]
-    L += lr_sweep_lines([(f"{rel}/{d}", res) for d, res in ordered])
-    L += momentum_lines([(f"{rel}/{d}", res) for d, res in ordered])
-    L += length_lines([(f"{rel}/{d}", res) for d, res in ordered])
-    pcn = pcn_batch_lines([(f"{rel}/{d}", res) for d, res in ordered])
-    if pcn:
-        L += pcn + [""]
-    if not found:
-        L += ["No study without --quick has run yet: `python studies/oversampling_vs_weights.py` writes results/study/."]
-    return L
+            L += answer + ["", f"![{d}: {first} per-class learning curves]({d}/{first}_per_class.png)", ""]
+    L += lr_sweep_lines(studies) + momentum_lines(studies) + length_lines(studies)
+    pcn = pcn_batch_lines(studies)
+    return L + (pcn + [""] if pcn else []) + ([] if studies else [NO_STUDY])
+
+
+def longest_runs(studies):
+    """{setting: (folder, study.json)}: per setting, the study of [(folder, study.json)] that ran oversampling for the
+    most steps (of those, one with weight decay, as the protocol has), whose learning curves README shows."""
+    best = {}
+    for d, res in studies:
+        for name, st in res["settings"].items():
+            key = (st["steps"], res["args"]["weight_decay"] > 0, d)
+            if "oversampling" in st["summary"] and (name not in best or key > best[name][0]):
+                best[name] = (key, d, res)
+    return {name: (d, res) for name, (_, d, res) in sorted(best.items())}
+
+
+def readme_lines(results_dir):
+    """README's study block, the short form of results/STUDY.md (study_page_lines): the answer so far
+    (verdict_lines), longer runs against shorter ones (length_lines), the learning curves of each setting's longest
+    study (longest_runs) and the PCNSGD tables (pcn_batch_lines); links relative to the repository's root."""
+    rel = os.path.relpath(results_dir, ROOT)
+    studies = [(f"{rel}/{d}", res) for d, res in full_studies(results_dir)]
+    page = f"[{rel}/STUDY.md]({rel}/STUDY.md)"
+    L = ["Generated by `python studies/oversampling_vs_weights.py --readme` from the study.json files in results/ not "
+         f"made with --quick, which also writes {page}: every study's answer, spread, minority accuracy and update "
+         "noise, the lr sweeps and momentum against plain SGD (every measurement and plot of a study: its "
+         "SUMMARY.md). " + SE_NOTE, ""]
+    verdict = verdict_lines(studies, common.summarize(common.load_results(results_dir)), page)
+    L += verdict + ([""] if verdict else []) + length_lines(studies)
+    for name, (d, res) in longest_runs(studies).items():
+        st = res["settings"][name]
+        L += [f"![{d}: {name} per-class learning curves, {st['steps']} steps{_optimizer(res['args'])}]"
+              f"({d}/{name}_per_class.png)", ""]
+    pcn = pcn_batch_lines(studies)
+    return L + (pcn + [""] if pcn else []) + ([] if studies else [NO_STUDY])
 
 
 def drop_tied_aucs(res):
@@ -1869,8 +1909,8 @@ def parse_args(argv=None):
     p = common.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--quick", action="store_true", help="CPU-sized run: SmallCNN, 3 seeds, few steps, capped test set")
     p.add_argument("--readme", action="store_true",
-                   help="write the answer of every study.json in results/ not made with --quick into README.md (its "
-                        "<!-- study:start --> block) and stop")
+                   help="write every study.json in results/ not made with --quick into results/STUDY.md and its "
+                        "short form into README.md (its <!-- study:start --> block), and stop")
     p.add_argument("--from-json", default=None, help="re-make the plots and SUMMARY.md of an existing study.json")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="imagefolder", help="imagefolder | synthetic")
@@ -1990,8 +2030,11 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     if args.readme:
-        common.write_readme_block("study", readme_lines(os.path.join(ROOT, "results")))
-        print("wrote the study block of README.md")
+        results = os.path.join(ROOT, "results")
+        with open(os.path.join(results, "STUDY.md"), "w") as f:
+            f.write("\n".join(study_page_lines(results)).strip() + "\n")
+        common.write_readme_block("study", readme_lines(results))
+        print("wrote results/STUDY.md and the study block of README.md")
         return
     if args.from_json:
         common.check(os.path.isfile(args.from_json), f"{args.from_json} does not exist")

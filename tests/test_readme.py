@@ -14,11 +14,11 @@ from conftest import ROOT, load_script, read_results, run_forked
 STUDY = "studies/oversampling_vs_weights.py"
 
 
-def readme_commands():
-    """The commands of README.md's bash blocks, one list of command lines per block in the order of the file:
-    comments dropped, lines continued with a backslash joined, and a one-line `for v in a b; do cmd; done` loop
-    written out as one command per value."""
-    with open(os.path.join(ROOT, "README.md")) as f:
+def readme_commands(readme="README.md"):
+    """The commands of a README's bash blocks (README.md unless named), one list of command lines per block in the
+    order of the file: comments dropped, lines continued with a backslash joined, and a one-line
+    `for v in a b; do cmd; done` loop written out as one command per value."""
+    with open(os.path.join(ROOT, readme)) as f:
         text = f.read()
     blocks = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
@@ -34,14 +34,15 @@ def readme_commands():
     return blocks
 
 
-def all_commands():
-    """Every simple command of README's bash blocks (a line split at its '&&'), as a list of words."""
-    return [shlex.split(part) for block in readme_commands() for line in block for part in line.split("&&")]
+def all_commands(readme="README.md"):
+    """Every simple command of a README's bash blocks (a line split at its '&&'), as a list of words."""
+    return [shlex.split(part) for block in readme_commands(readme) for line in block for part in line.split("&&")]
 
 
-def python_commands(script=None):
-    """(script, arguments) of every `python <file>.py ...` command of README (only those of `script` if given)."""
-    return [(w[1], w[2:]) for w in all_commands()
+def python_commands(script=None, readmes=("README.md", "studies/README.md")):
+    """(script, arguments) of every `python <file>.py ...` command of README.md and studies/README.md (only those of
+    `script` if given)."""
+    return [(w[1], w[2:]) for readme in readmes for w in all_commands(readme)
             if len(w) > 1 and w[0] == "python" and w[1].endswith(".py") and script in (None, w[1])]
 
 
@@ -106,10 +107,10 @@ def test_every_variable_set_for_run_all_is_read_by_it():
 
 
 def test_readme_commands_made_the_committed_studies(tmp_path):
-    """Each `python studies/oversampling_vs_weights.py ... [--out results/X]` command of README (no --out:
-    results/study), read by the script's own parser, gives the arguments results/X/study.json records (aside from
-    the paths and the machine's own choices): the listed commands are the ones that made the numbers. And every
-    committed study has its command."""
+    """Each `python studies/oversampling_vs_weights.py ... [--out results/X]` command of README.md and
+    studies/README.md (no --out: results/study), read by the script's own parser, gives the arguments
+    results/X/study.json records (aside from the paths and the machine's own choices): the listed commands are the
+    ones that made the numbers. And every committed study has its command."""
     study = load_script(STUDY, "readme_study")
     listed = {}
     for _, args in python_commands(STUDY):
@@ -126,7 +127,7 @@ def test_readme_commands_made_the_committed_studies(tmp_path):
                        for p in glob.glob(os.path.join(ROOT, "results", "*", "study.json")))
     assert committed
     for d in committed:
-        assert d in listed, f"README lists no command for {d}"
+        assert d in listed, f"neither README.md nor studies/README.md lists a command for {d}"
         with open(os.path.join(ROOT, d, "study.json")) as f:
             recorded = json.load(f)["args"]
         differ = {k: (v, recorded.get(k)) for k, v in listed[d].items() if recorded.get(k) != v}

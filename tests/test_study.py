@@ -649,12 +649,13 @@ def test_quick_mode_end_to_end(tmp_path):
     run_script(STUDY, "--from-json", out / "study.json", timeout=120)
     again = (out / "SUMMARY.md").read_text()
     assert again == md
-    # --readme's answer: a study's numbers (not --quick) as its summary states them; a --quick one is left out.
+    # --readme's page (results/STUDY.md): a study's numbers (not --quick) as its summary states them; a --quick one
+    # is left out.
     results = tmp_path / "results"
     for folder, mode in (("full", "full"), ("quick", "quick")):
         (results / folder).mkdir(parents=True)
         (results / folder / "study.json").write_text(json.dumps({**res, "mode": mode}))
-    text = "\n".join(S.readme_lines(str(results)))
+    text = "\n".join(S.study_page_lines(str(results)))
     assert "full/SUMMARY.md" in text and "quick/" not in text and "full/binary_per_class.png" in text
     for name, st in res["settings"].items():
         o = st["summary"]["oversampling"]
@@ -682,7 +683,7 @@ def test_quick_mode_end_to_end(tmp_path):
     (results / "a-longer").mkdir()
     (results / "a-longer" / "study.json").write_text(json.dumps({**res, "mode": "full", "settings": {
         "lt10": {**lt, "steps": 3 * lt["steps"]}}}))
-    lines, rel = S.readme_lines(str(results)), os.path.relpath(str(results), ROOT)
+    lines = S.study_page_lines(str(results))
     at = lines.index(next(x for x in lines if x.startswith("PCNSGD in the lt10 setting")))
     rows = [x for x in lines[at:] if x.startswith("| ") and "| smallcnn |" in x]
     want = []
@@ -695,7 +696,7 @@ def test_quick_mode_end_to_end(tmp_path):
             want.append(f"| {' '.join(map(str, sizes))} | {m} | smallcnn | {lt['batch_size']} | {f['n']} x {steps} | "
                         f"{f['mean']:.1f} ± {f['std']:.2f} | {mn['mean']:.1f} ± {mn['std']:.2f} | "
                         f"{a['mean']:.3f} ± {a['std']:.3f} | {lt['summary'][m]['final_minority_zero_seeds']}/{f['n']} | "
-                        f"{S._pull_cell({**lt, 'steps': steps}, m)} | [{rel}/{folder}]({rel}/{folder}/SUMMARY.md) |")
+                        f"{S._pull_cell({**lt, 'steps': steps}, m)} | [{folder}]({folder}/SUMMARY.md) |")
     assert rows == want
     # ... and below it, the others' push by the class that pushes, one line per lt10 study and method, in the
     # table's order
@@ -705,10 +706,24 @@ def test_quick_mode_end_to_end(tmp_path):
             by = S.early_push_by_class({**lt, "steps": steps}, m)
             assert len(by) == len(lt["classes"]) and abs(sum(by) - S.early_pull({**lt, "steps": steps}, m)["others"][
                 "mean"]) < 1e-3
-            want.append(f"- {m}, [{rel}/{folder}]({rel}/{folder}/SUMMARY.md) ({steps} steps): " +
+            want.append(f"- {m}, [{folder}]({folder}/SUMMARY.md) ({steps} steps): " +
                         ", ".join(f"{c} {x:.2f}" for c, x in zip(lt["classes"], by)))
     assert [x for x in lines[at:] if x.startswith("- pcnsgd")] == want
-    assert "No study without --quick" in "\n".join(S.readme_lines(str(tmp_path / "none")))
+    # README's block, the page's short form: the PCNSGD tables as on the page, their links from the repository's
+    # root; no study's answer of its own; each setting's learning curves from its longest study that ran
+    # oversampling (lt10: a-longer)
+    short, rel = S.readme_lines(str(results)), os.path.relpath(str(results), ROOT)
+    at = short.index(next(x for x in short if x.startswith("PCNSGD in the lt10 setting")))
+    link = lambda folder: f"[{rel}/{folder}]({rel}/{folder}/SUMMARY.md)"  # noqa: E731
+    assert [x for x in short[at:] if x.startswith("| ") and "| smallcnn |" in x] == [
+        r.replace(f"[{f}]({f}/SUMMARY.md)", link(f)) for r in rows for f in ("full", "a-longer") if f"[{f}]" in r]
+    assert not any(x.startswith("- **") for x in short) and f"[{rel}/STUDY.md]({rel}/STUDY.md)" in short[0]
+    assert [x for x in short if x.startswith("![")] == [
+        f"![{rel}/full: binary per-class learning curves, {b['steps']} steps]({rel}/full/binary_per_class.png)",
+        f"![{rel}/a-longer: lt10 per-class learning curves, {3 * lt['steps']} steps]"
+        f"({rel}/a-longer/lt10_per_class.png)"]
+    for none in (S.readme_lines(str(tmp_path / "none")), S.study_page_lines(str(tmp_path / "none"))):
+        assert "No study without --quick" in "\n".join(none)
 
 
 def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with_oversampling():
@@ -880,12 +895,16 @@ def test_longer_runs_pair_with_the_shortest_alike_but_for_the_steps_and_the_weig
 
 
 def test_readme_states_the_committed_studies():
-    """README's study block is what --readme writes from the committed study.json files: no number typed by hand."""
+    """README's study block and results/STUDY.md are what --readme writes from the committed study.json files: no
+    number typed by hand."""
     text = open(os.path.join(ROOT, "README.md")).read()
     assert "<!-- study:start -->" in text and "<!-- study:end -->" in text
     block = text.split("<!-- study:start -->")[1].split("<!-- study:end -->")[0]
-    assert block.strip() == "\n".join(S.readme_lines(os.path.join(ROOT, "results"))).strip(), \
-        "README's study block is stale: run `python studies/oversampling_vs_weights.py --readme`"
+    stale = "stale: run `python studies/oversampling_vs_weights.py --readme`"
+    results = os.path.join(ROOT, "results")
+    assert block.strip() == "\n".join(S.readme_lines(results)).strip(), "README's study block is " + stale
+    page = open(os.path.join(results, "STUDY.md")).read()
+    assert page == "\n".join(S.study_page_lines(results)).strip() + "\n", "results/STUDY.md is " + stale
 
 
 def test_bad_input_gives_a_one_line_error(tmp_path):
