@@ -655,7 +655,7 @@ def test_quick_mode_end_to_end(tmp_path):
     for folder, mode in (("full", "full"), ("quick", "quick")):
         (results / folder).mkdir(parents=True)
         (results / folder / "study.json").write_text(json.dumps({**res, "mode": mode}))
-    text = "\n".join(S.study_page_lines(str(results)))
+    text = "\n".join(S.study_pages(str(results))[0])
     assert "full/SUMMARY.md" in text and "quick/" not in text and "full/binary_per_class.png" in text
     for name, st in res["settings"].items():
         o = st["summary"]["oversampling"]
@@ -683,7 +683,7 @@ def test_quick_mode_end_to_end(tmp_path):
     (results / "a-longer").mkdir()
     (results / "a-longer" / "study.json").write_text(json.dumps({**res, "mode": "full", "settings": {
         "lt10": {**lt, "steps": 3 * lt["steps"]}}}))
-    lines = S.study_page_lines(str(results))
+    lines, short = S.study_pages(str(results))
     at = lines.index(next(x for x in lines if x.startswith("PCNSGD in the lt10 setting")))
     rows = [x for x in lines[at:] if x.startswith("| ") and "| smallcnn |" in x]
     want = []
@@ -712,7 +712,7 @@ def test_quick_mode_end_to_end(tmp_path):
     # README's block, the page's short form: the PCNSGD tables as on the page, their links from the repository's
     # root; no study's answer of its own; each setting's learning curves from its longest study that ran
     # oversampling (lt10: a-longer)
-    short, rel = S.readme_lines(str(results)), os.path.relpath(str(results), ROOT)
+    rel = os.path.relpath(str(results), ROOT)
     at = short.index(next(x for x in short if x.startswith("PCNSGD in the lt10 setting")))
     link = lambda folder: f"[{rel}/{folder}]({rel}/{folder}/SUMMARY.md)"  # noqa: E731
     assert [x for x in short[at:] if x.startswith("| ") and "| smallcnn |" in x] == [
@@ -722,7 +722,7 @@ def test_quick_mode_end_to_end(tmp_path):
         f"![{rel}/full: binary per-class learning curves, {b['steps']} steps]({rel}/full/binary_per_class.png)",
         f"![{rel}/a-longer: lt10 per-class learning curves, {3 * lt['steps']} steps]"
         f"({rel}/a-longer/lt10_per_class.png)"]
-    for none in (S.readme_lines(str(tmp_path / "none")), S.study_page_lines(str(tmp_path / "none"))):
+    for none in S.study_pages(str(tmp_path / "none")):
         assert "No study without --quick" in "\n".join(none)
 
 
@@ -902,9 +902,10 @@ def test_readme_states_the_committed_studies():
     block = text.split("<!-- study:start -->")[1].split("<!-- study:end -->")[0]
     stale = "stale: run `python studies/oversampling_vs_weights.py --readme`"
     results = os.path.join(ROOT, "results")
-    assert block.strip() == "\n".join(S.readme_lines(results)).strip(), "README's study block is " + stale
-    page = open(os.path.join(results, "STUDY.md")).read()
-    assert page == "\n".join(S.study_page_lines(results)).strip() + "\n", "results/STUDY.md is " + stale
+    page, short = S.study_pages(results)
+    assert block.strip() == "\n".join(short).strip(), "README's study block is " + stale
+    with open(os.path.join(results, "STUDY.md")) as f:
+        assert f.read() == "\n".join(page).strip() + "\n", "results/STUDY.md is " + stale
 
 
 def test_bad_input_gives_a_one_line_error(tmp_path):
