@@ -1420,6 +1420,19 @@ def _optimizer(args):
     return "".join(f", {k.replace('_', ' ')} {args[k]:g}" for k in ("momentum", "weight_decay") if args.get(k))
 
 
+def _in_se(a, b):
+    """b's mean minus a's (two final-accuracy summaries), and how many standard errors of the difference that is as
+    text ('' where the s.e. is 0)."""
+    diff, se = b["mean"] - a["mean"], common.se_of_difference(a["std"], a["n"], b["std"], b["n"])
+    return diff, f"{abs(diff) / se:.1f} s.e." if se else ""
+
+
+def _difference(a, b):
+    """b's mean minus a's (two final-accuracy summaries) as text, with how many standard errors it is."""
+    diff, k = _in_se(a, b)
+    return f"{diff:+.1f}" + (f" ({k})" if k else "")
+
+
 def answer_lines(res, link):
     """The post's question answered by one study (res: its study.json): per setting, each class-weight variant against
     oversampling in the numbers that decide it, all read from the JSON (link: the study's SUMMARY.md)."""
@@ -1438,9 +1451,8 @@ def answer_lines(res, link):
             if m not in S:
                 continue
             s, a, b = S[m], o["final_balanced_acc"], S[m]["final_balanced_acc"]
-            diff = b["mean"] - a["mean"]
-            se = common.se_of_difference(a["std"], a["n"], b["std"], b["n"])
-            by = f", {abs(diff) / se:.1f} s.e." if se else ""
+            diff, k = _in_se(a, b)
+            by = f", {k}" if k else ""
             zero = (f"; no minority test image right in {s['final_minority_zero_seeds']}/{b['n']} seeds"
                     if s["final_minority_zero_seeds"] else "")
             L.append(f"  - {m} ({WEIGHTINGS[m]}): loss weight {_share(s)}; update-norm CV "
@@ -1635,12 +1647,6 @@ def length_lines(studies):
                          f"{_auc(s0)} → {_auc(s1)} | {_final_probe_loss(st0, m)} → {_final_probe_loss(st1, m)} | "
                          f"[{d0}]({d0}/SUMMARY.md), [{d1}]({d1}/SUMMARY.md) |")
     return L + [""] if L else []
-
-
-def _difference(a, b):
-    """b's mean minus a's (two final-accuracy summaries) as text, with how many standard errors it is."""
-    se = common.se_of_difference(a["std"], a["n"], b["std"], b["n"])
-    return f"{b['mean'] - a['mean']:+.1f}" + (f" ({abs(b['mean'] - a['mean']) / se:.1f} s.e.)" if se else "")
 
 
 def verdict_lines(studies, table=None, page=None):
