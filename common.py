@@ -1584,7 +1584,9 @@ def report(results_dir):
         direction = direction_lines(rows)
         if direction:
             lines += [f"Against ERM ({setting}): does each method change top-1 in the direction of the published "
-                      "table? (seed means; n per row above)", ""] + direction + [""]
+                      "table? (seed means; n per row above; a published difference under 0.5 points has no direction "
+                      "to reproduce, and with 2 or more seeds on each side a difference under 2 standard errors is "
+                      "within seed noise)", ""] + direction + [""]
         plots = plot_setting(results_dir, setting, rows)
         lines += [f"![{os.path.basename(p)}]({os.path.relpath(p, results_dir)})" for p in plots] + [""]
     out = os.path.join(results_dir, "RESULTS.md")

@@ -1442,8 +1442,9 @@ def answer_lines(res, link):
         if "oversampling" not in S:
             continue
         o = S["oversampling"]
-        L.append(f"- **{name}, {st['model']}, {res['device_name']}{_optimizer(res['args'])}**: {st['description']}; "
-                 f"{o['final_balanced_acc']['n']} seeds x {st['steps']} steps ([SUMMARY.md]({link})). "
+        L.append(f"- **{name}, {st['model']}, {res['device_name']}{_optimizer(res['args'])}, lr {res['args']['lr']:g}, "
+                 f"{st['steps']} steps**: {st['description']}; {o['final_balanced_acc']['n']} seeds "
+                 f"([SUMMARY.md]({link})). "
                  f"Oversampling: loss weight per step on the minority / majority {_share(o)}, update-norm CV "
                  f"{_f(o['update_norm']['cv'], 2)}, final balanced accuracy {_mean_std(o['final_balanced_acc'])}, "
                  f"minority accuracy {_mean_std(o['final_minority_acc'])}{_auc_clause(o)}.")
@@ -1649,15 +1650,22 @@ def length_lines(studies):
     return L + [""] if L else []
 
 
+def case_order(name, st, res):
+    """Where a case (setting `name` of the study res, st its settings entry) goes in the answer's table and on the
+    study page: by setting, model, optimizer and length."""
+    return name, st["model"], _optimizer(res["args"]), st["steps"]
+
+
 def verdict_lines(studies, table=None, page=None):
     """The question's answer so far over every study [(folder, study.json)]: a lead sentence, then a table with one
     row per case (a setting of a study that ran oversampling and a class-weight form; by setting, model, optimizer
     and length): oversampling's final balanced accuracy, the best form's against it and PyTorch's weighted mean's
     (methods/class_weights.py's), and the final minority AUC of oversampling against the highest form's; then in
     each lr sweep (lr_sweeps) the lrs where oversampling ends ahead, and from run_all.sh's table (`table`:
-    common.summarize of results/) class_weights against oversampling at full length, where the order may differ. A
-    study that the page shows only in a sweep (sweep_extras) is not a case of its own. page: a link to the page that
-    holds each case's lines and the sweep tables (None: they follow below). Empty when no setting has both."""
+    common.summarize of results/) class_weights against oversampling over the protocol's 200 epochs, where the
+    order may differ. A study that the page shows only in a sweep (sweep_extras) is not a case of its own. page: a
+    link to the page that holds each case's lines and the sweep tables (None: they follow below). Empty when no
+    setting has both."""
     rows, extras = [], sweep_extras(studies)
     lines, table_at = ((f"its lines in {page}", f"its table in {page}") if page
                        else ("the lines below", "the table below"))
@@ -1678,8 +1686,8 @@ def verdict_lines(studies, table=None, page=None):
             auc = (f"{S['oversampling']['final_minority_auc']['mean']:.3f} vs {max(aucs):.3f}"
                    if aucs and S["oversampling"].get("final_minority_auc") else "n/a")
             opt = _optimizer(res["args"])
-            rows.append({"ahead": acc(best)["mean"] < acc("oversampling")["mean"], "lr": res["args"]["lr"],
-                         "steps": st["steps"], "opt": opt, "order": (name, st["model"], opt, st["steps"]), "cells": [
+            rows.append({"ahead": acc(best)["mean"] < acc("oversampling")["mean"], "steps": st["steps"], "opt": opt,
+                         "order": case_order(name, st, res), "cells": [
                              f"{name}, {st['model']}, {res['device_name']}{opt}",
                              f"{res['args']['lr']:g}", f"{acc('oversampling')['n']} x {st['steps']}",
                              _mean_std(acc("oversampling")), note, _difference(acc("oversampling"), acc(best)),
@@ -1687,11 +1695,11 @@ def verdict_lines(studies, table=None, page=None):
                              auc]})
     if not rows:
         return []
-    lrs, steps = sorted({r["lr"] for r in rows}), sorted({r["steps"] for r in rows})
+    steps = sorted({r["steps"] for r in rows})
     plain = not any(r["opt"] for r in rows)
-    lead = (f"**The answer so far**, from the CPU studies below ({'plain ' * plain}SGD at one lr for every method, "
-            f"{' / '.join(f'{x:g}' for x in lrs)}, not tuned per method; "
-            f"{'' if plain else 'plain SGD (no momentum, no weight decay) unless a case names its optimizer; '}"
+    lead = (f"**The answer so far**, over the studies in the table below (in each case every method trains at the "
+            "case's one lr, not tuned per method, with plain SGD (no momentum, no weight decay)"
+            f"{'' if plain else ' unless the case names its optimizer'}; "
             f"runs of {' to '.join(f'{x:g}' for x in sorted({steps[0], steps[-1]}))} steps, not the 200-epoch "
             f"protocol): oversampling ends with a higher final balanced accuracy than every class-weight form in "
             f"{sum(r['ahead'] for r in rows)} of the {len(rows)} cases measured. Balanced accuracy at the argmax, "
@@ -1719,7 +1727,7 @@ def verdict_lines(studies, table=None, page=None):
             if t.get("oversampling", {}).get("n") and t.get("class_weights", {}).get("n")]
     if full:
         seeds = lambda row: f"{row['n']} seed{'s' * (row['n'] > 1)}"  # noqa: E731
-        text.append("At full length, run_all.sh's table (200 epochs, momentum 0.9): "
+        text.append("In run_all.sh's table (the protocol's 200 epochs, momentum 0.9): "
                     + "; ".join(f"class_weights {t['class_weights']['top1'][0]:.2f} ({seeds(t['class_weights'])}) "
                                 f"against oversampling {t['oversampling']['top1'][0]:.2f} ({seeds(t['oversampling'])}) "
                                 f"on {setting}, "
@@ -1801,8 +1809,8 @@ def pcn_batch_lines(studies):
 
 
 def full_studies(results_dir):
-    """[(folder, study.json)] of every study.json in results_dir made at full length (not --quick), the ResNet-32
-    ones first, then by folder."""
+    """[(folder, study.json)] of every study.json in results_dir not made with --quick, the ResNet-32 ones first, then
+    by folder."""
     found = []
     for d in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
         path = os.path.join(results_dir, d, "study.json")
@@ -1820,8 +1828,8 @@ NO_STUDY = "No study without --quick has run yet: `python studies/oversampling_v
 
 
 def study_pages(results_dir):
-    """(results/STUDY.md, README's study block) as lists of lines, from the studies at full length in results_dir
-    (full_studies) and run_all.sh's table there (for the answer's full-length sentence), each read once."""
+    """(results/STUDY.md, README's study block) as lists of lines, from the studies not made with --quick in
+    results_dir (full_studies) and run_all.sh's table there (for the answer's full-length sentence), each read once."""
     studies, table = full_studies(results_dir), common.summarize(common.load_results(results_dir))
     return study_page_lines(studies, table), readme_lines(studies, table, os.path.relpath(results_dir, ROOT))
 
@@ -1833,9 +1841,9 @@ def study_page_lines(studies, table):
     longer runs against shorter ones (length_lines) and the PCNSGD tables (pcn_batch_lines). Links are relative to
     the results folder, where the page goes."""
     L = ["# Oversampling or class weights in mini-batch SGD: every study", "",
-         "Generated by `python studies/oversampling_vs_weights.py --readme` from the study.json files in this folder "
-         "not made with --quick (every measurement and plot of a study: its SUMMARY.md); the question, and what the "
-         "measurements say about it: [README](../README.md#oversampling-or-class-weights-in-mini-batch-sgd). Loss "
+         "Generated by `python studies/oversampling_vs_weights.py --readme` from the study.json files of the folders "
+         "beside this page not made with --quick (every measurement and plot of a study: its SUMMARY.md); the "
+         "question, and what the measurements say about it: [README](../README.md#oversampling-or-class-weights-in-mini-batch-sgd). Loss "
          "weight per step: the mean weight a step's loss puts on the minority / majority images (for a batch mean; "
          "balanced: each group's share of the classes, 0.500 / 0.500 in the binary setting); update-norm CV: std / "
          "mean of ||θ(t+1) − θ(t)|| over the steps before the lr drop and the seeds (the spread of the step sizes, "
@@ -1843,7 +1851,9 @@ def study_page_lines(studies, table):
     verdict = verdict_lines(studies, table)
     L += verdict + ([""] if verdict else [])
     extras = sweep_extras(studies)
-    for d, res in studies:
+    # in the order of the answer's table: by the first setting's case
+    order = lambda t: [case_order(name, st, t[1]) for name, st in t[1]["settings"].items()][:1]  # noqa: E731
+    for d, res in sorted(studies, key=order):
         if d in extras:  # in the lr sweep's table only
             continue
         answer = answer_lines(res, f"{d}/SUMMARY.md")

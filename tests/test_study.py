@@ -739,7 +739,8 @@ def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with
                ("pcn-only", {"device_name": "cpu", "args": plain, "settings": {
                    "binary": setting("smallcnn", 9000, [99, 1], pcnsgd=60.0)}})]
     lead, blank, head, rule, *rows = S.verdict_lines(studies)
-    assert "(plain SGD at one lr for every method, 0.1, not tuned per method; runs of 300 to 1500 steps" in lead
+    assert ("over the studies in the table below (in each case every method trains at the case's one lr, not tuned per "
+            "method, with plain SGD (no momentum, no weight decay); runs of 300 to 1500 steps") in lead
     assert "than every class-weight form in 1 of the 2 cases measured." in lead
     assert blank == "" and head.count("|") == rule.count("|") == 9 and rule == "|---" * 8 + "|"
     # one row per case; the s.e. of a difference of two 5-seed means with std 1 is sqrt(2 / 5) = 0.632;
@@ -755,8 +756,8 @@ def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with
     # ... and a case with another optimizer says so: in the lead and in its row
     lead, _, _, _, *rows = S.verdict_lines(studies[:1] + [("m", {**studies[0][1], "args": {
         **plain, "lr": 0.01, "momentum": 0.9, "weight_decay": 2e-4}})])
-    assert ("(SGD at one lr for every method, 0.01 / 0.1, not tuned per method; plain SGD (no momentum, no weight "
-            "decay) unless a case names its optimizer; runs of 300 to 1500 steps") in lead
+    assert ("not tuned per method, with plain SGD (no momentum, no weight decay) unless the case names its optimizer; "
+            "runs of 300 to 1500 steps") in lead
     assert "in 2 of the 4 cases measured" in lead
     assert [r.split(" | ")[0] for r in rows] == [  # by setting, model, optimizer and length, not by study
         "| binary, smallcnn, cpu", "| binary, smallcnn, cpu, momentum 0.9, weight decay 0.0002", "| lt10, smallcnn, cpu",
@@ -767,9 +768,9 @@ def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with
     row = lambda top1, n: {"top1": (top1, None), "n": n}  # noqa: E731
     table = {"x-exp-r100": {"oversampling": row(65.16, 1), "class_weights": row(69.8, 3)},
              "x-exp-r10": {"oversampling": row(80.0, 2), "class_weights": row(79.0, 2)}, "y": {"erm": row(1.0, 1)}}
-    assert not any("At full length" in x for x in S.verdict_lines(studies))  # no table given
+    assert not any("run_all.sh's table" in x for x in S.verdict_lines(studies))  # no table given
     assert S.verdict_lines(studies, table)[-1] == (
-        "At full length, run_all.sh's table (200 epochs, momentum 0.9): class_weights 79.00 (2 seeds) against "
+        "In run_all.sh's table (the protocol's 200 epochs, momentum 0.9): class_weights 79.00 (2 seeds) against "
         "oversampling 80.00 (2 seeds) on x-exp-r10, the same order; class_weights 69.80 (3 seeds) against "
         "oversampling 65.16 (1 seed) on x-exp-r100, the other way round.")
     assert S.verdict_lines(studies[1:], table) == []
@@ -892,6 +893,21 @@ def test_longer_runs_pair_with_the_shortest_alike_but_for_the_steps_and_the_weig
         "n/a → n/a | 0.051 ± 0.001 → 0.057 ± 0.001 | [s](s/SUMMARY.md), [long-wd](long-wd/SUMMARY.md) |", ""]
     assert S.length_lines(studies[1:]) == []  # no short run without weight decay at lr 0.01: no table
     assert S.momentum_pairs(studies) == []  # the plain long run's step is lr 0.01, no momentum run's
+
+
+def test_the_study_page_lists_each_study_in_the_order_of_the_answers_table_named_by_its_lr_and_steps():
+    def described(res):
+        st = res["settings"]["binary"]
+        st["description"] = "a vs b, 1:99"
+        for m in st["summary"]:
+            st["summary"][m]["final_minority_zero_seeds"] = 0
+        return res
+    studies = [("a-long", described(study(0.1, steps=20000, oversampling=60.0, class_weights=55.0))),
+               ("b-momentum", described(study(0.01, 0.9, oversampling=66.0, class_weights=50.0))),
+               ("c-short", described(study(0.1, oversampling=70.0, class_weights=50.0)))]
+    heads = [x.split(": ")[0] for x in S.study_page_lines(studies, {}) if x.startswith("- **")]
+    assert heads == ["- **binary, smallcnn, cpu, lr 0.1, 1500 steps**", "- **binary, smallcnn, cpu, lr 0.1, 20000 steps**",
+                     "- **binary, smallcnn, cpu, momentum 0.9, lr 0.01, 1500 steps**"]  # as the table's rows
 
 
 def test_readme_states_the_committed_studies():
