@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 
 import torch
 
@@ -132,3 +133,33 @@ def test_readme_commands_made_the_committed_studies(tmp_path):
             recorded = json.load(f)["args"]
         differ = {k: (v, recorded.get(k)) for k, v in listed[d].items() if recorded.get(k) != v}
         assert not differ, f"README's command for {d} differs from what made it (README, recorded): {differ}"
+
+
+def test_the_committed_tables_are_what_the_report_writes_from_the_committed_json(tmp_path, monkeypatch):
+    """results/RESULTS.md, every other committed results page (results/<folder>/RESULTS.md) and README's results
+    block are what `python common.py report` writes from the JSON files committed beside them: no number in them is
+    typed or edited by hand, and none is left behind by a JSON changed since."""
+    import common
+    monkeypatch.chdir(ROOT)  # the runs' data folders are relative: as where README's commands run
+    main = os.path.join(ROOT, "results")
+    pages = sorted(glob.glob(os.path.join(main, "RESULTS.md")) + glob.glob(os.path.join(main, "*", "RESULTS.md")))
+    assert os.path.join(main, "RESULTS.md") in pages and len(pages) >= 2
+    for k, page in enumerate(pages):
+        copy = tmp_path / str(k)
+        shutil.copytree(os.path.dirname(page), copy, ignore=lambda d, names: [  # the runs' JSON and run_all.jsonl
+            n for n in names if not (n.endswith(".json") and n != "study.json" or n == "run_all.jsonl" or
+                                     os.path.isdir(os.path.join(d, n)) and not n.startswith(("study", "logs"))
+                                     and not os.path.exists(os.path.join(d, n, "RESULTS.md")))])  # (another page's)
+        common.report(str(copy))
+        with open(page) as f:
+            assert (copy / "RESULTS.md").read_text() == f.read(), f"{page} is not the report of its JSON files"
+    # README's block: the main page's lines as update_readme puts them there
+    blocks = []
+    monkeypatch.setattr(common, "write_readme_block", lambda name, lines: blocks.append((name, lines)))
+    made = tmp_path / str(pages.index(os.path.join(main, "RESULTS.md"))) / "RESULTS.md"
+    common.update_readme(made.read_text().split("\n")[3:], main)
+    (name, lines), = blocks
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    assert name == "results" and readme.split("<!-- results:start -->\n")[1].split("\n<!-- results:end -->")[0] == \
+        "\n".join(lines).strip(), "README's results block is not the report of results/"
