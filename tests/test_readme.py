@@ -145,11 +145,10 @@ def test_the_committed_tables_are_what_the_report_writes_from_the_committed_json
     pages = sorted(glob.glob(os.path.join(main, "RESULTS.md")) + glob.glob(os.path.join(main, "*", "RESULTS.md")))
     assert os.path.join(main, "RESULTS.md") in pages and len(pages) >= 2
     for k, page in enumerate(pages):
-        copy = tmp_path / str(k)
-        shutil.copytree(os.path.dirname(page), copy, ignore=lambda d, names: [  # the runs' JSON and run_all.jsonl
-            n for n in names if not (n.endswith(".json") and n != "study.json" or n == "run_all.jsonl" or
-                                     os.path.isdir(os.path.join(d, n)) and not n.startswith(("study", "logs"))
-                                     and not os.path.exists(os.path.join(d, n, "RESULTS.md")))])  # (another page's)
+        src, copy = os.path.dirname(page), tmp_path / str(k)
+        for path in glob.glob(os.path.join(src, "*", "*", "seed*.json")) + glob.glob(os.path.join(src, "run_all.jsonl")):
+            (copy / os.path.relpath(path, src)).parent.mkdir(parents=True, exist_ok=True)  # what the report reads
+            shutil.copy(path, copy / os.path.relpath(path, src))
         common.report(str(copy))
         with open(page) as f:
             assert (copy / "RESULTS.md").read_text() == f.read(), f"{page} is not the report of its JSON files"
