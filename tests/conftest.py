@@ -138,6 +138,16 @@ def assert_user_error(parse_args, args, needle):
     assert message.startswith("error: ") and "\n" not in message and needle in message, message
 
 
+def readme_block(name):
+    """What stands between README.md's `<!-- name:start -->` and `<!-- name:end -->` lines (common.write_readme_block
+    writes it there), without the newlines that end the marker lines."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    start, end = f"<!-- {name}:start -->\n", f"\n<!-- {name}:end -->"
+    assert start in text and end in text, f"README.md has no {name} block"
+    return text.split(start)[1].split(end)[0]
+
+
 def read_results(out_dir):
     """{relative path: parsed JSON} of every results file under out_dir."""
     found = {}

@@ -10,7 +10,7 @@ import shutil
 
 import torch
 
-from conftest import ROOT, load_script, read_results, run_forked
+from conftest import ROOT, load_script, read_results, readme_block, run_forked
 
 STUDY = "studies/oversampling_vs_weights.py"
 
@@ -146,8 +146,9 @@ def test_the_committed_tables_are_what_the_report_writes_from_the_committed_json
     assert os.path.join(main, "RESULTS.md") in pages and len(pages) >= 2
     for k, page in enumerate(pages):
         src, copy = os.path.dirname(page), tmp_path / str(k)
-        for path in glob.glob(os.path.join(src, "*", "*", "seed*.json")) + glob.glob(os.path.join(src, "run_all.jsonl")):
-            (copy / os.path.relpath(path, src)).parent.mkdir(parents=True, exist_ok=True)  # what the report reads
+        read = glob.glob(os.path.join(src, "*", "*", "seed*.json")) + glob.glob(os.path.join(src, "run_all.jsonl"))
+        for path in read:  # what the report reads
+            (copy / os.path.relpath(path, src)).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, copy / os.path.relpath(path, src))
         common.report(str(copy))
         with open(page) as f:
@@ -158,7 +159,5 @@ def test_the_committed_tables_are_what_the_report_writes_from_the_committed_json
     made = tmp_path / str(pages.index(os.path.join(main, "RESULTS.md"))) / "RESULTS.md"
     common.update_readme(made.read_text().split("\n")[3:], main)
     (name, lines), = blocks
-    with open(os.path.join(ROOT, "README.md")) as f:
-        readme = f.read()
-    assert name == "results" and readme.split("<!-- results:start -->\n")[1].split("\n<!-- results:end -->")[0] == \
-        "\n".join(lines).strip(), "README's results block is not the report of results/"
+    assert name == "results" and readme_block("results") == "\n".join(lines).strip(), \
+        "README's results block is not the report of results/"
