@@ -315,8 +315,8 @@ def class_folders(d):
 
 def list_imagefolder(root):
     """Sorted class names and, per split, the sorted image paths and labels. Checks the layout."""
-    check(os.path.isdir(root), f"data folder {root} does not exist: pass --data-dir pointing at a folder with "
-                               "train/<class>/ and test/<class>/")
+    check(os.path.isdir(root), f"data folder {root} {'is a file' if os.path.exists(root) else 'does not exist'}: "
+                               "pass --data-dir pointing at a folder with train/<class>/ and test/<class>/")
     check(os.listdir(root), f"data folder {root} is empty: it needs train/<class>/ and test/<class>/")
     splits = {}
     for split in ("train", "test"):
@@ -361,10 +361,17 @@ def load_imagefolder(root, cache_dir):
     if os.path.exists(cache):
         with np.load(cache) as z:
             return z["train_x"], z["train_y"], z["test_x"], z["test_y"], classes
+    try:  # before the decoding: a cache folder that cannot be made costs a note, not the decoded images
+        os.makedirs(cache_dir, exist_ok=True)
+    except OSError as e:
+        print(f"note: cannot make the cache folder {cache_dir} ({e.strerror}): the images are decoded again on every "
+              "run; --cache-dir (or IMBALANCE_REF_CACHE) names a writable one", file=sys.stderr, flush=True)
+        cache = None
     from PIL import Image
     arrays, shape = {}, None
     t0 = time.time()
-    print(f"decoding {sum(len(files[s][0]) for s in files)} images of {root} (once; cached in {cache_dir})", flush=True)
+    print(f"decoding {sum(len(files[s][0]) for s in files)} images of {root}"
+          f"{f' (once; cached in {cache_dir})' if cache else ''}", flush=True)
     for split in ("train", "test"):
         paths, labels = files[split]
         out = None
@@ -385,11 +392,17 @@ def load_imagefolder(root, cache_dir):
             out[i] = a
         arrays[split] = (out, labels)
     print(f"decoded in {time.time() - t0:.1f}s", flush=True)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = cache + f".tmp{os.getpid()}.npz"
-    np.savez(tmp, train_x=arrays["train"][0], train_y=arrays["train"][1],
-             test_x=arrays["test"][0], test_y=arrays["test"][1])
-    os.replace(tmp, cache)
+    if cache:
+        tmp = cache + f".tmp{os.getpid()}.npz"
+        try:
+            np.savez(tmp, train_x=arrays["train"][0], train_y=arrays["train"][1],
+                     test_x=arrays["test"][0], test_y=arrays["test"][1])
+            os.replace(tmp, cache)
+        except OSError as e:  # a read-only folder, a full disk: the run goes on without the cache
+            print(f"note: cannot write the cache {cache} ({e.strerror}): the images are decoded again next run",
+                  file=sys.stderr, flush=True)
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return arrays["train"][0], arrays["train"][1], arrays["test"][0], arrays["test"][1], classes
 
 
@@ -443,9 +456,13 @@ def make_long_tailed(labels, num_classes, imbalance_type, ratio, data_seed):
     balanced = available.min() == available.max()
     n_max = len(labels) / num_classes if balanced else int(available.min())
     counts = long_tail_counts(n_max, num_classes, imbalance_type, ratio)
-    check(min(counts) >= 1, f"--imbalance-ratio {ratio:g} leaves class {counts.index(min(counts))} with 0 "
-                            f"images (n_max = {n_max:g}{'' if balanced else ', the smallest class'}): use a ratio of "
-                            f"at most {n_max:g}")
+    if min(counts) < 1:
+        most = int(n_max)  # the largest whole ratio that leaves every class an image (float rounding: n_max may not)
+        while most > 1 and min(long_tail_counts(n_max, num_classes, imbalance_type, most)) < 1:
+            most -= 1
+        raise UserError(f"--imbalance-ratio {ratio:g} leaves class {counts.index(min(counts))} with 0 images "
+                        f"(n_max = {n_max:g}{'' if balanced else ', the smallest class'}): use a ratio of at most "
+                        f"{most}")
     if not balanced:  # (after the check: bad input stays one line)
         print(f"note: the training classes are not of one size ({available.min()} to {available.max()} images): "
               f"the {imbalance_type} subset is cut with n_max = {n_max}, the smallest class; --imbalance-type none "
@@ -1190,8 +1207,17 @@ def row_args(row, flags=()):
     """The arguments methods/<row> runs with when `flags` are added (its own parse_args: the method name, hence the
     results folder, comes from the method file). Notes the parser prints are swallowed."""
     script, *row_flags = shlex.split(row)
-    with contextlib.redirect_stderr(io.StringIO()):
-        return _method_module(script).parse_args(row_flags + list(flags))
+    argv0, sys.argv[0] = sys.argv[0], script  # the parser's name in its errors: the method's, not common.py's
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return _method_module(script).parse_args(row_flags + list(flags))
+    except SystemExit as e:  # (the method's common.UserError: another class when this file runs as __main__)
+        if not str(e.code).startswith("error: "):
+            raise
+        raise UserError(f"run_all.sh row '{row}': {str(e.code).removeprefix('error: ')}; EXTRA and DATA_FLAGS go "
+                        "to every row (ONLY='<pattern>' runs only the rows that match)") from None
+    finally:
+        sys.argv[0] = argv0
 
 
 def table_methods(path=RUN_ALL):
@@ -1370,13 +1396,14 @@ def summarize(runs):
             # runs that shared the GPU (run_all.sh JOBS > 1) each took longer than one alone would
             row["at_once"] = max([r.get("runs_at_once") or 1 for r in done], default=1)
             row["mps"] = any(r.get("mps") for r in done)
-            row["devices"] = sorted({r["device_name"] for r in done})
-            row["torch"] = sorted({r["torch_version"] for r in done})
+            made = done or rs  # (a row whose every run diverged: where those ran)
+            row["devices"] = sorted({r["device_name"] for r in made})
+            row["torch"] = sorted({r["torch_version"] for r in made})
             # which training path made the numbers: one CUDA graph per step (--fast) or plain eager, and in which
             # precision (on CUDA bf16 autocast unless --fp32; on the CPU always fp32)
             row["paths"] = sorted({f"{'--fast' if r.get('fast_path') else 'eager'} "
                                    f"{'fp32' if r['device_name'] == 'cpu' or r['args'].get('fp32') else 'bf16'}"
-                                   for r in done})
+                                   for r in made})
             # which version of the method file's code made each seed (a table made over several sessions)
             row["code"] = {}
             for r in done:
@@ -1525,7 +1552,8 @@ def session_lines(results_dir):
         return []
     trained = [s for s in sessions if s.get("runs_finished")]
     wall = sum(s["wall_s"] for s in trained)
-    kinds = sorted({f"JOBS={s['jobs']}, {'--fast' if s.get('fast') else 'eager'}{', MPS' if s.get('mps') else ''}"
+    # FAST=1, not "--fast": what the invocation asked for; on a CPU it trains eager (each row's device column says)
+    kinds = sorted({f"JOBS={s['jobs']}, FAST={int(bool(s.get('fast')))}, MPS={int(bool(s.get('mps')))}"
                     for s in trained})
     cut = sum(s.get("cut_at_deadline", 0) for s in trained)
     stopped = f"{cut} stopped at a deadline to go on from their checkpoints, " if cut else ""

@@ -215,7 +215,7 @@ for i in "${todo[@]}"; do
   if [ -n "$DEADLINE" ] && [ -n "$expect" ] && [ $(( $(date +%s) - t0 + expect * 11 / 10 + 15 )) -gt "$DEADLINE" ]; then
     IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
     deferred=$((deferred + 1)) later+=("$i")
-    echo "[run_all] deadline: not starting methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed (~$expect s, $(( DEADLINE - $(date +%s) + t0 )) s left)"
+    echo "[run_all] deadline: not starting methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed (~$expect s, +10% +15 s of margin: more than the $(( DEADLINE - $(date +%s) + t0 )) s left)"
     continue
   fi
   start_run "$i"

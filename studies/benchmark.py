@@ -28,7 +28,8 @@ every method's step against ERM's from the table's own --fast runs in results/ (
 only that). Not a timed test; run it on the GPU:
     python studies/benchmark.py --check                        # ERM on data/cifar10-jpeg, eager vs --fast
     python studies/benchmark.py --check --rows all --full      # every row of run_all.sh, plus 200-epoch fast runs
-On CPU, --fast changes nothing, so there the script only checks its own plumbing (tests/test_fast_path.py):
+On CPU, --fast changes nothing, so there the script only checks its own plumbing (tests/test_fast_path.py), into
+results/scratch/bench-cpu.json (not committed; the speed pages and --choose leave it alone):
     python studies/benchmark.py --device cpu --data-flags "--dataset synthetic" --epochs 3
 """
 import datetime
@@ -88,7 +89,8 @@ def parse_args(argv=None):
     p.add_argument("--table-dir", default=os.path.join(ROOT, "results"),
                    help="the --fast seeds of --accuracy with the table's protocol are the table's runs of the row, "
                         "trained into (or reused from) this results folder; '' keeps them in --accuracy-dir")
-    p.add_argument("--out", default=None, help="the JSON to write (default results/bench-<device>.json)")
+    p.add_argument("--out", default=None, help="the JSON to write (default results/bench-<gpu>.json; on CPU "
+                                                "results/scratch/bench-cpu.json)")
     p.add_argument("--keep", default=None, help="keep the runs' results and logs in this folder (default: a temp folder)")
     p.add_argument("--report", action="store_true",
                    help="only regenerate results/SPEED.md and README's speed table from results/bench-*.json")
@@ -198,7 +200,8 @@ def bound_by(profile):
         return None
     n, busy = profile["gpu_activities_per_step"], profile["gpu_busy_fraction"]
     if not n:
-        return f"CPU run: {profile['wall_ms_per_step']:.1f} ms per step, {profile['cpu_ops_per_step']:.0f} operator calls"
+        return (f"the CPU (a CPU run): {profile['wall_ms_per_step']:.1f} ms per step, "
+                f"{profile['cpu_ops_per_step']:.0f} operator calls")
     what = (f"{profile['cpu_ops_per_step']:.0f} operator calls and {n:.0f} GPU kernels/copies per step, "
             f"{profile['gpu_ms_per_step']:.2f} ms of GPU time in {profile['wall_ms_per_step']:.2f} ms of wall time")
     if busy < 0.6:
@@ -549,10 +552,17 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
     return body
 
 
+def default_out(device_name):
+    """results/bench-<gpu>.json, committed; a CPU plumbing check's results/scratch/bench-cpu.json is not."""
+    return os.path.join(ROOT, "results", *(["scratch"] if device_name == "cpu" else []),
+                        f"bench-{slug(device_name, '-').lower()}.json")
+
+
 def newest_bench(results_dir=os.path.join(ROOT, "results"), device_name=None, own_only=False):
     """The benchmark JSON of this GPU (results/bench-<device_name>.json), else (not own_only) the newest
     bench-*.json; None."""
-    files = sorted(glob.glob(os.path.join(results_dir, "bench-*.json")), key=os.path.getmtime)
+    files = sorted((f for f in glob.glob(os.path.join(results_dir, "bench-*.json"))
+                    if os.path.basename(f) != "bench-cpu.json"), key=os.path.getmtime)  # a CPU plumbing check: no GPU's
     own = os.path.join(results_dir, f"bench-{slug(device_name, '-').lower()}.json") if device_name else None
     if own in files:
         files.append(own)
@@ -697,7 +707,7 @@ def main(argv=None):
     t_start = time.time()
     dev = common.torch.device(args.device)
     report["device_name"] = common.torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    out_path = args.out or os.path.join(ROOT, "results", f"bench-{slug(report['device_name'], '-').lower()}.json")
+    out_path = args.out or default_out(report["device_name"])
     earlier, earlier_tests = earlier_benchmark(out_path)
     if report["gpu_tests"] == "skipped":  # not run this time: what the JSON this one replaces says
         report["gpu_tests"] = earlier_tests or "skipped"

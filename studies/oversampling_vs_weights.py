@@ -29,7 +29,7 @@ Methods (the same model init per seed, the same number of steps, plain SGD by de
                    class_batch_sizes: 16 + 1 images at 1:99), step along pcn_direction(g_l) = sum_l g_l/||g_l||.
   pcnsgd_o         balanced per-class batches of round(B/C) images (PCNSGD+O), the same normalized step.
 Measured: per-class training loss on a fixed probe subset (eval mode, no augmentation) and the per-class
-gradients (every --measure-every steps); per-class test accuracy (every --eval-every steps); the fraction of
+gradients (--measures times per run); per-class test accuracy (--evals times per run); the fraction of
 batches without a minority image; the norm of every update ||theta_{t+1} - theta_t||; each class's mini-batch
 gradient norm and its cosine with the class's full gradient on the probe subset (directional noise; 1 = no
 noise); the cosine of the step direction with each class's full gradient (< 0: the step raises that class's

@@ -52,6 +52,13 @@ def test_data_seed_changes_the_subset_and_ratio_too_high_is_refused():
     assert not np.array_equal(a, b) and np.array_equal(np.sort(labels[a]), np.sort(labels[b]))
     with pytest.raises(common.UserError, match="0 images"):
         common.make_long_tailed(labels, 10, "exp", 1000, data_seed=0)
+    # the ratio the message suggests works, also where float rounding empties the last class at n_max itself
+    for n_max, most in ((100, 100), (49, 48), (98, 97)):
+        labels = np.repeat(np.arange(10), n_max)
+        for kind in ("exp", "step"):
+            with pytest.raises(common.UserError, match=f"use a ratio of at most {most}$"):
+                common.make_long_tailed(labels, 10, kind, most + 1, data_seed=0)
+            assert min(common.make_long_tailed(labels, 10, kind, most, data_seed=0)[1]) == 1
 
 
 def test_an_unbalanced_training_set_is_kept_as_it_is_with_imbalance_type_none(capsys):
@@ -415,6 +422,23 @@ def test_imagefolder_is_decoded_once_and_cached(tmp_path):
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "imgs" / "train" / "a" / "0000.png")
     c = common.load_imagefolder(str(tmp_path / "imgs"), str(cache))
     assert len(os.listdir(cache)) == 2 and not c[0][0].any()
+
+
+def test_a_cache_that_cannot_be_written_costs_a_note_not_the_run(tmp_path, capsys, monkeypatch):
+    write_folder(tmp_path / "imgs")
+    expected = common.load_imagefolder(str(tmp_path / "imgs"), str(tmp_path / "cache"))
+    open(tmp_path / "a-file", "w").write("where the cache folder should go")
+    got = common.load_imagefolder(str(tmp_path / "imgs"), str(tmp_path / "a-file" / "cache"))  # cannot be made
+    assert all(np.array_equal(x, y) for x, y in zip(expected[:4], got[:4])) and got[4] == expected[4]
+    assert "cannot make the cache folder" in capsys.readouterr().err
+
+    def full_disk(path, **arrays):
+        open(path, "wb").write(b"half an archive")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(common.np, "savez", full_disk)
+    got = common.load_imagefolder(str(tmp_path / "imgs"), str(tmp_path / "cache2"))
+    assert all(np.array_equal(x, y) for x, y in zip(expected[:4], got[:4]))
+    assert "No space left on device" in capsys.readouterr().err and os.listdir(tmp_path / "cache2") == []
 
 
 def test_synthetic_is_reproducible_and_class_conditional():

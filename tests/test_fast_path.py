@@ -129,7 +129,7 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     assert len(lines) == 3 and "projected" in lines[0] and "yes, bit for bit" in lines[2] and "| 2: " in lines[2]
     assert "profiled step" in lines[0] and " ms (0) / " in lines[2]
     bounds = load_benchmark().bound_lines([report])
-    assert len(bounds) == 2 and all("a step is bound by CPU run" in b for b in bounds)
+    assert len(bounds) == 2 and all("a step is bound by the CPU (a CPU run): " in b for b in bounds)
     # the generated pages: results/SPEED.md and README's block between the speed markers, from bench-*.json
     results, readme = tmp_path / "results", tmp_path / "README.md"
     results.mkdir()
@@ -275,6 +275,11 @@ def test_benchmark_choose_reads_the_newest_json(tmp_path):
     assert choose(str(tmp_path)) == (False, False)
     bench("bench-a.json", True, age=60)                               # the newest file decides
     assert choose(str(tmp_path)) == (True, False)
+    bench("bench-cpu.json", False, age=70)                  # ... but a CPU plumbing check's never: it timed no GPU
+    assert choose(str(tmp_path)) == (True, False)
+    b = load_benchmark()  # (which the CPU check writes where nothing committed reads it)
+    assert b.default_out("cpu") == os.path.join(ROOT, "results", "scratch", "bench-cpu.json")
+    assert b.default_out("NVIDIA H200") == os.path.join(ROOT, "results", "bench-nvidia-h200.json")
     bench("bench-nvidia-h100-80gb-hbm3.json", True, mps=True, gain=2.0, age=0)  # ... unless this GPU has its own
     assert choose(str(tmp_path), device_name="NVIDIA H100 80GB HBM3") == (True, True)
     assert choose(str(tmp_path), device_name="NVIDIA H200") == (True, False)  # none of its own: the newest

@@ -113,6 +113,11 @@ def _missing(t):
     return "methods/erm.py", imagefolder_args(str(t / "nowhere")), ["does not exist"]
 
 
+def _data_dir_is_a_file(t):
+    open(t / "data.tgz", "w").write("an archive, not yet unpacked")
+    return "methods/erm.py", imagefolder_args(str(t / "data.tgz")), ["data.tgz is a file"]
+
+
 def _empty(t):
     os.makedirs(t / "data")
     return "methods/erm.py", imagefolder_args(str(t / "data")), ["is empty"]
@@ -274,7 +279,7 @@ def _method_arg(script, flag, value, phrase):
 
 
 BAD_INPUT = [  # (build(tmp_path) -> (script, args, phrases the message must contain), run as a real process)
-    (_missing, False), (_empty, False), (_no_splits, False), (_no_test, False), (_train_only_class, False),
+    (_missing, False), (_data_dir_is_a_file, False), (_empty, False), (_no_splits, False), (_no_test, False), (_train_only_class, False),
     (_test_only_class, False), (_class_without_images, False), (_garbage_image, True), (_truncated_jpeg, False),
     (_dangling_symlink, False), (_unreadable, False), (_mixed_sizes, False), (_not_square, False),
     (_ratio_below_one, False),
@@ -480,6 +485,7 @@ def test_divergence_stops_records_and_reports(runs, tmp_path):
     row, = [l for l in open(out / "RESULTS.md").read().splitlines() if l.startswith("| erm |")]
     top1 = row.split("|")[2].strip()
     assert top1 == "— seed 0: diverged in epoch 1", row
+    assert row.split("|")[9].strip() == f"cpu (torch {torch.__version__}; eager fp32)", row  # where it diverged
 
 
 # ------------------------------------------------------------------------------------------------

@@ -111,7 +111,10 @@ def test_run_all_stops_before_any_run_on_a_missing_data_folder_or_an_only_that_m
     out = tmp_path / "results"
     env = {**os.environ, "OUT": str(out), "JOBS": "1", "SEEDS": "0"}
     for extra, needle in (({"DATA_DIR": str(tmp_path / "nodata")}, "nodata does not exist"),
-                          ({"SMOKE": "1", "ONLY": "^nosuch"}, "ONLY='^nosuch' matches no row of the table")):
+                          ({"SMOKE": "1", "ONLY": "^nosuch"}, "ONLY='^nosuch' matches no row of the table"),
+                          # a flag not every row takes: the message names the row and its own --help
+                          ({"SMOKE": "1", "EXTRA": "--rho 0.3"}, "row 'erm.py': unrecognized arguments: --rho 0.3 "
+                                                                 "(see erm.py --help)")):
         proc = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                               env={**env, **extra})
         assert proc.returncode == 1 and needle in proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -248,7 +251,7 @@ def test_session_lines_sum_the_invocations(tmp_path):
     (tmp_path / "run_all.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
     text = common.session_lines(str(tmp_path))[0]
     assert text.startswith("Made by 2 invocations of run_all.sh that trained (10 runs, 1 failed, 0:15:00 of wall time "
-                           "in all; JOBS=2, --fast; JOBS=4, --fast, MPS), 2026-11-28 to 2026-11-30")
+                           "in all; JOBS=2, FAST=1, MPS=0; JOBS=4, FAST=1, MPS=1), 2026-11-28 to 2026-11-30")
     # the command of each kind of invocation that trained, to reproduce the table
     again = common.session_lines(str(tmp_path))[2]
     assert again.startswith("Reproduce: `FAST=1 MPS=0 JOBS=2 bash run_all.sh` or `FAST=1 MPS=1 JOBS=4 bash run_all.sh`")
