@@ -425,7 +425,8 @@ def make_synthetic(num_classes=10, train_per_class=100, test_per_class=20, size=
 
 
 def long_tail_counts(n_max, num_classes, imbalance_type, ratio):
-    """Per-class counts of kaidic/LDAM-DRW imbalance_cifar.get_img_num_per_cls (class 0 is the head)."""
+    """Per-class counts of kaidic/LDAM-DRW imbalance_cifar.get_img_num_per_cls (class 0 is the head). Step with an
+    odd number of classes: C // 2 head classes, the rest tail (the official code gives the last class no count)."""
     imb_factor = 1.0 / ratio
     if imbalance_type == "exp":
         return [int(n_max * imb_factor ** (c / (num_classes - 1.0))) for c in range(num_classes)]

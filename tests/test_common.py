@@ -17,6 +17,7 @@ def test_cifar10_counts_match_the_protocol():
     assert common.long_tail_counts(5000, 10, "exp", 100) == C10_LT100
     assert common.long_tail_counts(5000, 10, "exp", 10) == [5000, 3871, 2997, 2320, 1796, 1391, 1077, 834, 645, 500]
     assert common.long_tail_counts(5000, 10, "step", 100) == [5000] * 5 + [50] * 5
+    assert common.long_tail_counts(500, 5, "step", 10) == [500] * 2 + [50] * 3  # odd C: C // 2 head classes
     assert sum(common.long_tail_counts(500, 100, "exp", 100)) == 10847
     assert sum(common.long_tail_counts(500, 100, "exp", 10)) == 19573
     assert common.long_tail_counts(5000, 10, "exp", 1) == [5000] * 10
@@ -168,6 +169,12 @@ def test_augment_is_a_zero_padded_crop_or_its_flip_per_image():
     assert len({m[:2] for m in kinds}) > 10 and {m[2] for m in kinds} == {0, 1}  # offsets and flips vary per image
     # every one of the 9 offsets of RandomCrop(32, padding=4) in each direction is drawn, the last one included
     assert {m[0] for m in kinds} == set(range(9)) and {m[1] for m in kinds} == set(range(9))
+    # RandomHorizontalFlip's p = 0.5: of 512 images, 256 +- 3 s.d. (34) are flipped (an image that is a crop both
+    # ways, e.g. a symmetric one, counts as unflipped)
+    x = data.train_x[torch.arange(512) % len(data)]
+    out = data.augment(x, torch.Generator().manual_seed(1))
+    flipped = sum(all(m[2] for m in match) for match in how_augmented(x, out))
+    assert 222 <= flipped <= 290, flipped
 
 
 def test_a_batch_is_its_images_augmented_then_normalized():
@@ -208,6 +215,10 @@ def test_batches_are_full_and_cover_every_image():
     assert len(idx) == 128 and torch.equal(idx[:86], tail)
     fill = idx[86:].tolist()
     assert set(fill) <= set(tail.tolist()) and len(set(fill)) == len(fill)
+    # an order shorter than a batch (undersampling's epoch of C x n_min images, say) fills it by cycling through the
+    # order: each of its images as often as any other, give or take one
+    counts = np.bincount(torch.cat(list(data.batches(tail[:5], g))).numpy())
+    assert counts.sum() == 64 and counts[counts > 0].max() - counts[counts > 0].min() <= 1 and (counts > 0).sum() == 5
 
 
 def test_each_epoch_draws_a_new_order_and_new_augmentations_from_the_runs_generator():
@@ -314,6 +325,9 @@ def test_predict_uses_the_running_statistics_and_leaves_the_model_as_it_was():
 def test_empty_group_is_absent_not_zero():
     m = common.metrics(torch.eye(2), torch.tensor([0, 1]), [5000, 500])
     assert m["many"] == pytest.approx(100.0) and m["medium"] is None and m["few"] is None
+    # a class with no test image (the data loaders refuse such a test set) scores 0, never NaN
+    m = common.metrics(torch.eye(3)[:2], torch.tensor([0, 1]), [5000, 500, 50])
+    assert m["per_class_acc"] == [100.0, 100.0, 0.0] and m["medium"] == 0.0 and m["top1"] == 100.0
 
 
 # ---- a run's bookkeeping --------------------------------------------------------------------------

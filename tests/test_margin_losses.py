@@ -102,6 +102,36 @@ def test_variant_names_and_drw_switch():
     assert vs.parse_args(base).method == "vs"
 
 
+PROTOCOL = ["--dataset", "synthetic", "--device", "cpu", "--epochs", "200"]
+
+
+def test_margin_and_logit_adjustment_defaults_are_the_published_ones():
+    """Each default as the file's --help cites it: a default changed in one file (or in two alike) is caught here."""
+    a = ldam.parse_args(PROTOCOL)  # LDAM-DRW cifar_train.py / losses.py: max_m 0.5, s 30, beta 0.9999, DRW at 160
+    assert (a.loss, a.max_m, a.scale, a.beta, a.drw_epoch, a.drw) == ("ldam", 0.5, 30.0, 0.9999, 160, True)
+    a = mm.parse_args(PROTOCOL)  # Maximum-Margin-LDAM: s 30, LDAM's max_m with --ldam, the same DRW
+    assert (a.scale, a.max_m, a.beta, a.drw_epoch, a.drw, a.ldam) == (30.0, 0.5, 0.9999, 160, True, False)
+    assert la.parse_args(PROTOCOL).tau == 1.0  # Menon et al.
+    a = cdt.parse_args(PROTOCOL)  # VS-Loss train.py's CDT gamma; Ye et al.'s normalization
+    assert (a.gamma, a.normalize) == (0.3, "head")
+    a = vs.parse_args(PROTOCOL)  # VS-Loss README, CIFAR-10 LT-100
+    assert (a.gamma, a.tau) == (0.2, 1.2)
+
+
+def test_mm_tuned_pairs_are_the_slides_lowest_error_ones():
+    """MM_TUNED, the whole table, against the slides' ablation (Kang et al., ICIP 2021, Table 2: CIFAR-10, Table 3:
+    CIFAR-100): (top-1 error %, beta, delta-) of each setting's three runs, written out from the slides."""
+    slides = {(10, "exp", 100): [(22.24, 1.4, 0.6), (21.98, 1.5, 0.6), (22.43, 1.6, 0.6)],
+              (10, "step", 100): [(22.92, 1.2, 0.6), (22.83, 1.3, 0.6), (23.29, 1.4, 0.6)],
+              (10, "exp", 10): [(11.66, 1.1, 0.7), (11.44, 1.2, 0.7), (11.86, 1.3, 0.7)],
+              (10, "step", 10): [(11.48, 1.0, 2.1), (11.64, 1.1, 2.1), (11.78, 1.2, 2.1)],
+              (100, "exp", 100): [(58.02, 1.2, 1.2), (57.14, 1.3, 1.2), (57.24, 1.4, 1.2)],
+              (100, "step", 100): [(54.65, 1.7, 1.8), (54.57, 1.8, 1.8), (54.76, 1.9, 1.8)],
+              (100, "exp", 10): [(40.97, 1.3, 1.5), (40.63, 1.4, 1.5), (40.95, 1.5, 1.5)],
+              (100, "step", 10): [(40.42, 1.0, 2.4), (40.28, 1.1, 2.4), (40.48, 1.2, 2.4)]}
+    assert mm.MM_TUNED == {key: min(runs)[1:] for key, runs in slides.items()}
+
+
 def test_mm_defaults_are_the_slides_tuned_pair_of_the_setting():
     def pick(*flags):
         a = mm.parse_args(["--dataset", "synthetic", "--device", "cpu", *flags])

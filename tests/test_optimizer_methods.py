@@ -306,6 +306,12 @@ def test_default_names_and_rho():
     assert a.method == "sam_ce" and a.rho == 0.1 and a.drw_epoch is None
     assert torch.equal(sam.drw_weights([100, 10, 1], 0.9999, 10**6, a.drw_epoch), torch.ones(3))
     assert sam.parse_args([*SMOKE_ARGS, "--base", "ce", "--dataset", "cifar100"]).rho == 0.2
+    # the base losses' defaults as LDAM-DRW's (DRW at epoch 160 of 200, beta 0.9999, max_m 0.5, s 30)
+    a = sam.parse_args(["--dataset", "synthetic", "--device", "cpu", "--epochs", "200"])
+    assert (a.drw_epoch, a.beta, a.max_m, a.scale) == (160, 0.9999, 0.5, 30.0)
+    # PCNGD-Algorithms: eps 1e-6, GroupNorm groups of 4 channels (GF=4); the per-class gradients one at a time
+    a = pcn.parse_args(SMOKE_ARGS)
+    assert (a.eps, a.gn_group_size, a.norm, a.class_grads, a.variant) == (1e-6, 4, "batch", "loop", "pcnsgd")
 
 
 @pytest.mark.parametrize("labels", [[0] * 9 + [1] * 2 + [2] * 1, [0] * 8 + [1] * 4])  # the second: class 2 absent

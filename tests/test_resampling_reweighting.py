@@ -333,7 +333,9 @@ def test_results_folder_names(module, flags, name):
 def test_defaults_are_the_published_ones():
     a = cb.parse_args(NAME_ARGS)
     assert (a.beta, a.loss, a.gamma, a.drw_epoch) == (0.9999, "focal", 1.0, 0)
-    assert focal.parse_args(NAME_ARGS).gamma == 1.0 and focal.parse_args(NAME_ARGS).alpha == "none"
+    a = focal.parse_args(NAME_ARGS)  # LDAM-DRW's FocalLoss gamma 1; --alpha cb's beta Cui's 0.9999
+    assert (a.gamma, a.alpha, a.beta) == (1.0, "none", 0.9999)
+    assert cw.parse_args(NAME_ARGS).drw_epoch == 0  # RW: the weights from the first epoch
     o = over.parse_args(NAME_ARGS)
     assert (o.sampling_power, o.num_samples, o.start_epoch) == (1.0, None, 0)
 
