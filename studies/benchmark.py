@@ -552,18 +552,22 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
     return body
 
 
+def bench_name(device_name):
+    """The benchmark JSON's file name of a device: bench-nvidia-h200.json."""
+    return f"bench-{slug(device_name, '-').lower()}.json"
+
+
 def default_out(device_name):
     """results/bench-<gpu>.json, committed; a CPU plumbing check's results/scratch/bench-cpu.json is not."""
-    return os.path.join(ROOT, "results", *(["scratch"] if device_name == "cpu" else []),
-                        f"bench-{slug(device_name, '-').lower()}.json")
+    return os.path.join(ROOT, "results", *(["scratch"] if device_name == "cpu" else []), bench_name(device_name))
 
 
 def newest_bench(results_dir=os.path.join(ROOT, "results"), device_name=None, own_only=False):
     """The benchmark JSON of this GPU (results/bench-<device_name>.json), else (not own_only) the newest
     bench-*.json; None."""
     files = sorted((f for f in glob.glob(os.path.join(results_dir, "bench-*.json"))
-                    if os.path.basename(f) != "bench-cpu.json"), key=os.path.getmtime)  # a CPU plumbing check: no GPU's
-    own = os.path.join(results_dir, f"bench-{slug(device_name, '-').lower()}.json") if device_name else None
+                    if os.path.basename(f) != bench_name("cpu")), key=os.path.getmtime)  # a CPU check timed no GPU
+    own = os.path.join(results_dir, bench_name(device_name)) if device_name else None
     if own in files:
         files.append(own)
     elif own_only and device_name:
