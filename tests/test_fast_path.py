@@ -288,6 +288,38 @@ def test_benchmark_choose_reads_the_newest_json(tmp_path):
         proc.stdout
 
 
+def test_session_choices_read_every_check_row_and_timing_as_documented(tmp_path):
+    """What .ci/gpu-session takes from a benchmark JSON with several rows: --fast only where EVERY fp32 check was
+    identical and the GPU tests did not fail; MPS only where EVERY row timed under MPS gained; JOBS and the next
+    number to time from ERM's timings under MPS only; RUN_S the longest projected run of the chosen path."""
+    b = load_benchmark()
+    gpu = "GPU X"
+
+    def write(checks=(), rows=(), **more):
+        (tmp_path / b.bench_name(gpu)).write_text(json.dumps({"checks": list(checks), "rows": list(rows), **more}))
+        return str(tmp_path)
+
+    same = [{"row": "erm.py", "identical": True}, {"row": "sam.py", "identical": True}]
+    timed = lambda n, gain, mps=True: {"n": n, "mps": mps, "fast": {"throughput_vs_one_run": gain}}  # noqa: E731
+    assert b.choose(write(same)) == (True, False)
+    assert b.choose(write([same[0], {**same[1], "identical": False}])) == (False, False)
+    assert b.choose(write(same, gpu_tests="failed")) == (False, False)
+    rows = [{"row": "erm.py", "parallel": [timed(4, 2.0)]}, {"row": "sam.py", "parallel": [timed(4, 1.1)]}]
+    assert b.choose(write(same, rows)) == (True, False)  # one row did not gain under MPS
+    rows = [{"row": "erm.py", "parallel": [timed(4, 2.0), timed(8, 5.0, mps=False)]},
+            {"row": "sam.py", "parallel": [timed(8, 5.0)]}]
+    assert b.choose_jobs(write(same, rows)) == 4  # not sam's 8, nor ERM's 8 without MPS
+    assert b.next_width(write(same, rows[:1]), gpu) == 8  # ERM's 8 at once without MPS is not the timing owed
+    rows = [{"row": "erm.py", "eager": {"projected_run_s": 300}, "fast": {"projected_run_s": 100}},
+            {"row": "sam.py", "eager": {"projected_run_s": 500}, "fast": {"projected_run_s": 200}}]
+    assert (b.projected_run_s(True, write(same, rows)), b.projected_run_s(False, write(same, rows))) == (200, 500)
+    # the projection counts the last epoch's evaluation where --eval-every does not divide the epochs: 10 epochs
+    # every 3 evaluate after epochs 3, 6, 9 and 10 (the last, fp32): 1 + 2 + 9 x 3 + 3 x 0.5 + 0.25 + 4
+    t = {"setup_s": 1, "first_epoch_s": 2, "steady_epoch_s": 3, "eval_s": 0.5, "first_eval_extra_s": 0.25,
+         "final_eval_s": 4}
+    assert b.project(t, 10, 3) == 35.75
+
+
 def test_jobs_from_the_runs_at_once_timed_under_mps(tmp_path):
     """run_all.sh's JOBS under MPS: the number of --fast runs at once with the most throughput (8 only for 10% more
     than 4); each session times the next number this GPU has not timed (4, then 8), kept beside the earlier ones."""

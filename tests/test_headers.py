@@ -85,6 +85,24 @@ def test_report_lists_methods_against_the_published_direction():
     # the one helper every comparison of two sets of seeds goes through (this table, benchmark --accuracy, the study)
     assert common.se_of_difference(2 ** 0.5, 2, 1.5, 3) == pytest.approx(1.75 ** 0.5)
     assert common.se_of_difference(None, 1, 1.5, 3) is None and common.se_of_difference(1.0, 2, None, 1) is None
+    # the 0.5-point rule at its edge: a published +0.6 has a direction (CIFAR-10 R=10 LDAM: +0.57), +0.4 has none
+    rows["drs"] = row("drs", [75.0, 76.0])
+    for published, verdict in ((0.6, "reproduced"), (0.4, "the paper shows no difference")):
+        rows["drs"]["paper"] = rows["erm"]["paper"] + published
+        (line,) = [l for l in common.direction_lines(rows) if l.startswith("| drs |")]
+        assert line.endswith(f"| {verdict} |"), line
+    # a row (or ERM) whose every seed diverged has no mean: it is left out, not compared as None
+    rows["drs"] = {"n": 0, "top1": (None, None), "paper": 74.5}
+    assert not any(l.startswith("| drs |") for l in common.direction_lines(rows))
+    assert common.direction_lines({**rows, "erm": {"n": 0, "top1": (None, None), "paper": 70.36}}) == []
+
+
+def test_paper_numbers_are_found_by_dataset_type_and_ratio():
+    assert common.paper_top1("cifar10-exp-r100", "erm") == 70.36  # the original pixels' setting, and the JPEG one
+    assert common.paper_top1("cifar10-jpeg-exp-r100", "ldam_drw") == 77.03
+    assert common.paper_top1("cifar100-exp-r100", "erm") == 38.32  # not CIFAR-10's, though "cifar10" is in the name
+    assert common.paper_top1("cifar10-step-r100", "drs") == 72.03 and common.paper_top1("cifar10-exp-r10", "ldam") == 86.96
+    assert common.paper_top1("cifar10-exp-r50", "erm") is None and common.paper_top1("mydata-exp-r100", "erm") is None
 
 
 def test_report_says_which_training_path_and_precision_made_the_numbers():

@@ -486,6 +486,7 @@ def test_divergence_stops_records_and_reports(runs, tmp_path):
     top1 = row.split("|")[2].strip()
     assert top1 == "— seed 0: diverged in epoch 1", row
     assert row.split("|")[9].strip() == f"cpu (torch {torch.__version__}; eager fp32)", row  # where it diverged
+    assert row.split("|")[8].strip() == "—", row  # no completed run, no wall time per run
 
 
 # ------------------------------------------------------------------------------------------------
@@ -511,6 +512,9 @@ def test_report_refuses_a_file_that_is_not_a_result(tmp_path):
     open(bad, "w").write('{"status": "completed", "fin')     # half a JSON, e.g. copied over a network
     rc, stdout, stderr = run_forked("common.py", "report", tmp_path)
     assert rc != 0 and bad in one_error_line(stderr, stdout)
+    open(bad, "w").write('{"status": "completed", "method": "erm"}')  # a JSON, but no run's (no args)
+    rc, stdout, stderr = run_forked("common.py", "report", tmp_path)
+    assert rc != 0 and "is not a results file" in one_error_line(stderr, stdout)
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")

@@ -257,6 +257,12 @@ def test_session_lines_sum_the_invocations(tmp_path):
     assert again.startswith("Reproduce: `FAST=1 MPS=0 JOBS=2 bash run_all.sh` or `FAST=1 MPS=1 JOBS=4 bash run_all.sh`")
     assert common.reproduce_command({"smoke": True, "jobs": 2, "settings": "exp:100", "seeds": "0 1"}) == \
         'SMOKE=1 SETTINGS="exp:100" SEEDS="0 1" bash run_all.sh'
+    # runs cut at a deadline are summed over the invocations; a smoke invocation beside real ones does not make the
+    # table "a test of the pipeline"
+    lines[0]["cut_at_deadline"], lines[2]["cut_at_deadline"], lines[0]["smoke"] = 1, 2, True
+    (tmp_path / "run_all.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    text, _, again, _ = common.session_lines(str(tmp_path))
+    assert "3 stopped at a deadline" in text and "with the JPEG CIFAR-10" in again and "SMOKE=1" in again
 
 
 def test_code_sha256_ignores_the_header_and_comments_and_the_report_flags_mixed_versions(tmp_path):
