@@ -101,7 +101,8 @@ def test_paper_numbers_are_found_by_dataset_type_and_ratio():
     assert common.paper_top1("cifar10-exp-r100", "erm") == 70.36  # the original pixels' setting, and the JPEG one
     assert common.paper_top1("cifar10-jpeg-exp-r100", "ldam_drw") == 77.03
     assert common.paper_top1("cifar100-exp-r100", "erm") == 38.32  # not CIFAR-10's, though "cifar10" is in the name
-    assert common.paper_top1("cifar10-step-r100", "drs") == 72.03 and common.paper_top1("cifar10-exp-r10", "ldam") == 86.96
+    assert common.paper_top1("cifar10-step-r100", "drs") == 72.03
+    assert common.paper_top1("cifar10-exp-r10", "ldam") == 86.96
     assert common.paper_top1("cifar10-exp-r50", "erm") is None and common.paper_top1("mydata-exp-r100", "erm") is None
 
 
