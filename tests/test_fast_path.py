@@ -70,6 +70,11 @@ def load_benchmark():
     return load_script("studies/benchmark.py")
 
 
+def timing(n, gain, mps=True):
+    """A benchmark row's timing of n --fast runs at once: their throughput against one run's, under MPS or not."""
+    return {"n": n, "mps": mps, "fast": {"throughput_vs_one_run": gain}}
+
+
 def test_benchmark_plumbing_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
     proc = run_script("studies/benchmark.py", "--device", "cpu", "--rows", "class_weights.py",
@@ -255,7 +260,7 @@ def test_benchmark_choose_reads_the_newest_json(tmp_path):
     assert choose(str(tmp_path)) == (False, False)  # never benchmarked: eager
 
     def bench(name, identical, mps=None, gain=None, age=0):
-        par = {"n": 4, "mps": mps, "fast": {"throughput_vs_one_run": gain}} if mps is not None else None
+        par = timing(4, gain, mps) if mps is not None else None
         path = tmp_path / name
         path.write_text(json.dumps({"checks": [{"row": "erm.py", "identical": identical}] if identical is not None
                                     else [], "rows": [{"row": "erm.py", "parallel": par}]}))
@@ -300,14 +305,13 @@ def test_session_choices_read_every_check_row_and_timing_as_documented(tmp_path)
         return str(tmp_path)
 
     same = [{"row": "erm.py", "identical": True}, {"row": "sam.py", "identical": True}]
-    timed = lambda n, gain, mps=True: {"n": n, "mps": mps, "fast": {"throughput_vs_one_run": gain}}  # noqa: E731
     assert b.choose(write(same)) == (True, False)
     assert b.choose(write([same[0], {**same[1], "identical": False}])) == (False, False)
     assert b.choose(write(same, gpu_tests="failed")) == (False, False)
-    rows = [{"row": "erm.py", "parallel": [timed(4, 2.0)]}, {"row": "sam.py", "parallel": [timed(4, 1.1)]}]
+    rows = [{"row": "erm.py", "parallel": [timing(4, 2.0)]}, {"row": "sam.py", "parallel": [timing(4, 1.1)]}]
     assert b.choose(write(same, rows)) == (True, False)  # one row did not gain under MPS
-    rows = [{"row": "erm.py", "parallel": [timed(4, 2.0), timed(8, 5.0, mps=False)]},
-            {"row": "sam.py", "parallel": [timed(8, 5.0)]}]
+    rows = [{"row": "erm.py", "parallel": [timing(4, 2.0), timing(8, 5.0, mps=False)]},
+            {"row": "sam.py", "parallel": [timing(8, 5.0)]}]
     assert b.choose_jobs(write(same, rows)) == 4  # not sam's 8, nor ERM's 8 without MPS
     assert b.next_width(write(same, rows[:1]), gpu) == 8  # ERM's 8 at once without MPS is not the timing owed
     rows = [{"row": "erm.py", "eager": {"projected_run_s": 300}, "fast": {"projected_run_s": 100}},
@@ -327,8 +331,7 @@ def test_jobs_from_the_runs_at_once_timed_under_mps(tmp_path):
     path = tmp_path / "bench-gpu.json"
 
     def bench(*timed, identical=True):  # timed: (n, gain under MPS)
-        par = [{"n": n, "mps": True, "eager": {"throughput_vs_one_run": 3.0}, "fast": {"throughput_vs_one_run": g}}
-               for n, g in timed]
+        par = [{**timing(n, g), "eager": {"throughput_vs_one_run": 3.0}} for n, g in timed]
         path.write_text(json.dumps({"checks": [{"row": "erm.py", "identical": identical}],
                                     "rows": [{"row": "erm.py", "parallel": par}]}))
         return str(tmp_path)
