@@ -1603,12 +1603,13 @@ def momentum_lines(studies):
 
 def length_pairs(studies):
     """[(setting, model, device, short (folder, study.json), long (folder, study.json))]: each pair of studies of
-    [(folder, study.json)] whose runs of a setting are alike (_alike) but for the number of steps and the weight
-    decay, at the same lr; the short one is the group's shortest without weight decay, paired with every longer
-    one."""
+    [(folder, study.json)] whose runs of a setting are alike (_alike) but for the number of steps, the weight decay
+    and the number of seeds (a long study may have run fewer), at the same lr; the short one is the group's shortest
+    without weight decay, paired with every longer one."""
     lr = lambda res, st: (res["args"]["lr"],)  # noqa: E731
     pairs = []
-    for (name, model, _, _, device, *_), group in sorted(_groups_alike(studies, ("steps", "weight_decay"), lr).items()):
+    but = ("steps", "weight_decay", "seeds")
+    for (name, model, _, _, device, *_), group in sorted(_groups_alike(studies, but, lr).items()):
         runs = [(st["steps"], res["args"]["weight_decay"], d, res) for d, res, st in group]
         short = min(runs, key=lambda r: r[:3])
         if short[1] == 0:
@@ -1632,14 +1633,15 @@ def length_lines(studies):
         st0, st1 = r0["settings"][name], r1["settings"][name]
         if not L:
             L = ["Longer runs against shorter ones, each pair of studies alike but for the number of steps (and the "
-                 "weight decay, where the longer one has it): short → long, mean ± std over seeds (the lr drop at the "
-                 "same fraction of each run):", "",
-                 "| setting, model, device, optimizer | steps | method | final balanced accuracy | final minority "
+                 "weight decay, where the longer one has it, and the number of seeds, where it ran fewer): short → "
+                 "long, mean ± std over seeds (the lr drop at the same fraction of each run):", "",
+                 "| setting, model, device, optimizer | seeds x steps | method | final balanced accuracy | final minority "
                  "accuracy | final minority AUC | final minority training loss (probe) | studies |",
                  "|---|---|---|---|---|---|---|---|"]
         wd = r1["args"]["weight_decay"]
-        case = (f"| {name}, {model}, {device}, lr {r0['args']['lr']:g}{_optimizer(r0['args'])} | {st0['steps']} → "
-                f"{st1['steps']}{f' (weight decay {wd:g})' if wd else ''} |")
+        case = (f"| {name}, {model}, {device}, lr {r0['args']['lr']:g}{_optimizer(r0['args'])} | "
+                f"{r0['args']['seeds']} x {st0['steps']} → {r1['args']['seeds']} x {st1['steps']}"
+                f"{f' (weight decay {wd:g})' if wd else ''} |")
         for m in ("oversampling", *WEIGHTINGS):
             s0, s1 = st0["summary"].get(m), st1["summary"].get(m)
             if s0 and s1:

@@ -867,29 +867,37 @@ def test_momentum_against_plain_sgd_pairs_the_studies_at_the_same_step():
     assert S.momentum_lines(studies[1:]) == []  # no plain study at a momentum study's step: no table
 
 
-def test_longer_runs_pair_with_the_shortest_alike_but_for_the_steps_and_the_weight_decay():
-    def with_wd(res, wd):
-        return {**res, "args": {**res["args"], "weight_decay": wd}}
+def test_longer_runs_pair_with_the_shortest_alike_but_for_the_steps_the_weight_decay_and_the_seeds():
+    def with_args(res, **args):
+        return {**res, "args": {**res["args"], **args}}
+
+    def with_batch(res, batch):
+        return {**res, "settings": {"binary": {**res["settings"]["binary"], "batch_size": batch}}}
     studies = [("s", study(0.01, 0.9, oversampling=66.0, class_weights=50.0, class_weights_u=55.0)),
                ("s-lr0.03", study(0.03, 0.9, oversampling=1.0)),  # another lr: no longer run of its own
-               ("long-wd", with_wd(study(0.01, 0.9, steps=20000, oversampling=58.0, class_weights=56.0), 2e-4)),
-               ("long", study(0.01, 0.9, steps=20000, oversampling=59.0, class_weights_u=57.0)),
+               ("long-wd", with_args(study(0.01, 0.9, steps=20000, oversampling=58.0, class_weights=56.0),
+                                     weight_decay=2e-4)),
+               # fewer seeds than the short study (a long run is costly): still its pair, the seeds shown
+               ("long", with_args(study(0.01, 0.9, steps=20000, oversampling=59.0, class_weights_u=57.0), seeds=2)),
                ("plain-long", study(0.01, 0.0, steps=20000, oversampling=1.0)),  # no plain short run at lr 0.01
-               ("s-wd", with_wd(study(0.01, 0.9, oversampling=1.0), 2e-4))]  # as short as s: no pair
+               ("b8-long", with_batch(study(0.01, 0.9, steps=20000, oversampling=1.0), 8)),  # another batch: no pair
+               ("s-wd", with_args(study(0.01, 0.9, oversampling=1.0), weight_decay=2e-4))]  # as short as s: no pair
     assert [(p[:3], p[3][0], p[4][0]) for p in S.length_pairs(studies)] == [
         (("binary", "smallcnn", "cpu"), "s", "long"), (("binary", "smallcnn", "cpu"), "s", "long-wd")]
-    case = "| binary, smallcnn, cpu, lr 0.01, momentum 0.9 | 1500 → 20000"
+    case = "| binary, smallcnn, cpu, lr 0.01, momentum 0.9 | 5 x 1500 → 2 x 20000"
+    case_wd = "| binary, smallcnn, cpu, lr 0.01, momentum 0.9 | 5 x 1500 → 5 x 20000"
     links = "[s](s/SUMMARY.md), [long](long/SUMMARY.md) |"
     assert S.length_lines(studies)[2:] == [  # the methods both ran
-        "| setting, model, device, optimizer | steps | method | final balanced accuracy | final minority accuracy | "
-        "final minority AUC | final minority training loss (probe) | studies |", "|---|---|---|---|---|---|---|---|",
+        "| setting, model, device, optimizer | seeds x steps | method | final balanced accuracy | final minority "
+        "accuracy | final minority AUC | final minority training loss (probe) | studies |",
+        "|---|---|---|---|---|---|---|---|",
         f"{case} | oversampling | 66.0 ± 1.00 → 59.0 ± 1.00 | 33.0 ± 2.00 → 29.5 ± 2.00 | n/a → n/a | "
         f"0.067 ± 0.001 → 0.060 ± 0.001 | {links}",  # (0.066 and 0.068: std 0.0014)
         f"{case} | class_weights_u | 55.0 ± 1.00 → 57.0 ± 1.00 | 27.5 ± 2.00 → 28.5 ± 2.00 | n/a → n/a | "
         f"0.056 ± 0.001 → 0.058 ± 0.001 | {links}",
-        f"{case} (weight decay 0.0002) | oversampling | 66.0 ± 1.00 → 58.0 ± 1.00 | 33.0 ± 2.00 → 29.0 ± 2.00 | "
+        f"{case_wd} (weight decay 0.0002) | oversampling | 66.0 ± 1.00 → 58.0 ± 1.00 | 33.0 ± 2.00 → 29.0 ± 2.00 | "
         "n/a → n/a | 0.067 ± 0.001 → 0.059 ± 0.001 | [s](s/SUMMARY.md), [long-wd](long-wd/SUMMARY.md) |",
-        f"{case} (weight decay 0.0002) | class_weights | 50.0 ± 1.00 → 56.0 ± 1.00 | 25.0 ± 2.00 → 28.0 ± 2.00 | "
+        f"{case_wd} (weight decay 0.0002) | class_weights | 50.0 ± 1.00 → 56.0 ± 1.00 | 25.0 ± 2.00 → 28.0 ± 2.00 | "
         "n/a → n/a | 0.051 ± 0.001 → 0.057 ± 0.001 | [s](s/SUMMARY.md), [long-wd](long-wd/SUMMARY.md) |", ""]
     assert S.length_lines(studies[1:]) == []  # no short run without weight decay at lr 0.01: no table
     assert S.momentum_pairs(studies) == []  # the plain long run's step is lr 0.01, no momentum run's
