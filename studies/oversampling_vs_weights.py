@@ -1635,8 +1635,8 @@ def length_lines(studies):
             L = ["Longer runs against shorter ones, each pair of studies alike but for the number of steps (and the "
                  "weight decay, where the longer one has it, and the number of seeds, where it ran fewer): short → "
                  "long, mean ± std over seeds (the lr drop at the same fraction of each run):", "",
-                 "| setting, model, device, optimizer | seeds x steps | method | final balanced accuracy | final minority "
-                 "accuracy | final minority AUC | final minority training loss (probe) | studies |",
+                 "| setting, model, device, optimizer | seeds x steps | method | final balanced accuracy | "
+                 "final minority accuracy | final minority AUC | final minority training loss (probe) | studies |",
                  "|---|---|---|---|---|---|---|---|"]
         wd = r1["args"]["weight_decay"]
         case = (f"| {name}, {model}, {device}, lr {r0['args']['lr']:g}{_optimizer(r0['args'])} | "
@@ -1871,11 +1871,12 @@ def study_page_lines(studies, table):
 
 def longest_runs(studies):
     """{setting: (folder, study.json)}: per setting, the study of [(folder, study.json)] that ran oversampling for the
-    most steps (of those, one with weight decay, as the protocol has), whose learning curves README shows."""
+    most steps (of those, one with weight decay, as the protocol has, then one of the protocol's ResNet-32), whose
+    learning curves README shows."""
     best = {}
     for d, res in studies:
         for name, st in res["settings"].items():
-            key = (st["steps"], res["args"]["weight_decay"] > 0, d)
+            key = (st["steps"], res["args"]["weight_decay"] > 0, st["model"] == "resnet32", d)
             if "oversampling" in st["summary"] and (name not in best or key > best[name][0]):
                 best[name] = (key, d, res)
     return {name: (d, res) for name, (_, d, res) in sorted(best.items())}
@@ -1896,7 +1897,7 @@ def readme_lines(studies, table, rel):
     L += verdict + ([""] if verdict else []) + length_lines(studies)
     for name, (d, res) in longest_runs(studies).items():
         st = res["settings"][name]
-        L += [f"![{d}: {name} per-class learning curves, {st['steps']} steps{_optimizer(res['args'])}]"
+        L += [f"![{d}: {name} per-class learning curves, {st['model']}, {st['steps']} steps{_optimizer(res['args'])}]"
               f"({d}/{name}_per_class.png)", ""]
     pcn = pcn_batch_lines(studies)
     return L + (pcn + [""] if pcn else []) + ([] if studies else [NO_STUDY])

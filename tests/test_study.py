@@ -719,8 +719,9 @@ def test_quick_mode_end_to_end(tmp_path):
         r.replace(f"[{f}]({f}/SUMMARY.md)", link(f)) for r in rows for f in ("full", "a-longer") if f"[{f}]" in r]
     assert not any(x.startswith("- **") for x in short) and f"[{rel}/STUDY.md]({rel}/STUDY.md)" in short[0]
     assert [x for x in short if x.startswith("![")] == [
-        f"![{rel}/full: binary per-class learning curves, {b['steps']} steps]({rel}/full/binary_per_class.png)",
-        f"![{rel}/a-longer: lt10 per-class learning curves, {3 * lt['steps']} steps]"
+        f"![{rel}/full: binary per-class learning curves, smallcnn, {b['steps']} steps]"
+        f"({rel}/full/binary_per_class.png)",
+        f"![{rel}/a-longer: lt10 per-class learning curves, smallcnn, {3 * lt['steps']} steps]"
         f"({rel}/a-longer/lt10_per_class.png)"]
     for none in S.study_pages(str(tmp_path / "none")):
         assert "No study without --quick" in "\n".join(none)
@@ -901,6 +902,20 @@ def test_longer_runs_pair_with_the_shortest_alike_but_for_the_steps_the_weight_d
         "n/a → n/a | 0.051 ± 0.001 → 0.057 ± 0.001 | [s](s/SUMMARY.md), [long-wd](long-wd/SUMMARY.md) |", ""]
     assert S.length_lines(studies[1:]) == []  # no short run without weight decay at lr 0.01: no table
     assert S.momentum_pairs(studies) == []  # the plain long run's step is lr 0.01, no momentum run's
+
+
+def test_readme_curves_come_from_the_longest_study_then_one_with_weight_decay_then_one_of_the_resnet32():
+    def alike(res, model="smallcnn", wd=0.0):
+        return {**res, "args": {**res["args"], "weight_decay": wd},
+                "settings": {"binary": {**res["settings"]["binary"], "model": model}}}
+    studies = [("z-short", alike(study(0.01, 0.9, steps=1500, oversampling=1.0), "resnet32", 2e-4)),
+               ("y-long", alike(study(0.01, 0.9, steps=20000, oversampling=1.0))),
+               ("x-long-wd", alike(study(0.01, 0.9, steps=20000, oversampling=1.0), wd=2e-4)),
+               ("w-long-wd-resnet", alike(study(0.01, 0.9, steps=20000, oversampling=1.0), "resnet32", 2e-4)),
+               ("z-longest-no-oversampling", alike(study(0.01, 0.9, steps=30000, pcnsgd=1.0)))]
+    assert {k: d for k, (d, _) in S.longest_runs(studies).items()} == {"binary": "w-long-wd-resnet"}
+    assert {k: d for k, (d, _) in S.longest_runs(studies[:3]).items()} == {"binary": "x-long-wd"}
+    assert {k: d for k, (d, _) in S.longest_runs(studies[:2]).items()} == {"binary": "y-long"}
 
 
 def test_the_study_page_lists_each_study_in_the_order_of_the_answers_table_named_by_its_lr_and_steps():
