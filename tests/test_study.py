@@ -782,13 +782,13 @@ def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with
     assert S.verdict_lines(studies)[4].endswith(" | 0.900 vs 0.875 |")
 
 
-def study(lr, momentum=0.0, steps=1500, **means):
+def study(lr, momentum=0.0, steps=1500, weight_decay=0.0, seeds=5, model="smallcnn", batch=16, **means):
     """A binary-setting study.json with what the README tables read: per method (means: its final balanced accuracy)
     that accuracy over 5 seeds (std 1), an update-norm CV of accuracy / 100, a minority accuracy of half of it, and two
-    runs whose final minority probe loss is accuracy / 1000 and 0.002 more."""
-    args = {"lr": lr, "methods": list(means), "momentum": momentum, "weight_decay": 0.0, "seeds": 5}
+    runs whose final minority probe loss is accuracy / 1000 and 0.002 more; `seeds` is only the recorded argument."""
+    args = {"lr": lr, "methods": list(means), "momentum": momentum, "weight_decay": weight_decay, "seeds": seeds}
     return {"device_name": "cpu", "args": args, "settings": {"binary": {
-        "model": "smallcnn", "batch_size": 16, "steps": steps, "train_counts": [99, 1], "minority": [1],
+        "model": model, "batch_size": batch, "steps": steps, "train_counts": [99, 1], "minority": [1],
         "runs": {m: [{"final": {"probe_loss": [0.5, v / 1000 + d]}} for d in (0.0, 0.002)] for m, v in means.items()},
         "summary": {
             m: {"final_balanced_acc": {"mean": v, "std": 1.0, "n": 5}, "update_norm": {"cv": v / 100},
@@ -869,20 +869,14 @@ def test_momentum_against_plain_sgd_pairs_the_studies_at_the_same_step():
 
 
 def test_longer_runs_pair_with_the_shortest_alike_but_for_the_steps_the_weight_decay_and_the_seeds():
-    def with_args(res, **args):
-        return {**res, "args": {**res["args"], **args}}
-
-    def with_batch(res, batch):
-        return {**res, "settings": {"binary": {**res["settings"]["binary"], "batch_size": batch}}}
     studies = [("s", study(0.01, 0.9, oversampling=66.0, class_weights=50.0, class_weights_u=55.0)),
                ("s-lr0.03", study(0.03, 0.9, oversampling=1.0)),  # another lr: no longer run of its own
-               ("long-wd", with_args(study(0.01, 0.9, steps=20000, oversampling=58.0, class_weights=56.0),
-                                     weight_decay=2e-4)),
+               ("long-wd", study(0.01, 0.9, steps=20000, weight_decay=2e-4, oversampling=58.0, class_weights=56.0)),
                # fewer seeds than the short study (a long run is costly): still its pair, the seeds shown
-               ("long", with_args(study(0.01, 0.9, steps=20000, oversampling=59.0, class_weights_u=57.0), seeds=2)),
+               ("long", study(0.01, 0.9, steps=20000, seeds=2, oversampling=59.0, class_weights_u=57.0)),
                ("plain-long", study(0.01, 0.0, steps=20000, oversampling=1.0)),  # no plain short run at lr 0.01
-               ("b8-long", with_batch(study(0.01, 0.9, steps=20000, oversampling=1.0), 8)),  # another batch: no pair
-               ("s-wd", with_args(study(0.01, 0.9, oversampling=1.0), weight_decay=2e-4))]  # as short as s: no pair
+               ("b8-long", study(0.01, 0.9, steps=20000, batch=8, oversampling=1.0)),  # another batch: no pair
+               ("s-wd", study(0.01, 0.9, weight_decay=2e-4, oversampling=1.0))]  # as short as s: no pair
     assert [(p[:3], p[3][0], p[4][0]) for p in S.length_pairs(studies)] == [
         (("binary", "smallcnn", "cpu"), "s", "long"), (("binary", "smallcnn", "cpu"), "s", "long-wd")]
     case = "| binary, smallcnn, cpu, lr 0.01, momentum 0.9 | 5 x 1500 → 2 x 20000"
@@ -905,14 +899,12 @@ def test_longer_runs_pair_with_the_shortest_alike_but_for_the_steps_the_weight_d
 
 
 def test_readme_curves_come_from_the_longest_study_then_one_with_weight_decay_then_one_of_the_resnet32():
-    def alike(res, model="smallcnn", wd=0.0):
-        return {**res, "args": {**res["args"], "weight_decay": wd},
-                "settings": {"binary": {**res["settings"]["binary"], "model": model}}}
-    studies = [("z-short", alike(study(0.01, 0.9, steps=1500, oversampling=1.0), "resnet32", 2e-4)),
-               ("y-long", alike(study(0.01, 0.9, steps=20000, oversampling=1.0))),
-               ("x-long-wd", alike(study(0.01, 0.9, steps=20000, oversampling=1.0), wd=2e-4)),
-               ("w-long-wd-resnet", alike(study(0.01, 0.9, steps=20000, oversampling=1.0), "resnet32", 2e-4)),
-               ("z-longest-no-oversampling", alike(study(0.01, 0.9, steps=30000, pcnsgd=1.0)))]
+    studies = [("z-short", study(0.01, 0.9, steps=1500, weight_decay=2e-4, model="resnet32", oversampling=1.0)),
+               ("y-long", study(0.01, 0.9, steps=20000, oversampling=1.0)),
+               ("x-long-wd", study(0.01, 0.9, steps=20000, weight_decay=2e-4, oversampling=1.0)),
+               ("w-long-wd-resnet", study(0.01, 0.9, steps=20000, weight_decay=2e-4, model="resnet32",
+                                          oversampling=1.0)),
+               ("z-longest-no-oversampling", study(0.01, 0.9, steps=30000, pcnsgd=1.0))]
     assert {k: d for k, (d, _) in S.longest_runs(studies).items()} == {"binary": "w-long-wd-resnet"}
     assert {k: d for k, (d, _) in S.longest_runs(studies[:3]).items()} == {"binary": "x-long-wd"}
     assert {k: d for k, (d, _) in S.longest_runs(studies[:2]).items()} == {"binary": "y-long"}
