@@ -1627,8 +1627,9 @@ def _final_probe_loss(st, m):
 def length_lines(studies):
     """The table of longer runs against shorter ones (length_pairs; README and results/STUDY.md): per pair, the
     final balanced accuracy, minority accuracy, minority AUC and minority training loss of oversampling and each
-    class-weight form that both studies ran."""
-    L = []
+    class-weight form that both studies ran; the rows of one case (two long studies of it, each with its own methods)
+    together, in the order of the methods."""
+    L, rows = [], {}
     for name, model, device, (d0, r0), (d1, r1) in length_pairs(studies):
         st0, st1 = r0["settings"][name], r1["settings"][name]
         if not L:
@@ -1642,13 +1643,15 @@ def length_lines(studies):
         case = (f"| {name}, {model}, {device}, lr {r0['args']['lr']:g}{_optimizer(r0['args'])} | "
                 f"{r0['args']['seeds']} x {st0['steps']} → {r1['args']['seeds']} x {st1['steps']}"
                 f"{f' (weight decay {wd:g})' if wd else ''} |")
-        for m in ("oversampling", *WEIGHTINGS):
+        for i, m in enumerate(("oversampling", *WEIGHTINGS)):
             s0, s1 = st0["summary"].get(m), st1["summary"].get(m)
             if s0 and s1:
-                L.append(f"{case} {m} | {_mean_std(s0['final_balanced_acc'])} → {_mean_std(s1['final_balanced_acc'])} "
-                         f"| {_mean_std(s0['final_minority_acc'])} → {_mean_std(s1['final_minority_acc'])} | "
-                         f"{_auc(s0)} → {_auc(s1)} | {_final_probe_loss(st0, m)} → {_final_probe_loss(st1, m)} | "
-                         f"[{d0}]({d0}/SUMMARY.md), [{d1}]({d1}/SUMMARY.md) |")
+                rows.setdefault(case, []).append((i, (
+                    f"{case} {m} | {_mean_std(s0['final_balanced_acc'])} → {_mean_std(s1['final_balanced_acc'])} "
+                    f"| {_mean_std(s0['final_minority_acc'])} → {_mean_std(s1['final_minority_acc'])} | "
+                    f"{_auc(s0)} → {_auc(s1)} | {_final_probe_loss(st0, m)} → {_final_probe_loss(st1, m)} | "
+                    f"[{d0}]({d0}/SUMMARY.md), [{d1}]({d1}/SUMMARY.md) |")))
+    L += [line for case_rows in rows.values() for _, line in sorted(case_rows)]  # (a dict keeps the cases' first order)
     return L + [""] if L else []
 
 

@@ -896,6 +896,13 @@ def test_longer_runs_pair_with_the_shortest_alike_but_for_the_steps_the_weight_d
         "n/a → n/a | 0.051 ± 0.001 → 0.057 ± 0.001 | [s](s/SUMMARY.md), [long-wd](long-wd/SUMMARY.md) |", ""]
     assert S.length_lines(studies[1:]) == []  # no short run without weight decay at lr 0.01: no table
     assert S.momentum_pairs(studies) == []  # the plain long run's step is lr 0.01, no momentum run's
+    # a second long study of the same case with a method of its own (a class-weight form run later): its row goes
+    # among the case's rows in the order of the methods, not after them
+    cw = [("long-cw", study(0.01, 0.9, steps=20000, seeds=2, class_weights=51.0))]
+    rows = [r.split(" | ")[2] + " " + r.split("[")[-1].split("]")[0]  # method and long study
+            for r in S.length_lines(studies + cw)[4:-1]]
+    assert rows == ["oversampling long", "class_weights long-cw", "class_weights_u long", "oversampling long-wd",
+                    "class_weights long-wd"]
 
 
 def test_readme_curves_come_from_the_longest_study_then_one_with_weight_decay_then_one_of_the_resnet32():
