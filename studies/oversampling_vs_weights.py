@@ -1629,16 +1629,9 @@ def length_lines(studies):
     final balanced accuracy, minority accuracy, minority AUC and minority training loss of oversampling and each
     class-weight form that both studies ran; the rows of one case (two long studies of it, each with its own methods)
     together, in the order of the methods."""
-    L, rows = [], {}
+    rows = {}  # {case: [(the method's place in the order, its row)]}, the cases in their first order
     for name, model, device, (d0, r0), (d1, r1) in length_pairs(studies):
         st0, st1 = r0["settings"][name], r1["settings"][name]
-        if not L:
-            L = ["Longer runs against shorter ones, each pair of studies alike but for the number of steps (and the "
-                 "weight decay, where the longer one has it, and the number of seeds, where it ran fewer): short → "
-                 "long, mean ± std over seeds (the lr drop at the same fraction of each run):", "",
-                 "| setting, model, device, optimizer | seeds x steps | method | final balanced accuracy | "
-                 "final minority accuracy | final minority AUC | final minority training loss (probe) | studies |",
-                 "|---|---|---|---|---|---|---|---|"]
         wd = r1["args"]["weight_decay"]
         case = (f"| {name}, {model}, {device}, lr {r0['args']['lr']:g}{_optimizer(r0['args'])} | "
                 f"{r0['args']['seeds']} x {st0['steps']} → {r1['args']['seeds']} x {st1['steps']}"
@@ -1651,8 +1644,15 @@ def length_lines(studies):
                     f"| {_mean_std(s0['final_minority_acc'])} → {_mean_std(s1['final_minority_acc'])} | "
                     f"{_auc(s0)} → {_auc(s1)} | {_final_probe_loss(st0, m)} → {_final_probe_loss(st1, m)} | "
                     f"[{d0}]({d0}/SUMMARY.md), [{d1}]({d1}/SUMMARY.md) |")))
-    L += [line for case_rows in rows.values() for _, line in sorted(case_rows)]  # (a dict keeps the cases' first order)
-    return L + [""] if L else []
+    if not rows:
+        return []
+    return (["Longer runs against shorter ones, each pair of studies alike but for the number of steps (and the "
+             "weight decay, where the longer one has it, and the number of seeds, where it ran fewer): short → "
+             "long, mean ± std over seeds (the lr drop at the same fraction of each run):", "",
+             "| setting, model, device, optimizer | seeds x steps | method | final balanced accuracy | "
+             "final minority accuracy | final minority AUC | final minority training loss (probe) | studies |",
+             "|---|---|---|---|---|---|---|---|"]
+            + [line for case_rows in rows.values() for _, line in sorted(case_rows)] + [""])
 
 
 def case_order(name, st, res):
