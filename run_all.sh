@@ -6,6 +6,8 @@
 #   SETTINGS="exp:100 exp:10 step:100" bash run_all.sh
 #   DEADLINE=600 bash run_all.sh                     # end within 10 minutes (runs that would not: next time)
 #   SMOKE=1 bash run_all.sh                          # every run tiny: synthetic data, 2 epochs, CPU (tests)
+#   bash run_all.sh --dry-run                        # the plan only: each run done, part-done or to run, the ETA
+#   bash run_all.sh --help                           # this text
 #
 # Environment: DATA_DIR (an ImageFolder with train/ and test/) or DATA_FLAGS (e.g. "--dataset cifar10
 # --download" for the original CIFAR-10 through torchvision), SEEDS ("0 1 2"), SETTINGS ("exp:100"),
@@ -29,6 +31,16 @@
 # history. Each invocation appends a line to $OUT/run_all.jsonl (wall time, runs, JOBS/FAST/MPS), which the
 # report sums. The training seed varies; the data seed stays 0, the subset of the official code.
 set -euo pipefail
+# Its settings come from the environment (above); the only arguments are --dry-run and --help.
+DRY_RUN=0
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -n|--dry-run) DRY_RUN=1 ;;
+    *) echo "run_all.sh: unknown argument '$arg': the settings are environment variables (e.g. SEEDS=0 JOBS=2" \
+         "bash run_all.sh); the only arguments are --dry-run and --help" >&2; exit 1 ;;
+  esac
+done
 cd "$(dirname "$0")"
 
 SMOKE=${SMOKE:-0}
@@ -77,12 +89,24 @@ ROWS=(
   "sam.py --base ldam_drw"                # LDAM-DRW + SAM
 )
 
+# Numbers and switches of the environment, checked before anything starts (bash's own message would not say which).
+whole() {  # whole() NAME MIN: $NAME is a whole number >= MIN
+  [[ "${!1}" =~ ^[0-9]+$ ]] && [ "${!1}" -ge "$2" ] ||
+    { echo "run_all.sh: $1 must be a whole number >= $2, got '${!1}'" >&2; exit 1; }
+}
+CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-10}
+whole JOBS 1; whole CHECKPOINT_EVERY 0
+[ -z "$DEADLINE" ] || whole DEADLINE 0
+[ -z "${NEW_RUN_S:-}" ] || whole NEW_RUN_S 0
+for v in SMOKE FAST MPS; do
+  case "${!v:-0}" in 0|1) ;; *) echo "run_all.sh: $v must be 0 or 1, got '${!v}'" >&2; exit 1 ;; esac
+done
+
 # Several processes at once each with several CPU threads oversubscribe the cores and can run 10x slower
 # (eager runs on a GPU are bound by one CPU thread's kernel launches anyway): one thread each by default.
 if [ "$JOBS" -gt 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
 if [ "${FAST:-0}" = 1 ]; then EXTRA="--fast $EXTRA"; fi
 # a run killed part-way (a deadline, a time limit) goes on from its last checkpoint next time
-CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-10}
 [ "$CHECKPOINT_EVERY" -gt 0 ] && EXTRA="--checkpoint-every $CHECKPOINT_EVERY --resume $EXTRA"
 
 jobs_list=()
@@ -101,7 +125,6 @@ if [ "${#jobs_list[@]}" -eq 0 ]; then
   printf '  %s\n' "${ROWS[@]}" >&2
   exit 1
 fi
-[ -n "$DEADLINE" ] && ! [[ "$DEADLINE" =~ ^[0-9]+$ ]] && { echo "run_all.sh: DEADLINE must be whole seconds" >&2; exit 1; }
 
 # One line per job: "<done 0|1> <seconds the method's finished runs took, -1: unknown> <epochs its checkpoint holds>
 # <epochs> <results JSON>"; a run made with fewer than JOBS at once counts JOBS / its number times longer. This also
@@ -133,13 +156,56 @@ done
 # the runs a checkpoint holds part of go first: they end soonest, and their checkpoints (~3.8 MB each) do not pile up
 todo=(${partial[@]+"${partial[@]}"} ${todo[@]+"${todo[@]}"})
 
+hms() { printf '%d:%02d:%02d' $(($1 / 3600)) $(($1 / 60 % 60)) $(($1 % 60)); }
+estimate() {  # seconds of a whole run of job $1: its method's earlier runs, else the longest known, else NEW_RUN_S
+  local key whole e
+  IFS='|' read -r row itype ratio seed <<<"${jobs_list[$1]}"
+  key="$row|$itype$ratio" whole=${est[$key]:-}
+  if [ -z "$whole" ]; then
+    for e in "${est[@]}"; do [ "$e" -gt "${whole:--1}" ] && whole=$e; done
+    whole=${whole:-${NEW_RUN_S:-}}
+  fi
+  echo "$whole"
+}
+if [ "$DRY_RUN" = 1 ]; then  # the plan only: nothing trains, no log, run_all.jsonl or report is written
+  echo "[run_all] dry run: $total runs, $done_before done, ${#partial[@]} part-done (a checkpoint holds some epochs)," \
+    "$(( ${#todo[@]} - ${#partial[@]} )) to run from the start, in this order ($JOBS at a time) -> $OUT"
+  sum=0 known=0 longest=0
+  for i in "${!jobs_list[@]}"; do
+    IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
+    read -r done _ epochs_done epochs _ <<<"${plan[$i]}"
+    [ "$done" = 1 ] && echo "  done      methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed"
+  done
+  for i in "${todo[@]}"; do
+    IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
+    read -r _ _ epochs_done epochs _ <<<"${plan[$i]}"
+    w=$(estimate "$i") e="no estimate: no run has ended yet"
+    if [ -n "$w" ]; then
+      w=$(( w * ${left[$i]} / 1000 )) known=$((known + 1))
+      sum=$(( sum + w )) longest=$(( w > longest ? w : longest )) e="~$w s"
+      if [ -n "${est["$row|$itype$ratio"]:-}" ]; then e+=", as this row's earlier runs"
+      else e+=", as the longest run known: SAM takes ~2x, PCNSGD more"; fi
+    fi
+    state="to run  " && [ "$epochs_done" -gt 0 ] && state="part-done"
+    echo "  $state methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed " \
+      "($([ "$epochs_done" -gt 0 ] && echo "epochs $epochs_done-$epochs" || echo "$epochs epochs"), $e)"
+  done
+  if [ "$known" -gt 0 ]; then
+    echo "[run_all] expected wall time: $(hms $(( sum / JOBS > longest ? sum / JOBS : longest ))) at $JOBS at a time" \
+      "(the sum of the estimates above over JOBS, or the longest if more; $(( ${#todo[@]} - known )) runs without one" \
+      "count 0)"
+  elif [ "${#todo[@]}" -gt 0 ]; then
+    echo "[run_all] no estimate of the wall time: no run has ended yet (NEW_RUN_S=<seconds of one run> sets one)"
+  fi
+  exit 0
+fi
+
 started=0 finished=0 failed=0 deferred=0 cut=0
 t0=$(date +%s)
 mkdir -p "$OUT/logs"
 durations="$OUT/logs/.durations.$$"  # "<seconds> <1: from epoch 0> <row|setting>" of each run of this invocation
 : >"$durations"
 trap 'rm -f "$durations"' EXIT  # (replaced by the MPS trap below, which removes it too)
-hms() { printf '%d:%02d:%02d' $(($1 / 3600)) $(($1 / 60 % 60)) $(($1 % 60)); }
 progress() {
   local now=$(( $(date +%s) - t0 )) eta="?"
   [ "$finished" -gt 0 ] && eta=$(hms $(( now * (${#todo[@]} - deferred - finished) / finished )))
@@ -178,16 +244,6 @@ if [ "${MPS:-0}" = 1 ] && [ "${#todo[@]}" -gt 0 ]; then
 fi
 
 echo "[run_all] $total runs, $done_before done before, ${#todo[@]} to run ($JOBS at a time${DEADLINE:+, deadline ${DEADLINE} s}) -> $OUT; logs in $OUT/logs/"
-estimate() {  # seconds of a whole run of job $1: its method's earlier runs, else the longest known, else NEW_RUN_S
-  local key whole e
-  IFS='|' read -r row itype ratio seed <<<"${jobs_list[$1]}"
-  key="$row|$itype$ratio" whole=${est[$key]:-}
-  if [ -z "$whole" ]; then
-    for e in "${est[@]}"; do [ "$e" -gt "${whole:--1}" ] && whole=$e; done
-    whole=${whole:-${NEW_RUN_S:-}}
-  fi
-  echo "$whole"
-}
 start_run() {  # job $1 in the background; under DEADLINE it is stopped there (rc 124) and goes on from its checkpoint
   local i=$1 key log
   IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"

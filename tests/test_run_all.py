@@ -131,6 +131,39 @@ def test_run_all_stops_before_any_run_on_a_missing_data_folder_or_an_only_that_m
                                            "--device", "cpu"], str(out))
 
 
+def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anything_starts(tmp_path):
+    """Its settings are environment variables: --help prints its header, --dry-run the plan (which runs are done,
+    which are to run and how long they should take) and trains nothing; any other argument, and a bad JOBS,
+    CHECKPOINT_EVERY, DEADLINE or switch, is one error line with nothing written."""
+    out = tmp_path / "results"
+    env = {**os.environ, "SMOKE": "1", "OUT": str(out), "ONLY": "^erm.py$", "SEEDS": "0 1"}
+    bash = lambda *args, **more: subprocess.run(["bash", "run_all.sh", *args], cwd=ROOT, capture_output=True,  # noqa
+                                                text=True, timeout=120, env={**env, **more})
+    helped = bash("--help")
+    assert helped.returncode == 0 and "Environment: DATA_DIR" in helped.stdout and "bash run_all.sh --dry-run" \
+        in helped.stdout and "set -euo" not in helped.stdout and not out.exists(), helped.stdout + helped.stderr
+    for args, more, needle in ((["--seeds", "0"], {}, "unknown argument '--seeds': the settings are environment"),
+                               ([], {"JOBS": "0"}, "JOBS must be a whole number >= 1, got '0'"),
+                               ([], {"JOBS": "two"}, "JOBS must be a whole number >= 1, got 'two'"),
+                               ([], {"CHECKPOINT_EVERY": "x"}, "CHECKPOINT_EVERY must be a whole number >= 0"),
+                               ([], {"DEADLINE": "1.5"}, "DEADLINE must be a whole number >= 0, got '1.5'"),
+                               ([], {"FAST": "yes"}, "FAST must be 0 or 1, got 'yes'")):
+        proc = bash(*args, **more)
+        assert proc.returncode == 1 and needle in proc.stderr, proc.stdout + proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "[run_all]" not in proc.stdout and not out.exists()
+    write_run(out, "synthetic-exp-r10", "erm", 0, wall=42.0, at_once=2)
+    before = sorted(p for p in out.rglob("*"))
+    plan = bash("--dry-run", JOBS="2")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    lines = plan.stdout.splitlines()
+    assert lines[0].startswith("[run_all] dry run: 2 runs, 1 done, 0 part-done")
+    assert lines[1] == "  done      methods/erm.py --imbalance-type exp --imbalance-ratio 10 --seed 0"
+    assert lines[2] == ("  to run   methods/erm.py --imbalance-type exp --imbalance-ratio 10 --seed 1  "
+                        "(2 epochs, ~42 s, as this row's earlier runs)")
+    assert lines[3].startswith("[run_all] expected wall time: 0:00:42 at 2 at a time") and len(lines) == 4
+    assert sorted(p for p in out.rglob("*")) == before  # no log, no run_all.jsonl, no report, no run
+
+
 def test_an_invocation_whose_every_run_failed_records_nothing(tmp_path):
     python = tmp_path / "python"  # a python that fails every training run (after the plan, which it passes on)
     python.write_text('#!/bin/sh\ncase "$1" in methods/*) echo "error: boom"; exit 1;; esac\nexec python "$@"\n')
