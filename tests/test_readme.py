@@ -119,7 +119,7 @@ def test_readme_commands_made_the_committed_studies(tmp_path):
         if parsed["out"]:  # not --readme
             # where it ran, not what it measured: compared only where the command sets it (unset, the parser picks
             # what this machine has: --device auto is cpu here, cuda on a GPU, and --workers follows)
-            skip = {"data_dir", "cache_dir", "out"} | {k for k in ("device", "workers", "threads")
+            skip = {"data_dir", "cache_dir", "out", "overwrite"} | {k for k in ("device", "workers", "threads")
                                                          if "--" + k not in args}
             listed[os.path.relpath(os.path.join(ROOT, parsed["out"]), ROOT)] = {
                 k: v for k, v in parsed.items() if k not in skip}

@@ -6,6 +6,7 @@ import math
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -501,7 +502,12 @@ def test_an_invocation_cut_short_keeps_its_finished_runs(tmp_path):
     # as if an invocation of erm + pcnsgd had been cut after erm: its record is there, pcnsgd's is not
     key = S.run_key(S.parse_args(small + ["--methods", "erm", "pcnsgd", "--out", str(out)]))
     (out / "runs" / "binary_erm_seed0.json").write_text(json.dumps({"key": key, "record": erm}))
-    again = run_script(STUDY, *small, "--methods", "erm", "pcnsgd", "--out", out, timeout=300)
+    # a finished study (its study.json) is not replaced without --overwrite, and nothing trains
+    refused = run_script(STUDY, *small, "--methods", "erm", "pcnsgd", "--out", out, timeout=300, check=False)
+    assert refused.returncode == 1 and "study.json exists (a finished study): pass --overwrite" in refused.stderr
+    assert "binary erm" not in refused.stdout and json.loads((out / "study.json").read_text())["settings"][
+        "binary"]["runs"]["erm"][0] == erm
+    again = run_script(STUDY, *small, "--methods", "erm", "pcnsgd", "--out", out, "--overwrite", timeout=300)
     assert "1 of the 2 runs kept from an earlier invocation" in again.stdout
     assert "[2/2] binary pcnsgd seed0" in again.stdout and "binary erm seed0:" not in again.stdout
     res = json.loads((out / "study.json").read_text())
@@ -509,7 +515,7 @@ def test_an_invocation_cut_short_keeps_its_finished_runs(tmp_path):
     assert "1 run kept from earlier ones" in (out / "SUMMARY.md").read_text()
     (out / "runs").mkdir()  # kept under another learning rate: trained again
     (out / "runs" / "binary_erm_seed0.json").write_text(json.dumps({"key": key, "record": erm}))
-    other = run_script(STUDY, *small, "--methods", "erm", "--lr", "0.05", "--out", out, timeout=300)
+    other = run_script(STUDY, *small, "--methods", "erm", "--lr", "0.05", "--out", out, "--overwrite", timeout=300)
     assert "kept from an earlier invocation" not in other.stdout and "[1/1] binary erm seed0" in other.stdout
 
 
@@ -649,6 +655,17 @@ def test_quick_mode_end_to_end(tmp_path):
     run_script(STUDY, "--from-json", out / "study.json", timeout=120)
     again = (out / "SUMMARY.md").read_text()
     assert again == md
+    # ... into --out when given (the study's own folder untouched), not over another study without --overwrite
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    run_script(STUDY, "--from-json", out / "study.json", "--out", tmp_path / "copy", timeout=120)
+    assert (tmp_path / "copy" / "SUMMARY.md").read_text() == md and (tmp_path / "copy" / "study.json").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    (tmp_path / "copy" / "SUMMARY.md").unlink()
+    shutil.copy(out / "study.json", tmp_path / "mine.json")
+    refused = run_script(STUDY, "--from-json", tmp_path / "mine.json", "--out", tmp_path / "copy", timeout=120,
+                         check=False)
+    assert refused.returncode == 1 and "copy/study.json exists (another study): pass --overwrite" in refused.stderr
+    assert not (tmp_path / "copy" / "SUMMARY.md").exists()
     # --readme's page (results/STUDY.md): a study's numbers (not --quick) as its summary states them; a --quick one
     # is left out.
     results = tmp_path / "results"
@@ -955,3 +972,9 @@ def test_bad_input_gives_a_one_line_error(tmp_path):
     for flag in ("--lr", "--binary-ratio", "--target-fracs"):  # argparse's float() takes them
         with pytest.raises(S.common.UserError, match=f"^error: {flag} must be a finite number, got inf$"):
             S.parse_args(["--quick", "--dataset", "synthetic", flag, "inf"])
+    # a class the image folder does not have: refused from its folder names, before any image is decoded
+    for split in ("train", "test"):
+        for c in ("automobile", "truck"):
+            (tmp_path / "imgs" / split / c).mkdir(parents=True)
+    with pytest.raises(S.common.UserError, match=r"class\(es\) car not in .*imgs/train \(classes: automobile, truck\)"):
+        S.parse_args(["--quick", "--data-dir", str(tmp_path / "imgs"), "--binary-classes", "car", "truck"])
