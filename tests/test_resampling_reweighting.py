@@ -233,6 +233,26 @@ def test_focal_matches_softmax_probabilities_and_p_t_is_unweighted():
     assert not torch.allclose(got, official, atol=1e-3)
 
 
+def test_focal_gradient_flows_through_the_modulating_factor():
+    """(1 - p_t)^gamma is part of the loss, not a constant weight: detaching it keeps every loss value but drops
+    the gradient term gamma (1 - p_t)^(gamma - 1) CE dp_t. By hand, logits [0, 0], label 0, gamma 1: p_t = 1/2 and
+    dL/dz_0 = -(1 + log 2) / 4 = -0.4233 (-0.25 with the factor detached)."""
+    z = torch.zeros(1, 2, requires_grad=True)
+    focal.focal_loss(z, torch.tensor([0]), 1.0).backward()
+    want = -(1 + math.log(2)) / 4
+    assert torch.allclose(z.grad, torch.tensor([[want, -want]]), atol=1e-6)
+    g = torch.Generator().manual_seed(3)
+    logits, labels = torch.randn(16, 5, generator=g) * 2, torch.randint(0, 5, (16,), generator=g)
+    alpha = torch.tensor([0.1, 0.4, 1.0, 1.5, 2.0])
+    for gamma, a in ((0.5, None), (1.0, alpha), (2.0, None)):
+        z = logits.clone().requires_grad_()
+        focal.focal_loss(z, labels, gamma, a).backward()
+        ref = logits.clone().requires_grad_()
+        p_t = ref.softmax(1).gather(1, labels[:, None]).squeeze(1)
+        ((1 if a is None else a[labels]) * (1 - p_t) ** gamma * -p_t.log()).mean().backward()
+        assert torch.allclose(z.grad, ref.grad, atol=1e-6), gamma
+
+
 def test_focal_gradient_is_finite_when_p_t_rounds_to_one():
     logits = torch.tensor([[60.0, 0.0, 0.0], [0.0, 1.0, 0.0]], requires_grad=True)
     loss = focal.focal_loss(logits, torch.tensor([0, 2]), 0.5)
@@ -286,6 +306,18 @@ def test_cb_losses_match_cui_definitions():
     for gamma in (0.0, 0.5, 1.0, 2.0):  # gamma 0: the sigmoid loss above
         expected = (w[labels] * ((1 - p_t) ** gamma * bce).sum(1)).sum() / n
         assert torch.allclose(cb.cb_focal_loss(logits, labels, w, gamma), expected, atol=1e-5)
+    # ... and its gradient, the modulator's included (Cui's TF code has no stop_gradient on it): by hand, one
+    # output at 0, label 1, gamma 1: p_t = 1/2, dL/dz = -(1 + log 2) / 4 = -0.4233 (-0.25 were it detached)
+    z = torch.zeros(1, 1, requires_grad=True)
+    cb.cb_focal_loss(z, torch.tensor([0]), torch.ones(1), 1.0).backward()
+    assert z.grad.item() == pytest.approx(-(1 + math.log(2)) / 4, abs=1e-6)
+    for gamma in (0.5, 2.0):
+        z, ref = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        cb.cb_focal_loss(z, labels, w, gamma).backward()
+        q = ref.sigmoid()
+        q_t = torch.where(y == 1, q, 1 - q)
+        (w[labels] * ((1 - q_t) ** gamma * -q_t.log()).sum(1)).sum().div(n).backward()
+        assert torch.allclose(z.grad, ref.grad, atol=1e-5), gamma
     # cb_loss, what the training loop calls, picks each of the three by name
     for kind, value in (("softmax", (w[labels] * ce).sum() / n), ("sigmoid", (w[labels] * bce.sum(1)).sum() / n),
                         ("focal", (w[labels] * ((1 - p_t) ** 2.0 * bce).sum(1)).sum() / n)):

@@ -10,7 +10,7 @@ and run.finish is the model the method needs: the scaled cosine head evaluated, 
 SAM's BatchNorm statistics updated in both passes unless frozen.
 
 Each script runs as __main__ in a forked child of this process (conftest.start_forked: torch is imported once), for
-one epoch (the DRW runs two) on the synthetic set, one thread each, two at a time: about 2 s a run, 50 runs.
+one epoch (the DRW runs two) on the synthetic set, one thread each, two at a time: about 2 s a run, 58 runs.
 """
 import collections
 import json
@@ -43,6 +43,11 @@ IDENTITIES = [
     ("methods/logit_adjust.py", ("--tau", "0"), ("--tau", "1"), ERM),
     ("methods/cdt.py", ("--gamma", "0"), ("--gamma", "0.3"), ERM),
     ("methods/vs_loss.py", ("--gamma", "0", "--tau", "0"), ("--gamma", "0.2", "--tau", "1.2"), ERM),
+    # VS contains LA (gamma 0) and CDT (tau 0): each flag reaches its own term (swapping them fails here)
+    ("methods/vs_loss.py", ("--gamma", "0", "--tau", "1"), ("--gamma", "0.3", "--tau", "1"),
+     ("methods/logit_adjust.py", "--tau", "1")),
+    ("methods/vs_loss.py", ("--gamma", "0.3", "--tau", "0"), ("--gamma", "0.3", "--tau", "1"),
+     ("methods/cdt.py", "--gamma", "0.3")),
     ("methods/oversampling.py", ("--start-epoch", "1"), (), ERM),
     # rho 0: the second pass takes its gradient where the first one did. Switched on, the first step's loss (taken
     # at w, before the step) is ERM's, the later ones are not.
@@ -51,11 +56,17 @@ IDENTITIES = [
     # ... and on LDAM-DRW: with rho 0 the LDAM loss and cosine head of ldam_drw.py
     ("methods/sam.py", ("--base", "ldam_drw", "--rho", "0", "--drw-epoch", "1"),
      ("--base", "ldam_drw", "--rho", "0.8", "--drw-epoch", "1"), ("methods/ldam_drw.py", "--no-drw")),
+    # ... with the cosine head's --scale passed on (scale 10 is not the default's run)
+    ("methods/sam.py", ("--base", "ldam_drw", "--rho", "0", "--drw-epoch", "1", "--scale", "10"),
+     ("--base", "ldam_drw", "--rho", "0", "--drw-epoch", "1"), ("methods/ldam_drw.py", "--no-drw", "--scale", "10")),
     # LDAM with its DRW switch never reached, and reached at once, against LDAM without DRW
     ("methods/ldam_drw.py", ("--drw-epoch", "1"), ("--drw-epoch", "0"), ("methods/ldam_drw.py", "--no-drw")),
     # an infinite delta- gives every sample the margin exp(-inf) = 0: MM is then LDAM with zero margins
     ("methods/mm_drw.py", ("--delta-minus", "1e9", "--no-drw"), ("--no-drw",),
      ("methods/ldam_drw.py", "--max-m", "0", "--no-drw")),
+    # MM-LDAM with zero LDAM margins is MM; with them (--ldam alone) it is not
+    ("methods/mm_drw.py", ("--ldam", "--max-m", "0", "--no-drw"), ("--ldam", "--no-drw"),
+     ("methods/mm_drw.py", "--no-drw")),
 ]
 # runs whose batches are recorded: (script, *flags)
 OVERSAMPLING = ("methods/oversampling.py",)
@@ -73,7 +84,8 @@ DRW_TWO_EPOCHS = [("methods/class_weights.py",), ("methods/class_balanced.py", "
                   ("methods/sam.py", "--base", "ce_drw", "--rho", "0.5")]
 DRW_RUNS = [(*run, "--epochs", "2", "--drw-epoch", k) for run in DRW_TWO_EPOCHS for k in ("1", "2")]
 # flags that change what trains though no identity ties them to a reference: the two runs' losses differ
-DIFFERENT = [(("methods/cdt.py", "--gamma", "0.3"), ("methods/cdt.py", "--gamma", "0.3", "--normalize", "sum"))]
+DIFFERENT = [(("methods/cdt.py", "--gamma", "0.3"), ("methods/cdt.py", "--gamma", "0.3", "--normalize", "sum")),
+             (("methods/oversampling.py",), ("methods/oversampling.py", "--sampling-power", "0.5"))]
 # runs whose model and optimizer are recorded as run.restore and run.finish receive them
 SAM, SAM_FROZEN, SAM_LDAM = ("methods/sam.py",), ("methods/sam.py", "--bn-second-pass", "frozen"), \
     ("methods/sam.py", "--base", "ldam_drw")
