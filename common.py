@@ -159,6 +159,9 @@ def finish_args(args, method):
         raise UserError(f"--imbalance-ratio must be a number >= 1, got '{args.imbalance_ratio}'")
     check(math.isfinite(args.imbalance_ratio) and args.imbalance_ratio >= 1,
           f"--imbalance-ratio must be >= 1 (n_max / n_min), got {args.imbalance_ratio:g}")
+    if args.imbalance_type == "none" and args.imbalance_ratio != 100:  # (100: the default, given or not)
+        print(f"note: --imbalance-ratio {args.imbalance_ratio:g} is not used with --imbalance-type none: the training "
+              "set is taken as it is", file=sys.stderr, flush=True)
     check(args.epochs > 0, f"--epochs must be positive, got {args.epochs}")
     check(args.batch_size > 0, f"--batch-size must be positive, got {args.batch_size}")
     check(math.isfinite(args.lr) and args.lr > 0, f"--lr must be a positive number, got {args.lr}")
@@ -1697,7 +1700,7 @@ def plot_setting(results_dir, setting, rows):
         curves = [[h["test_top1"] for h in r["history"] if h["test_top1"] is not None] for r in rs]
         n = min(len(c) for c in curves)
         ax.plot(epochs[:n], np.mean([c[:n] for c in curves], axis=0), label=m, color=colors[m],
-                ls="-" if m in main else ":")
+                ls="-" if m in main else ":", marker="o" if n < 3 else None, ms=4)  # (one point draws no line)
         a = rs[0]["args"]
         marks.update(("lr decay", e) for e in a.get("lr_decay_epochs", []) if e < a["epochs"])
         if a.get("drw_epoch") and a["drw_epoch"] < a["epochs"]:

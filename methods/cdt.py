@@ -46,13 +46,14 @@ import common  # noqa: E402
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
     # METHOD: the temperature exponent.
-    parser.add_argument("--gamma", type=float, default=0.3,
-                        help="temperature a_c = (n_max / n_c)^gamma (VS-Loss train.py default 0.3, "
-                             "'CDT hyperparameter'); 0 gives plain CE; Behnia et al. sweep -1.5 to 1.5")
-    parser.add_argument("--normalize", default="head",
-                        help="head: multipliers (n_c / n_max)^gamma divided by their largest, so 1 for the head class "
-                             "when gamma >= 0 (VS-Loss, Ye et al.) | sum: rescaled to sum to C (Behnia et al.'s "
-                             "CDTLoss)")
+    m = parser.add_argument_group("CDT")
+    m.add_argument("--gamma", type=float, default=0.3,
+                   help="temperature a_c = (n_max / n_c)^gamma (VS-Loss train.py default 0.3, "
+                        "'CDT hyperparameter'); 0 gives plain CE; Behnia et al. sweep -1.5 to 1.5")
+    m.add_argument("--normalize", default="head",
+                   help="head: multipliers (n_c / n_max)^gamma divided by their largest, so 1 for the head class "
+                        "when gamma >= 0 (VS-Loss, Ye et al.) | sum: rescaled to sum to C (Behnia et al.'s "
+                        "CDTLoss)")
     args = parser.parse_args(argv)
     common.check(math.isfinite(args.gamma), f"--gamma must be a finite number, got {args.gamma:g}")
     common.check(args.normalize in ("head", "sum"), f"unknown --normalize '{args.normalize}': use head or sum")

@@ -37,9 +37,10 @@ import common  # noqa: E402
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
     # METHOD: the temperature of the prior.
-    parser.add_argument("--tau", type=float, default=1.0,
-                        help="weight of log prior added to the logits (Menon et al. and their code: 1.0; "
-                             "VS-Loss train.py --tau default 1.0)")
+    m = parser.add_argument_group("logit adjustment")
+    m.add_argument("--tau", type=float, default=1.0,
+                   help="weight of log prior added to the logits (Menon et al. and their code: 1.0; "
+                        "VS-Loss train.py --tau default 1.0)")
     args = parser.parse_args(argv)
     common.check(math.isfinite(args.tau) and args.tau >= 0, f"--tau must be >= 0, got {args.tau:g}")
     return common.finish_args(args, method="logit_adjust")

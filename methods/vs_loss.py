@@ -35,12 +35,13 @@ import common  # noqa: E402
 def parse_args(argv=None):
     parser = common.make_parser(__doc__)
     # METHOD: the two adjustments.
-    parser.add_argument("--gamma", type=float, default=0.2,
-                        help="multiplicative Delta_c = (n_c / n_max)^gamma (VS-Loss README, CIFAR-10 LT-100; "
-                             "train.py default 0.3)")
-    parser.add_argument("--tau", type=float, default=1.2,
-                        help="additive iota_c = tau * log(n_c / n) (VS-Loss README, CIFAR-10 LT-100; train.py "
-                             "default 1.0)")
+    m = parser.add_argument_group("VS loss")
+    m.add_argument("--gamma", type=float, default=0.2,
+                   help="multiplicative Delta_c = (n_c / n_max)^gamma (VS-Loss README, CIFAR-10 LT-100; "
+                        "train.py default 0.3)")
+    m.add_argument("--tau", type=float, default=1.2,
+                   help="additive iota_c = tau * log(n_c / n) (VS-Loss README, CIFAR-10 LT-100; train.py "
+                        "default 1.0)")
     args = parser.parse_args(argv)
     common.check(math.isfinite(args.gamma) and args.gamma >= 0, f"--gamma must be >= 0, got {args.gamma:g}")
     common.check(math.isfinite(args.tau) and args.tau >= 0, f"--tau must be >= 0, got {args.tau:g}")
