@@ -1332,15 +1332,23 @@ PAPER_NOTES = ("Published numbers were measured on the original CIFAR pixels by 
                "published for R=100 in every setting.")
 
 
-def paper_top1(setting, method):
-    if setting.count("-") < 2:  # (<data>-asis: no published number)
+def paper_setting(setting):
+    """The key of PAPER_TOP1 for a results folder's setting (cifar10-jpeg-exp-r100: ('cifar10', 'exp', 100.0)), None
+    for a setting no paper published (synthetic data, <data>-asis, another ratio)."""
+    if setting.count("-") < 2:  # (<data>-asis)
         return None
     dataset, itype, ratio = setting.rsplit("-", 2)
     base = "cifar100" if "cifar100" in dataset else "cifar10" if "cifar10" in dataset else None
     try:
-        return PAPER_TOP1[(base, itype, float(ratio[1:]))].get(method)
-    except (KeyError, ValueError):
+        key = (base, itype, float(ratio[1:]))
+    except ValueError:
         return None
+    return key if key in PAPER_TOP1 else None
+
+
+def paper_top1(setting, method):
+    key = paper_setting(setting)
+    return None if key is None else PAPER_TOP1[key].get(method)
 
 
 def load_results(results_dir):
@@ -1586,7 +1594,9 @@ def report(results_dir):
              "start of the script to its JSON, data loading and evaluations included; runs that shared the GPU "
              "with others (k at once) each took longer than one alone. Precision: bf16 = the training forward and "
              "backward under bf16 autocast on CUDA (losses, cosine heads and the final evaluation in fp32), the "
-             "default there; fp32 = as the official code (--fp32, and every CPU run).", "", PAPER_NOTES, ""]
+             "default there; fp32 = as the official code (--fp32, and every CPU run).", ""]
+    if any(paper_setting(setting) for setting in summary):  # (no published number to explain otherwise)
+        lines += [PAPER_NOTES, ""]
     lines += session_lines(results_dir)
     table = table_methods()
     methods, seeds = list(table.values()), table_seeds()

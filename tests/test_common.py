@@ -75,6 +75,10 @@ def test_an_unbalanced_training_set_is_kept_as_it_is_with_imbalance_type_none(ca
         common.make_long_tailed(np.zeros(5, dtype=np.int64), 1, "exp", 10, data_seed=0)
     args = argparse.Namespace(dataset="imagefolder", data_dir="/x/mydata/", imbalance_type="none", imbalance_ratio=1.0)
     assert common.setting_name(args) == "mydata-asis" and common.paper_top1("mydata-asis", "erm") is None
+    # the settings with published numbers (the report explains them only where there are some)
+    assert common.paper_setting("cifar10-jpeg-exp-r100") == ("cifar10", "exp", 100.0)
+    assert common.paper_setting("cifar100-exp-r100") == ("cifar100", "exp", 100.0)
+    assert [common.paper_setting(s) for s in ("synthetic-exp-r10", "cifar10-exp-r50", "cifar10-asis")] == [None] * 3
     # a ratio given with it is not silently dropped: a note says it is unused (none for the default)
     parse = lambda *more: common.finish_args(common.make_parser("").parse_args(  # noqa: E731
         ["--dataset", "synthetic", "--device", "cpu", "--imbalance-type", "none", *more]), method="erm")

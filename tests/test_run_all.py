@@ -34,6 +34,7 @@ def test_smoke_run_all_end_to_end(smoke_table):
     assert "Reproduce: `SMOKE=1 bash run_all.sh` (the built-in synthetic set" in report  # the smoke invocation
     assert "Not run yet: 40 of the 60 runs of run_all.sh's table (20 rows x seeds 0, 1, 2): seeds 1, 2 of every row" \
         in report
+    assert "Published numbers" not in report  # synthetic data: no paper number to explain
     # a smoke table is not the protocol, and says so
     assert "--batch-size 64 instead of 128, --epochs 2 instead of 200 (every run)." in report
     assert (out / "synthetic-exp-r10" / "per_class_acc.png").exists()
