@@ -909,6 +909,8 @@ class StepProfiler:
                 activities = [torch.profiler.ProfilerActivity.CPU]
                 if self.device.type == "cuda":
                     activities.append(torch.profiler.ProfilerActivity.CUDA)
+                else:  # (a CUDA build of torch on a machine without a GPU: no "gpuGetDeviceCount failed" line)
+                    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
                 self._sync()
                 self.prof = torch.profiler.profile(activities=activities)
                 self.prof.__enter__()
