@@ -604,6 +604,30 @@ def test_gpu_session_leaves_the_next_carry_room_for_its_checkpoints(tmp_path):
     assert out.stdout.strip() == str(62 - 30 - 1)  # 30.5 MiB (and the folders) travel besides, rounded up to 31
 
 
+def test_gpu_session_packs_only_what_it_added_or_changed_in_results(tmp_path):
+    """results/ already holds ~15 MiB packed of committed runs and studies, and a file that comes back from the
+    device may have at most 16 MiB: results.tgz holds the files new or changed since the session started (logs,
+    JSON, the pages the report rewrote), never the unchanged ones nor checkpoints, scratch or temporary files."""
+    script = open(os.path.join(ROOT, ".ci", "gpu-session")).read()
+    start = script.index("changed() {")
+    functions = script[start:script.index("\nleft() {", start)]
+    for path in ("results/old/seed0.json", "results/RESULTS.md", "results/same.json"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(path)
+    session = (f"PACK_TMP=$PWD/.pack CHECKPOINT_MIB=24 DEST=$PWD/out; mkdir -p out\n{functions}\n"
+               "AT_START=$(mktemp); changed >$AT_START\n"
+               "echo rewritten >results/RESULTS.md; mkdir -p results/new results/logs results/scratch "
+               "results/checkpoints/s/m; echo 1 >results/new/seed0.json; echo log >results/logs/run.log; "
+               "echo x >results/scratch/x.json; echo x >results/new/seed1.json.tmp123; "
+               "touch results/same.json; echo ckpt >results/checkpoints/s/m/seed0.pt\n"
+               "pack && tar tzf out/results.tgz")
+    proc = subprocess.run(["bash", "-c", session], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.split()) == ["results/RESULTS.md", "results/logs/run.log", "results/new/seed0.json"], \
+        proc.stdout
+    assert (tmp_path / "out" / "checkpoints.tgz.0").exists() and not list(tmp_path.glob(".pack*"))
+
+
 def test_whole_table_time_from_the_table_runs():
     """SPEED.md's estimate of the whole table: the GPU time of the --fast runs so far per ERM step their math
     needed, times the ERM steps of every row x seed (a row not run yet: ERM's steps)."""
