@@ -309,9 +309,12 @@ def slug(text, sep="_"):
     return re.sub(r"[^A-Za-z0-9]+", sep, text).strip(sep) or "device"
 
 
+CUT_SHORT = "not finished: the benchmark was stopped first (a time limit)"
+
+
 def _x(parallel_path):
     t = parallel_path.get("throughput_vs_one_run")
-    return "failed" if t is None else f"{t:.2f}x"
+    return f"{t:.2f}x" if t is not None else "cut short" if parallel_path.get("error") == CUT_SHORT else "failed"
 
 
 def speed_lines(reports):
@@ -654,12 +657,15 @@ def training_code(root=ROOT):
 
 
 def checked_this_code(results_dir=os.path.join(ROOT, "results"), device_name=None, root=ROOT):
-    """Did a whole benchmark of this GPU (its own JSON, complete: not cut short by a time limit) check the code
+    """Did a benchmark of this GPU (its own JSON, complete, or at least through its fp32 checks) check the code
     there is now? False without one, or where it does not say (an older JSON). .ci/gpu-session repeats the GPU
     tests and the fp32 check where not: a change to the fast path or a method's step would otherwise train the
     whole table on a path nobody checked, and another GPU model is checked (and timed) on its own."""
     bench = newest_bench(results_dir, device_name, own_only=True)
-    return bool(bench) and bool(bench.get("complete")) and bench.get("code_sha256") == training_code(root)
+    # "checks_done": its fp32 checks all ended, even where a time limit stopped the timings after them (a stage 1
+    # that does not fit its time would otherwise start again in every session, and never fit)
+    return bool(bench) and bool(bench.get("complete") or bench.get("checks_done")) and \
+        bench.get("code_sha256") == training_code(root)
 
 
 def kept_parallel(earlier, n):
@@ -730,6 +736,8 @@ def main(argv=None):
             print(f"[bench] fp32 check {row}: {'identical' if c['identical'] else 'DIFFERENT'} "
                   f"(max |loss diff| {c['max_abs_loss_diff']:.3g})", flush=True)
             save(complete=False)
+        report["checks_done"] = True  # (checked_this_code: the timings below may still be cut short)
+        save(complete=False)
     # evaluations during the run (bf16: a first one with its cuDNN autotuning, then steady ones) and the final one
     timed = ["--epochs", str(args.epochs), "--eval-every", str(max(1, args.epochs // 3)), "--seed", "0"]  # seed last
     for row in args.rows:
@@ -761,6 +769,10 @@ def main(argv=None):
             if args.mps:
                 why = mps("start")
                 par["mps"] = True if why is None else f"not started: {why}"
+            # saved as cut short until it ends: a time limit here leaves a timing that next_width does not ask for
+            # again (the next session would be stopped at the same place)
+            par.update({path: {"error": CUT_SHORT, "throughput_vs_one_run": None} for path in ("eager", "fast")})
+            save(complete=False)
             try:
                 for path, extra in (("eager", []), ("fast", ["--fast"])):
                     jobs = [(row, data_flags + timed[:-1] + [str(k)] + extra, f"par_{name}_{path}_{k}")

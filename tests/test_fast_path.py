@@ -86,6 +86,7 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     report = json.loads(out.read_text())
     assert report["device_name"] == "cpu" and report["torch_version"] == torch.__version__
     assert report["complete"] is True  # written after each step with complete False, so a killed run keeps its part
+    assert report["checks_done"] is True  # (set once the fp32 checks ended, before the timings)
     (check,) = report["checks"]
     assert check["row"] == "class_weights.py" and "--drw-epoch" in check["flags"]
     assert check["identical"] and len(check["train_loss_fast"]) == 2  # on CPU both are the eager path
@@ -106,6 +107,7 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
             assert prof["steps"] >= 1 and prof["wall_ms_per_step"] > 0 and prof["gpu_activities_per_step"] == 0
         (par,) = row["parallel"]
         assert par["n"] == 2 and par["mps"] is None and len(par["fast"]["steady_epoch_s"]) == 2
+        assert "error" not in par["eager"] and "error" not in par["fast"]  # the cut-short marks are replaced
         for path in ("eager", "fast"):  # 2 runs' epochs in the time of the slower one, against one run's epoch
             assert par[path]["throughput_vs_one_run"] == pytest.approx(
                 2 * row[path]["steady_epoch_s"] / max(par[path]["steady_epoch_s"]))
@@ -346,6 +348,13 @@ def test_jobs_from_the_runs_at_once_timed_under_mps(tmp_path):
     assert b.choose_jobs(bench((4, 1.8), (8, None))) == 4  # 8 at once failed
     assert b.choose(bench((4, 1.8), (8, 1.1))) == (True, True)  # MPS by the best number at once
     assert b.choose(bench((4, 1.1), (8, None))) == (True, False)
+    # 8 at once cut short by a time limit (saved as such before it started): not asked for again, shown as such
+    cut = {"n": 8, "mps": True, **{k: {"error": b.CUT_SHORT, "throughput_vs_one_run": None} for k in ("eager", "fast")}}
+    path.write_text(json.dumps({"checks": [{"row": "erm.py", "identical": True}],
+                                "rows": [{"row": "erm.py", "parallel": [{**timing(4, 1.8), "eager": {
+                                    "throughput_vs_one_run": 3.0}}, cut]}]}))
+    assert (b.choose_jobs(str(tmp_path)), b.next_width(str(tmp_path), "GPU")) == (4, 0)
+    assert b._x(cut["fast"]) == "cut short" and b._x({"error": "boom", "throughput_vs_one_run": None}) == "failed"
     # a benchmark timing 8 at once keeps the earlier timing of 4 and replaces an earlier one of 8
     four, eight = {"n": 4, "measured": "a"}, {"n": 8, "measured": "b"}
     assert b.kept_parallel([four, eight], 8) == [four] and b.kept_parallel([four], 8) == [four]
@@ -409,6 +418,11 @@ def test_gpu_checks_repeat_when_the_training_code_changes(tmp_path):
     code = b.training_code(str(root))
     (results / "bench-gpu.json").write_text(json.dumps({"rows": [], "code_sha256": code, "complete": False}))
     assert not b.checked_this_code(str(results), root=str(root))  # cut short by a time limit: not checked
+    # ... but cut short after its fp32 checks ended (in a timing): checked, so stage 1 does not start again in every
+    # session only to be cut at the same place
+    (results / "bench-gpu.json").write_text(json.dumps({"rows": [], "code_sha256": code, "complete": False,
+                                                         "checks_done": True}))
+    assert b.checked_this_code(str(results), root=str(root))
     (results / "bench-gpu.json").write_text(json.dumps({"rows": [], "code_sha256": code, "complete": True}))
     assert b.checked_this_code(str(results), root=str(root))
     assert b.checked_this_code(str(results), device_name="GPU", root=str(root))  # its own JSON: bench-gpu.json
