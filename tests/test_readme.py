@@ -2,7 +2,6 @@
 command, every `python <script>` command parses with that script's own parser, every variable set before
 `bash run_all.sh` is one run_all.sh reads, and the study commands are the ones that made the committed studies."""
 import glob
-import json
 import os
 import re
 import shlex
@@ -110,7 +109,7 @@ def test_every_variable_set_for_run_all_is_read_by_it():
 def test_readme_commands_made_the_committed_studies(tmp_path):
     """Each `python studies/oversampling_vs_weights.py ... [--out results/X]` command of README.md and
     studies/README.md (no --out: results/study), read by the script's own parser, gives the arguments
-    results/X/study.json records (aside from the paths and the machine's own choices): the listed commands are the
+    results/X/study.json.gz records (aside from the paths and the machine's own choices): the listed commands are the
     ones that made the numbers. And every committed study has its command."""
     study = load_script(STUDY, "readme_study")
     listed = {}
@@ -125,12 +124,11 @@ def test_readme_commands_made_the_committed_studies(tmp_path):
                 k: v for k, v in parsed.items() if k not in skip}
     assert os.path.join("results", "study") in listed  # the full study, the default folder
     committed = sorted(os.path.relpath(os.path.dirname(p), ROOT)
-                       for p in glob.glob(os.path.join(ROOT, "results", "*", "study.json")))
+                       for p in glob.glob(os.path.join(ROOT, "results", "*", "study.json.gz")))
     assert committed
     for d in committed:
         assert d in listed, f"neither README.md nor studies/README.md lists a command for {d}"
-        with open(os.path.join(ROOT, d, "study.json")) as f:
-            recorded = json.load(f)["args"]
+        recorded = study.read_study(os.path.join(ROOT, d, "study.json.gz"))["args"]
         differ = {k: (v, recorded.get(k)) for k, v in listed[d].items() if recorded.get(k) != v}
         assert not differ, f"README's command for {d} differs from what made it (README, recorded): {differ}"
 

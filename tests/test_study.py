@@ -1,6 +1,7 @@
 """studies/oversampling_vs_weights.py: its measurement helpers on cases with known answers, the per-class
 assembly of each method's gradient, and one tiny end-to-end run of the quick mode on synthetic data."""
 import argparse
+import gzip
 import json
 import math
 import os
@@ -498,19 +499,19 @@ def test_an_invocation_cut_short_keeps_its_finished_runs(tmp_path):
     first = run_script(STUDY, *small, "--methods", "erm", "--out", out, timeout=300)
     assert "[1/1] binary erm seed0" in first.stdout and not (out / "runs").exists()  # done: study.json holds it
     (out / "runs").mkdir()
-    erm = json.loads((out / "study.json").read_text())["settings"]["binary"]["runs"]["erm"][0]
+    erm = S.read_study(str(out / "study.json.gz"))["settings"]["binary"]["runs"]["erm"][0]
     # as if an invocation of erm + pcnsgd had been cut after erm: its record is there, pcnsgd's is not
     key = S.run_key(S.parse_args(small + ["--methods", "erm", "pcnsgd", "--out", str(out)]))
     (out / "runs" / "binary_erm_seed0.json").write_text(json.dumps({"key": key, "record": erm}))
     # a finished study (its study.json) is not replaced without --overwrite, and nothing trains
     refused = run_script(STUDY, *small, "--methods", "erm", "pcnsgd", "--out", out, timeout=300, check=False)
-    assert refused.returncode == 1 and "study.json exists (a finished study): pass --overwrite" in refused.stderr
-    assert "binary erm" not in refused.stdout and json.loads((out / "study.json").read_text())["settings"][
+    assert refused.returncode == 1 and "study.json.gz exists (a finished study): pass --overwrite" in refused.stderr
+    assert "binary erm" not in refused.stdout and S.read_study(str(out / "study.json.gz"))["settings"][
         "binary"]["runs"]["erm"][0] == erm
     again = run_script(STUDY, *small, "--methods", "erm", "pcnsgd", "--out", out, "--overwrite", timeout=300)
     assert "1 of the 2 runs kept from an earlier invocation" in again.stdout
     assert "[2/2] binary pcnsgd seed0" in again.stdout and "binary erm seed0:" not in again.stdout
-    res = json.loads((out / "study.json").read_text())
+    res = S.read_study(str(out / "study.json.gz"))
     assert res["settings"]["binary"]["runs"]["erm"][0] == erm and res["args"]["runs_kept"] == 1
     assert "1 run kept from earlier ones" in (out / "SUMMARY.md").read_text()
     (out / "runs").mkdir()  # kept under another learning rate: trained again
@@ -585,9 +586,15 @@ def test_quick_mode_end_to_end(tmp_path):
         for plot in ("per_class", "update_norms", "directional_noise", "final_spread"):
             assert f"{setting}_{plot}.png" in files
             assert os.path.getsize(out / f"{setting}_{plot}.png") > 5000
-    text = (out / "study.json").read_text()
-    assert "\n" not in text  # compact: per-step records are most of a study's size
+    with gzip.open(out / "study.json.gz", "rt") as f:
+        text = f.read()
+    assert "\n" not in text  # compact and gzipped: per-step records are most of a study's size
     res = json.loads(text)
+    assert S.read_study(str(out / "study.json.gz")) == res
+    for k in (1, 2):  # the same study, the same bytes (no file name or time in the gzip header)
+        S.write_study(str(tmp_path / f"again{k}.json.gz"), res)
+    assert (tmp_path / "again1.json.gz").read_bytes() == (tmp_path / "again2.json.gz").read_bytes() == \
+        (out / "study.json.gz").read_bytes()
     b = res["settings"]["binary"]
     assert b["train_counts"] == [40, 5] and b["minority"] == [1] and b["steps"] == 12
     inv = [1 / 40, 1 / 5]  # inverse frequency, normalized to sum to C = 2
@@ -652,20 +659,26 @@ def test_quick_mode_end_to_end(tmp_path):
             assert f"{fb['a_mean']:.1f} ± {fb['a_std']:.2f} vs {fb['b_mean']:.1f} ± {fb['b_std']:.2f}" in md
     # --from-json rebuilds the same summary from the JSON alone.
     (out / "SUMMARY.md").unlink()
-    run_script(STUDY, "--from-json", out / "study.json", timeout=120)
+    run_script(STUDY, "--from-json", out / "study.json.gz", timeout=120)
     again = (out / "SUMMARY.md").read_text()
     assert again == md
     # ... into --out when given (the study's own folder untouched), not over another study without --overwrite
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    run_script(STUDY, "--from-json", out / "study.json", "--out", tmp_path / "copy", timeout=120)
-    assert (tmp_path / "copy" / "SUMMARY.md").read_text() == md and (tmp_path / "copy" / "study.json").exists()
+    run_script(STUDY, "--from-json", out / "study.json.gz", "--out", tmp_path / "copy", timeout=120)
+    assert (tmp_path / "copy" / "SUMMARY.md").read_text() == md and (tmp_path / "copy" / "study.json.gz").exists()
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     (tmp_path / "copy" / "SUMMARY.md").unlink()
-    shutil.copy(out / "study.json", tmp_path / "mine.json")
-    refused = run_script(STUDY, "--from-json", tmp_path / "mine.json", "--out", tmp_path / "copy", timeout=120,
+    shutil.copy(out / "study.json.gz", tmp_path / "mine.json.gz")
+    refused = run_script(STUDY, "--from-json", tmp_path / "mine.json.gz", "--out", tmp_path / "copy", timeout=120,
                          check=False)
-    assert refused.returncode == 1 and "copy/study.json exists (another study): pass --overwrite" in refused.stderr
+    assert refused.returncode == 1 and "copy/study.json.gz exists (another study): pass --overwrite" in refused.stderr
     assert not (tmp_path / "copy" / "SUMMARY.md").exists()
+    # an older study's plain study.json: read as well, and replaced by its study.json.gz when written again
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "study.json").write_text(json.dumps(res, separators=(",", ":")))
+    run_script(STUDY, "--from-json", tmp_path / "old" / "study.json", timeout=120)
+    assert (tmp_path / "old" / "SUMMARY.md").read_text() == md and not (tmp_path / "old" / "study.json").exists()
+    assert S.read_study(str(tmp_path / "old" / "study.json.gz")) == res
     # --readme's page (results/STUDY.md): a study's numbers (not --quick) as its summary states them; a --quick one
     # is left out.
     results = tmp_path / "results"
