@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import common
 from conftest import C10_LT100, ROOT, SMOKE_ARGS, read_results, run_script
@@ -43,6 +44,10 @@ def test_selected_indices_match_the_official_algorithm(seed):
     ours = common.long_tail_indices(labels, counts, seed)
     assert np.array_equal(ours, official_selection(labels, counts, seed))
     assert np.array_equal(np.bincount(labels[ours], minlength=10), counts)
+    # ... and what the training set is built from, in that order (class by class: batches and the subset hash
+    # follow it)
+    keep, kept_counts = common.make_long_tailed(labels, 10, "exp", 100, data_seed=seed)
+    assert np.array_equal(keep, official_selection(labels, counts, seed)) and kept_counts == counts
 
 
 def test_data_seed_changes_the_subset_and_ratio_too_high_is_refused():
@@ -99,6 +104,40 @@ def test_resnet32_shape_and_parameter_count():
     assert common.resnet32(100)(torch.randn(2, 3, 32, 32)).shape == (2, 100)
 
 
+def official_forward(model, x):
+    """kaidic/LDAM-DRW models/resnet_cifar.py resnet32's forward, written out over our model's own layers: stem
+    relu(bn(conv)), each block relu(bn2(conv2(relu(bn1(conv1(x))))) + option-A shortcut), global average pool,
+    linear."""
+    out = F.relu(model.bn1(model.conv1(x)))
+    for block in model.layers:
+        short = out
+        if block.conv1.stride[0] != 1 or block.conv1.in_channels != block.conv2.out_channels:
+            pad = block.conv2.out_channels // 4
+            short = F.pad(out[:, :, ::2, ::2], (0, 0, 0, 0, pad, pad))
+        y = F.relu(block.bn1(block.conv1(out)))
+        out = F.relu(block.bn2(block.conv2(y)) + short)
+    out = F.avg_pool2d(out, out.size()[3]).view(out.size(0), -1)
+    return model.linear(out)
+
+
+def test_resnet32_computes_the_official_forward_pass():
+    """Every BatchNorm given random statistics and affine parameters (so that no layer is the identity), eval
+    mode: our forward is the official one to rounding; and BatchNorm keeps PyTorch's defaults (momentum 0.1, eps
+    1e-5) as the official code does."""
+    torch.manual_seed(0)
+    model = common.resnet32(10)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            assert (m.momentum, m.eps, m.affine, m.track_running_stats) == (0.1, 1e-5, True, True)
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), official_forward(model, x), atol=1e-5)
+
+
 def test_resnet32_starts_from_the_official_kaiming_normal_init():
     """kaidic/LDAM-DRW _weights_init: kaiming_normal_ on every Conv2d and Linear weight, std sqrt(2 / fan_in);
     PyTorch's default (kaiming_uniform_ with a = sqrt(5)) would give sqrt(1 / (3 fan_in)), 2.4x smaller."""
@@ -108,6 +147,9 @@ def test_resnet32_starts_from_the_official_kaiming_normal_init():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
             fan_in = m.weight[0].numel()
             assert m.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.15), name
+    # the head's bias keeps PyTorch's default, uniform in +-1/sqrt(fan_in) (the official code does not touch it)
+    bias = model.linear.bias
+    assert bias.abs().max() <= 64 ** -0.5 and bias.std() > 0.02
 
 
 def test_option_a_shortcut_pads_channels_with_zeros():
@@ -390,6 +432,41 @@ def test_a_run_logs_the_mean_loss_evaluates_every_k_epochs_and_reports_an_fp32_f
         run.end_epoch(0, common.lr_at(0, args), model=None)
     (r,) = [r for r in read_results(tmp_path).values() if r["method"] == "infinite_loss"]
     assert r["status"] == "diverged" and r["diverged_epoch"] == 0 and r["final"] is None
+
+
+def test_a_checkpoint_is_saved_after_every_kth_epoch_but_the_last(tmp_path, monkeypatch):
+    """--checkpoint-every 2 over 5 epochs: saved after epochs 2 and 4 (0-based 1 and 3), not after the last (the JSON
+    follows), and dropped once the run is whole."""
+    args = common.make_parser("").parse_args(SMOKE_ARGS + ["--epochs", "5", "--checkpoint-every", "2", "--out",
+                                                           str(tmp_path)])
+    args = common.finish_args(args, method="checkpointed")
+    monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, "methods", "erm.py")])
+    monkeypatch.setattr(common, "evaluate", lambda model, data, fp32=False: {
+        "top1": 50.0, "per_class_acc": [], "many": None, "medium": None, "few": None, "ece": 1.0})
+    run = common.start(args)
+    model = torch.nn.Linear(2, 2)
+    assert run.restore(model, torch.optim.SGD(model.parameters(), lr=0.1)) == 0
+    path, saved = common.checkpoint_path(args), []
+    for epoch in range(args.epochs):
+        run.log_step(torch.tensor(1.0))
+        run.end_epoch(epoch, common.lr_at(epoch, args), model=model)
+        saved.append(torch.load(path, weights_only=False)["epoch"] if os.path.exists(path) else None)
+    assert saved == [None, 1, 1, 3, 3]
+    run.finish(model)
+    assert not os.path.exists(path)
+
+
+def test_the_training_seed_drives_the_runs_generator():
+    """--seed seeds the generator that draws every epoch's order and augmentations, and torch's global one (the
+    model's init): two seeds give other batches, the same seed the same."""
+    g0, g1, again = (common.seed_everything(s, False, "cpu") for s in (0, 1, 0))
+    assert g1.initial_seed() == 1 and g0.initial_seed() == 0
+    draws = [torch.randperm(100, generator=g).tolist() for g in (g0, g1, again)]
+    assert draws[0] != draws[1] and draws[0] == draws[2]
+    common.seed_everything(3, False, "cpu")
+    a = torch.rand(3)
+    common.seed_everything(3, False, "cpu")
+    assert torch.equal(a, torch.rand(3))
 
 
 def test_a_resumed_runs_clock_goes_on_from_its_checkpoint(tmp_path, monkeypatch):

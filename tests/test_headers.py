@@ -91,6 +91,12 @@ def test_report_lists_methods_against_the_published_direction():
         rows["drs"]["paper"] = rows["erm"]["paper"] + published
         (line,) = [l for l in common.direction_lines(rows) if l.startswith("| drs |")]
         assert line.endswith(f"| {verdict} |"), line
+    # both rules exactly at their edges ("under 0.5", "under 2 s.e."): a published +0.50 has a direction, and a
+    # difference of exactly 2 s.e. is out of the noise (std 2 over 8 seeds on each side: s.e. exactly 1)
+    edge = {"erm": {"n": 8, "top1": (70.0, 2.0), "paper": 70.0}, "drs": {"n": 8, "top1": (72.0, 2.0), "paper": 70.5}}
+    assert common.se_of_difference(2.0, 8, 2.0, 8) == 1.0
+    (line,) = [l for l in common.direction_lines(edge) if l.startswith("| drs |")]
+    assert line == "| drs | +0.50 | +2.00 (2.00) | reproduced |", line
     # a row (or ERM) whose every seed diverged has no mean: it is left out, not compared as None
     rows["drs"] = {"n": 0, "top1": (None, None), "paper": 74.5}
     assert not any(l.startswith("| drs |") for l in common.direction_lines(rows))
