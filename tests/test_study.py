@@ -490,6 +490,38 @@ TINY = ["--quick", "--settings", "binary", "lt10", "--dataset", "synthetic", "--
         "--probe-per-class", "3", "--device", "cpu"]
 
 
+def test_each_run_trains_with_the_studys_optimizer_and_records_its_true_update_norms(monkeypatch):
+    """train_one's SGD gets --lr (--pcn-lr for the PCN methods), --momentum and --weight-decay, its lr drops by
+    --lr-drop from --lr-drop-at, and update_norm records the norm of each step's real change of the parameters."""
+    args = S.parse_args(TINY[:TINY.index("--steps-binary")] + [
+        "--steps-binary", "4", "--settings", "binary", "--evals", "2", "--measures", "2", "--probe-per-class", "3",
+        "--device", "cpu", "--lr", "0.1", "--pcn-lr", "0.05", "--momentum", "0.9", "--weight-decay", "0.01",
+        "--lr-drop-at", "0.5", "--lr-drop", "0.1"])
+    setting = S.build_setting(args, "binary", "cpu")
+    made, lrs, norms = [], [], []
+    real = torch.optim.SGD
+
+    class Recorded(real):
+        def __init__(self, params, **kw):
+            made.append(kw)
+            super().__init__(params, **kw)
+
+        def step(self, *a, **k):
+            lrs.append(self.param_groups[0]["lr"])
+            before = [p.detach().clone() for g in self.param_groups for p in g["params"]]
+            out = super().step(*a, **k)
+            after = [p.detach() for g in self.param_groups for p in g["params"]]
+            norms.append(torch.cat([(q - p).flatten() for p, q in zip(before, after)]).norm().item())
+            return out
+    monkeypatch.setattr(torch.optim, "SGD", Recorded)
+    for method, lr in (("erm", 0.1), ("class_weights_u", 0.1), ("pcnsgd", 0.05)):
+        made.clear(), lrs.clear(), norms.clear()
+        r = S.train_one(args, setting, method, 0, log=lambda *a, **k: None)
+        assert made == [{"lr": lr, "momentum": 0.9, "weight_decay": 0.01}] and r["lr"] == lr, method
+        assert lrs == pytest.approx([lr, lr, lr / 10, lr / 10]), method
+        assert r["update_norm"] == pytest.approx(norms, rel=1e-4) and min(norms) > 1e-4, method  # (5 digits)
+
+
 def test_an_invocation_cut_short_keeps_its_finished_runs(tmp_path):
     """Each finished run is kept at once; the same command again trains only the missing ones and gives the same
     study.json; a run kept under other arguments is not reused."""
@@ -657,6 +689,18 @@ def test_quick_mode_end_to_end(tmp_path):
         for c in st["comparisons"]:
             fb = c["final_balanced_acc"]
             assert f"{fb['a_mean']:.1f} ± {fb['a_std']:.2f} vs {fb['b_mean']:.1f} ± {fb['b_std']:.2f}" in md
+    # in both settings (lt10: 3 minority and 3 majority classes of 10), each final accuracy from the per-class ones,
+    # and the batches without a minority image from the per-step record
+    for name, st in res["settings"].items():
+        for m in S.METHODS:
+            for r in st["runs"][m]:
+                f, acc = r["final"], r["final"]["per_class_acc"]
+                assert f["balanced_acc"] == pytest.approx(sum(acc) / len(acc), rel=1e-4), (name, m)  # (5 digits)
+                for group in ("minority", "majority"):
+                    want = sum(acc[c] for c in st[group]) / len(st[group])
+                    assert f[f"{group}_acc"] == pytest.approx(want, rel=1e-4), (name, m, group)
+                assert r["no_minority_frac"] == pytest.approx(1 - sum(r["minority_present"]) / st["steps"])
+    assert len(res["settings"]["lt10"]["minority"]) == 3
     # --from-json rebuilds the same summary from the JSON alone.
     (out / "SUMMARY.md").unlink()
     run_script(STUDY, "--from-json", out / "study.json.gz", timeout=120)
