@@ -449,6 +449,9 @@ def test_aggregation_comparison_and_verdict_on_hand_made_runs():
     un = S.aggregate_method([_record([0, 50, 60, 70], 70.0, [1.0] * 5 + [7.0] + [100.0] * 3, present)], meta,
                             targets)["update_norm"]
     assert un["median"] == pytest.approx(1.0) and un["cv"] == pytest.approx(math.sqrt(5) / 2, rel=1e-4)
+    assert un["std"] == pytest.approx(math.sqrt(5), rel=1e-4)  # population std (ddof 1 would give 2.449)
+    # a difference in standard errors of the difference, each side with its own seeds: sqrt(1/4 + 4/1) = 2.06
+    assert S._in_se({"mean": 0.0, "std": 1.0, "n": 4}, {"mean": 1.0, "std": 2.0, "n": 1}) == (1.0, "0.5 s.e.")
     # the steps raising the minority loss: a negative cosine of the step with its full gradient; an orthogonal step
     # (cosine 0) raises nothing
     flat_step = _record([0, 50, 60, 70], 70.0, [1.0] * 9, present)
