@@ -173,7 +173,7 @@ if [ "$DRY_RUN" = 1 ]; then  # the plan only: nothing trains, no log, run_all.js
   sum=0 known=0 longest=0
   for i in "${!jobs_list[@]}"; do
     IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
-    read -r done _ epochs_done epochs _ <<<"${plan[$i]}"
+    read -r done _ <<<"${plan[$i]}"
     [ "$done" = 1 ] && echo "  done      methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed"
   done
   for i in "${todo[@]}"; do
