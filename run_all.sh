@@ -293,6 +293,8 @@ if [ -n "$DEADLINE" ] && [ "$CHECKPOINT_EVERY" -gt 0 ]; then
 fi
 while [ "$finished" -lt "$started" ]; do reap; done
 rm -f "$durations"
+# a finished run deletes its checkpoint but not the folders (a run beside it may be saving there); none is running now
+[ ! -d "$OUT/checkpoints" ] || find "$OUT/checkpoints" -depth -type d -empty -delete 2>/dev/null || true
 if [ "$started" -gt 0 ] && [ "$failed" -eq "$started" ]; then  # nothing trained: no invocation to record, no report
   echo "[run_all] every run failed ($failed): nothing added to $OUT/run_all.jsonl, no report; see the logs:" \
     "grep -l '^error' $OUT/logs/*.log" >&2

@@ -89,12 +89,13 @@ def test_a_run_still_going_at_the_deadline_is_stopped_and_goes_on_next_time(tmp_
     """... first in the next invocation (before seed 0 here): a run a checkpoint holds part of ends soonest."""
     out = tmp_path / "results"
     env = {**os.environ, "SMOKE": "1", "OUT": str(out), "JOBS": "1", "SEEDS": "0 1", "ONLY": "^erm.py$",
-           "EXTRA": "--epochs 30", "CHECKPOINT_EVERY": "1"}
+           "EXTRA": "--epochs 40", "CHECKPOINT_EVERY": "1"}
     first = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                           env={**env, "SEEDS": "1", "DEADLINE": "8"})  # no estimate yet: it starts, stopped at 8 s
+                           env={**env, "SEEDS": "1", "DEADLINE": "12"})  # no estimate yet: it starts, stopped at 12 s
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "1 stopped at the deadline (they go on from their checkpoints)" in first.stdout
     assert not (out / "synthetic-exp-r10" / "erm" / "seed1.json").exists()
+    assert (out / "checkpoints" / "synthetic-exp-r10" / "erm" / "seed1.pt").exists()  # kept for the next invocation
     assert json.loads((out / "run_all.jsonl").read_text())["cut_at_deadline"] == 1
     second = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**env, "JOBS": "2"})  # (both at once: the start lines still show the order)
@@ -102,9 +103,10 @@ def test_a_run_still_going_at_the_deadline_is_stopped_and_goes_on_next_time(tmp_
     starts = [l for l in second.stdout.splitlines() if l.startswith("[run_all] start ")]
     assert "--seed 1" in starts[0] and "--seed 0" in starts[1]
     r0, r1 = (read_results(out)[f"synthetic-exp-r10/erm/seed{k}.json"] for k in (0, 1))
-    assert r1["status"] == "completed" and len(r1["resumed_at_epochs"]) == 1 and len(r1["history"]) == 30
+    assert r1["status"] == "completed" and len(r1["resumed_at_epochs"]) == 1 and len(r1["history"]) == 40
     assert r0["status"] == "completed" and r0["resumed_at_epochs"] == []
     assert "1 stopped at a deadline to go on from their checkpoints" in (out / "RESULTS.md").read_text()
+    assert not (out / "checkpoints").exists()  # both ended: their checkpoints, and the folders that held them, gone
 
 
 def test_run_all_stops_before_any_run_on_a_missing_data_folder_or_an_only_that_matches_nothing(tmp_path):
