@@ -11,9 +11,9 @@
 #
 # Environment: DATA_DIR (an ImageFolder with train/ and test/) or DATA_FLAGS (e.g. "--dataset cifar10
 # --download" for the original CIFAR-10 through torchvision), SEEDS ("0 1 2"), SETTINGS ("exp:100"),
-# JOBS (runs at once; 4 eager runs under MPS gave 3.6x the throughput of 1 on an H200: results/SPEED.md), FAST
-# (1: every run with --fast, one CUDA graph per training step, the same math 4.6x faster per epoch there; 0: the
-# plain eager path; no effect on CPU),
+# JOBS (runs at once; 4 eager runs under MPS gave 3.6x the throughput of 1 on an H200: results/SPEED.md; with
+# more than 1, each run gets OMP_NUM_THREADS=1 unless it is set), FAST (1: every run with --fast, one CUDA graph
+# per training step, the same math 4.6x faster per epoch there; 0: the plain eager path; no effect on CPU),
 # MPS (1: run under a CUDA MPS daemon, started here and stopped at the end, so that the kernels of the JOBS runs
 # can share the GPU at once instead of taking turns), DEADLINE (seconds: no run starts that is expected to end
 # later, judged by the wall time of the same method's finished runs, or the longest known run for a method never
@@ -23,7 +23,9 @@
 # started, a free slot trains a deferred run up to the checkpoints it can reach, so the GPU is not idle at the end
 # of a window and a run longer than the whole window ends over several invocations; 0: off),
 # OUT (results), PYTHON, EXTRA (flags added to every run), ONLY (run only the rows whose script or flags match
-# this grep pattern).
+# this grep pattern), NEW_RUN_S (seconds of one run, the estimate for DEADLINE and --dry-run while no run has ended;
+# .ci/gpu-session sets it from the benchmark's projection), IMBALANCE_REF_GIT_COMMIT (the commit to record where
+# this folder is not a git checkout, as on a GPU machine the working tree was copied to).
 # Order: the runs a checkpoint holds part of first, then setting by setting, seed 0 of every row first, so that a
 # stopped run leaves a whole one-seed table.
 # A run whose JSON already exists is skipped, so a killed or DEADLINE-stopped table run resumes where it stopped;

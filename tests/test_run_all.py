@@ -145,6 +145,8 @@ def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anyth
     helped = bash("--help")
     assert helped.returncode == 0 and "Environment: DATA_DIR" in helped.stdout and "bash run_all.sh --dry-run" \
         in helped.stdout and "set -euo" not in helped.stdout and not out.exists(), helped.stdout + helped.stderr
+    read = set(re.findall(r"\$\{([A-Z_]+):[-+]", open(os.path.join(ROOT, "run_all.sh")).read()))
+    assert len(read) >= 15 and not [v for v in read if v not in helped.stdout]  # every setting it reads is explained
     for args, more, needle in ((["--seeds", "0"], {}, "unknown argument '--seeds': the settings are environment"),
                                ([], {"JOBS": "0"}, "JOBS must be a whole number >= 1, got '0'"),
                                ([], {"JOBS": "two"}, "JOBS must be a whole number >= 1, got 'two'"),
