@@ -1438,7 +1438,7 @@ def direction_lines(rows):
     mean of our seeds and the published numbers; a difference under 2 standard errors is "within seed noise",
     a published difference under 0.5 points has no direction to reproduce. With one seed of the method or of ERM
     there is no standard error yet: a difference of the published sign is "same sign", not "reproduced", and either
-    sign is marked "1 seed"."""
+    sign is marked "1 seed"; a difference of exactly 0 has neither sign."""
     erm = rows.get("erm")
     if not erm or not erm["n"] or erm["paper"] is None:
         return []
@@ -1456,6 +1456,8 @@ def direction_lines(rows):
             verdict = "the paper shows no difference"
         elif not one and abs(ours) < 2 * se:
             verdict = "within seed noise"
+        elif ours == 0:  # (the same final accuracy to the digit: neither sign; percentages of 10,000 images can tie)
+            verdict = "no difference" + (" (1 seed: no error bar yet)" if one else "")
         elif (ours > 0) == (paper > 0):
             verdict = "same sign (1 seed: no error bar yet)" if one else "reproduced"
         else:

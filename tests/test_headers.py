@@ -130,3 +130,64 @@ def test_report_says_which_training_path_and_precision_made_the_numbers():
     runs = [run(0, graphed), run(1, graphed)]
     runs[0]["runs_at_once"] = 4
     assert common.summarize(runs)["cifar10-jpeg-exp-r100"]["erm"]["at_once"] == 4
+
+
+def test_the_report_table_from_fake_runs(tmp_path):
+    """A results folder made up to pin each cell of the table: the rows best first, many / medium / few in their
+    columns, n = the completed seeds only (a diverged seed is named, and where and by which code it ran does not
+    count), a method with more seeds than ERM compared, a tie with ERM on one seed called no difference, no
+    comparison where nothing was published, and "Made by" / "Reproduce" from the invocations that trained."""
+    import json
+    setting, results = common.HEADER_SETTING, tmp_path / "results"
+    data_dir = str(tmp_path / "cifar10-jpeg")
+
+    def put(method, seed, top1, status="completed", device="NVIDIA H100", code="a" * 64, at_once=2,
+            script=None, where=setting, many=None, medium=None, few=None):
+        args = ({"dataset": "imagefolder", "data_dir": data_dir, "imbalance_type": "exp", "imbalance_ratio": 100.0}
+                if where == setting else {"dataset": "synthetic", "imbalance_type": "exp", "imbalance_ratio": 10.0})
+        r = {"method": method, "status": status, "setting": where, "args": {**args, "method": method, "seed": seed},
+             "command": f"methods/{script or method + '.py'} --seed {seed}", "train_class_counts": [5000, 500, 50, 5],
+             "final": {"top1": top1, "per_class_acc": [top1] * 4, "many": top1 + 10 if many is None else many,
+                       "medium": top1 - 10 if medium is None else medium, "few": top1 - 20 if few is None else few,
+                       "ece": 5.0 + seed},
+             "history": [], "wall_time_s": 100.0 + seed, "device_name": device, "torch_version": "2.11.0",
+             "code_sha256": code, "runs_at_once": at_once, "mps": False}
+        if status == "diverged":
+            r["diverged_epoch"] = 3
+        common.write_json(str(results / where / method / f"seed{seed}.json"), r)
+
+    put("erm", 0, 70.0)
+    put("ldam_drw", 0, 75.0)
+    put("ldam_drw", 1, 77.0, many=90.0, medium=61.0, few=40.0)
+    put("ldam_drw", 2, 10.0, status="diverged", device="cpu", code="b" * 64, at_once=8)  # none of it counts
+    put("class_weights", 0, 70.0)  # exactly ERM's, one seed each
+    put("erm_drw", 0, 72.0, script="ldam_drw.py", device="NVIDIA H200")  # a second row of ldam_drw.py
+    put("erm", 0, 50.0, where="synthetic-exp-r10")
+    put("ldam_drw", 0, 60.0, where="synthetic-exp-r10")
+    sessions = [{"date_utc": "2026-12-01T10:00:00Z", "wall_s": 600, "runs_finished": 4, "failed": 0, "jobs": 4,
+                 "fast": True, "mps": True, "settings": "exp:100", "seeds": "0 1 2"},
+                {"date_utc": "2026-12-02T10:00:00Z", "wall_s": 5, "runs_finished": 0, "failed": 0, "jobs": 1,
+                 "fast": False, "mps": False, "settings": "exp:10", "seeds": "0"}]  # trained nothing: not named
+    (results / "run_all.jsonl").write_text("".join(json.dumps(s) + "\n" for s in sessions))
+    text = open(common.report(str(results))).read()
+    section = text.split(f"## {setting}")[1].split("## ")[0]
+    rows = [l for l in section.splitlines() if l.startswith("| ") and not l.startswith(("| method", "|---"))]
+    table = [l for l in rows if l.count(" | ") == 8]
+    assert [l.split(" | ")[0] for l in table] == ["| ldam_drw", "| erm_drw", "| class_weights", "| erm"]  # best first
+    assert table[0] == ("| ldam_drw | 76.00 ± 1.41 (2) seed 2: diverged in epoch 4 | 87.50 ± 3.54 | 63.00 ± 2.83 | "
+                        "47.50 ± 10.61 | 5.50 ± 0.71 | 77.03 | 100 s (2 at once) | NVIDIA H100 (torch 2.11.0; "
+                        "eager bf16) |"), table[0]
+    assert table[3] == "| erm | 70.00 (1) | 80.00 | 60.00 | 50.00 | 5.00 | 70.36 | 100 s (2 at once) | NVIDIA H100 " \
+                       "(torch 2.11.0; eager bf16) |", table[2]
+    assert "Seeds trained by different versions" not in section  # the diverged seed's code is not the row's
+    direction = {l.split(" | ")[0][2:]: l for l in rows if l.count(" | ") == 3}
+    assert direction["ldam_drw"] == "| ldam_drw | +6.67 | +6.00 (1 seed) | same sign (1 seed: no error bar yet) |"
+    assert direction["class_weights"].endswith("| +0.00 (1 seed) | no difference (1 seed: no error bar yet) |")
+    assert "Opposite to the published direction: none." in section
+    assert "Against ERM (synthetic-exp-r10)" not in text  # nothing published there: no comparison at all
+    assert "Made by 1 invocation of run_all.sh that trained (4 runs, 0 failed, 0:10:00 of wall time in all; " \
+           "JOBS=4, FAST=1, MPS=1), 2026-12-01 to 2026-12-02" in text
+    assert "Reproduce: `FAST=1 MPS=1 JOBS=4 bash run_all.sh` with" in text
+    header = common.header_result("ldam_drw.py", str(results))
+    assert header.startswith("ldam_drw 76.00 ± 1.41 (n=2); erm_drw 72.00 (n=1) top-1 %"), header  # its rows, best first
+    assert "; NVIDIA H100, NVIDIA H200, torch 2.11.0 (" in header and header.endswith(" Not measured yet: ldam."), header
