@@ -1572,9 +1572,11 @@ def session_lines(results_dir):
     kinds = sorted({f"JOBS={s['jobs']}, FAST={int(bool(s.get('fast')))}, MPS={int(bool(s.get('mps')))}"
                     for s in trained})
     cut = sum(s.get("cut_at_deadline", 0) for s in trained)
+    failed = sum(s["failed"] for s in trained)
+    completed = sum(s["runs_finished"] for s in trained) - failed - cut  # (runs_finished: every run that ended)
     stopped = f"{cut} stopped at a deadline to go on from their checkpoints, " if cut else ""
     return [f"Made by {len(trained)} invocation{'s' if len(trained) != 1 else ''} of run_all.sh that trained "
-            f"({sum(s['runs_finished'] for s in trained)} runs, {sum(s['failed'] for s in trained)} failed, {stopped}"
+            f"({completed} runs completed, {failed} failed, {stopped}"
             f"{fmt_time(wall)} of wall time in all; {'; '.join(kinds) or 'none'}), "
             f"{' to '.join(sorted({sessions[0]['date_utc'][:10], sessions[-1]['date_utc'][:10]}))} "
             "(run_all.jsonl in the results folder).", "",

@@ -309,7 +309,7 @@ if compgen -G "$OUT/*/*/seed*.json" >/dev/null; then
 else
   echo "[run_all] no run has ended yet: no report"
 fi
-echo "[run_all] finished $finished runs in $(hms $(( $(date +%s) - t0 ))), $failed failed, $done_before done before$([ "$cut" -gt 0 ] && echo ", $cut stopped at the deadline (they go on from their checkpoints)")$([ "$deferred" -gt 0 ] && echo ", $deferred left for the next invocation (DEADLINE)")"
+echo "[run_all] $finished runs ended in $(hms $(( $(date +%s) - t0 ))): $(( finished - failed - cut )) completed, $failed failed, $done_before done before$([ "$cut" -gt 0 ] && echo ", $cut stopped at the deadline (they go on from their checkpoints)")$([ "$deferred" -gt 0 ] && echo ", $deferred left for the next invocation (DEADLINE)")"
 if [ "$failed" -gt 0 ]; then
   echo "[run_all] see the logs of the failed runs: grep -l '^error' $OUT/logs/*.log" >&2
   exit 1

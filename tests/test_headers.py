@@ -185,7 +185,7 @@ def test_the_report_table_from_fake_runs(tmp_path):
     assert direction["class_weights"].endswith("| +0.00 (1 seed) | no difference (1 seed: no error bar yet) |")
     assert "Opposite to the published direction: none." in section
     assert "Against ERM (synthetic-exp-r10)" not in text  # nothing published there: no comparison at all
-    assert "Made by 1 invocation of run_all.sh that trained (4 runs, 0 failed, 0:10:00 of wall time in all; " \
+    assert "Made by 1 invocation of run_all.sh that trained (4 runs completed, 0 failed, 0:10:00 of wall time in all; " \
            "JOBS=4, FAST=1, MPS=1), 2026-12-01 to 2026-12-02" in text
     assert "Reproduce: `FAST=1 MPS=1 JOBS=4 bash run_all.sh` with" in text
     header = common.header_result("ldam_drw.py", str(results))

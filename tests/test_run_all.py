@@ -30,7 +30,7 @@ def test_smoke_run_all_end_to_end(smoke_table):
     assert "(torch " in report and "; eager fp32) |" in report and "--fast" not in report  # CPU: eager, fp32
     assert all(r["runs_at_once"] == 2 and r["mps"] is False for r in results.values())  # JOBS=2, recorded
     assert " s (2 at once) |" in report
-    assert "Made by 1 invocation of run_all.sh that trained (20 runs, 0 failed" in report
+    assert "Made by 1 invocation of run_all.sh that trained (20 runs completed, 0 failed" in report
     assert "Reproduce: `SMOKE=1 bash run_all.sh` (the built-in synthetic set" in report  # the smoke invocation
     assert "Not run yet: 40 of the 60 runs of run_all.sh's table (20 rows x seeds 0, 1, 2): seeds 1, 2 of every row" \
         in report
@@ -105,7 +105,9 @@ def test_a_run_still_going_at_the_deadline_is_stopped_and_goes_on_next_time(tmp_
     r0, r1 = (read_results(out)[f"synthetic-exp-r10/erm/seed{k}.json"] for k in (0, 1))
     assert r1["status"] == "completed" and len(r1["resumed_at_epochs"]) == 1 and len(r1["history"]) == 40
     assert r0["status"] == "completed" and r0["resumed_at_epochs"] == []
-    assert "1 stopped at a deadline to go on from their checkpoints" in (out / "RESULTS.md").read_text()
+    # the run cut once and ended later counts once as completed: 2 runs, not 3
+    assert "(2 runs completed, 0 failed, 1 stopped at a deadline to go on from their checkpoints" in \
+        (out / "RESULTS.md").read_text()
     assert not (out / "checkpoints").exists()  # both ended: their checkpoints, and the folders that held them, gone
 
 
@@ -288,7 +290,7 @@ def test_session_lines_sum_the_invocations(tmp_path):
              {**base, "date_utc": "2026-11-30T01:00:00Z", "wall_s": 300, "runs_finished": 3, "jobs": 4, "mps": True}]
     (tmp_path / "run_all.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
     text = common.session_lines(str(tmp_path))[0]
-    assert text.startswith("Made by 2 invocations of run_all.sh that trained (10 runs, 1 failed, 0:15:00 of wall time "
+    assert text.startswith("Made by 2 invocations of run_all.sh that trained (9 runs completed, 1 failed, 0:15:00 of wall time "
                            "in all; JOBS=2, FAST=1, MPS=0; JOBS=4, FAST=1, MPS=1), 2026-11-28 to 2026-11-30")
     # the command of each kind of invocation that trained, to reproduce the table
     again = common.session_lines(str(tmp_path))[2]
@@ -301,6 +303,7 @@ def test_session_lines_sum_the_invocations(tmp_path):
     (tmp_path / "run_all.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
     text, _, again, _ = common.session_lines(str(tmp_path))
     assert "3 stopped at a deadline" in text and "with the JPEG CIFAR-10" in again and "SMOKE=1" in again
+    assert "(6 runs completed, 1 failed, 3 stopped" in text  # a run stopped at a deadline has not completed
 
 
 def test_code_sha256_ignores_the_header_and_comments_and_the_report_flags_mixed_versions(tmp_path):
