@@ -1567,6 +1567,8 @@ def session_lines(results_dir):
     if not sessions:
         return []
     trained = [s for s in sessions if s.get("runs_finished")]
+    if not trained:  # (every invocation found its runs done already: nothing to say how they were made)
+        return []
     wall = sum(s["wall_s"] for s in trained)
     # FAST=1, not "--fast": what the invocation asked for; on a CPU it trains eager (each row's device column says)
     kinds = sorted({f"JOBS={s['jobs']}, FAST={int(bool(s.get('fast')))}, MPS={int(bool(s.get('mps')))}"

@@ -279,12 +279,17 @@ def test_missing_lines_group_runs_by_missing_seeds():
                            "seeds 1, 2 of focal, cdt; seeds 0, 1, 2 of vs")
     (line,) = common.missing_lines({"erm": row(0, 1)}, ["erm"], [0, 1])
     assert line.startswith("Every run of run_all.sh's table is here")
+    (line,) = common.missing_lines({"erm": row(0, 1)}, ["erm"], [0, 1, 2])
+    assert "): seed 2 of every row (run_all.sh" in line  # one seed: "seed", not "seeds"
     assert "of every row" in common.missing_lines({}, ["erm", "vs"], [0])[0]
 
 
 def test_session_lines_sum_the_invocations(tmp_path):
     assert common.session_lines(str(tmp_path)) == []
     base = {"jobs": 2, "fast": True, "mps": False, "failed": 0}
+    (tmp_path / "run_all.jsonl").write_text(json.dumps({**base, "date_utc": "2026-11-28T01:00:00Z", "wall_s": 3,
+                                                        "runs_finished": 0}) + "\n")
+    assert common.session_lines(str(tmp_path)) == []  # one that trained nothing made nothing: no "Made by 0"
     lines = [{**base, "date_utc": "2026-11-28T01:00:00Z", "wall_s": 600, "runs_finished": 7, "failed": 1},
              {**base, "date_utc": "2026-11-29T01:00:00Z", "wall_s": 5, "runs_finished": 0},  # only skipped or deferred
              {**base, "date_utc": "2026-11-30T01:00:00Z", "wall_s": 300, "runs_finished": 3, "jobs": 4, "mps": True}]
