@@ -312,6 +312,10 @@ def test_session_choices_read_every_check_row_and_timing_as_documented(tmp_path)
     assert b.choose(write(same, gpu_tests="failed")) == (False, False)
     rows = [{"row": "erm.py", "parallel": [timing(4, 2.0)]}, {"row": "sam.py", "parallel": [timing(4, 1.1)]}]
     assert b.choose(write(same, rows)) == (True, False)  # one row did not gain under MPS
+    rows[1]["parallel"] = []  # a row never timed at once has no say in MPS: the rows that were decide
+    assert b.choose(write(same, rows)) == (True, True)
+    rows[0]["parallel"] = [timing(4, b.MPS_GAIN)]  # exactly the threshold is not more than it
+    assert b.choose(write(same, rows)) == (True, False)
     rows = [{"row": "erm.py", "parallel": [timing(4, 2.0), timing(8, 5.0, mps=False)]},
             {"row": "sam.py", "parallel": [timing(8, 5.0)]}]
     assert b.choose_jobs(write(same, rows)) == 4  # not sam's 8, nor ERM's 8 without MPS
@@ -377,9 +381,9 @@ def test_accuracy_fast_seeds_are_the_tables_runs(tmp_path, monkeypatch):
         calls.append((jobs, out, reuse, mps_on))
         return [({"status": "completed", "epochs_completed": 1,
                   "args": {"epochs": int(j[1][j[1].index("--epochs") + 1]), "fast": "--fast" in j[1] and not eager_table},
-                  "final": {"top1": 70.0 + k}, "wall_time_s": 1.0}, "cmd") for k, j in enumerate(jobs)]
+                  "final": {"top1": tops[k]}, "wall_time_s": 1.0}, "cmd") for k, j in enumerate(jobs)]
 
-    eager_table = False
+    eager_table, tops = False, [70.0, 71.0, 72.0, 73.0]  # the eager seeds', then the --fast seeds' final top-1
 
     monkeypatch.setattr(b, "run_methods", fake_run_methods)
     flags = ["--dataset", "synthetic", "--device", "cpu"]
@@ -397,6 +401,15 @@ def test_accuracy_fast_seeds_are_the_tables_runs(tmp_path, monkeypatch):
     assert all(f in j[1] for j in fast for f in ("--checkpoint-every", "--resume"))  # as run_all.sh trains them
     entry = b.accuracy_check("erm.py", flags, 2, 3, 3, str(tmp_path / "acc"), str(tmp_path), str(tmp_path / "table"))
     assert not entry["fast_runs_in_table"] and all(len(j) == 3 for j in calls[-1][0])  # 3 epochs: not the table's
+    # --fast as much worse is as different; each path's own spread counts: eager 70 / 71 (std 0.71), --fast 66 / 70
+    # (std 2.83), -2.50 apart, 2 s.e. = 2 sqrt(0.5 / 2 + 8 / 2) = 4.12; and two paths that agree to the digit agree
+    for top1, difference, two_se, same in (([72.0, 73.0, 70.0, 71.0], -2.0, 2 * math.sqrt(0.5), False),
+                                           ([70.0, 71.0, 66.0, 70.0], -2.5, 2 * math.sqrt(4.25), True),
+                                           ([70.0, 70.0, 70.0, 70.0], 0.0, 0.0, True)):
+        tops = top1
+        entry = b.accuracy_check("erm.py", flags, 2, 3, 3, str(tmp_path / "acc"), str(tmp_path))
+        assert entry["difference"] == pytest.approx(difference) and entry["same_within_noise"] is same
+        assert entry["two_standard_errors"] == pytest.approx(two_se)
     eager_table = True  # the table's runs of those seeds were trained eager (FAST=0): not taken as --fast seeds
     with pytest.raises(common.UserError, match="trained eager, not as its fast seed"):
         b.accuracy_check("erm.py", flags, 2, 200, 5, str(tmp_path / "acc"), str(tmp_path), str(tmp_path / "table"))
@@ -664,3 +677,26 @@ def test_whole_table_time_from_the_table_runs():
     assert "its 2 `--fast` runs so far took 15 s of the NVIDIA H200 (4 at once under MPS;" in line
     assert "62.50 ms per ERM step; at that rate the whole table takes about 156 minutes" in line
     assert bench.table_time_lines(runs[2:]) == []
+
+
+def test_speed_lines_put_each_number_in_its_column():
+    """SPEED.md's table from a made-up benchmark: eager before --fast in every pair, the steady-epoch speed-up (not
+    the projected run's), MPS named only where it ran, each profiled step under its path, the fp32 check's answer
+    per row ("not checked" for a row it did not check)."""
+    b = load_benchmark()
+    prof = lambda wall, gpu, n: {"wall_ms_per_step": wall, "gpu_ms_per_step": gpu, "gpu_activities_per_step": n}  # noqa
+    path = lambda epoch, run, p: {"steady_epoch_s": epoch, "projected_run_s": run, "final_eval_s": 1.0,  # noqa
+                                  "profile": p}
+    row = {"row": "erm.py", "eager": path(2.0, 400.0, prof(13.0, 3.0, 600)), "fast": path(0.5, 100.0, prof(3.1, 3.0, 600)),
+           "speedup_steady_epoch": 4.0, "speedup_projected_run": 3.0,
+           "parallel": [{"n": 8, "mps": "not started: no daemon", "eager": {"throughput_vs_one_run": 2.0},
+                         "fast": {"throughput_vs_one_run": 2.5}},
+                        {"n": 4, "mps": True, "eager": {"throughput_vs_one_run": 1.5},
+                         "fast": {"throughput_vs_one_run": 3.5}}]}
+    report = {"device_name": "GPU X", "torch_version": "2.11.0", "git_commit": "abcdef123", "checks": [
+        {"row": "erm.py", "identical": True}], "rows": [row, {**row, "row": "sam.py", "parallel": []}]}
+    header, _, erm, sam = b.speed_lines([report])
+    assert erm == ("| GPU X (2.11.0) | `erm.py` | 2.00 s / 0.50 s | 4.0x | 400 s / 100 s | — | 4 (MPS): 1.50x / 3.50x; "
+                   "8: 2.00x / 2.50x | 13.00 / 3.00 ms (600) / 3.10 / 3.00 ms (600) | yes, bit for bit | abcdef1 |"), erm
+    assert sam.endswith("| — | 13.00 / 3.00 ms (600) / 3.10 / 3.00 ms (600) | not checked | abcdef1 |"), sam
+    assert header.count(" | ") == erm.count(" | ")  # one cell per heading
