@@ -1,5 +1,6 @@
 """Each method file's header states its measured result; it must equal what the committed JSON says."""
 import glob
+import json
 import os
 
 import pytest
@@ -137,7 +138,6 @@ def test_the_report_table_from_fake_runs(tmp_path):
     columns, n = the completed seeds only (a diverged seed is named, and where and by which code it ran does not
     count), a method with more seeds than ERM compared, a tie with ERM on one seed called no difference, no
     comparison where nothing was published, and "Made by" / "Reproduce" from the invocations that trained."""
-    import json
     setting, results = common.HEADER_SETTING, tmp_path / "results"
     data_dir = str(tmp_path / "cifar10-jpeg")
 
@@ -178,7 +178,7 @@ def test_the_report_table_from_fake_runs(tmp_path):
                         "47.50 ± 10.61 | 5.50 ± 0.71 | 77.03 | 100 s (2 at once) | NVIDIA H100 (torch 2.11.0; "
                         "eager bf16) |"), table[0]
     assert table[3] == "| erm | 70.00 (1) | 80.00 | 60.00 | 50.00 | 5.00 | 70.36 | 100 s (2 at once) | NVIDIA H100 " \
-                       "(torch 2.11.0; eager bf16) |", table[2]
+                       "(torch 2.11.0; eager bf16) |", table[3]
     assert "Seeds trained by different versions" not in section  # the diverged seed's code is not the row's
     direction = {l.split(" | ")[0][2:]: l for l in rows if l.count(" | ") == 3}
     assert direction["ldam_drw"] == "| ldam_drw | +6.67 | +6.00 (1 seed) | same sign (1 seed: no error bar yet) |"
