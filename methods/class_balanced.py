@@ -117,7 +117,8 @@ def cb_loss(kind, logits, labels, weights, gamma):
     return cb_focal_loss(logits, labels, weights, gamma)
 
 
-# METHOD: Cui's model_base.py for sigmoid / focal: bias -log(C-1), i.e. every output starts at p = 1/C.
+# METHOD: Cui's model_base.py for sigmoid / focal: bias -log(C-1), i.e. every output starts at p = 1/C. Cui also
+# keeps weight decay off this bias (cifar_main.py L348-351): the loop below gives it a parameter group of its own.
 def init_prior_bias(linear, num_classes):
     with torch.no_grad():
         linear.bias.fill_(-math.log(num_classes - 1))

@@ -79,6 +79,7 @@ Protocol:  the shared one (momentum 0.9, wd 2e-4, 200 epochs, warm-up, decays at
 Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
 Run:       python methods/pcn_sgd.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100 --variant pcnsgd
 """
+import contextlib
 import math
 import os
 import sys
@@ -89,8 +90,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
-
-VARIANTS = ("pcnsgd", "pcnsgd_o", "sgd_o")
 
 
 def parse_args(argv=None):
@@ -134,6 +133,9 @@ def parse_args(argv=None):
 
 
 # METHOD: batch composition. Every class sits in every batch, with its own batch size.
+VARIANTS = ("pcnsgd", "pcnsgd_o", "sgd_o")
+
+
 def class_batch_sizes(counts, batch_size, variant):
     """pcnsgd: round(B * n_c / N), at least 1 (the official split by the class ratios); pcnsgd_o / sgd_o: round(B / C)
     for every class (the official OversamplingMode 'ON'). The total may differ from B by rounding and the floor.
@@ -213,16 +215,17 @@ def per_class_grads_batched(model, logits, labels, num_classes, loss_fn=per_samp
     return [[None if g is None else g[c] for g in grads] for c in range(num_classes)], losses.detach()
 
 
-def per_class_grads_split(model, x, labels, num_classes, loss_fn=per_sample_ce):
+def per_class_grads_split(model, x, labels, num_classes, loss_fn=per_sample_ce, autocast=contextlib.nullcontext):
     """The same g_l from a separate forward of each class's samples: equal to per_class_grads only for a model
-    without cross-sample coupling (GroupNorm, no BatchNorm in train mode), at the cost of one ERM step."""
+    without cross-sample coupling (GroupNorm, no BatchNorm in train mode), at the cost of one ERM step.
+    `autocast()`: the context each forward runs in, as in update_direction."""
     params = [p for p in model.parameters() if p.requires_grad]
     losses = torch.zeros(len(labels), device=labels.device)
     grads = [None] * num_classes
     for c in range(num_classes):
         idx = (labels == c).nonzero().squeeze(1)
         if len(idx):
-            with common.autocast(x.device):
+            with autocast():
                 logits = model(x[idx])
             loss_c = loss_fn(logits, labels[idx])
             grads[c] = list(torch.autograd.grad(loss_c.sum() / len(labels), params, allow_unused=True))
@@ -258,14 +261,16 @@ def pcn_direction(class_grads, eps=1e-6, stats=None):
 
 
 def update_direction(model, x, labels, num_classes, normalize=True, split=False, eps=1e-6, batched=False,
-                     stats=None):
+                     stats=None, autocast=contextlib.nullcontext):
     """Forward, then write the update direction into each parameter's .grad: sum_l g_l / (||g_l|| + eps)
     (normalize) or the plain sum_l g_l = the gradient of the batch-mean CE (one backward). `split`: per-class
     forwards (GroupNorm models only); `batched`: the g_l from one batched backward. Returns the per-sample losses
-    (detached); `stats` (a dict, if given) receives direction_norm and plain_norm as in pcn_direction."""
+    (detached); `stats` (a dict, if given) receives direction_norm and plain_norm as in pcn_direction.
+    `autocast()`: the context the forward runs in (the training loop below passes common.autocast: bf16 on CUDA).
+    Only the parameters with requires_grad get a .grad: call optimizer.zero_grad(set_to_none=True) first."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not normalize:  # sgd_o: sum_l g_l is the gradient of sum_l L_l = the batch mean, so one backward suffices
-        with common.autocast(x.device):
+        with autocast():
             logits = model(x)
         losses = per_sample_ce(logits, labels)
         grads = torch.autograd.grad(losses.mean(), params, allow_unused=True)
@@ -275,9 +280,9 @@ def update_direction(model, x, labels, num_classes, normalize=True, split=False,
             stats.update(direction_norm=norm, plain_norm=norm)
     else:
         if split:
-            class_grads, losses = per_class_grads_split(model, x, labels, num_classes)
+            class_grads, losses = per_class_grads_split(model, x, labels, num_classes, autocast=autocast)
         else:
-            with common.autocast(x.device):
+            with autocast():
                 # batched: vmap over cuDNN's channels_last backward is not implemented (torch 2.11): contiguous
                 logits = model(x.contiguous() if batched else x)
             class_grads, losses = (per_class_grads_batched if batched else per_class_grads)(model, logits, labels,
@@ -331,7 +336,8 @@ if __name__ == "__main__":
         optimizer.zero_grad(set_to_none=True)
         norms = {}
         losses = update_direction(model, x, y, C, normalize=normalize, split=split, eps=args.eps,  # METHOD
-                                  batched=args.class_grads == "batched", stats=norms)
+                                  batched=args.class_grads == "batched", stats=norms,
+                                  autocast=lambda: common.autocast(args.device))
         optimizer.step()  # momentum and weight decay act on the normalized direction
         return losses, torch.stack([norms["direction_norm"], norms["plain_norm"]])
 

@@ -129,9 +129,9 @@ def ldam_margins(counts, max_m=0.5):
     return (m * (max_m / m.max())).float()
 
 
-def ldam_loss(logits, labels, margins, s=30.0, weight=None):
-    logits = logits.float()
-    shifted = logits - F.one_hot(labels, logits.shape[1]) * margins[labels][:, None]
+def ldam_loss(cosine_logits, labels, margins, s=30.0, weight=None):
+    z = cosine_logits.float()  # the cosines of a NormedLinear head
+    shifted = z - F.one_hot(labels, z.shape[1]) * margins[labels][:, None]
     return F.cross_entropy(s * shifted, labels, weight=weight)
 
 
@@ -165,7 +165,8 @@ def bn_running_stats_frozen(model):
 
 
 def sam_step(model, loss_closure, optimizer, rho, eps=1e-12, freeze_bn=False):
-    """One SAM step. `loss_closure()` runs the forward on a fixed batch and returns the loss (no backward).
+    """One SAM step. `loss_closure()` runs the forward on a fixed batch and returns the loss; unlike a closure
+    for torch.optim or the SAM libraries, it must not call backward (sam_step does, once per pass).
     g = grad L(w); e = rho g / (||g|| + eps); the gradient at w + e is then used by optimizer.step() at w.
     freeze_bn: the second forward leaves the BatchNorm running statistics alone. Returns the loss at w (detached)."""
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
@@ -174,7 +175,7 @@ def sam_step(model, loss_closure, optimizer, rho, eps=1e-12, freeze_bn=False):
     loss.backward()
     with torch.no_grad():
         live = [p for p in params if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in live])  # ||g|| over all parameters jointly
+        norm = torch.nn.utils.get_total_norm([p.grad for p in live])  # ||g|| over all parameters (torch >= 2.6)
         scale = rho / (norm + eps)
         saved = [p.detach().clone() for p in live]
         for p in live:

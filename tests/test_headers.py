@@ -191,3 +191,36 @@ def test_the_report_table_from_fake_runs(tmp_path):
     header = common.header_result("ldam_drw.py", str(results))
     assert header.startswith("ldam_drw 76.00 ± 1.41 (n=2); erm_drw 72.00 (n=1) top-1 %"), header  # its rows, best first
     assert "; NVIDIA H100, NVIDIA H200, torch 2.11.0 (" in header and header.endswith(" Not measured yet: ldam."), header
+
+
+def core_source(path):
+    """A method file's core as a reader copies it: its imports but `common` (and the sys.path line before it), and
+    every top-level statement between parse_args() and `if __name__ == "__main__":`."""
+    import ast
+    text = open(path).read()
+    tree = ast.parse(text)
+    names = [getattr(n, "name", None) for n in tree.body]
+    start = names.index("parse_args") + 1
+    end = next(i for i, n in enumerate(tree.body) if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test))
+    imports = [n for n in tree.body[:start] if isinstance(n, (ast.Import, ast.ImportFrom))
+               and "common" not in [a.name for a in n.names]]
+    return "\n\n".join(ast.get_source_segment(text, n) for n in imports + tree.body[start:end])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_core_copies_into_another_project_alone(script):
+    """What a method file's core uses is the core's own, an import of the file's, or a builtin: nothing of common.py
+    and nothing defined only for the command line (found on the symbol tables, so a free name anywhere counts)."""
+    import builtins
+    import symtable
+    source = core_source(os.path.join(ROOT, "methods", script))
+    top = symtable.symtable(source, script, "exec")
+    defined = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}
+    free, tables = set(), [top]
+    while tables:
+        table = tables.pop()
+        tables += table.get_children()
+        free |= {s.get_name() for s in table.get_symbols() if s.is_referenced() and (s.is_global() or table is top)}
+    missing = sorted(free - defined - set(dir(builtins)))
+    assert not missing, f"methods/{script}: the core uses {missing}, which it does not define or import"
+    exec(compile(source, script, "exec"), {"__name__": "copied"})  # and it runs alone: its definitions only
