@@ -169,6 +169,8 @@ def finish_args(args, method):
     check(math.isfinite(args.weight_decay) and args.weight_decay >= 0,
           f"--weight-decay must be a number >= 0, got {args.weight_decay}")
     check(args.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
+    check(all(e >= 0 for e in args.lr_decay_epochs), "--lr-decay-epochs must be >= 0 (0-based epochs), got "
+                                                     f"{' '.join(map(str, args.lr_decay_epochs))}")
     check(args.eval_every > 0, f"--eval-every must be positive, got {args.eval_every}")
     check(args.profile_steps >= 0, f"--profile-steps must be >= 0, got {args.profile_steps}")
     check(args.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
@@ -200,6 +202,8 @@ def unreached_switches(args):
     switches = [("--lr-decay-epochs", e) for e in args.lr_decay_epochs] + [
         (f"--{k.replace('_', '-')}", getattr(args, k)) for k in ("drw_epoch", "start_epoch")
         if isinstance(getattr(args, k, None), int) and getattr(args, k) > 0]
+    if args.warmup_epochs > args.epochs:  # the lr reaches --lr when the warm-up ends (lr_at)
+        switches.append(("--warmup-epochs", args.warmup_epochs))
     late = {}
     for flag, e in switches:
         if e >= args.epochs:
@@ -257,12 +261,12 @@ RESUME_FREE_ARGS = {"resume", "overwrite", "skip_existing", "checkpoint_every", 
 
 def checkpoint_key(args, script):
     """What a checkpoint must match to be resumed: every other argument, and the code of the method file and of
-    common.py (code_sha256), so that no run mixes two versions of either. Taken from the arguments as parse_args
-    settled them (Run keeps it from its start): a value a method fills in later from the data, such as
-    oversampling's epoch length, follows from them, and run_all.sh's planner, which sees only parse_args, must find
-    the same key."""
+    common.py's part that trains (code_sha256, common_code_sha256), so that no run mixes two versions of either.
+    Taken from the arguments as parse_args settled them (Run keeps it from its start): a value a method fills in
+    later from the data, such as oversampling's epoch length, follows from them, and run_all.sh's planner, which sees
+    only parse_args, must find the same key."""
     return {"args": {k: v for k, v in vars(args).items() if k not in RESUME_FREE_ARGS},
-            "code": [code_sha256(script), code_sha256(os.path.abspath(__file__))]}
+            "code": [code_sha256(script), common_code_sha256()]}
 
 
 def load_checkpoint(args, key):
@@ -998,16 +1002,13 @@ class Run:
         self._loss_sum, self._steps = 0.0, 0
         self.last_eval = None
         self.state, self.resumed = None, []  # what a checkpoint holds (restore); epochs a run was resumed at
-        # --profile-steps: in the second epoch, 10 steps in (past its eager warm-up steps and graph capture), and not
-        # past its end (no evaluation inside the window)
-        spe, offset = self.data.steps_per_epoch, min(10, self.data.steps_per_epoch // 2)
-        self.profiler = StepProfiler(spe + offset, min(args.profile_steps, spe - offset), args.device) \
-            if args.profile_steps else None
+        self.profiler = None  # --profile-steps: armed at the end of the first epoch (end_epoch)
+        self._told_steps = False  # the first epoch's progress line says how many steps it took
         self.tag = f"[{args.method} seed{args.seed}]"
         self.key = checkpoint_key(args, os.path.abspath(sys.argv[0]))  # before the method settles anything more
         print(f"{self.tag} {setting_name(args)}: {len(self.data)} training images, counts {self.data.train_counts}, "
-              f"{len(self.data.test_y)} test images, device {self.device_name()}, "
-              f"{self.data.steps_per_epoch} steps/epoch -> {self.path}", flush=True)
+              f"{len(self.data.test_y)} test images, device {self.device_name()}, batch {args.batch_size} "
+              f"-> {self.path}", flush=True)
         late = unreached_switches(args)
         if late:
             print(f"{self.tag} note: a {args.epochs}-epoch run never reaches {late} (0-based epochs): what switches "
@@ -1034,7 +1035,13 @@ class Run:
     def end_epoch(self, epoch, lr, model):
         args = self.args
         train_loss = (self._loss_sum / max(self._steps, 1)).item() if self._steps else float("nan")
-        self._loss_sum, self._steps = 0.0, 0
+        steps, self._loss_sum, self._steps = self._steps, 0.0, 0
+        if epoch == 0 and args.profile_steps:  # (a resumed run never ends epoch 0 here: its window is past)
+            # --profile-steps: in the second epoch, 10 steps in (past its eager warm-up steps and graph capture), and
+            # not past its end (no evaluation inside the window); an epoch's length is the method's (a sampler's)
+            offset = max(1, min(10, steps // 2))
+            self.profiler = StepProfiler(steps + offset, max(1, min(args.profile_steps, steps - offset)), args.device)
+            self.profiler.calls = steps
         if not math.isfinite(train_loss):
             self.save(status="diverged", epochs_completed=epoch, diverged_epoch=epoch)
             self.drop_checkpoint()  # its JSON ends it: no later invocation goes on
@@ -1054,8 +1061,10 @@ class Run:
             self.checkpoint(epoch)
         eta = elapsed / (epoch + 1) * (args.epochs - epoch - 1)
         test = f"  test {entry['test_top1']:5.2f}%" if entry["test_top1"] is not None else ""
+        first = "" if self._told_steps else f"  ({steps} step{'s' * (steps != 1)} of {args.batch_size})"  # its length
+        self._told_steps = True
         print(f"{self.tag} epoch {epoch + 1:3d}/{args.epochs}  lr {lr:.5f}  loss {train_loss:.4f}{test}  "
-              f"elapsed {fmt_time(elapsed)}  eta {fmt_time(eta)}", flush=True)
+              f"elapsed {fmt_time(elapsed)}  eta {fmt_time(eta)}{first}", flush=True)
 
     def restore(self, model, optimizer, *more):
         """Name what a checkpoint holds: the model, the optimizer and any object with state_dict() and
@@ -1082,7 +1091,6 @@ class Run:
         self.extra.clear()
         self.extra.update(ck["extra"])
         self.t0 = time.time() - ck["elapsed_s"]  # the wall time counts the time trained so far, not the pause
-        self.profiler = None  # its window (the second epoch) is past, or would land elsewhere
         if self.graphed is not None:
             for k, v in ck["fast_path"].items():
                 self.graphed.stats[k] += v
@@ -1120,8 +1128,9 @@ class Run:
               f"ECE {f['ece']:.2f}  wall {fmt_time(time.time() - self.t0)}  -> {self.path}", flush=True)
 
     def _profile(self):
-        if self.profiler is None:
-            return None
+        if self.profiler is None:  # (a resumed run: its window was in an earlier invocation)
+            return {"error": "the run ended before its second epoch, where profiling starts"} \
+                if self.args.profile_steps and not self.resumed else None
         self.profiler.close()
         return self.profiler.result
 
@@ -1155,7 +1164,7 @@ class Run:
             "git_dirty": dirty,
             "script_sha256": hashlib.sha256(open(script, "rb").read()).hexdigest() if os.path.exists(script) else None,
             "code_sha256": code_sha256(script),
-            "common_code_sha256": code_sha256(os.path.abspath(__file__)),  # the shared loop's version (provenance)
+            "common_code_sha256": common_code_sha256(),  # the shared loop's version (provenance)
             "extra": self.extra,
         })
 
@@ -1164,18 +1173,35 @@ def start(args):
     return Run(args)
 
 
-def code_sha256(path):
+def code_sha256(path, end=None):
     """sha256 of a script's code without its docstring and comments (ast.unparse of the rest): the header's
-    generated Result line and comment edits leave it unchanged, a change to what runs does not."""
+    generated Result line and comment edits leave it unchanged, a change to what runs does not. With `end`, only
+    the statements above the file's first line that starts with `end` count."""
     import ast
     try:
-        tree = ast.parse(open(path).read())
+        text = open(path).read()
+        tree = ast.parse(text)
     except (OSError, SyntaxError, ValueError):
         return None
     if tree.body and isinstance(tree.body[0], ast.Expr) and isinstance(getattr(tree.body[0], "value", None), ast.Constant) \
             and isinstance(tree.body[0].value.value, str):
         tree.body = tree.body[1:]
+    stop = next((i for i, line in enumerate(text.splitlines(), 1) if end and line.startswith(end)), None)
+    if stop is not None:
+        tree.body = [node for node in tree.body if node.lineno < stop]
     return hashlib.sha256(ast.unparse(tree).encode()).hexdigest()
+
+
+# common.py's code that trains ends at the line that starts with this: the run_all.sh table and the report follow.
+# Its hash (in a checkpoint's key, a run's JSON, a GPU check of the code) covers only the part above, so that an edit
+# of the report keeps a checkpoint resumable and a GPU check valid; a test checks that nothing above that line, and
+# no method file, uses a name defined below it.
+TRAINING_CODE_ENDS = "# The table of run_all.sh"
+
+
+def common_code_sha256(path=os.path.abspath(__file__)):
+    """code_sha256 of common.py's code that trains (above TRAINING_CODE_ENDS)."""
+    return code_sha256(path, end=TRAINING_CODE_ENDS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1249,7 +1275,7 @@ def _completed_walls(out, at_once=1):
     return walls
 
 
-def plan(jobs, flags, out, at_once=1):
+def plan(jobs, flags, out, at_once=1, extra=()):
     """For run_all.sh: for each job "row|imbalance type|ratio|seed", the line
     "<done> <seconds> <epochs done> <epochs> <results JSON>": done is 1 when the JSON exists (the run is skipped),
     seconds the longest wall time of the same method's completed runs in the same setting (else in any setting;
@@ -1258,13 +1284,18 @@ def plan(jobs, flags, out, at_once=1):
     to run (an image folder's layout; the torchvision CIFAR files, downloaded here once with --download, not by
     JOBS runs at once), so that missing data stops run_all.sh before any run starts. The
     checkpoint of a run whose JSON exists is deleted: a copy carried from an earlier session, where the run was cut
-    short, would otherwise travel to every later one."""
+    short, would otherwise travel to every later one. `flags` go before the job's own (run_all.sh's DATA_FLAGS),
+    `extra` after them (its EXTRA), as on a run's command line: a job value EXTRA would change is refused."""
     walls = _completed_walls(out, at_once)
     lines, checked = [], set()
     for job in jobs:
         row, itype, ratio, seed = job.split("|")
-        args = row_args(row, list(flags) + ["--imbalance-type", itype, "--imbalance-ratio", ratio, "--seed", seed,
-                                            "--out", out])
+        own = ["--imbalance-type", itype, "--imbalance-ratio", ratio, "--seed", seed, "--out", out, "--skip-existing"]
+        args, given = row_args(row, list(flags) + own + list(extra)), row_args(row, list(flags) + own)
+        for name, flag, env in (("seed", "--seed", "SEEDS"), ("imbalance_type", "--imbalance-type", "SETTINGS"),
+                                ("imbalance_ratio", "--imbalance-ratio", "SETTINGS"), ("out", "--out", "OUT")):
+            check(getattr(args, name) == getattr(given, name),
+                  f"run_all.sh: EXTRA sets {flag}, which run_all.sh gives every run itself: use {env}")
         path = result_path(args)
         source = (args.dataset, args.data_dir)
         if args.dataset != "synthetic" and source not in checked and not os.path.exists(path):
@@ -1806,11 +1837,13 @@ if __name__ == "__main__":
                                      "'<done 0|1> <estimated seconds or -1> <epochs done> <epochs> <results JSON>'")
     pl.add_argument("--out", required=True, help="the results root of the runs")
     pl.add_argument("--jobs", type=int, default=1, help="how many runs will share the device (run_all.sh's JOBS)")
-    pl.add_argument("flags", nargs=argparse.REMAINDER, help="flags added to every run (after --)")
+    pl.add_argument("--extra", default="", help="flags added to every run after its own (run_all.sh's EXTRA)")
+    pl.add_argument("flags", nargs=argparse.REMAINDER, help="flags added to every run before its own (after --)")
     cli = p.parse_args()
     if cli.command == "plan":
         flags = cli.flags[1:] if cli.flags[:1] == ["--"] else cli.flags
-        print("\n".join(plan([l for l in sys.stdin.read().splitlines() if l.strip()], flags, cli.out, cli.jobs)))
+        print("\n".join(plan([l for l in sys.stdin.read().splitlines() if l.strip()], flags, cli.out, cli.jobs,
+                              cli.extra.split())))
     if cli.command == "report":
         report(cli.results_dir)
         if os.path.abspath(cli.results_dir) == os.path.join(ROOT, "results"):

@@ -51,6 +51,7 @@ EXTRA=${EXTRA:-}
 ONLY=${ONLY:-}
 DEADLINE=${DEADLINE:-}
 if [ "$SMOKE" = 1 ]; then
+  [ -z "${DATA_FLAGS:-}" ] || echo "run_all.sh: note: SMOKE=1 trains on its own synthetic set; DATA_FLAGS is not used" >&2
   SEEDS=${SEEDS:-0}
   SETTINGS=${SETTINGS:-exp:10}
   JOBS=${JOBS:-2}
@@ -111,6 +112,12 @@ if [ "${FAST:-0}" = 1 ]; then EXTRA="--fast $EXTRA"; fi
 # a run killed part-way (a deadline, a time limit) goes on from its last checkpoint next time
 [ "$CHECKPOINT_EVERY" -gt 0 ] && EXTRA="--checkpoint-every $CHECKPOINT_EVERY --resume $EXTRA"
 
+only_rc=0; grep -qE -- "$ONLY" <<<"" 2>/dev/null || only_rc=$?  # 1: no match, 2: not a pattern
+[ "$only_rc" -le 1 ] || { echo "run_all.sh: ONLY='$ONLY' is not an extended regular expression (grep -E)" >&2; exit 1; }
+for setting in $SETTINGS; do  # TYPE:RATIO, e.g. exp:100
+  [[ "$setting" =~ ^(exp|step|none):[^:,]+$ ]] || { echo "run_all.sh: SETTINGS='$SETTINGS': each setting is" \
+    "TYPE:RATIO (exp, step or none), settings separated by spaces, e.g. SETTINGS=\"exp:100 step:10\"" >&2; exit 1; }
+done
 jobs_list=()
 for setting in $SETTINGS; do
   for seed in $SEEDS; do
@@ -132,7 +139,8 @@ fi
 # <epochs> <results JSON>"; a run made with fewer than JOBS at once counts JOBS / its number times longer. This also
 # checks every job's flags before anything trains.
 # shellcheck disable=SC2086  # flags are meant to split into words
-mapfile -t plan < <(printf '%s\n' "${jobs_list[@]}" | "$PYTHON" common.py plan --out "$OUT" --jobs "$JOBS" -- $DATA_FLAGS $EXTRA)
+mapfile -t plan < <(printf '%s\n' "${jobs_list[@]}" | "$PYTHON" common.py plan --out "$OUT" --jobs "$JOBS" \
+  --extra="$EXTRA" -- $DATA_FLAGS)
 [ "${#plan[@]}" -eq "${#jobs_list[@]}" ] || { echo "run_all.sh: could not plan the runs (see above)" >&2; exit 1; }
 
 logname() { echo "$OUT/logs/$(tr -c 'A-Za-z0-9_.\n-' '_' <<<"${1}_${2}${3}_seed${4}" | sed 's/_\+/_/g').log"; }

@@ -651,9 +651,11 @@ def projected_run_s(fast, results_dir=os.path.join(ROOT, "results"), device_name
 
 
 def training_code(root=ROOT):
-    """{file: code_sha256} of the code that trains (common.py, methods/*.py): docstrings and comments left out."""
-    files = ["common.py"] + sorted(f"methods/{f}" for f in os.listdir(os.path.join(root, "methods")) if f.endswith(".py"))
-    return {f: common.code_sha256(os.path.join(root, f)) for f in files}
+    """{file: code_sha256} of the code that trains (common.py's part above its run_all.sh table and report,
+    methods/*.py): docstrings and comments left out, so that an edit of the report needs no new GPU check."""
+    files = sorted(f"methods/{f}" for f in os.listdir(os.path.join(root, "methods")) if f.endswith(".py"))
+    return {"common.py": common.common_code_sha256(os.path.join(root, "common.py")),
+            **{f: common.code_sha256(os.path.join(root, f)) for f in files}}
 
 
 def checked_this_code(results_dir=os.path.join(ROOT, "results"), device_name=None, root=ROOT):

@@ -395,6 +395,8 @@ def build_setting(args, name, device):
         t = np.where((test_y == maj) | (test_y == mnr))[0]
         t_y = np.array([remap[v] for v in test_y[t]], dtype=np.int64)
         tk = cap_test(t_y, args.test_per_class)
+        common.check(args.batch_binary <= len(keep), f"--batch-binary {args.batch_binary} is larger than the binary "
+                                                     f"training set ({len(keep)} images)")
         pool = Pool(train_x[keep], sub_y, test_x[t][tk], t_y[tk], names, args.batch_binary, device)
         desc = (f"{names[0]} (majority) vs {names[1]} (minority), 1:{args.binary_ratio:g}, batch {args.batch_binary}")
     else:
@@ -404,6 +406,8 @@ def build_setting(args, name, device):
         common.check(int(n_max / args.lt_ratio) >= 1, f"--lt-ratio {args.lt_ratio:g} leaves the last class with 0 "
                                                        f"images (n_max = {n_max}): use a ratio of at most {n_max}")
         keep, counts = common.make_long_tailed(train_y, C, "exp", args.lt_ratio, args.data_seed)
+        common.check(args.batch_lt <= len(keep), f"--batch-lt {args.batch_lt} is larger than the lt10 training set "
+                                                 f"({len(keep)} images)")
         tk = cap_test(test_y, args.test_per_class)
         pool = Pool(train_x[keep], train_y[keep], test_x[tk], test_y[tk], classes, args.batch_lt, device)
         desc = f"{C}-class long-tailed (exp) R={args.lt_ratio:g}, batch {args.batch_lt}"
@@ -740,15 +744,15 @@ RUN_FREE_ARGS = {"quick", "from_json", "settings", "methods", "seeds", "seed0", 
 
 def run_key(args):
     """What a kept run must match to be reused: the arguments that change a run, the device (a GPU model's kernels
-    round differently) and the code (code_sha256 of this file, the method files it imports and common.py)."""
+    round differently) and the code (code_sha256 of this file and the method files it imports, common_code_sha256 of
+    common.py)."""
     device = torch.device(args.device)
-    files = [os.path.abspath(__file__), os.path.join(ROOT, "common.py")] + \
-        [os.path.join(ROOT, "methods", f"{name}.py") for name in CORE_METHODS]
+    files = [os.path.abspath(__file__)] + [os.path.join(ROOT, "methods", f"{name}.py") for name in CORE_METHODS]
     kept = {k: v for k, v in sorted(vars(args).items()) if k not in RUN_FREE_ARGS}
     kept["data_dir"] = os.path.basename(os.path.normpath(kept["data_dir"]))  # the same data on another machine
     return {"args": kept,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "code": [common.code_sha256(f) for f in files]}
+            "torch": torch.__version__, "code": [common.common_code_sha256()] + [common.code_sha256(f) for f in files]}
 
 
 def run_file(args, setting, method, seed):
@@ -2072,6 +2076,9 @@ def parse_args(argv=None):
     chk(len(set(args.methods)) == len(args.methods), "--methods lists a method twice")
     chk(args.model in ("resnet32", "smallcnn"), f"unknown --model '{args.model}': use resnet32 or smallcnn")
     chk(args.seeds >= 1, f"--seeds must be >= 1, got {args.seeds}")
+    chk(args.seed0 >= 0, f"--seed0 must be >= 0, got {args.seed0}")
+    chk(0 <= args.data_seed < 2**32 - 1, f"--data-seed must be in [0, 2^32 - 1), got {args.data_seed}")
+    chk(not os.path.exists(args.out) or os.path.isdir(args.out), f"--out {args.out} is a file, not a folder")
     chk(args.threads is None or args.threads >= 1, "--threads must be >= 1")
     chk(args.workers is None or args.workers >= 1, f"--workers must be >= 1, got {args.workers}")
     for k in ("evals", "measures", "steps_binary", "steps_lt", "batch_binary", "batch_lt", "width", "probe_per_class",
@@ -2088,6 +2095,8 @@ def parse_args(argv=None):
     chk(0 <= args.lr_drop_at <= 1 and 0 < args.lr_drop <= 1, "--lr-drop-at must be in [0, 1] and --lr-drop in (0, 1]")
     chk(args.eps > 0, "--eps must be > 0")
     chk(all(0 < f <= 1 for f in args.target_fracs), "--target-fracs must be in (0, 1]")
+    chk(args.target_acc is None or 0 < args.target_acc <= 100, f"--target-acc must be in (0, 100] (%), got "
+                                                                f"{args.target_acc}")
     args.device = common.resolve_device(args.device)
     if args.workers is None:
         args.workers = 4 if torch.device(args.device).type == "cuda" else 1
@@ -2105,7 +2114,8 @@ def main(argv=None):
         print("wrote results/STUDY.md and the study block of README.md")
         return
     if args.from_json:
-        common.check(os.path.isfile(args.from_json), f"{args.from_json} does not exist")
+        common.check(os.path.isfile(args.from_json), f"{args.from_json} " + (
+            "is a folder: pass its study.json.gz" if os.path.isdir(args.from_json) else "does not exist"))
         try:
             res = read_study(args.from_json)
         except (ValueError, OSError, EOFError) as e:  # (OSError: gzip's "not a gzipped file")
@@ -2113,6 +2123,7 @@ def main(argv=None):
         common.check(res.get("study") == "oversampling_vs_weights",
                      f"{args.from_json} is not a study.json of this study")
         out = args.out or os.path.dirname(os.path.abspath(args.from_json))
+        common.check(not os.path.exists(out) or os.path.isdir(out), f"--out {out} is a file, not a folder")
         other = study_file(out)
         common.check(args.overwrite or other is None or os.path.samefile(other, args.from_json),
                      f"{other} exists (another study): pass --overwrite to replace it, or another --out")

@@ -434,6 +434,29 @@ def test_a_run_logs_the_mean_loss_evaluates_every_k_epochs_and_reports_an_fp32_f
     assert r["status"] == "diverged" and r["diverged_epoch"] == 0 and r["final"] is None
 
 
+def test_the_epoch_length_and_the_profiled_window_are_the_methods_own(tmp_path, monkeypatch, capsys):
+    """An epoch is as long as the method makes it (undersampling: C x n_min images, not the training set): the first
+    epoch's line says how many steps it took, and --profile-steps profiles steps of the second epoch by that length
+    (from its 2nd step here: 4 steps, offset 4 // 2)."""
+    args = common.make_parser("").parse_args(SMOKE_ARGS + ["--epochs", "3", "--profile-steps", "2", "--out",
+                                                           str(tmp_path)])
+    args = common.finish_args(args, method="short_epochs")
+    monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, "methods", "erm.py")])
+    monkeypatch.setattr(common, "evaluate", lambda model, data, fp32=False: {
+        "top1": 1.0, "per_class_acc": [], "many": None, "medium": None, "few": None, "ece": 1.0})
+    run = common.start(args)
+    assert run.data.steps_per_epoch > 4  # a plain epoch is longer
+    for epoch in range(args.epochs):
+        for _ in range(4):
+            run.log_step(torch.tensor(1.0))
+        run.end_epoch(epoch, common.lr_at(epoch, args), model=None)
+    run.finish(None)
+    lines = [line for line in capsys.readouterr().out.splitlines() if " epoch " in line]
+    assert lines[0].endswith(f"(4 steps of {args.batch_size})") and "steps" not in lines[1] + lines[2]
+    (r,) = read_results(tmp_path).values()
+    assert r["profile"]["first_step"] == 7 and r["profile"]["steps"] == 2  # steps 7 and 8: the 2nd epoch's 3rd, 4th
+
+
 def test_a_checkpoint_is_saved_after_every_kth_epoch_but_the_last(tmp_path, monkeypatch):
     """--checkpoint-every 2 over 5 epochs: saved after epochs 2 and 4 (0-based 1 and 3), not after the last (the JSON
     follows), and dropped once the run is whole."""
@@ -607,8 +630,11 @@ def test_step_profiler_measures_its_window_and_never_raises(monkeypatch):
 
 def test_a_short_run_names_the_switches_it_never_reaches():
     def ns(**k):
-        return argparse.Namespace(**{"epochs": 200, "lr_decay_epochs": [160, 180], **k})
+        return argparse.Namespace(**{"epochs": 200, "lr_decay_epochs": [160, 180], "warmup_epochs": 5, **k})
     assert common.unreached_switches(ns(drw_epoch=160)) == ""
+    # a warm-up longer than the run: the lr never reaches --lr (one as long as the run reaches it in its last epoch)
+    assert common.unreached_switches(ns(epochs=5, lr_decay_epochs=[], warmup_epochs=5)) == ""
+    assert common.unreached_switches(ns(epochs=2, lr_decay_epochs=[], warmup_epochs=50)) == "--warmup-epochs 50"
     assert common.unreached_switches(ns(epochs=170, drw_epoch=160)) == "--lr-decay-epochs 180"
     assert common.unreached_switches(ns(epochs=30, drw_epoch=160, start_epoch=0)) == \
         "--lr-decay-epochs 160 180, --drw-epoch 160"  # (a switch at 0 is no deferred switch)

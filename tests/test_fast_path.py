@@ -442,7 +442,9 @@ def test_gpu_checks_repeat_when_the_training_code_changes(tmp_path):
     assert not b.checked_this_code(str(results), device_name="NVIDIA H100", root=str(root))  # another GPU model
     (root / "methods" / "erm.py").write_text('"""Result: 66.37 (1)"""\nLR = 0.1  # a comment\n')
     assert b.checked_this_code(str(results), root=str(root))  # the report's Result line is not code
-    (root / "common.py").write_text('"""doc"""\nSTEP = 2\n')
+    (root / "common.py").write_text('"""doc"""\nSTEP = 1\n' + common.TRAINING_CODE_ENDS + "\nREPORT = 2\n")
+    assert b.checked_this_code(str(results), root=str(root))  # common.py's report part is not code that trains
+    (root / "common.py").write_text('"""doc"""\nSTEP = 2\n' + common.TRAINING_CODE_ENDS + "\nREPORT = 2\n")
     assert not b.checked_this_code(str(results), root=str(root))
 
 

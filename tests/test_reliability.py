@@ -301,6 +301,7 @@ BAD_INPUT = [  # (build(tmp_path) -> (script, args, phrases the message must con
     (_method_arg("methods/erm.py", "--device", "cudafoo", "unknown --device"), False),
     (_method_arg("methods/erm.py", "--batch-size", "100000", "pass --batch-size"), False),
     (_method_arg("methods/erm.py", "--overwrite", "--skip-existing", "contradict"), False),
+    (_method_arg("methods/erm.py", "--lr-decay-epochs", "-5", "--lr-decay-epochs must be >= 0"), False),
 ]
 
 

@@ -79,7 +79,7 @@ def test_a_checkpoint_of_another_subset_or_other_code_is_not_resumed(tmp_path):
     assert common.RESUME_FREE_ARGS == {"resume", "overwrite", "skip_existing", "checkpoint_every", "cache_dir", "out",
                                        "download", "fast", "profile_steps"}  # a new one is a decision: add it here
     assert set(key["args"]) == set(vars(args)) - common.RESUME_FREE_ARGS and key["args"]["data_seed"] == 0
-    assert key["code"] == [common.code_sha256(script), common.code_sha256(common.__file__)]
+    assert key["code"] == [common.code_sha256(script), common.common_code_sha256()]
     path = common.checkpoint_path(args)
     os.makedirs(os.path.dirname(path))
     torch.save({"key": key, "epoch": 1}, path)

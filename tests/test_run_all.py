@@ -154,10 +154,20 @@ def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anyth
                                ([], {"JOBS": "two"}, "JOBS must be a whole number >= 1, got 'two'"),
                                ([], {"CHECKPOINT_EVERY": "x"}, "CHECKPOINT_EVERY must be a whole number >= 0"),
                                ([], {"DEADLINE": "1.5"}, "DEADLINE must be a whole number >= 0, got '1.5'"),
-                               ([], {"FAST": "yes"}, "FAST must be 0 or 1, got 'yes'")):
+                               ([], {"FAST": "yes"}, "FAST must be 0 or 1, got 'yes'"),
+                               ([], {"SETTINGS": "exp:100,step:10"}, "each setting is TYPE:RATIO (exp, step or none)"),
+                               ([], {"SETTINGS": "step"}, "each setting is TYPE:RATIO"),
+                               ([], {"ONLY": "("}, "ONLY='(' is not an extended regular expression")):
         proc = bash(*args, **more)
         assert proc.returncode == 1 and needle in proc.stderr, proc.stdout + proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "[run_all]" not in proc.stdout and not out.exists()
+    # a flag of EXTRA that would override what run_all.sh gives each run (its runs would all train seed 7, into one
+    # file, while the plan counted seeds 0 and 1) is refused; so is one that contradicts a run's own flags
+    for extra, needle in (("--seed 7", "EXTRA sets --seed, which run_all.sh gives every run itself: use SEEDS"),
+                          ("--imbalance-r 5", "EXTRA sets --imbalance-ratio"), ("--out x", "EXTRA sets --out"),
+                          ("--overwrite", "--overwrite and --skip-existing contradict")):
+        proc = bash(EXTRA=extra)
+        assert proc.returncode == 1 and needle in proc.stderr and not out.exists(), proc.stdout + proc.stderr
     write_run(out, "synthetic-exp-r10", "erm", 0, wall=42.0, at_once=2)
     before = sorted(p for p in out.rglob("*"))
     plan = bash("--dry-run", JOBS="2")
@@ -334,6 +344,37 @@ def test_code_sha256_ignores_the_header_and_comments_and_the_report_flags_mixed_
     assert "erm (seeds 0, 1: aaaaaaaaaa; seed 2: bbbbbbbbbb)" in line and "vs" not in line
 
 
+def test_common_code_sha256_covers_the_code_that_trains_and_not_the_report(tmp_path):
+    """common.py's hash in a checkpoint's key, a run's JSON and a GPU check stops at TRAINING_CODE_ENDS: nothing
+    above that line, and no method file, may use a name defined below it, or a change there would train unhashed."""
+    import ast
+    src = open(common.__file__).read()
+    lines = src.splitlines()
+    (stop,) = [i for i, line in enumerate(lines, 1) if line.startswith(common.TRAINING_CODE_ENDS)]
+    tree = ast.parse(src)
+    below = {name for node in tree.body if node.lineno > stop for name in (
+        [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else
+        [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)])}
+    assert {"report", "plan", "write_headers", "RUN_ALL"} <= below  # the report and the planner are below it
+    used = {n.id for node in tree.body if node.lineno < stop for n in ast.walk(node) if isinstance(n, ast.Name)}
+    assert not used & below, f"common.py's training part uses {sorted(used & below)}, defined below its end"
+    for f in sorted(os.listdir(os.path.join(ROOT, "methods"))):
+        tree = ast.parse(open(os.path.join(ROOT, "methods", f)).read())
+        used = {n.attr for n in ast.walk(tree)
+                if isinstance(n, ast.Attribute) and getattr(n.value, "id", "") == "common"}
+        assert not used & below, f"methods/{f} uses common.{sorted(used & below)}, defined below the training part"
+    # an edit below the line leaves the hash as it is; one above changes it
+    path = tmp_path / "common.py"
+    path.write_text(src)
+    base = common.common_code_sha256(str(path))
+    assert base == common.common_code_sha256() and base != common.code_sha256(str(path))
+    path.write_text(src.replace("def report(results_dir):", "def report(results_dir, extra=None):", 1))
+    assert common.common_code_sha256(str(path)) == base and common.code_sha256(str(path)) != common.code_sha256(
+        common.__file__)
+    path.write_text(src.replace("ECE_BINS = 15", "ECE_BINS = 10", 1))
+    assert common.common_code_sha256(str(path)) != base
+
+
 def test_args_lines_name_runs_trained_with_other_arguments_than_their_row(tmp_path):
     run = lambda seed, **kw: {"args": {**vars(common.row_args(  # noqa: E731
         "class_balanced.py --loss focal", ["--dataset", "synthetic", "--imbalance-ratio", "10", "--device", "cpu",
@@ -364,4 +405,4 @@ def test_results_record_their_code_version(smoke_table):
     for r in read_results(out).values():
         script = r["command"].split()[0]
         assert r["code_sha256"] == common.code_sha256(os.path.join(ROOT, script)), script
-        assert r["common_code_sha256"] == common.code_sha256(os.path.join(ROOT, "common.py"))
+        assert r["common_code_sha256"] == common.common_code_sha256()

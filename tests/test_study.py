@@ -1038,3 +1038,21 @@ def test_bad_input_gives_a_one_line_error(tmp_path):
             (tmp_path / "imgs" / split / c).mkdir(parents=True)
     with pytest.raises(S.common.UserError, match=r"class\(es\) car not in .*imgs/train \(classes: automobile, truck\)"):
         S.parse_args(["--quick", "--data-dir", str(tmp_path / "imgs"), "--binary-classes", "car", "truck"])
+    # out-of-range numbers, and an --out that is a file, are refused before anything trains (a traceback after the
+    # first run did before); a batch larger than the setting's training set is refused once the set is built
+    (tmp_path / "a_file").write_text("")
+    for more, message in ((["--data-seed", "-1"], r"--data-seed must be in \[0, 2\^32 - 1\), got -1"),
+                          (["--seed0", "-1"], "--seed0 must be >= 0, got -1"),
+                          (["--target-acc", "500"], r"--target-acc must be in \(0, 100\] \(%\), got 500.0"),
+                          (["--out", str(tmp_path / "a_file")], "is a file, not a folder")):
+        with pytest.raises(S.common.UserError, match=message):
+            S.parse_args(["--quick", "--dataset", "synthetic", *more])
+    proc = run_script(STUDY, "--quick", "--dataset", "synthetic", "--batch-binary", "100000", "--out", tmp_path / "b",
+                      check=False)
+    assert proc.returncode == 1 and proc.stderr == ("error: --batch-binary 100000 is larger than the binary training "
+                                                    "set (500 images)\n") and not (tmp_path / "b").exists()
+    for more, message in ((["--from-json", str(tmp_path)], "is a folder: pass its study.json.gz"),
+                          (["--from-json", os.path.join(ROOT, "results", "study-cpu", "study.json.gz"), "--out",
+                            str(tmp_path / "a_file")], "is a file, not a folder")):
+        with pytest.raises(S.common.UserError, match=message):
+            S.main(more)
