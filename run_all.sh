@@ -22,8 +22,9 @@
 # run again, so a killed run loses at most 10 epochs; under DEADLINE, once every run that can end in time has
 # started, a free slot trains a deferred run up to the checkpoints it can reach, so the GPU is not idle at the end
 # of a window and a run longer than the whole window ends over several invocations; 0: off),
-# OUT (results), PYTHON, EXTRA (flags added to every run), ONLY (run only the rows whose script or flags match
-# this grep pattern), NEW_RUN_S (seconds of one run, the estimate for DEADLINE and --dry-run while no run has ended;
+# OUT (results), PYTHON, EXTRA (flags added to every run, after its own; not --seed, --imbalance-type/-ratio or
+# --out, which SEEDS, SETTINGS and OUT set), ONLY (run only the rows whose script or flags match
+# this grep -E pattern), NEW_RUN_S (seconds of one run, the estimate for DEADLINE and --dry-run while no run has ended;
 # .ci/gpu-session sets it from the benchmark's projection), IMBALANCE_REF_GIT_COMMIT (the commit to record where
 # this folder is not a git checkout, as on a GPU machine the working tree was copied to).
 # Order: the runs a checkpoint holds part of first, then setting by setting, seed 0 of every row first, so that a
