@@ -434,17 +434,22 @@ def test_a_run_logs_the_mean_loss_evaluates_every_k_epochs_and_reports_an_fp32_f
     assert r["status"] == "diverged" and r["diverged_epoch"] == 0 and r["final"] is None
 
 
+def bookkeeping_run(tmp_path, monkeypatch, method, *flags, top1=1.0):
+    """(args, Run) of erm.py's smoke arguments plus `flags`, its evaluations faked at `top1`: Run's bookkeeping alone,
+    without training."""
+    args = common.make_parser("").parse_args(SMOKE_ARGS + [*flags, "--out", str(tmp_path)])
+    args = common.finish_args(args, method=method)
+    monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, "methods", "erm.py")])
+    monkeypatch.setattr(common, "evaluate", lambda model, data, fp32=False: {
+        "top1": top1, "per_class_acc": [], "many": None, "medium": None, "few": None, "ece": 1.0})
+    return args, common.start(args)
+
+
 def test_the_epoch_length_and_the_profiled_window_are_the_methods_own(tmp_path, monkeypatch, capsys):
     """An epoch is as long as the method makes it (undersampling: C x n_min images, not the training set): the first
     epoch's line says how many steps it took, and --profile-steps profiles steps of the second epoch by that length
     (from its 2nd step here: 4 steps, offset 4 // 2)."""
-    args = common.make_parser("").parse_args(SMOKE_ARGS + ["--epochs", "3", "--profile-steps", "2", "--out",
-                                                           str(tmp_path)])
-    args = common.finish_args(args, method="short_epochs")
-    monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, "methods", "erm.py")])
-    monkeypatch.setattr(common, "evaluate", lambda model, data, fp32=False: {
-        "top1": 1.0, "per_class_acc": [], "many": None, "medium": None, "few": None, "ece": 1.0})
-    run = common.start(args)
+    args, run = bookkeeping_run(tmp_path, monkeypatch, "short_epochs", "--epochs", "3", "--profile-steps", "2")
     assert run.data.steps_per_epoch > 4  # a plain epoch is longer
     for epoch in range(args.epochs):
         for _ in range(4):
@@ -460,13 +465,8 @@ def test_the_epoch_length_and_the_profiled_window_are_the_methods_own(tmp_path, 
 def test_a_checkpoint_is_saved_after_every_kth_epoch_but_the_last(tmp_path, monkeypatch):
     """--checkpoint-every 2 over 5 epochs: saved after epochs 2 and 4 (0-based 1 and 3), not after the last (the JSON
     follows), and dropped once the run is whole."""
-    args = common.make_parser("").parse_args(SMOKE_ARGS + ["--epochs", "5", "--checkpoint-every", "2", "--out",
-                                                           str(tmp_path)])
-    args = common.finish_args(args, method="checkpointed")
-    monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, "methods", "erm.py")])
-    monkeypatch.setattr(common, "evaluate", lambda model, data, fp32=False: {
-        "top1": 50.0, "per_class_acc": [], "many": None, "medium": None, "few": None, "ece": 1.0})
-    run = common.start(args)
+    args, run = bookkeeping_run(tmp_path, monkeypatch, "checkpointed", "--epochs", "5", "--checkpoint-every", "2",
+                                top1=50.0)
     model = torch.nn.Linear(2, 2)
     assert run.restore(model, torch.optim.SGD(model.parameters(), lr=0.1)) == 0
     path, saved = common.checkpoint_path(args), []
