@@ -1186,9 +1186,9 @@ def code_sha256(path, end=None):
     if tree.body and isinstance(tree.body[0], ast.Expr) and isinstance(getattr(tree.body[0], "value", None), ast.Constant) \
             and isinstance(tree.body[0].value.value, str):
         tree.body = tree.body[1:]
-    stop = next((i for i, line in enumerate(text.splitlines(), 1) if end and line.startswith(end)), None)
-    if stop is not None:
-        tree.body = [node for node in tree.body if node.lineno < stop]
+    if end is not None:
+        stop = next((i for i, line in enumerate(text.splitlines(), 1) if line.startswith(end)), None)
+        tree.body = [node for node in tree.body if stop is None or node.lineno < stop]
     return hashlib.sha256(ast.unparse(tree).encode()).hexdigest()
 
 
@@ -1290,11 +1290,12 @@ def plan(jobs, flags, out, at_once=1, extra=()):
     lines, checked = [], set()
     for job in jobs:
         row, itype, ratio, seed = job.split("|")
-        own = ["--imbalance-type", itype, "--imbalance-ratio", ratio, "--seed", seed, "--out", out, "--skip-existing"]
-        args, given = row_args(row, list(flags) + own + list(extra)), row_args(row, list(flags) + own)
-        for name, flag, env in (("seed", "--seed", "SEEDS"), ("imbalance_type", "--imbalance-type", "SETTINGS"),
-                                ("imbalance_ratio", "--imbalance-ratio", "SETTINGS"), ("out", "--out", "OUT")):
-            check(getattr(args, name) == getattr(given, name),
+        args = row_args(row, list(flags) + ["--imbalance-type", itype, "--imbalance-ratio", ratio, "--seed", seed,
+                                            "--out", out, "--skip-existing"] + list(extra))
+        for name, flag, env, value in (("seed", "--seed", "SEEDS", int(seed)), ("out", "--out", "OUT", out),
+                                       ("imbalance_type", "--imbalance-type", "SETTINGS", itype),
+                                       ("imbalance_ratio", "--imbalance-ratio", "SETTINGS", float(ratio))):
+            check(getattr(args, name) == value,
                   f"run_all.sh: EXTRA sets {flag}, which run_all.sh gives every run itself: use {env}")
         path = result_path(args)
         source = (args.dataset, args.data_dir)
