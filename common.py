@@ -138,6 +138,15 @@ def check(condition, message):
         raise UserError(message)
 
 
+def note_unused(parser, args, unused, dests, why):
+    """Where `unused`: a note for each of the flags `dests` given a value other than its default, which the run
+    ignores `why` (e.g. "with --loss ce"); the JSON still records it."""
+    given = [f"--{d.replace('_', '-')}" for d in dests if unused and getattr(args, d) != parser.get_default(d)]
+    if given:
+        print(f"note: {', '.join(given)} {'changes' if len(given) == 1 else 'change'} nothing {why}", file=sys.stderr,
+              flush=True)
+
+
 def check_finite(args):
     """argparse's float() takes 'inf' and 'nan', and no flag of ours means either: stop at the first such value."""
     for name, value in vars(args).items():

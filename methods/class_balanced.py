@@ -76,6 +76,7 @@ def parse_args(argv=None):
     common.check(args.loss in LOSSES, f"unknown --loss '{args.loss}': use {', '.join(LOSSES)}")
     common.check(math.isfinite(args.gamma) and args.gamma >= 0, f"--gamma must be >= 0, got {args.gamma:g}")
     common.check(args.drw_epoch >= 0, f"--drw-epoch must be >= 0, got {args.drw_epoch}")
+    common.note_unused(parser, args, args.loss != "focal", ["gamma"], f"with --loss {args.loss}")
     if args.drw_epoch >= args.epochs:
         print(f"warning: --drw-epoch {args.drw_epoch} >= --epochs {args.epochs}: the class-balanced weights are "
               "never used", file=sys.stderr, flush=True)

@@ -59,6 +59,7 @@ def parse_args(argv=None):
     common.check(math.isfinite(args.gamma) and args.gamma >= 0, f"--gamma must be >= 0, got {args.gamma:g}")
     common.check(args.alpha in ALPHAS, f"unknown --alpha '{args.alpha}': use {', '.join(ALPHAS)}")
     common.check(0 <= args.beta < 1, f"--beta must be in [0, 1), got {args.beta:g}")
+    common.note_unused(parser, args, args.alpha != "cb", ["beta"], "without --alpha cb")
     return common.finish_args(args, method="focal" if args.alpha == "none" else f"focal_{args.alpha}")
 
 

@@ -68,6 +68,8 @@ def parse_args(argv=None):
     common.check(args.scale > 0, f"--scale must be positive, got {args.scale:g}")
     common.check(0 <= args.beta < 1, f"--beta must be in [0, 1), got {args.beta:g}")
     common.check(args.drw_epoch >= 0, f"--drw-epoch must be >= 0, got {args.drw_epoch}")
+    common.note_unused(parser, args, args.loss == "ce", ["max_m", "scale"], "with --loss ce")
+    common.note_unused(parser, args, not args.drw, ["beta", "drw_epoch"], "with --no-drw")
     if not args.drw:
         args.drw_epoch = None  # no switch: the report then marks no DRW epoch on the plots
     name = {("ldam", True): "ldam_drw", ("ldam", False): "ldam", ("ce", True): "erm_drw", ("ce", False): "ce"}

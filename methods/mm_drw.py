@@ -87,6 +87,8 @@ def parse_args(argv=None):
     common.check(math.isfinite(args.max_m) and args.max_m >= 0, f"--max-m must be >= 0, got {args.max_m:g}")
     common.check(0 <= args.beta < 1, f"--beta must be in [0, 1), got {args.beta:g}")
     common.check(args.drw_epoch >= 0, f"--drw-epoch must be >= 0, got {args.drw_epoch}")
+    common.note_unused(parser, args, not args.ldam, ["max_m"], "without --ldam")
+    common.note_unused(parser, args, not args.drw, ["beta", "drw_epoch"], "with --no-drw")
     if not args.drw:
         args.drw_epoch = None  # no switch: the report then marks no DRW epoch on the plots
     name = "mm" + ("_ldam" if args.ldam else "") + ("_drw" if args.drw else "")

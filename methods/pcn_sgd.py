@@ -122,6 +122,7 @@ def parse_args(argv=None):
     common.check(math.isfinite(args.eps) and args.eps > 0, f"--eps must be > 0 (a zero class gradient would give 0/0), got {args.eps:g}")
     common.check(not (args.class_grads == "batched" and args.norm == "group"),
                  "--class-grads batched needs --norm batch (--norm group forwards each class on its own)")
+    common.note_unused(parser, args, args.norm == "batch", ["gn_group_size"], "with --norm batch")
     if args.class_grads == "batched" and args.variant == "sgd_o":
         print("note: --class-grads batched changes nothing with --variant sgd_o, whose plain update needs one joint "
               "backward", file=sys.stderr, flush=True)

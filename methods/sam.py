@@ -78,6 +78,8 @@ def parse_args(argv=None):
     common.check(args.drw_epoch >= 0, f"--drw-epoch must be >= 0, got {args.drw_epoch}")
     common.check(math.isfinite(args.max_m) and args.max_m >= 0, f"--max-m must be >= 0, got {args.max_m:g}")
     common.check(math.isfinite(args.scale) and args.scale > 0, f"--scale must be positive, got {args.scale:g}")
+    common.note_unused(parser, args, args.base != "ldam_drw", ["max_m", "scale"], f"with --base {args.base}")
+    common.note_unused(parser, args, args.base == "ce", ["beta", "drw_epoch"], "with --base ce")
     if args.base == "ce":
         args.drw_epoch = None  # no switch: the report then marks no DRW epoch on the plots
     args = common.finish_args(args, method=f"sam_{args.base}")

@@ -448,7 +448,7 @@ def bookkeeping_run(tmp_path, monkeypatch, method, *flags, top1=1.0):
 def test_the_epoch_length_and_the_profiled_window_are_the_methods_own(tmp_path, monkeypatch, capsys):
     """An epoch is as long as the method makes it (undersampling: C x n_min images, not the training set): the first
     epoch's line says how many steps it took, and --profile-steps profiles steps of the second epoch by that length
-    (from its 2nd step here: 4 steps, offset 4 // 2)."""
+    (from its 3rd step here: 4 steps, offset 4 // 2)."""
     args, run = bookkeeping_run(tmp_path, monkeypatch, "short_epochs", "--epochs", "3", "--profile-steps", "2")
     assert run.data.steps_per_epoch > 4  # a plain epoch is longer
     for epoch in range(args.epochs):
@@ -626,6 +626,26 @@ def test_step_profiler_measures_its_window_and_never_raises(monkeypatch):
     for _ in range(4):
         prof.tick()
     assert prof.result == {"error": "RuntimeError: no profiler here"}
+
+
+@pytest.mark.parametrize("script, base, ignored, note", [
+    ("focal.py", [], ["--beta", "0.99"], "note: --beta changes nothing without --alpha cb"),
+    ("class_balanced.py", ["--loss", "softmax"], ["--gamma", "3"], "note: --gamma changes nothing with --loss softmax"),
+    ("ldam_drw.py", ["--loss", "ce"], ["--max-m", "0.3", "--scale", "10"],
+     "note: --max-m, --scale change nothing with --loss ce"),
+    ("mm_drw.py", ["--no-drw"], ["--beta", "0.999"], "note: --beta changes nothing with --no-drw"),
+    ("sam.py", ["--base", "ce"], ["--drw-epoch", "5"], "note: --drw-epoch changes nothing with --base ce"),
+    ("pcn_sgd.py", [], ["--gn-group-size", "2"], "note: --gn-group-size changes nothing with --norm batch")])
+def test_a_flag_the_run_ignores_is_named(script, base, ignored, note, capsys):
+    """A method's flag given another value than its default, where the run's other flags make it unused, gets a
+    note (its JSON still records it); left at its default, or where it is used, it gets none."""
+    parse = common._method_module(script).parse_args
+    parse([*base, *ignored, "--dataset", "synthetic", "--device", "cpu"])
+    assert note in capsys.readouterr().err.splitlines()
+    parse([*base, "--dataset", "synthetic", "--device", "cpu"])
+    assert "changes nothing" not in capsys.readouterr().err
+    common._method_module("focal.py").parse_args(["--beta", "0.99", "--alpha", "cb", "--dataset", "synthetic"])
+    assert "note" not in capsys.readouterr().err
 
 
 def test_a_short_run_names_the_switches_it_never_reaches():
