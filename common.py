@@ -1510,18 +1510,27 @@ def direction_lines(rows):
 
 
 def code_lines(rows):
-    """Rows whose seeds were trained by different versions of their method file's code (code_sha256)."""
-    mixed = []
+    """Rows whose seeds were trained by different method files (a run's --name put it in another method's folder)
+    or by different versions of their method file's code (code_sha256)."""
+    def seeds(groups):  # {label: [seeds]} -> "seeds 0, 1: label; seed 2: other"
+        return "; ".join(f"seed{'s' if len(v) > 1 else ''} {', '.join(map(str, sorted(v)))}: {k}"
+                         for k, v in sorted(groups.items(), key=lambda kv: min(kv[1])))
+    files, versions = [], []
     for method in sorted(rows):
-        versions = {k: v for k, v in rows[method]["code"].items() if k is not None}
-        if len(versions) > 1:
-            mixed.append(f"{method} (" + "; ".join(f"seed{'s' if len(v) > 1 else ''} {', '.join(map(str, sorted(v)))}: "
-                                                    f"{k[:10]}" for k, v in sorted(versions.items(), key=lambda kv: min(kv[1])))
-                         + ")")
-    if not mixed:
-        return []
-    return ["Seeds trained by different versions of their method file's code (code_sha256 of the file without "
-            "docstring and comments; rerun the older seeds to compare like with like): " + ", ".join(mixed) + "."]
+        scripts = {}
+        for r in rows[method].get("runs", []):
+            if r["status"] == "completed" and r.get("command"):
+                scripts.setdefault(r["command"].split()[0], []).append(r["args"]["seed"])
+        code = {k[:10]: v for k, v in rows[method]["code"].items() if k is not None}
+        if len(scripts) > 1:
+            files.append(f"{method} ({seeds(scripts)})")
+        elif len(code) > 1:
+            versions.append(f"{method} ({seeds(code)})")
+    return ([f"Seeds trained by different method files, averaged into one row (a --name that is another method's "
+             f"folder; give the run a name of its own): {', '.join(files)}."] if files else []) + \
+        ([f"Seeds trained by different versions of their method file's code (code_sha256 of the file without "
+          f"docstring and comments; rerun the older seeds to compare like with like): {', '.join(versions)}."]
+         if versions else [])
 
 
 # Arguments that say where and how a run was made, not what it trained: args_lines does not compare them.

@@ -342,6 +342,13 @@ def test_code_sha256_ignores_the_header_and_comments_and_the_report_flags_mixed_
     assert common.code_lines({"erm": row({"a" * 64: [0, 1], None: [2]})}) == []
     (line,) = common.code_lines({"erm": row({"a" * 64: [0, 1], "b" * 64: [2]}), "vs": row({"c" * 64: [0]})})
     assert "erm (seeds 0, 1: aaaaaaaaaa; seed 2: bbbbbbbbbb)" in line and "vs" not in line
+    # a run of focal.py given --name erm lands in erm's folder: the line names the two files, not two versions
+    run = lambda seed, script: {"status": "completed", "command": f"methods/{script} --seed {seed}",  # noqa: E731
+                                "args": {"seed": seed}}
+    (line,) = common.code_lines({"erm": {"code": {"a" * 64: [0, 2], "b" * 64: [1]},
+                                         "runs": [run(0, "erm.py"), run(1, "focal.py"), run(2, "erm.py")]}})
+    assert line.startswith("Seeds trained by different method files") and \
+        "erm (seeds 0, 2: methods/erm.py; seed 1: methods/focal.py)" in line and "versions" not in line
 
 
 def test_common_code_sha256_covers_the_code_that_trains_and_not_the_report(tmp_path):
