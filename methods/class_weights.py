@@ -71,7 +71,7 @@ def inverse_frequency_weights(counts):
 # METHOD: the loss. weight=None is plain CE; otherwise PyTorch's weighted mean, sum_i w_yi l_i / sum_i w_yi
 # (not / batch size). Logits are cast to fp32 so the loss never runs in bf16.
 def weighted_cross_entropy(logits, labels, weight=None):
-    return F.cross_entropy(logits.float(), labels, weight=weight)
+    return F.cross_entropy(logits.float(), labels, weight=None if weight is None else weight.to(logits.device))
 
 
 if __name__ == "__main__":

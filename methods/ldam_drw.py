@@ -115,7 +115,7 @@ def ldam_loss(cosine_logits, labels, margins, scale, weight=None):
     z = cosine_logits.float()
     onehot = F.one_hot(labels, z.shape[1]).to(z.dtype)
     z = z - onehot * margins.to(z.device)[labels].unsqueeze(1)
-    return F.cross_entropy(scale * z, labels, weight=weight)
+    return F.cross_entropy(scale * z, labels, weight=None if weight is None else weight.to(z.device))
 
 
 # METHOD: deferred re-weighting. Ones before drw_epoch (the official beta=0 gives exactly ones), then the

@@ -170,7 +170,7 @@ def mm_loss(cosine_logits, labels, beta, delta_minus, scale, weight=None, class_
         delta_minus = delta_minus - class_margins.to(z.device)[labels]
     delta = mm_margins(z, labels, beta, delta_minus)
     z = z - F.one_hot(labels, z.shape[1]).to(z.dtype) * delta.unsqueeze(1)
-    return F.cross_entropy(scale * z, labels, weight=weight)
+    return F.cross_entropy(scale * z, labels, weight=None if weight is None else weight.to(z.device))
 
 
 # METHOD: deferred re-weighting. Ones before drw_epoch (the official beta=0 gives exactly ones), then the

@@ -133,12 +133,12 @@ def ldam_margins(counts, max_m=0.5):
 
 def ldam_loss(cosine_logits, labels, margins, s=30.0, weight=None):
     z = cosine_logits.float()  # the cosines of a NormedLinear head
-    shifted = z - F.one_hot(labels, z.shape[1]) * margins[labels][:, None]
-    return F.cross_entropy(s * shifted, labels, weight=weight)
+    shifted = z - F.one_hot(labels, z.shape[1]) * margins.to(z.device)[labels][:, None]
+    return F.cross_entropy(s * shifted, labels, weight=None if weight is None else weight.to(z.device))
 
 
 def ce_loss(logits, labels, weight=None):
-    return F.cross_entropy(logits.float(), labels, weight=weight)
+    return F.cross_entropy(logits.float(), labels, weight=None if weight is None else weight.to(logits.device))
 
 
 # METHOD: SAM. With freeze_bn the BatchNorm running statistics are updated by the first forward only.

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+import torch
 
 import common
 from conftest import ROOT
@@ -224,3 +225,35 @@ def test_the_core_copies_into_another_project_alone(script):
     missing = sorted(free - defined - set(dir(builtins)))
     assert not missing, f"methods/{script}: the core uses {missing}, which it does not define or import"
     exec(compile(source, script, "exec"), {"__name__": "copied"})  # and it runs alone: its definitions only
+
+
+def _losses_with_cpu_tensors():
+    """Every method core's loss, called with the CPU weights / margins / counts its own helpers return."""
+    load = lambda name: common._method_module(f"{name}.py")  # noqa: E731
+    cw, ldam, mm, sam, focal, cb = (load(n) for n in ("class_weights", "ldam_drw", "mm_drw", "sam", "focal",
+                                                      "class_balanced"))
+    la, cdt, vs = load("logit_adjust"), load("cdt"), load("vs_loss")
+    counts = [50, 20, 5]
+    w, m = cw.inverse_frequency_weights(counts), ldam.ldam_margins(counts, 0.5)
+    return {
+        "class_weights": lambda z, y: cw.weighted_cross_entropy(z, y, w),
+        "ldam_drw": lambda z, y: ldam.ldam_loss(z, y, m, 30.0, ldam.drw_weights(counts, 0.9999, 1, 0)),
+        "mm_drw": lambda z, y: mm.mm_loss(z, y, 1.5, 0.6, 30.0, w, class_margins=mm.ldam_margins(counts, 0.5)),
+        "sam ldam": lambda z, y: sam.ldam_loss(z, y, sam.ldam_margins(counts), 30.0,
+                                               sam.drw_weights(counts, 0.9999, 1, 0)),
+        "sam ce": lambda z, y: sam.ce_loss(z, y, w),
+        "focal": lambda z, y: focal.focal_loss(z, y, 1.0, alpha=w),
+        "class_balanced": lambda z, y: sum(cb.cb_loss(k, z, y, cb.class_balanced_weights(counts, 0.9999), 1.0)
+                                           for k in ("softmax", "sigmoid", "focal")),
+        "logit_adjust": lambda z, y: la.logit_adjusted_loss(z, y, la.log_prior(counts), 1.0),
+        "cdt": lambda z, y: cdt.cdt_loss(z, y, counts, 0.3),
+        "vs_loss": lambda z, y: vs.vs_loss(z, y, counts, 0.2, 1.0),
+    }
+
+
+@pytest.mark.parametrize("name", list(_losses_with_cpu_tensors()))
+def test_a_copied_loss_takes_its_helpers_cpu_tensors_with_logits_on_another_device(name):
+    """The weights, margins and counts a core's helpers return live on the CPU; its loss moves them to the logits'
+    device, so a copier need not (the meta device stands in for a GPU: a CPU tensor there is an error)."""
+    z, y = torch.randn(4, 3, device="meta"), torch.zeros(4, dtype=torch.long, device="meta")
+    assert _losses_with_cpu_tensors()[name](z, y).device.type == "meta"
