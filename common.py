@@ -191,6 +191,9 @@ def finish_args(args, method):
           f"--name must be a plain folder name (no path separators, not '.' or '..'), got '{args.name}'")
     if args.dataset == "imagefolder":
         check(args.data_dir is not None, "--dataset imagefolder needs --data-dir pointing at a folder with train/ and test/")
+    if args.dataset == "synthetic" and (args.data_dir is not None or args.download):
+        print(f"note: {'--data-dir' if args.data_dir is not None else '--download'} is not used with --dataset "
+              "synthetic, which makes its images itself", file=sys.stderr, flush=True)
     check(not (args.overwrite and args.skip_existing),
           "--overwrite and --skip-existing contradict each other: pass one (replace an existing result, or keep it)")
     if args.out is None:

@@ -646,6 +646,8 @@ def test_a_flag_the_run_ignores_is_named(script, base, ignored, note, capsys):
     assert "changes nothing" not in capsys.readouterr().err
     common._method_module("focal.py").parse_args(["--beta", "0.99", "--alpha", "cb", "--dataset", "synthetic"])
     assert "note" not in capsys.readouterr().err
+    common._method_module("erm.py").parse_args(["--data-dir", "data/cifar10-jpeg", "--dataset", "synthetic"])
+    assert "note: --data-dir is not used with --dataset synthetic" in capsys.readouterr().err
 
 
 def test_a_short_run_names_the_switches_it_never_reaches():
