@@ -115,7 +115,8 @@ def make_parser(doc):
                         "with the eager path bit for bit")
     r.add_argument("--eval-every", type=int, default=5, help="evaluate every N epochs (and always at the end)")
     r.add_argument("--profile-steps", type=int, default=0,
-                   help="profile this many training steps of the second epoch with torch.profiler: kernels per step, "
+                   help="profile up to this many training steps of the second epoch (from its 4th to 11th step on, "
+                        "past --fast's warm-up and capture; not past its end) with torch.profiler: kernels per step, "
                         "their summed GPU time and the wall time per step (what bounds a step: the CPU launching "
                         "kernels, or the GPU running them), saved as 'profile' in the JSON; 0: off")
     r.add_argument("--checkpoint-every", type=int, default=0,
@@ -937,11 +938,12 @@ class StepProfiler:
             self._fail(e)
 
     def close(self):
-        """At the end of the run: a window still open ends here (fewer steps), one never reached says so."""
+        """At the end of the window's epoch or of the run: a window still open ends here (fewer steps), one never
+        reached, or left before a step inside it, says so."""
         if self.result is not None:
             return
-        if self.prof is None:
-            self.result = {"error": f"the run ended before step {self.start + 1}, where profiling starts"}
+        if self.prof is None or self.calls == self.start:
+            self._fail(f"step {self.start + 1}, where profiling starts, was never reached")
             return
         try:
             self._finish(self.calls - self.start)
@@ -969,8 +971,8 @@ class StepProfiler:
             "top_gpu_kernels": top_activities(gpu, steps),  # where the GPU time goes: the next thing to remove
         }
 
-    def _fail(self, e):
-        self.result = {"error": f"{e.__class__.__name__}: {e}"}
+    def _fail(self, e):  # e: an exception, or what went wrong in words
+        self.result = {"error": e if isinstance(e, str) else f"{e.__class__.__name__}: {e}"}
         prof, self.prof = self.prof, None
         if prof is not None:
             try:
@@ -1048,12 +1050,18 @@ class Run:
         args = self.args
         train_loss = (self._loss_sum / max(self._steps, 1)).item() if self._steps else float("nan")
         steps, self._loss_sum, self._steps = self._steps, 0.0, 0
+        if epoch == 1 and self.profiler is not None:
+            self.profiler.close()  # the window ends with the second epoch at the latest, before its evaluation
         if epoch == 0 and args.profile_steps:  # (a resumed run never ends epoch 0 here: its window is past)
-            # --profile-steps: in the second epoch, 10 steps in (past its eager warm-up steps and graph capture), and
-            # not past its end (no evaluation inside the window); an epoch's length is the method's (a sampler's)
-            offset = max(1, min(10, steps // 2))
-            self.profiler = StepProfiler(steps + offset, max(1, min(args.profile_steps, steps - offset)), args.device)
+            # --profile-steps: in the second epoch, from its 4th to its 11th step (past --fast's 2 eager warm-up steps
+            # and the capture of the epoch's new lr: GraphedStep) as the epoch's length allows, which is the
+            # method's (a sampler's), not the training set's
+            offset = max(3, min(10, steps // 2))
+            self.profiler = StepProfiler(steps + offset, min(args.profile_steps, steps - offset), args.device)
             self.profiler.calls = steps
+            if steps <= offset:
+                self.profiler.result = {"error": f"an epoch of {steps} steps is too short to profile: the window "
+                                                 f"starts after step {offset} of the second epoch"}
         if not math.isfinite(train_loss):
             self.save(status="diverged", epochs_completed=epoch, diverged_epoch=epoch)
             self.drop_checkpoint()  # its JSON ends it: no later invocation goes on
@@ -1073,7 +1081,7 @@ class Run:
             self.checkpoint(epoch)
         eta = elapsed / (epoch + 1) * (args.epochs - epoch - 1)
         test = f"  test {entry['test_top1']:5.2f}%" if entry["test_top1"] is not None else ""
-        first = "" if self._told_steps else f"  ({steps} step{'s' * (steps != 1)} of {args.batch_size})"  # its length
+        first = "" if self._told_steps else f"  ({steps} step{'s' * (steps != 1)})"  # the method's epoch length
         self._told_steps = True
         print(f"{self.tag} epoch {epoch + 1:3d}/{args.epochs}  lr {lr:.5f}  loss {train_loss:.4f}{test}  "
               f"elapsed {fmt_time(elapsed)}  eta {fmt_time(eta)}{first}", flush=True)
@@ -1140,9 +1148,11 @@ class Run:
               f"ECE {f['ece']:.2f}  wall {fmt_time(time.time() - self.t0)}  -> {self.path}", flush=True)
 
     def _profile(self):
-        if self.profiler is None:  # (a resumed run: its window was in an earlier invocation)
-            return {"error": "the run ended before its second epoch, where profiling starts"} \
-                if self.args.profile_steps and not self.resumed else None
+        if self.profiler is None:
+            if not self.args.profile_steps:
+                return None
+            return {"error": "resumed: the second epoch, where profiling happens, ran in an earlier invocation"
+                    if self.resumed else "the run ended before its second epoch, where profiling starts"}
         self.profiler.close()
         return self.profiler.result
 
@@ -1299,7 +1309,7 @@ def plan(jobs, flags, out, at_once=1, extra=()):
     short, would otherwise travel to every later one. `flags` go before the job's own (run_all.sh's DATA_FLAGS),
     `extra` after them (its EXTRA), as on a run's command line: a job value EXTRA would change is refused."""
     walls = _completed_walls(out, at_once)
-    lines, checked = [], set()
+    lines, checked, paths = [], set(), {}
     for job in jobs:
         row, itype, ratio, seed = job.split("|")
         args = row_args(row, list(flags) + ["--imbalance-type", itype, "--imbalance-ratio", ratio, "--seed", seed,
@@ -1310,6 +1320,9 @@ def plan(jobs, flags, out, at_once=1, extra=()):
             check(getattr(args, name) == value,
                   f"run_all.sh: EXTRA sets {flag}, which run_all.sh gives every run itself: use {env}")
         path = result_path(args)
+        check(path not in paths, f"run_all.sh: '{paths.get(path)}' and '{job}' would both write {path} (SETTINGS or "
+                                 "SEEDS name a setting or seed twice, or EXTRA gives every row one --name)")
+        paths[path] = job
         source = (args.dataset, args.data_dir)
         if args.dataset != "synthetic" and source not in checked and not os.path.exists(path):
             try:

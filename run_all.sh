@@ -116,7 +116,7 @@ if [ "${FAST:-0}" = 1 ]; then EXTRA="--fast $EXTRA"; fi
 only_rc=0; grep -qE -- "$ONLY" <<<"" 2>/dev/null || only_rc=$?  # 1: no match, 2: not a pattern
 [ "$only_rc" -le 1 ] || { echo "run_all.sh: ONLY='$ONLY' is not an extended regular expression (grep -E)" >&2; exit 1; }
 for setting in $SETTINGS; do  # TYPE:RATIO, e.g. exp:100
-  [[ "$setting" =~ ^(exp|step|none):[^:,]+$ ]] || { echo "run_all.sh: SETTINGS='$SETTINGS': each setting is" \
+  [[ "$setting" =~ ^(exp|step|none):[^:,|]+$ ]] || { echo "run_all.sh: SETTINGS='$SETTINGS': each setting is" \
     "TYPE:RATIO (exp, step or none), settings separated by spaces, e.g. SETTINGS=\"exp:100 step:10\"" >&2; exit 1; }
 done
 jobs_list=()

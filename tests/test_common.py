@@ -447,19 +447,29 @@ def bookkeeping_run(tmp_path, monkeypatch, method, *flags, top1=1.0):
 
 def test_the_epoch_length_and_the_profiled_window_are_the_methods_own(tmp_path, monkeypatch, capsys):
     """An epoch is as long as the method makes it (undersampling: C x n_min images, not the training set): the first
-    epoch's line says how many steps it took, and --profile-steps profiles steps of the second epoch by that length
-    (from its 3rd step here: 4 steps, offset 4 // 2)."""
-    args, run = bookkeeping_run(tmp_path, monkeypatch, "short_epochs", "--epochs", "3", "--profile-steps", "2")
-    assert run.data.steps_per_epoch > 4  # a plain epoch is longer
+    epoch's line says how many steps it took, and --profile-steps profiles steps of the second epoch by that length,
+    from its 4th (past --fast's 2 eager steps and capture at the epoch's new lr), never past its end (its
+    evaluation): 6 steps an epoch here, --profile-steps 5 profiles 3. An epoch of 3 steps is too short."""
+    args, run = bookkeeping_run(tmp_path, monkeypatch, "short_epochs", "--epochs", "3", "--profile-steps", "5")
+    assert run.data.steps_per_epoch > 6  # a plain epoch is longer
     for epoch in range(args.epochs):
-        for _ in range(4):
+        for _ in range(6):
             run.log_step(torch.tensor(1.0))
         run.end_epoch(epoch, common.lr_at(epoch, args), model=None)
     run.finish(None)
     lines = [line for line in capsys.readouterr().out.splitlines() if " epoch " in line]
-    assert lines[0].endswith(f"(4 steps of {args.batch_size})") and "steps" not in lines[1] + lines[2]
+    assert lines[0].endswith("(6 steps)") and "steps" not in lines[1] + lines[2]
     (r,) = read_results(tmp_path).values()
-    assert r["profile"]["first_step"] == 7 and r["profile"]["steps"] == 2  # steps 7 and 8: the 2nd epoch's 3rd, 4th
+    assert r["profile"]["first_step"] == 10 and r["profile"]["steps"] == 3  # steps 10-12: the 2nd epoch's 4th-6th
+    args, run = bookkeeping_run(tmp_path, monkeypatch, "shorter_epochs", "--epochs", "2", "--profile-steps", "5")
+    for epoch in range(args.epochs):
+        for _ in range(3):
+            run.log_step(torch.tensor(1.0))
+        run.end_epoch(epoch, common.lr_at(epoch, args), model=None)
+    run.finish(None)
+    (r,) = [r for r in read_results(tmp_path).values() if r["method"] == "shorter_epochs"]
+    assert r["profile"] == {"error": "an epoch of 3 steps is too short to profile: the window starts after step 3 "
+                                     "of the second epoch"}
 
 
 def test_a_checkpoint_is_saved_after_every_kth_epoch_but_the_last(tmp_path, monkeypatch):
@@ -616,7 +626,12 @@ def test_step_profiler_measures_its_window_and_never_raises(monkeypatch):
     prof = common.StepProfiler(start=30, steps=5, device="cpu")  # never reached: said so
     prof.tick()
     prof.close()
-    assert prof.result == {"error": "the run ended before step 31, where profiling starts"}
+    assert prof.result == {"error": "step 31, where profiling starts, was never reached"}
+    prof = common.StepProfiler(start=3, steps=5, device="cpu")  # opened after step 3, closed before step 4 ran
+    for _ in range(3):
+        prof.tick()
+    prof.close()
+    assert prof.result == {"error": "step 4, where profiling starts, was never reached"}
 
     def broken(*args, **kwargs):
         raise RuntimeError("no profiler here")

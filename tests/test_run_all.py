@@ -168,6 +168,12 @@ def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anyth
                           ("--overwrite", "--overwrite and --skip-existing contradict")):
         proc = bash(EXTRA=extra)
         assert proc.returncode == 1 and needle in proc.stderr and not out.exists(), proc.stdout + proc.stderr
+    # two jobs that would write one JSON (and train into it at once) are refused: a seed or a setting named twice
+    for more in ({"SEEDS": "0 0"}, {"SETTINGS": "none:10 none:100"}, {"ONLY": "^erm.py$|--loss ce", "EXTRA": "--name x"},
+                 {"SETTINGS": "exp:1|0"}):
+        proc = bash("--dry-run", **more)
+        assert proc.returncode == 1 and ("would both write" in proc.stderr or "TYPE:RATIO" in proc.stderr), \
+            proc.stdout + proc.stderr
     write_run(out, "synthetic-exp-r10", "erm", 0, wall=42.0, at_once=2)
     before = sorted(p for p in out.rglob("*"))
     plan = bash("--dry-run", JOBS="2")
