@@ -115,12 +115,10 @@ if [ "${FAST:-0}" = 1 ]; then EXTRA="--fast $EXTRA"; fi
 
 only_rc=0; grep -qE -- "$ONLY" <<<"" 2>/dev/null || only_rc=$?  # 1: no match, 2: not a pattern
 [ "$only_rc" -le 1 ] || { echo "run_all.sh: ONLY='$ONLY' is not an extended regular expression (grep -E)" >&2; exit 1; }
+jobs_list=()
 for setting in $SETTINGS; do  # TYPE:RATIO, e.g. exp:100
   [[ "$setting" =~ ^(exp|step|none):[^:,|]+$ ]] || { echo "run_all.sh: SETTINGS='$SETTINGS': each setting is" \
     "TYPE:RATIO (exp, step or none), settings separated by spaces, e.g. SETTINGS=\"exp:100 step:10\"" >&2; exit 1; }
-done
-jobs_list=()
-for setting in $SETTINGS; do
   for seed in $SEEDS; do
     for row in "${ROWS[@]}"; do
       script=${row%% *}

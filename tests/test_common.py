@@ -650,7 +650,9 @@ def test_step_profiler_measures_its_window_and_never_raises(monkeypatch):
      "note: --max-m, --scale change nothing with --loss ce"),
     ("mm_drw.py", ["--no-drw"], ["--beta", "0.999"], "note: --beta changes nothing with --no-drw"),
     ("sam.py", ["--base", "ce"], ["--drw-epoch", "5"], "note: --drw-epoch changes nothing with --base ce"),
-    ("pcn_sgd.py", [], ["--gn-group-size", "2"], "note: --gn-group-size changes nothing with --norm batch")])
+    ("pcn_sgd.py", [], ["--gn-group-size", "2"], "note: --gn-group-size changes nothing with --norm batch"),
+    ("pcn_sgd.py", ["--variant", "sgd_o"], ["--class-grads", "batched"],
+     "note: --class-grads changes nothing with --variant sgd_o, whose plain update needs one joint backward")])
 def test_a_flag_the_run_ignores_is_named(script, base, ignored, note, capsys):
     """A method's flag given another value than its default, where the run's other flags make it unused, gets a
     note (its JSON still records it); left at its default, or where it is used, it gets none."""
