@@ -34,6 +34,7 @@
 # history. Each invocation appends a line to $OUT/run_all.jsonl (wall time, runs, JOBS/FAST/MPS), which the
 # report sums. The training seed varies; the data seed stays 0, the subset of the official code.
 set -euo pipefail
+set -f  # no pathname expansion: DATA_FLAGS and EXTRA are split into words, as the plan reads them, never globbed
 # Its settings come from the environment (above); the only arguments are --dry-run and --help.
 DRY_RUN=0
 for arg in "$@"; do

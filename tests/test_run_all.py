@@ -189,13 +189,17 @@ def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anyth
 
 def test_an_invocation_whose_every_run_failed_records_nothing(tmp_path):
     python = tmp_path / "python"  # a python that fails every training run (after the plan, which it passes on)
-    python.write_text('#!/bin/sh\ncase "$1" in methods/*) echo "error: boom"; exit 1;; esac\nexec python "$@"\n')
+    python.write_text('#!/bin/sh\ncase "$1" in methods/*) echo "error: boom $*"; exit 1;; esac\nexec python "$@"\n')
     python.chmod(0o755)
     out = tmp_path / "results"
     proc = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "SMOKE": "1", "OUT": str(out), "ONLY": "^erm.py$", "PYTHON": str(python)})
+                          env={**os.environ, "SMOKE": "1", "OUT": str(out), "ONLY": "^erm.py$", "PYTHON": str(python),
+                               "EXTRA": "--name m*"})
     assert proc.returncode == 1 and "every run failed (1): nothing added" in proc.stderr, proc.stdout + proc.stderr
     assert not (out / "run_all.jsonl").exists() and not (out / "RESULTS.md").exists()
+    # EXTRA reaches the run as the words the plan checked, not globbed ('m*' would be the repository's methods/)
+    (log,) = (out / "logs").glob("*.log")
+    assert log.read_text().rstrip().endswith(" --resume --name m*"), log.read_text()
 
 
 def keep_checkpoints():
