@@ -13,7 +13,7 @@ from conftest import ROOT, read_results, without_times
 
 import common
 
-ARGS = ["--dataset", "synthetic", "--imbalance-ratio", "10", "--batch-size", "128", "--epochs", "3",
+ARGS = ["--dataset", "synthetic", "--imbalance-ratio", "100", "--batch-size", "128", "--epochs", "3",
         "--eval-every", "1", "--device", "cpu", "--deterministic"]
 # PCNSGD+O: every kind of state a checkpoint holds (model, momentum, the batch-order and augmentation generator, the
 # per-class index streams, per-epoch extras); the other methods' loops hold a subset of it
@@ -93,7 +93,7 @@ def test_a_checkpoint_of_another_subset_or_other_code_is_not_resumed(tmp_path):
 
 
 def test_a_damaged_checkpoint_is_not_resumed(tmp_path):
-    ckpt = tmp_path / "checkpoints" / "synthetic-exp-r10" / "erm" / "seed0.pt"
+    ckpt = tmp_path / "checkpoints" / "synthetic-exp-r100" / "erm" / "seed0.pt"
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"not a checkpoint")
     run = launch(["erm.py"], tmp_path, "--checkpoint-every", "1", "--resume")

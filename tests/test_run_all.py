@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -89,21 +90,38 @@ def test_a_run_still_going_at_the_deadline_is_stopped_and_goes_on_next_time(tmp_
     """... first in the next invocation (before seed 0 here): a run a checkpoint holds part of ends soonest."""
     out = tmp_path / "results"
     env = {**os.environ, "SMOKE": "1", "OUT": str(out), "JOBS": "1", "SEEDS": "0 1", "ONLY": "^erm.py$",
-           "EXTRA": "--epochs 40", "CHECKPOINT_EVERY": "1"}
+           "SETTINGS": "exp:100", "EXTRA": "--epochs 28", "CHECKPOINT_EVERY": "1"}  # (r100: 242 images, quick epochs)
+    # the first invocation's run sleeps 0.5 s at each epoch's end, so that it is still going at the deadline on any
+    # machine (28 epochs: over 14 s), yet ends an epoch and saves its checkpoint well before it
+    slow = tmp_path / "python"
+    slow.write_text(f"""#!/bin/sh
+case "$1" in methods/*) exec {sys.executable} -c '
+import runpy, sys, time
+sys.path.insert(0, {json.dumps(ROOT)})
+import common
+end_epoch = common.Run.end_epoch
+common.Run.end_epoch = lambda self, *a, **k: (time.sleep(0.5), end_epoch(self, *a, **k))[1]
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+' "$@";; esac
+exec {sys.executable} "$@"
+""")
+    slow.chmod(0o755)
     first = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                           env={**env, "SEEDS": "1", "DEADLINE": "12"})  # no estimate yet: it starts, stopped at 12 s
+                           env={**env, "SEEDS": "1", "DEADLINE": "12", "PYTHON": str(slow)})  # no estimate yet:
+    # it starts, and is stopped at 12 s
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "1 stopped at the deadline (they go on from their checkpoints)" in first.stdout
-    assert not (out / "synthetic-exp-r10" / "erm" / "seed1.json").exists()
-    assert (out / "checkpoints" / "synthetic-exp-r10" / "erm" / "seed1.pt").exists()  # kept for the next invocation
+    assert not (out / "synthetic-exp-r100" / "erm" / "seed1.json").exists()
+    assert (out / "checkpoints" / "synthetic-exp-r100" / "erm" / "seed1.pt").exists()  # kept for the next invocation
     assert json.loads((out / "run_all.jsonl").read_text())["cut_at_deadline"] == 1
     second = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**env, "JOBS": "2"})  # (both at once: the start lines still show the order)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     starts = [l for l in second.stdout.splitlines() if l.startswith("[run_all] start ")]
     assert "--seed 1" in starts[0] and "--seed 0" in starts[1]
-    r0, r1 = (read_results(out)[f"synthetic-exp-r10/erm/seed{k}.json"] for k in (0, 1))
-    assert r1["status"] == "completed" and len(r1["resumed_at_epochs"]) == 1 and len(r1["history"]) == 40
+    r0, r1 = (read_results(out)[f"synthetic-exp-r100/erm/seed{k}.json"] for k in (0, 1))
+    assert r1["status"] == "completed" and len(r1["resumed_at_epochs"]) == 1 and len(r1["history"]) == 28
     assert r0["status"] == "completed" and r0["resumed_at_epochs"] == []
     # the run cut once and ended later counts once as completed: 2 runs, not 3
     assert "(2 runs completed, 0 failed, 1 stopped at a deadline to go on from their checkpoints" in \
