@@ -16,16 +16,17 @@
 # per training step, the same math 4.6x faster per epoch there; 0: the plain eager path; no effect on CPU),
 # MPS (1: run under a CUDA MPS daemon, started here and stopped at the end, so that the kernels of the JOBS runs
 # can share the GPU at once instead of taking turns), DEADLINE (seconds: no run starts that is expected to end
-# later, judged by the wall time of the same method's finished runs, or the longest known run for a method never
-# run; the rest is left for the next invocation; a run still going at the deadline is stopped there),
+# later, judged by the wall time of the same method's finished runs, or for a method never run by the finished runs
+# of every method scaled by the passes its step needs (SAM 2 ERM steps, PCNSGD (1 + 2C) / 3); the rest is left for
+# the next invocation; a run still going at the deadline is stopped there),
 # CHECKPOINT_EVERY (10: every run saves its state every 10 epochs under $OUT/checkpoints/ and resumes from it when
 # run again, so a killed run loses at most 10 epochs; under DEADLINE, once every run that can end in time has
 # started, a free slot trains a deferred run up to the checkpoints it can reach, so the GPU is not idle at the end
 # of a window and a run longer than the whole window ends over several invocations; 0: off),
 # OUT (results), PYTHON, EXTRA (flags added to every run, after its own; not --seed, --imbalance-type/-ratio or
 # --out, which SEEDS, SETTINGS and OUT set), ONLY (run only the rows whose script or flags match
-# this grep -E pattern), NEW_RUN_S (seconds of one run, the estimate for DEADLINE and --dry-run while no run has ended;
-# .ci/gpu-session sets it from the benchmark's projection), IMBALANCE_REF_GIT_COMMIT (the commit to record where
+# this grep -E pattern), NEW_RUN_S (seconds of one ERM run, the estimate for DEADLINE and --dry-run while no run has
+# ended, times the passes a row's step needs; .ci/gpu-session sets it from the benchmark's projection), IMBALANCE_REF_GIT_COMMIT (the commit to record where
 # this folder is not a git checkout, as on a GPU machine the working tree was copied to).
 # Order: the runs a checkpoint holds part of first, then setting by setting, seed 0 of every row first, so that a
 # stopped run leaves a whole one-seed table.
@@ -140,16 +141,17 @@ fi
 # checks every job's flags before anything trains.
 # shellcheck disable=SC2086  # flags are meant to split into words
 mapfile -t plan < <(printf '%s\n' "${jobs_list[@]}" | "$PYTHON" common.py plan --out "$OUT" --jobs "$JOBS" \
-  --extra="$EXTRA" -- $DATA_FLAGS)
+  --extra="$EXTRA" ${NEW_RUN_S:+--new-run-s "$NEW_RUN_S"} -- $DATA_FLAGS)
 [ "${#plan[@]}" -eq "${#jobs_list[@]}" ] || { echo "run_all.sh: could not plan the runs (see above)" >&2; exit 1; }
 
 logname() { echo "$OUT/logs/$(tr -c 'A-Za-z0-9_.\n-' '_' <<<"${1}_${2}${3}_seed${4}" | sed 's/_\+/_/g').log"; }
 total=${#jobs_list[@]}
 todo=() partial=() done_before=0
 declare -A est  # row|setting -> expected seconds of one run (from earlier runs, then from this invocation's)
-declare -A left epochs_of  # job -> per mille of its epochs still to train (a checkpoint holds the rest); epochs
+declare -A left epochs_of scaled  # job -> per mille of its epochs still to train (a checkpoint holds the rest);
+# epochs; seconds of a whole run by the passes its step needs, from every method's runs (-1: none known)
 for i in "${!jobs_list[@]}"; do
-  read -r done seconds epochs_done epochs _ <<<"${plan[$i]}"
+  read -r done seconds epochs_done epochs scaled[$i] _ <<<"${plan[$i]}"
   left[$i]=$(( 1000 * (epochs - epochs_done) / epochs )) epochs_of[$i]=$epochs
   IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
   if [ "$done" = 1 ]; then done_before=$((done_before + 1))
@@ -167,13 +169,14 @@ done
 todo=(${partial[@]+"${partial[@]}"} ${todo[@]+"${todo[@]}"})
 
 hms() { printf '%d:%02d:%02d' $(($1 / 3600)) $(($1 / 60 % 60)) $(($1 % 60)); }
-estimate() {  # seconds of a whole run of job $1: its method's earlier runs, else the longest known, else NEW_RUN_S
+estimate() {  # seconds of a whole run of job $1: its method's earlier runs, else every method's runs (or NEW_RUN_S)
+  # scaled by the passes its step needs (the plan's), else the longest run of this invocation
   local key whole e
   IFS='|' read -r row itype ratio seed <<<"${jobs_list[$1]}"
   key="$row|$itype$ratio" whole=${est[$key]:-}
+  [ -n "$whole" ] || [ "${scaled[$1]}" -lt 0 ] || whole=${scaled[$1]}
   if [ -z "$whole" ]; then
     for e in "${est[@]}"; do [ "$e" -gt "${whole:--1}" ] && whole=$e; done
-    whole=${whole:-${NEW_RUN_S:-}}
   fi
   echo "$whole"
 }
@@ -194,7 +197,7 @@ if [ "$DRY_RUN" = 1 ]; then  # the plan only: nothing trains, no log, run_all.js
       w=$(( w * ${left[$i]} / 1000 )) known=$((known + 1))
       sum=$(( sum + w )) longest=$(( w > longest ? w : longest )) e="~$w s"
       if [ -n "${est["$row|$itype$ratio"]:-}" ]; then e+=", as this row's earlier runs"
-      else e+=", as the longest run known: SAM takes ~2x, PCNSGD more"; fi
+      else e+=", as the runs so far${NEW_RUN_S:+ (or NEW_RUN_S)} by the passes its step needs"; fi
     fi
     state="to run  " && [ "$epochs_done" -gt 0 ] && state="part-done"
     echo "  $state methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed " \

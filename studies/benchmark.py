@@ -368,23 +368,6 @@ def bound_lines(reports):
     return lines
 
 
-def inherent_multiple(result):
-    """(multiple, why): what a run's training step costs against ERM's by the passes its math needs, in ERM steps
-    (a backward pass counted as two forwards): SAM 2 (two forward-backward passes); PCNSGD and PCNSGD+O one forward
-    and C backward passes, (1 + 2C) / 3; with --norm group C forward-backward passes on the class subsets, C (small
-    kernels: a step is bound by their number, not by their work); every other row 1 (its loss or sampler adds no
-    pass)."""
-    script = os.path.basename(result["command"].split()[0])  # (joined without quoting: no shlex)
-    a, c = result["args"], len(result["train_class_counts"])
-    if script == "sam.py":
-        return 2.0, "two forward-backward passes"
-    if script == "pcn_sgd.py" and a.get("variant") != "sgd_o":
-        if a.get("norm") == "group":
-            return float(c), f"C = {c} forward-backward passes, one per class"
-        return (1 + 2 * c) / 3, f"one forward and C = {c} backward passes"
-    return 1.0, "one forward-backward pass"
-
-
 def fast_steps(fast_path):
     """The training steps a --fast run took (its "fast_path" counters: eager warm-up steps and graph replays); 0 for
     an eager run, whose JSON does not count its steps."""
@@ -453,7 +436,7 @@ def step_cost_lines(runs, reports=(), tolerance=1.25):
             lines.append(f"| erm (benchmark) | {erm:.2f} | 1.00x | 1.0x (one forward-backward pass) | — |")
         for method in sorted(methods, key=lambda m: (m != "erm", m)):
             ms = medians[method]
-            inherent, why = inherent_multiple(methods[method][0][1])
+            inherent, why = common.result_multiple(methods[method][0][1])
             x = ms / erm
             verdict = "—" if method == "erm" else "yes" if x <= inherent * tolerance else f"**no** ({x / inherent:.1f}x it)"
             lines.append(f"| {method} | {ms:.2f} ({len(methods[method])}) | {x:.2f}x | {inherent:.1f}x ({why}) | {verdict} |")
@@ -484,7 +467,7 @@ def table_time_lines(runs, target_min=10):
     lines = []
     for (setting, device), found in sorted(groups.items()):
         gpu_s = sum(r["wall_time_s"] / (r.get("runs_at_once") or 1) for r in found)
-        per_step = gpu_s / sum(inherent_multiple(r)[0] * fast_steps(r["fast_path"]) for r in found)
+        per_step = gpu_s / sum(common.result_multiple(r)[0] * fast_steps(r["fast_path"]) for r in found)
         a, counts = found[0]["args"], found[0]["train_class_counts"]
         erm_steps = a["epochs"] * math.ceil(sum(counts) / a["batch_size"])  # (every row but undersampling)
         data = ["--dataset", "synthetic", "--device", "cpu", "--imbalance-type", a["imbalance_type"],
@@ -492,8 +475,7 @@ def table_time_lines(runs, target_min=10):
         work = 0.0  # the whole table in ERM steps
         for row, method in table.items():
             steps = [fast_steps(r["fast_path"]) for r in found if r["method"] == method]
-            multiple = inherent_multiple({"command": f"methods/{row}", "train_class_counts": counts,
-                                          "args": vars(common.row_args(row, data))})[0]
+            multiple = common.inherent_multiple(row.split()[0], vars(common.row_args(row, data)), len(counts))[0]
             work += len(seeds) * multiple * (statistics.median(steps) if steps else erm_steps)
         shared = sorted({(r.get("runs_at_once") or 1, bool(r.get("mps"))) for r in found})
         how = ", ".join(f"{n} at once{' under MPS' if m else ''}" if n > 1 else "one alone" for n, m in shared)

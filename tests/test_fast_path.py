@@ -206,9 +206,9 @@ def test_step_cost_against_erm_from_the_table_runs():
             run("class_weights.py", "class_weights", 0.6, fast=False),  # eager: its steps are not counted
             run("class_balanced.py", "cb_softmax", 0.6, device="cpu")]
     assert bench.step_ms(runs[0]) == pytest.approx(50.0)  # 0.5 s per epoch of 10 steps
-    assert bench.inherent_multiple(runs[3]) == (7.0, "one forward and C = 10 backward passes")
-    assert bench.inherent_multiple(runs[2])[0] == 2.0 and bench.inherent_multiple(runs[5])[0] == 1.0
-    assert bench.inherent_multiple(run("pcn_sgd.py --variant sgd_o", "sgd_o", 1.0)) == (1.0, "one forward-backward pass")
+    assert common.result_multiple(runs[3]) == (7.0, "one forward and C = 10 backward passes")
+    assert common.result_multiple(runs[2])[0] == 2.0 and common.result_multiple(runs[5])[0] == 1.0
+    assert common.result_multiple(run("pcn_sgd.py --variant sgd_o", "sgd_o", 1.0)) == (1.0, "one forward-backward pass")
     # within its multiple up to the tolerance (runs beside it slow it): 1.2x ERM's step for one pass is "yes"
     (near,) = [l for l in bench.step_cost_lines([runs[0], run("focal.py", "focal", 0.6)]) if l.startswith("| focal")]
     assert near.endswith("| 1.20x | 1.0x (one forward-backward pass) | yes |"), near

@@ -203,6 +203,16 @@ def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anyth
                         "(2 epochs, ~42 s, as this row's earlier runs)")
     assert lines[3].startswith("[run_all] expected wall time: 0:00:42 at 2 at a time") and len(lines) == 4
     assert sorted(p for p in out.rglob("*")) == before  # no log, no run_all.jsonl, no report, no run
+    # a row never run: every method's runs (here NEW_RUN_S, no run having ended) by the passes its step needs
+    plan = bash("--dry-run", OUT=str(tmp_path / "none"), ONLY="^(sam.py --base ce_drw|erm.py)$", SEEDS="0",
+                NEW_RUN_S="40").stdout.splitlines()
+    assert plan[1:] == [
+        "  to run   methods/erm.py --imbalance-type exp --imbalance-ratio 10 --seed 0  (2 epochs, ~40 s, as the runs "
+        "so far (or NEW_RUN_S) by the passes its step needs)",
+        "  to run   methods/sam.py --base ce_drw --imbalance-type exp --imbalance-ratio 10 --seed 0  (2 epochs, ~80 s, "
+        "as the runs so far (or NEW_RUN_S) by the passes its step needs)",
+        "[run_all] expected wall time: 0:01:20 at 2 at a time (the sum of the estimates above over JOBS, or the longest "
+        "if more; 0 runs without one count 0)"], plan
 
 
 def test_an_invocation_whose_every_run_failed_records_nothing(tmp_path):
@@ -252,17 +262,46 @@ def test_plan_finds_the_checkpoint_each_rows_own_run_saves(tmp_path):
     assert {row: line.split()[2] for row, line in zip(rows, lines)} == {row: "1" for row in rows}
 
 
-def write_run(root, setting, method, seed, status="completed", wall=10.0, at_once=None):
+def write_run(root, setting, method, seed, status="completed", wall=10.0, at_once=None, command=None, args=None):
+    """A results JSON with what the planner reads; with a command, the command, arguments and 10 classes' counts from
+    which common.result_multiple reads the passes its step needs."""
     path = root / setting / method / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"setting": setting, "method": method, "status": status, "wall_time_s": wall,
-                                **({"runs_at_once": at_once} if at_once else {})}))
+                                **({"runs_at_once": at_once} if at_once else {}),
+                                **({"command": command, "args": args or {}, "train_class_counts": [10] * 10}
+                                   if command else {})}))
     return str(path)
 
 
+def test_plan_scales_a_new_rows_estimate_by_the_passes_its_step_needs(tmp_path):
+    """A row never run is expected to take the longest run of the setting (else of any setting) over the passes that
+    run's step needed, times its own: SAM two forward-backward passes, PCNSGD one forward and C backward passes,
+    (1 + 2C) / 3; with no run at all, NEW_RUN_S as an ERM run."""
+    flags = ["--dataset", "synthetic", "--device", "cpu"]
+    jobs = ["erm.py|exp|10|0", "sam.py --base ce_drw|exp|10|0", "pcn_sgd.py --variant pcnsgd|exp|10|0",
+            "pcn_sgd.py --variant sgd_o|exp|10|0", "undersampling.py|exp|10|0"]
+    scaled = lambda out, **more: [int(l.split()[4]) for l in common.plan(jobs, flags, str(out), **more)]  # noqa: E731
+    assert scaled(tmp_path) == [-1] * 5                                     # nothing known
+    assert scaled(tmp_path, new_run_s=100) == [100, 200, 700, 100, 100]   # NEW_RUN_S: an ERM run
+    write_run(tmp_path, "synthetic-exp-r10", "erm", 1, wall=30.0, command="methods/erm.py")
+    assert scaled(tmp_path, new_run_s=100) == [30, 60, 210, 30, 30]       # a finished run comes first
+    # a SAM run of 90 s stands for an ERM run of 45 s: the longest, so the reference
+    write_run(tmp_path, "synthetic-exp-r10", "sam_ce_drw", 1, wall=90.0, command="methods/sam.py --base ce_drw",
+              args={"base": "ce_drw"})
+    assert scaled(tmp_path) == [45, 90, 315, 45, 45]
+    write_run(tmp_path, "synthetic-exp-r10", "pcnsgd", 1, wall=700.0, command="methods/pcn_sgd.py --variant pcnsgd",
+              args={"variant": "pcnsgd"})                                   # 7 passes: an ERM run of 100 s
+    assert scaled(tmp_path) == [100, 200, 700, 100, 100]
+    # another setting's runs count only where the job's own setting has none
+    assert [int(l.split()[4]) for l in common.plan(["sam.py|step|10|0"], flags, str(tmp_path))] == [200]
+    write_run(tmp_path, "synthetic-step-r10", "erm", 0, wall=10.0, command="methods/erm.py")
+    assert [int(l.split()[4]) for l in common.plan(["sam.py|step|10|0"], flags, str(tmp_path))] == [20]
+
+
 def test_plan_marks_existing_runs_and_estimates_from_the_same_method(tmp_path):
-    done = write_run(tmp_path, "synthetic-exp-r10", "erm", 0, wall=30.4)
-    write_run(tmp_path, "synthetic-exp-r50", "erm", 0, wall=50.0)
+    done = write_run(tmp_path, "synthetic-exp-r10", "erm", 0, wall=30.4, command="methods/erm.py")
+    write_run(tmp_path, "synthetic-exp-r50", "erm", 0, wall=50.0, command="methods/erm.py")
     write_run(tmp_path, "synthetic-exp-r10", "focal", 0, status="diverged", wall=5.0)
     (tmp_path / "synthetic-exp-r10" / "cdt").mkdir()
     (tmp_path / "synthetic-exp-r10" / "cdt" / "seed0.json").write_text("{not json")  # ignored, not a crash
@@ -270,11 +309,12 @@ def test_plan_marks_existing_runs_and_estimates_from_the_same_method(tmp_path):
     lines = common.plan(["erm.py|exp|10|0", "erm.py|exp|10|1", "erm.py|step|10|0", "focal.py|exp|10|1",
                          "ldam_drw.py --loss ce|exp|10|0"], flags, str(tmp_path))
     path = lambda s, m, k: os.path.join(str(tmp_path), s, m, f"seed{k}.json")  # noqa: E731
-    assert lines == [f"1 30 0 200 {done}",                                     # exists: skipped
-                     f"0 30 0 200 {path('synthetic-exp-r10', 'erm', 1)}",      # the same setting's erm runs
-                     f"0 50 0 200 {path('synthetic-step-r10', 'erm', 0)}",     # no erm run there: any setting's longest
-                     f"0 -1 0 200 {path('synthetic-exp-r10', 'focal', 1)}",    # a diverged run is no estimate
-                     f"0 -1 0 200 {path('synthetic-exp-r10', 'erm_drw', 0)}"]  # the row's method name, from its flags
+    # (the fifth field: from every method's runs, by the passes the row's step needs; test_plan_scales_... below)
+    assert lines == [f"1 30 0 200 -1 {done}",                                     # exists: skipped
+                     f"0 30 0 200 30 {path('synthetic-exp-r10', 'erm', 1)}",      # the same setting's erm runs
+                     f"0 50 0 200 50 {path('synthetic-step-r10', 'erm', 0)}",     # no erm run there: any setting's
+                     f"0 -1 0 200 30 {path('synthetic-exp-r10', 'focal', 1)}",    # a diverged run is no estimate
+                     f"0 -1 0 200 30 {path('synthetic-exp-r10', 'erm_drw', 0)}"]  # the row's method, from its flags
     # with 8 runs sharing the device, a run made with 4 at once counts twice as long; one made with 8 as it was
     write_run(tmp_path, "synthetic-exp-r10", "vs", 0, wall=100.0, at_once=4)
     write_run(tmp_path, "synthetic-exp-r10", "vs", 1, wall=150.0, at_once=8)
@@ -286,11 +326,11 @@ def test_plan_marks_existing_runs_and_estimates_from_the_same_method(tmp_path):
                                              "--out", str(tmp_path), "--resume"])
     common.torch.save({"epoch": 49, "key": common.checkpoint_key(run, os.path.join(ROOT, "methods", "erm.py"))}, ckpt)
     plan = lambda *more: common.plan(["erm.py|exp|10|1"], flags + list(more), str(tmp_path))  # noqa: E731
-    assert plan("--resume") == [f"0 30 50 200 {path('synthetic-exp-r10', 'erm', 1)}"]
-    assert plan() == [f"0 30 0 200 {path('synthetic-exp-r10', 'erm', 1)}"]  # without --resume it starts over
-    assert plan("--resume", "--lr", "0.05") == [f"0 30 0 200 {path('synthetic-exp-r10', 'erm', 1)}"]  # not its run
+    assert plan("--resume") == [f"0 30 50 200 30 {path('synthetic-exp-r10', 'erm', 1)}"]
+    assert plan() == [f"0 30 0 200 30 {path('synthetic-exp-r10', 'erm', 1)}"]  # without --resume it starts over
+    assert plan("--resume", "--lr", "0.05") == [f"0 30 0 200 30 {path('synthetic-exp-r10', 'erm', 1)}"]  # not its run
     ckpt.write_bytes(b"damaged")
-    assert plan("--resume") == [f"0 30 0 200 {path('synthetic-exp-r10', 'erm', 1)}"]
+    assert plan("--resume") == [f"0 30 0 200 30 {path('synthetic-exp-r10', 'erm', 1)}"]
     # a finished run's checkpoint (carried from the session that cut it short) is deleted, a running one's kept
     stale = ckpt.parent / "seed0.pt"
     stale.write_bytes(b"from an earlier session")
