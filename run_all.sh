@@ -26,8 +26,9 @@
 # OUT (results), PYTHON, EXTRA (flags added to every run, after its own; not --seed, --imbalance-type/-ratio or
 # --out, which SEEDS, SETTINGS and OUT set), ONLY (run only the rows whose script or flags match
 # this grep -E pattern), NEW_RUN_S (seconds of one ERM run, the estimate for DEADLINE and --dry-run while no run has
-# ended, times the passes a row's step needs; .ci/gpu-session sets it from the benchmark's projection), IMBALANCE_REF_GIT_COMMIT (the commit to record where
-# this folder is not a git checkout, as on a GPU machine the working tree was copied to).
+# ended, times the passes a row's step needs; .ci/gpu-session sets it from the benchmark's projection),
+# IMBALANCE_REF_GIT_COMMIT (the commit to record where this folder is not a git checkout, as on a GPU machine the
+# working tree was copied to).
 # Order: the runs a checkpoint holds part of first, then setting by setting, seed 0 of every row first, so that a
 # stopped run leaves a whole one-seed table.
 # A run whose JSON already exists is skipped, so a killed or DEADLINE-stopped table run resumes where it stopped;
@@ -197,7 +198,8 @@ if [ "$DRY_RUN" = 1 ]; then  # the plan only: nothing trains, no log, run_all.js
       w=$(( w * ${left[$i]} / 1000 )) known=$((known + 1))
       sum=$(( sum + w )) longest=$(( w > longest ? w : longest )) e="~$w s"
       if [ -n "${est["$row|$itype$ratio"]:-}" ]; then e+=", as this row's earlier runs"
-      else e+=", as the runs so far${NEW_RUN_S:+ (or NEW_RUN_S)} by the passes its step needs"; fi
+      elif [ "${scaled[$i]}" -ge 0 ]; then e+=", as the runs so far${NEW_RUN_S:+ (or NEW_RUN_S)} by the passes its step needs"
+      else e+=", as the longest run known"; fi
     fi
     state="to run  " && [ "$epochs_done" -gt 0 ] && state="part-done"
     echo "  $state methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed " \
