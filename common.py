@@ -1302,7 +1302,8 @@ def result_multiple(result):
 
 
 def _completed_walls(out, at_once=1):
-    """{(setting, method): [(wall_time_s, its result_multiple or None) of each completed run]} of the results JSON
+    """{(setting, method): [(wall_time_s, its result_multiple, None for undersampling) of each completed run]} of the
+    results JSON
     under `out` (others ignored), each wall time as if `at_once` runs shared the device: a run made beside fewer
     others counts at_once / its runs_at_once times longer (never shorter: a run beside fewer others than it had would
     not end sooner than it did)."""
@@ -1313,8 +1314,8 @@ def _completed_walls(out, at_once=1):
                 r = json.load(f)
             if r["status"] == "completed":
                 scale = max(1.0, at_once / (r.get("runs_at_once") or 1))
-                try:
-                    multiple = result_multiple(r)[0]
+                try:  # undersampling's epochs hold C x n_min images, not ERM's: no measure of an ERM run
+                    multiple = None if "undersampling.py" in r["command"].split()[0] else result_multiple(r)[0]
                 except (KeyError, TypeError, AttributeError, IndexError):  # a JSON without its command or arguments
                     multiple = None
                 walls.setdefault((r["setting"], r["method"]), []).append((float(r["wall_time_s"]) * scale, multiple))
@@ -1323,15 +1324,16 @@ def _completed_walls(out, at_once=1):
     return walls
 
 
-def plan(jobs, flags, out, at_once=1, extra=(), new_run_s=None):
+def plan(jobs, flags, out, at_once=1, extra=()):
     """For run_all.sh: for each job "row|imbalance type|ratio|seed", the line
-    "<done> <seconds> <epochs done> <epochs> <scaled seconds> <results JSON>": done is 1 when the JSON exists (the run
-    is skipped), seconds the longest wall time of the same method's completed runs in the same setting (else in any
-    setting; -1: never run) with `at_once` runs sharing the device (_completed_walls), epochs done those its
-    checkpoint holds (0 without --resume or a checkpoint it can use), scaled seconds the estimate for a job still to
-    run from every method's runs: the longest completed run of the setting (else of any setting; else new_run_s,
-    run_all.sh's NEW_RUN_S, taken as an ERM run) over its inherent_multiple, times the job's own (a SAM row twice an
-    ERM run; -1: no run and no new_run_s). Checks every job's flags first, and the data of each job still
+    "<done> <seconds> <epochs done> <epochs> <ERM run> <passes> <results JSON>": done is 1 when the JSON exists (the
+    run is skipped), seconds the longest wall time of the same method's completed runs in the same setting (else in
+    any setting; -1: never run) with `at_once` runs sharing the device (_completed_walls), epochs done those its
+    checkpoint holds (0 without --resume or a checkpoint it can use); for a job still to run, what a run of a method
+    never run is expected to take: ERM run, the seconds of an ERM run by the completed runs of every method in the
+    setting (else in any setting; -1: none), each run's wall time over its inherent_multiple, the largest, and
+    passes, the job's own inherent_multiple x 1000 (a SAM row takes 2000 / 1000 ERM runs; -1 -1 for a job done).
+    Checks every job's flags first, and the data of each job still
     to run (an image folder's layout; the torchvision CIFAR files, downloaded here once with --download, not by
     JOBS runs at once), so that missing data stops run_all.sh before any run starts. The
     checkpoint of a run whose JSON exists is deleted: a copy carried from an earlier session, where the run was cut
@@ -1366,18 +1368,18 @@ def plan(jobs, flags, out, at_once=1, extra=(), new_run_s=None):
             checked.add(source)
         setting = setting_name(args)
         same = walls.get((setting, args.method)) or [w for (s, m), ws in walls.items() if m == args.method for w in ws]
-        scaled = -1
+        erm_run, passes = -1, -1
         if not os.path.exists(path):  # (its data was checked above, so its number of classes is known)
             per_erm_run = [w / k for (s, _), ws in walls.items() if s == setting for w, k in ws if k] \
-                or [w / k for ws in walls.values() for w, k in ws if k] or ([new_run_s] if new_run_s else [])
-            if per_erm_run:
-                scaled = round(max(per_erm_run) * inherent_multiple(row.split()[0], vars(args), class_count(args))[0])
+                or [w / k for ws in walls.values() for w, k in ws if k]
+            erm_run = round(max(per_erm_run)) if per_erm_run else -1
+            passes = round(1000 * inherent_multiple(row.split()[0], vars(args), class_count(args))[0])
         if os.path.exists(path) and os.path.exists(checkpoint_path(args)):
             os.remove(checkpoint_path(args))
         ck, _ = load_checkpoint(args, checkpoint_key(args, os.path.join(ROOT, "methods", row.split()[0])))
         done = min(ck["epoch"] + 1, args.epochs) if ck else 0
         lines.append(f"{int(os.path.exists(path))} {round(max(w for w, _ in same)) if same else -1} {done} "
-                     f"{args.epochs} {scaled} {path}")
+                     f"{args.epochs} {erm_run} {passes} {path}")
     return lines
 
 
@@ -1906,18 +1908,17 @@ if __name__ == "__main__":
                      help="the results root to report on (README and the method headers are written only for results/)")
     pl = sub.add_parser("plan", help="for run_all.sh: read jobs 'row|type|ratio|seed' from stdin, print for each "
                                      "'<done 0|1> <seconds of its method's runs or -1> <epochs done> <epochs> "
-                                     "<seconds scaled from every method's runs or -1> <results JSON>'")
+                                     "<seconds of an ERM run by every method's runs or -1> <its passes x 1000> "
+                                     "<results JSON>'")
     pl.add_argument("--out", required=True, help="the results root of the runs")
     pl.add_argument("--jobs", type=int, default=1, help="how many runs will share the device (run_all.sh's JOBS)")
-    pl.add_argument("--new-run-s", type=int, default=None,
-                    help="seconds of an ERM run where no run has ended (run_all.sh's NEW_RUN_S)")
     pl.add_argument("--extra", default="", help="flags added to every run after its own (run_all.sh's EXTRA)")
     pl.add_argument("flags", nargs=argparse.REMAINDER, help="flags added to every run before its own (after --)")
     cli = p.parse_args()
     if cli.command == "plan":
         flags = cli.flags[1:] if cli.flags[:1] == ["--"] else cli.flags
         print("\n".join(plan([l for l in sys.stdin.read().splitlines() if l.strip()], flags, cli.out, cli.jobs,
-                              cli.extra.split(), cli.new_run_s)))
+                              cli.extra.split())))
     if cli.command == "report":
         report(cli.results_dir)
         if os.path.abspath(cli.results_dir) == os.path.join(ROOT, "results"):

@@ -16,9 +16,9 @@
 # per training step, the same math 4.6x faster per epoch there; 0: the plain eager path; no effect on CPU),
 # MPS (1: run under a CUDA MPS daemon, started here and stopped at the end, so that the kernels of the JOBS runs
 # can share the GPU at once instead of taking turns), DEADLINE (seconds: no run starts that is expected to end
-# later, judged by the wall time of the same method's finished runs, or for a method never run by the finished runs
-# of every method scaled by the passes its step needs (SAM 2 ERM steps, PCNSGD (1 + 2C) / 3); the rest is left for
-# the next invocation; a run still going at the deadline is stopped there),
+# later, judged by the wall time of the same method's finished runs, or for a method never run as an ERM run (by the
+# finished runs of every method but undersampling) times the passes its step needs (SAM 2, PCNSGD (1 + 2C) / 3); the
+# rest is left for the next invocation; a run still going at the deadline is stopped there),
 # CHECKPOINT_EVERY (10: every run saves its state every 10 epochs under $OUT/checkpoints/ and resumes from it when
 # run again, so a killed run loses at most 10 epochs; under DEADLINE, once every run that can end in time has
 # started, a free slot trains a deferred run up to the checkpoints it can reach, so the GPU is not idle at the end
@@ -138,21 +138,23 @@ if [ "${#jobs_list[@]}" -eq 0 ]; then
 fi
 
 # One line per job: "<done 0|1> <seconds the method's finished runs took, -1: unknown> <epochs its checkpoint holds>
-# <epochs> <results JSON>"; a run made with fewer than JOBS at once counts JOBS / its number times longer. This also
-# checks every job's flags before anything trains.
+# <epochs> <seconds of an ERM run by every method's finished runs, -1: none> <the passes its step needs x 1000>
+# <results JSON>"; a run made with fewer than JOBS at once counts JOBS / its number times longer. This also checks
+# every job's flags before anything trains.
 # shellcheck disable=SC2086  # flags are meant to split into words
 mapfile -t plan < <(printf '%s\n' "${jobs_list[@]}" | "$PYTHON" common.py plan --out "$OUT" --jobs "$JOBS" \
-  --extra="$EXTRA" ${NEW_RUN_S:+--new-run-s "$NEW_RUN_S"} -- $DATA_FLAGS)
+  --extra="$EXTRA" -- $DATA_FLAGS)
 [ "${#plan[@]}" -eq "${#jobs_list[@]}" ] || { echo "run_all.sh: could not plan the runs (see above)" >&2; exit 1; }
 
 logname() { echo "$OUT/logs/$(tr -c 'A-Za-z0-9_.\n-' '_' <<<"${1}_${2}${3}_seed${4}" | sed 's/_\+/_/g').log"; }
 total=${#jobs_list[@]}
 todo=() partial=() done_before=0
 declare -A est  # row|setting -> expected seconds of one run (from earlier runs, then from this invocation's)
-declare -A left epochs_of scaled  # job -> per mille of its epochs still to train (a checkpoint holds the rest);
-# epochs; seconds of a whole run by the passes its step needs, from every method's runs (-1: none known)
+declare -A left epochs_of erm_run passes  # job -> per mille of its epochs still to train (a checkpoint holds the
+# rest); its epochs; an ERM run's seconds by the finished runs (-1: none); the passes its step needs x 1000
+declare -A erm_live  # setting -> an ERM run's seconds by the whole runs of this invocation (the longest)
 for i in "${!jobs_list[@]}"; do
-  read -r done seconds epochs_done epochs scaled[$i] _ <<<"${plan[$i]}"
+  read -r done seconds epochs_done epochs erm_run[$i] passes[$i] _ <<<"${plan[$i]}"
   left[$i]=$(( 1000 * (epochs - epochs_done) / epochs )) epochs_of[$i]=$epochs
   IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
   if [ "$done" = 1 ]; then done_before=$((done_before + 1))
@@ -170,12 +172,18 @@ done
 todo=(${partial[@]+"${partial[@]}"} ${todo[@]+"${todo[@]}"})
 
 hms() { printf '%d:%02d:%02d' $(($1 / 3600)) $(($1 / 60 % 60)) $(($1 % 60)); }
-estimate() {  # seconds of a whole run of job $1: its method's earlier runs, else every method's runs (or NEW_RUN_S)
-  # scaled by the passes its step needs (the plan's), else the longest run of this invocation
-  local key whole e
+estimate() {  # seconds of a whole run of job $1: its method's earlier runs; else an ERM run (by every method's
+  # finished runs, the plan's and this invocation's in the setting, the longer; else NEW_RUN_S) times the passes its
+  # step needs; else the longest run known
+  local key whole e ref
   IFS='|' read -r row itype ratio seed <<<"${jobs_list[$1]}"
   key="$row|$itype$ratio" whole=${est[$key]:-}
-  [ -n "$whole" ] || [ "${scaled[$1]}" -lt 0 ] || whole=${scaled[$1]}
+  if [ -z "$whole" ]; then
+    ref=${erm_run[$1]}
+    if [ "${erm_live[$itype$ratio]:--1}" -gt "$ref" ]; then ref=${erm_live[$itype$ratio]}; fi
+    if [ "$ref" -lt 0 ]; then ref=${NEW_RUN_S:--1}; fi
+    if [ "$ref" -ge 0 ]; then whole=$(( ref * ${passes[$1]} / 1000 )); fi
+  fi
   if [ -z "$whole" ]; then
     for e in "${est[@]}"; do [ "$e" -gt "${whole:--1}" ] && whole=$e; done
   fi
@@ -198,7 +206,8 @@ if [ "$DRY_RUN" = 1 ]; then  # the plan only: nothing trains, no log, run_all.js
       w=$(( w * ${left[$i]} / 1000 )) known=$((known + 1))
       sum=$(( sum + w )) longest=$(( w > longest ? w : longest )) e="~$w s"
       if [ -n "${est["$row|$itype$ratio"]:-}" ]; then e+=", as this row's earlier runs"
-      elif [ "${scaled[$i]}" -ge 0 ]; then e+=", as the runs so far${NEW_RUN_S:+ (or NEW_RUN_S)} by the passes its step needs"
+      elif [ "${erm_run[$i]}" -ge 0 ] || [ -n "${NEW_RUN_S:-}" ]; then
+        e+=", as $([ "${erm_run[$i]}" -ge 0 ] && echo "the runs so far" || echo NEW_RUN_S) by the passes its step needs"
       else e+=", as the longest run known"; fi
     fi
     state="to run  " && [ "$epochs_done" -gt 0 ] && state="part-done"
@@ -210,7 +219,7 @@ if [ "$DRY_RUN" = 1 ]; then  # the plan only: nothing trains, no log, run_all.js
       "(the sum of the estimates above over JOBS, or the longest if more; $(( ${#todo[@]} - known )) runs without one" \
       "count 0)"
   elif [ "${#todo[@]}" -gt 0 ]; then
-    echo "[run_all] no estimate of the wall time: no run has ended yet (NEW_RUN_S=<seconds of one run> sets one)"
+    echo "[run_all] no estimate of the wall time: no run has ended yet (NEW_RUN_S=<seconds of one ERM run> sets one)"
   fi
   exit 0
 fi
@@ -218,7 +227,8 @@ fi
 started=0 finished=0 failed=0 deferred=0 cut=0
 t0=$(date +%s)
 mkdir -p "$OUT/logs"
-durations="$OUT/logs/.durations.$$"  # "<seconds> <1: from epoch 0> <row|setting>" of each run of this invocation
+durations="$OUT/logs/.durations.$$"  # "<seconds> <1: from epoch 0> <passes x 1000> <setting> <row|setting>" of each
+# run of this invocation (the row last: it holds spaces)
 : >"$durations"
 trap 'rm -f "$durations"' EXIT  # (replaced by the MPS trap below, which removes it too)
 progress() {
@@ -231,7 +241,15 @@ reap() {  # wait for one run to end
   wait -n || rc=$?
   if [ "$rc" = 124 ]; then cut=$((cut + 1)); elif [ "$rc" != 0 ]; then failed=$((failed + 1)); fi
   finished=$((finished + 1))
-  while read -r seconds whole key; do [ "$whole" = 1 ] && est["$key"]=$seconds; done <"$durations"  # whole runs only
+  while read -r seconds whole per setting key; do  # whole runs only
+    if [ "$whole" = 1 ]; then
+      est["$key"]=$seconds
+      case "$key" in undersampling.py*) continue ;; esac  # (its epochs: C x n_min images, no measure of ERM's)
+      if [ $(( seconds * 1000 / per )) -gt "${erm_live[$setting]:--1}" ]; then
+        erm_live[$setting]=$(( seconds * 1000 / per ))
+      fi
+    fi
+  done <"$durations"
   progress
 }
 session() {  # append this invocation to $OUT/run_all.jsonl (the report sums them)
@@ -274,7 +292,8 @@ start_run() {  # job $1 in the background; under DEADLINE it is stopped there (r
     "${limit[@]}" "$PYTHON" "methods/${row%% *}" ${row#"${row%% *}"} $DATA_FLAGS --imbalance-type "$itype" \
       --imbalance-ratio "$ratio" --seed "$seed" --out "$OUT" --skip-existing $EXTRA >>"$log" 2>&1
     rc=$?
-    [ "$rc" = 0 ] && echo "$(( $(date +%s) - t )) $([ "${left[$i]}" = 1000 ] && echo 1 || echo 0) $key" >>"$durations"
+    [ "$rc" = 0 ] && echo "$(( $(date +%s) - t )) $([ "${left[$i]}" = 1000 ] && echo 1 || echo 0) ${passes[$i]}" \
+      "$itype$ratio $key" >>"$durations"
     exit "$rc"
   ) &
 }

@@ -203,16 +203,37 @@ def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anyth
                         "(2 epochs, ~42 s, as this row's earlier runs)")
     assert lines[3].startswith("[run_all] expected wall time: 0:00:42 at 2 at a time") and len(lines) == 4
     assert sorted(p for p in out.rglob("*")) == before  # no log, no run_all.jsonl, no report, no run
-    # a row never run: every method's runs (here NEW_RUN_S, no run having ended) by the passes its step needs
+    # a row never run: an ERM run (here NEW_RUN_S, no run having ended) times the passes its step needs
     plan = bash("--dry-run", OUT=str(tmp_path / "none"), ONLY="^(sam.py --base ce_drw|erm.py)$", SEEDS="0",
                 NEW_RUN_S="40").stdout.splitlines()
     assert plan[1:] == [
-        "  to run   methods/erm.py --imbalance-type exp --imbalance-ratio 10 --seed 0  (2 epochs, ~40 s, as the runs "
-        "so far (or NEW_RUN_S) by the passes its step needs)",
+        "  to run   methods/erm.py --imbalance-type exp --imbalance-ratio 10 --seed 0  (2 epochs, ~40 s, as NEW_RUN_S "
+        "by the passes its step needs)",
         "  to run   methods/sam.py --base ce_drw --imbalance-type exp --imbalance-ratio 10 --seed 0  (2 epochs, ~80 s, "
-        "as the runs so far (or NEW_RUN_S) by the passes its step needs)",
+        "as NEW_RUN_S by the passes its step needs)",
         "[run_all] expected wall time: 0:01:20 at 2 at a time (the sum of the estimates above over JOBS, or the longest "
         "if more; 0 runs without one count 0)"], plan
+
+
+def test_a_run_ended_in_this_invocation_sets_the_estimate_of_a_row_never_run(tmp_path):
+    """With no run known when the invocation starts (and no NEW_RUN_S), the first run that ends is the measure of an
+    ERM run: a SAM row after it is expected to take twice as long, and DEADLINE defers it (before, with no estimate,
+    it would start). The runs here are a python that only sleeps 2 s."""
+    python = tmp_path / "python"
+    python.write_text('#!/bin/sh\ncase "$1" in methods/*) sleep 2; exit 0;; esac\nexec python "$@"\n')
+    python.chmod(0o755)
+    proc = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SMOKE": "1", "OUT": str(tmp_path / "results"), "JOBS": "1",
+                               "ONLY": "^(erm.py|sam.py --base ce_drw)$", "PYTHON": str(python), "DEADLINE": "15"})
+    assert "[run_all] start 1/2: methods/erm.py" in proc.stdout, proc.stdout + proc.stderr
+    assert re.search(r"deadline: not starting methods/sam.py --base ce_drw .* \(~[4-6] s, ", proc.stdout), proc.stdout
+    # an undersampling run (epochs of C x n_min images) is no such measure: the SAM row falls back on the longest run
+    # known, not twice it
+    proc = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SMOKE": "1", "OUT": str(tmp_path / "again"), "JOBS": "1",
+                               "ONLY": "^(undersampling.py|sam.py --base ce_drw)$", "PYTHON": str(python),
+                               "DEADLINE": "15"})
+    assert re.search(r"deadline: not starting methods/sam.py --base ce_drw .* \(~[23] s, ", proc.stdout), proc.stdout
 
 
 def test_an_invocation_whose_every_run_failed_records_nothing(tmp_path):
@@ -275,28 +296,30 @@ def write_run(root, setting, method, seed, status="completed", wall=10.0, at_onc
 
 
 def test_plan_scales_a_new_rows_estimate_by_the_passes_its_step_needs(tmp_path):
-    """A row never run is expected to take the longest run of the setting (else of any setting) over the passes that
-    run's step needed, times its own: SAM two forward-backward passes, PCNSGD one forward and C backward passes,
-    (1 + 2C) / 3; with no run at all, NEW_RUN_S as an ERM run."""
+    """For a row never run, the plan gives an ERM run's seconds by every method's finished runs of the setting (else of
+    any setting): each run's wall time over the passes its step needed, the largest; and the row's own passes x 1000:
+    SAM two forward-backward passes, PCNSGD one forward and C backward passes, (1 + 2C) / 3. Undersampling's runs
+    (epochs of C x n_min images) are no measure of an ERM run."""
     flags = ["--dataset", "synthetic", "--device", "cpu"]
     jobs = ["erm.py|exp|10|0", "sam.py --base ce_drw|exp|10|0", "pcn_sgd.py --variant pcnsgd|exp|10|0",
             "pcn_sgd.py --variant sgd_o|exp|10|0", "undersampling.py|exp|10|0"]
-    scaled = lambda out, **more: [int(l.split()[4]) for l in common.plan(jobs, flags, str(out), **more)]  # noqa: E731
-    assert scaled(tmp_path) == [-1] * 5                                     # nothing known
-    assert scaled(tmp_path, new_run_s=100) == [100, 200, 700, 100, 100]   # NEW_RUN_S: an ERM run
-    write_run(tmp_path, "synthetic-exp-r10", "erm", 1, wall=30.0, command="methods/erm.py")
-    assert scaled(tmp_path, new_run_s=100) == [30, 60, 210, 30, 30]       # a finished run comes first
-    # a SAM run of 90 s stands for an ERM run of 45 s: the longest, so the reference
+    fields = lambda jobs: [tuple(map(int, l.split()[4:6])) for l in common.plan(jobs, flags, str(tmp_path))]  # noqa
+    assert fields(jobs) == [(-1, 1000), (-1, 2000), (-1, 7000), (-1, 1000), (-1, 1000)]  # nothing known yet
+    write_run(tmp_path, "synthetic-exp-r10", "undersampling", 1, wall=5.0, command="methods/undersampling.py")
+    assert fields(jobs[:1]) == [(-1, 1000)]
+    write_run(tmp_path, "synthetic-exp-r10", "erm", 1, wall=50.0, command="methods/erm.py")
+    assert fields(jobs[:1]) == [(50, 1000)]
+    # a SAM run of 90 s stands for an ERM run of 45 s: the ERM run's 50 s is the larger (not the longest run's 45)
     write_run(tmp_path, "synthetic-exp-r10", "sam_ce_drw", 1, wall=90.0, command="methods/sam.py --base ce_drw",
               args={"base": "ce_drw"})
-    assert scaled(tmp_path) == [45, 90, 315, 45, 45]
+    assert fields(jobs[:1]) == [(50, 1000)]
     write_run(tmp_path, "synthetic-exp-r10", "pcnsgd", 1, wall=700.0, command="methods/pcn_sgd.py --variant pcnsgd",
               args={"variant": "pcnsgd"})                                   # 7 passes: an ERM run of 100 s
-    assert scaled(tmp_path) == [100, 200, 700, 100, 100]
+    assert fields(jobs[:1]) == [(100, 1000)]
     # another setting's runs count only where the job's own setting has none
-    assert [int(l.split()[4]) for l in common.plan(["sam.py|step|10|0"], flags, str(tmp_path))] == [200]
+    assert fields(["sam.py|step|10|0"]) == [(100, 2000)]
     write_run(tmp_path, "synthetic-step-r10", "erm", 0, wall=10.0, command="methods/erm.py")
-    assert [int(l.split()[4]) for l in common.plan(["sam.py|step|10|0"], flags, str(tmp_path))] == [20]
+    assert fields(["sam.py|step|10|0"]) == [(10, 2000)]
 
 
 def test_plan_marks_existing_runs_and_estimates_from_the_same_method(tmp_path):
@@ -309,12 +332,12 @@ def test_plan_marks_existing_runs_and_estimates_from_the_same_method(tmp_path):
     lines = common.plan(["erm.py|exp|10|0", "erm.py|exp|10|1", "erm.py|step|10|0", "focal.py|exp|10|1",
                          "ldam_drw.py --loss ce|exp|10|0"], flags, str(tmp_path))
     path = lambda s, m, k: os.path.join(str(tmp_path), s, m, f"seed{k}.json")  # noqa: E731
-    # (the fifth field: from every method's runs, by the passes the row's step needs; test_plan_scales_... below)
-    assert lines == [f"1 30 0 200 -1 {done}",                                     # exists: skipped
-                     f"0 30 0 200 30 {path('synthetic-exp-r10', 'erm', 1)}",      # the same setting's erm runs
-                     f"0 50 0 200 50 {path('synthetic-step-r10', 'erm', 0)}",     # no erm run there: any setting's
-                     f"0 -1 0 200 30 {path('synthetic-exp-r10', 'focal', 1)}",    # a diverged run is no estimate
-                     f"0 -1 0 200 30 {path('synthetic-exp-r10', 'erm_drw', 0)}"]  # the row's method, from its flags
+    # (the fifth and sixth fields: an ERM run by every method's runs, the passes of the row's step; test_plan_scales_...)
+    assert lines == [f"1 30 0 200 -1 -1 {done}",                                       # exists: skipped
+                     f"0 30 0 200 30 1000 {path('synthetic-exp-r10', 'erm', 1)}",      # the same setting's erm runs
+                     f"0 50 0 200 50 1000 {path('synthetic-step-r10', 'erm', 0)}",     # none there: any setting's
+                     f"0 -1 0 200 30 1000 {path('synthetic-exp-r10', 'focal', 1)}",    # a diverged run: no estimate
+                     f"0 -1 0 200 30 1000 {path('synthetic-exp-r10', 'erm_drw', 0)}"]  # the method, from its flags
     # with 8 runs sharing the device, a run made with 4 at once counts twice as long; one made with 8 as it was
     write_run(tmp_path, "synthetic-exp-r10", "vs", 0, wall=100.0, at_once=4)
     write_run(tmp_path, "synthetic-exp-r10", "vs", 1, wall=150.0, at_once=8)
@@ -326,11 +349,11 @@ def test_plan_marks_existing_runs_and_estimates_from_the_same_method(tmp_path):
                                              "--out", str(tmp_path), "--resume"])
     common.torch.save({"epoch": 49, "key": common.checkpoint_key(run, os.path.join(ROOT, "methods", "erm.py"))}, ckpt)
     plan = lambda *more: common.plan(["erm.py|exp|10|1"], flags + list(more), str(tmp_path))  # noqa: E731
-    assert plan("--resume") == [f"0 30 50 200 30 {path('synthetic-exp-r10', 'erm', 1)}"]
-    assert plan() == [f"0 30 0 200 30 {path('synthetic-exp-r10', 'erm', 1)}"]  # without --resume it starts over
-    assert plan("--resume", "--lr", "0.05") == [f"0 30 0 200 30 {path('synthetic-exp-r10', 'erm', 1)}"]  # not its run
+    assert plan("--resume") == [f"0 30 50 200 30 1000 {path('synthetic-exp-r10', 'erm', 1)}"]
+    assert plan() == [f"0 30 0 200 30 1000 {path('synthetic-exp-r10', 'erm', 1)}"]  # without --resume it starts over
+    assert plan("--resume", "--lr", "0.05") == [f"0 30 0 200 30 1000 {path('synthetic-exp-r10', 'erm', 1)}"]  # not its run
     ckpt.write_bytes(b"damaged")
-    assert plan("--resume") == [f"0 30 0 200 30 {path('synthetic-exp-r10', 'erm', 1)}"]
+    assert plan("--resume") == [f"0 30 0 200 30 1000 {path('synthetic-exp-r10', 'erm', 1)}"]
     # a finished run's checkpoint (carried from the session that cut it short) is deleted, a running one's kept
     stale = ckpt.parent / "seed0.pt"
     stale.write_bytes(b"from an earlier session")
