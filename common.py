@@ -1302,11 +1302,11 @@ def result_multiple(result):
 
 
 def _completed_walls(out, at_once=1):
-    """{(setting, method): [(wall_time_s, its result_multiple, None for undersampling) of each completed run]} of the
-    results JSON
-    under `out` (others ignored), each wall time as if `at_once` runs shared the device: a run made beside fewer
-    others counts at_once / its runs_at_once times longer (never shorter: a run beside fewer others than it had would
-    not end sooner than it did)."""
+    """{(setting, method): [(wall_time_s, its result_multiple or None) of each completed run]} of the results JSON
+    under `out` (others ignored; the multiple None for undersampling, whose epochs hold C x n_min images, and for a
+    JSON without its command), each wall time as if `at_once` runs shared the device: a run made beside fewer others
+    counts at_once / its runs_at_once times longer (never shorter: a run beside fewer others than it had would not
+    end sooner than it did)."""
     walls = {}
     for path in glob.glob(os.path.join(out, "*", "*", "seed*.json")):
         try:

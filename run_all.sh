@@ -25,8 +25,9 @@
 # of a window and a run longer than the whole window ends over several invocations; 0: off),
 # OUT (results), PYTHON, EXTRA (flags added to every run, after its own; not --seed, --imbalance-type/-ratio or
 # --out, which SEEDS, SETTINGS and OUT set), ONLY (run only the rows whose script or flags match
-# this grep -E pattern), NEW_RUN_S (seconds of one ERM run, the estimate for DEADLINE and --dry-run while no run has
-# ended, times the passes a row's step needs; .ci/gpu-session sets it from the benchmark's projection),
+# this grep -E pattern), NEW_RUN_S (seconds of one ERM run, for DEADLINE and --dry-run while no finished run but
+# undersampling's measures one, times the passes a row's step needs; 0: none; .ci/gpu-session sets it from the
+# benchmark's projection),
 # IMBALANCE_REF_GIT_COMMIT (the commit to record where this folder is not a git checkout, as on a GPU machine the
 # working tree was copied to).
 # Order: the runs a checkpoint holds part of first, then setting by setting, seed 0 of every row first, so that a
@@ -173,15 +174,16 @@ todo=(${partial[@]+"${partial[@]}"} ${todo[@]+"${todo[@]}"})
 
 hms() { printf '%d:%02d:%02d' $(($1 / 3600)) $(($1 / 60 % 60)) $(($1 % 60)); }
 estimate() {  # seconds of a whole run of job $1: its method's earlier runs; else an ERM run (by every method's
-  # finished runs, the plan's and this invocation's in the setting, the longer; else NEW_RUN_S) times the passes its
-  # step needs; else the longest run known
-  local key whole e ref
+  # finished runs: the plan's, or this invocation's in the setting, else in any setting, the longer; else NEW_RUN_S)
+  # times the passes its step needs; else the longest run known
+  local key whole e ref live
   IFS='|' read -r row itype ratio seed <<<"${jobs_list[$1]}"
   key="$row|$itype$ratio" whole=${est[$key]:-}
   if [ -z "$whole" ]; then
-    ref=${erm_run[$1]}
-    if [ "${erm_live[$itype$ratio]:--1}" -gt "$ref" ]; then ref=${erm_live[$itype$ratio]}; fi
-    if [ "$ref" -lt 0 ]; then ref=${NEW_RUN_S:--1}; fi
+    ref=${erm_run[$1]} live=${erm_live[$itype$ratio]:--1}
+    if [ "$live" -lt 0 ]; then for e in "${erm_live[@]}"; do [ "$e" -le "$live" ] || live=$e; done; fi  # any setting's
+    if [ "$live" -gt "$ref" ]; then ref=$live; fi
+    if [ "$ref" -lt 0 ] && [ "${NEW_RUN_S:-0}" -gt 0 ]; then ref=$NEW_RUN_S; fi
     if [ "$ref" -ge 0 ]; then whole=$(( ref * ${passes[$1]} / 1000 )); fi
   fi
   if [ -z "$whole" ]; then
@@ -206,7 +208,7 @@ if [ "$DRY_RUN" = 1 ]; then  # the plan only: nothing trains, no log, run_all.js
       w=$(( w * ${left[$i]} / 1000 )) known=$((known + 1))
       sum=$(( sum + w )) longest=$(( w > longest ? w : longest )) e="~$w s"
       if [ -n "${est["$row|$itype$ratio"]:-}" ]; then e+=", as this row's earlier runs"
-      elif [ "${erm_run[$i]}" -ge 0 ] || [ -n "${NEW_RUN_S:-}" ]; then
+      elif [ "${erm_run[$i]}" -ge 0 ] || [ "${NEW_RUN_S:-0}" -gt 0 ]; then
         e+=", as $([ "${erm_run[$i]}" -ge 0 ] && echo "the runs so far" || echo NEW_RUN_S) by the passes its step needs"
       else e+=", as the longest run known"; fi
     fi

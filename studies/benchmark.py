@@ -626,10 +626,12 @@ def next_width(results_dir=os.path.join(ROOT, "results"), device_name=None):
 
 
 def projected_run_s(fast, results_dir=os.path.join(ROOT, "results"), device_name=None):
-    """The longest projected protocol run (s) of the path `fast` picks in newest_bench(); 0: none."""
+    """The projected protocol run (s) of ERM on the path `fast` picks in newest_bench() (run_all.sh's NEW_RUN_S, an
+    ERM run, which it multiplies by the passes a row's step needs), else the longest projected run; 0: none."""
     rows = (newest_bench(results_dir, device_name) or {}).get("rows", [])
     path = "fast" if fast else "eager"
-    return max((r[path]["projected_run_s"] for r in rows if r.get(path, {}).get("projected_run_s")), default=0)
+    runs = {r["row"]: r[path]["projected_run_s"] for r in rows if r.get(path, {}).get("projected_run_s")}
+    return runs.get("erm.py", max(runs.values(), default=0))
 
 
 def training_code(root=ROOT):

@@ -298,7 +298,7 @@ def test_benchmark_choose_reads_the_newest_json(tmp_path):
 def test_session_choices_read_every_check_row_and_timing_as_documented(tmp_path):
     """What .ci/gpu-session takes from a benchmark JSON with several rows: --fast only where EVERY fp32 check was
     identical and the GPU tests did not fail; MPS only where EVERY row timed under MPS gained; JOBS and the next
-    number to time from ERM's timings under MPS only; RUN_S the longest projected run of the chosen path."""
+    number to time from ERM's timings under MPS only; RUN_S ERM's projected run of the chosen path."""
     b = load_benchmark()
     gpu = "GPU X"
 
@@ -322,7 +322,8 @@ def test_session_choices_read_every_check_row_and_timing_as_documented(tmp_path)
     assert b.next_width(write(same, rows[:1]), gpu) == 8  # ERM's 8 at once without MPS is not the timing owed
     rows = [{"row": "erm.py", "eager": {"projected_run_s": 300}, "fast": {"projected_run_s": 100}},
             {"row": "sam.py", "eager": {"projected_run_s": 500}, "fast": {"projected_run_s": 200}}]
-    assert (b.projected_run_s(True, write(same, rows)), b.projected_run_s(False, write(same, rows))) == (200, 500)
+    assert (b.projected_run_s(True, write(same, rows)), b.projected_run_s(False, write(same, rows))) == (100, 300)
+    assert b.projected_run_s(True, write(same, rows[1:])) == 200  # no ERM row: the longest run, to err on the long side
     # the projection counts the last epoch's evaluation where --eval-every does not divide the epochs: 10 epochs
     # every 3 evaluate after epochs 3, 6, 9 and 10 (the last, fp32): 1 + 2 + 9 x 3 + 3 x 0.5 + 0.25 + 4
     t = {"setup_s": 1, "first_epoch_s": 2, "steady_epoch_s": 3, "eval_s": 0.5, "first_eval_extra_s": 0.25,

@@ -211,29 +211,36 @@ def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anyth
         "by the passes its step needs)",
         "  to run   methods/sam.py --base ce_drw --imbalance-type exp --imbalance-ratio 10 --seed 0  (2 epochs, ~80 s, "
         "as NEW_RUN_S by the passes its step needs)",
-        "[run_all] expected wall time: 0:01:20 at 2 at a time (the sum of the estimates above over JOBS, or the longest "
-        "if more; 0 runs without one count 0)"], plan
+        "[run_all] expected wall time: 0:01:20 at 2 at a time (the sum of the estimates above over JOBS, or the "
+        "longest if more; 0 runs without one count 0)"], plan
+    plan = bash("--dry-run", OUT=str(tmp_path / "none"), ONLY="^erm.py$", SEEDS="0", NEW_RUN_S="0").stdout
+    assert "(2 epochs, no estimate: no run has ended yet)" in plan, plan  # NEW_RUN_S=0: none (no benchmark JSON)
 
 
 def test_a_run_ended_in_this_invocation_sets_the_estimate_of_a_row_never_run(tmp_path):
     """With no run known when the invocation starts (and no NEW_RUN_S), the first run that ends is the measure of an
-    ERM run: a SAM row after it is expected to take twice as long, and DEADLINE defers it (before, with no estimate,
-    it would start). The runs here are a python that only sleeps 2 s."""
+    ERM run, in its setting and, where a setting has none yet, in the others: a SAM row after it is expected to take
+    twice as long, and DEADLINE defers it (with no estimate it would start; by the longest run known, it would be
+    expected to take as long). The runs here are a python that only sleeps: 2 s, undersampling 4 s."""
     python = tmp_path / "python"
-    python.write_text('#!/bin/sh\ncase "$1" in methods/*) sleep 2; exit 0;; esac\nexec python "$@"\n')
+    python.write_text('#!/bin/sh\ncase "$1" in methods/undersampling.py) sleep 4; exit 0;;\n'
+                      '  methods/*) sleep 2; exit 0;; esac\nexec python "$@"\n')
     python.chmod(0o755)
+    env = {**os.environ, "SMOKE": "1", "JOBS": "1", "PYTHON": str(python), "DEADLINE": "15"}
     proc = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "SMOKE": "1", "OUT": str(tmp_path / "results"), "JOBS": "1",
-                               "ONLY": "^(erm.py|sam.py --base ce_drw)$", "PYTHON": str(python), "DEADLINE": "15"})
-    assert "[run_all] start 1/2: methods/erm.py" in proc.stdout, proc.stdout + proc.stderr
-    assert re.search(r"deadline: not starting methods/sam.py --base ce_drw .* \(~[4-6] s, ", proc.stdout), proc.stdout
+                          env={**env, "OUT": str(tmp_path / "results"), "SETTINGS": "exp:10 step:10",
+                               "ONLY": "^(erm.py|sam.py --base ce_drw)$"})
+    assert "[run_all] start 1/4: methods/erm.py --imbalance-type exp" in proc.stdout, proc.stdout + proc.stderr
+    sam = re.findall(r"deadline: not starting methods/sam.py --base ce_drw --imbalance-type (\w+) .* \(~(\d+) s, ",
+                     proc.stdout)
+    assert [t for t, _ in sam] == ["exp", "step"] and all(int(n) >= 4 for _, n in sam), proc.stdout  # 2 x >= 2 s
     # an undersampling run (epochs of C x n_min images) is no such measure: the SAM row falls back on the longest run
-    # known, not twice it
+    # known (~4 s), not twice it (>= 8 s)
     proc = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "SMOKE": "1", "OUT": str(tmp_path / "again"), "JOBS": "1",
-                               "ONLY": "^(undersampling.py|sam.py --base ce_drw)$", "PYTHON": str(python),
-                               "DEADLINE": "15"})
-    assert re.search(r"deadline: not starting methods/sam.py --base ce_drw .* \(~[23] s, ", proc.stdout), proc.stdout
+                          env={**env, "OUT": str(tmp_path / "again"),
+                               "ONLY": "^(undersampling.py|sam.py --base ce_drw)$"})
+    (n,) = re.findall(r"deadline: not starting methods/sam.py --base ce_drw .* \(~(\d+) s, ", proc.stdout)
+    assert 4 <= int(n) < 8, proc.stdout
 
 
 def test_an_invocation_whose_every_run_failed_records_nothing(tmp_path):
@@ -332,7 +339,7 @@ def test_plan_marks_existing_runs_and_estimates_from_the_same_method(tmp_path):
     lines = common.plan(["erm.py|exp|10|0", "erm.py|exp|10|1", "erm.py|step|10|0", "focal.py|exp|10|1",
                          "ldam_drw.py --loss ce|exp|10|0"], flags, str(tmp_path))
     path = lambda s, m, k: os.path.join(str(tmp_path), s, m, f"seed{k}.json")  # noqa: E731
-    # (the fifth and sixth fields: an ERM run by every method's runs, the passes of the row's step; test_plan_scales_...)
+    # (fields 5 and 6: an ERM run by every method's runs, the passes of the row's step; test_plan_scales_... above)
     assert lines == [f"1 30 0 200 -1 -1 {done}",                                       # exists: skipped
                      f"0 30 0 200 30 1000 {path('synthetic-exp-r10', 'erm', 1)}",      # the same setting's erm runs
                      f"0 50 0 200 50 1000 {path('synthetic-step-r10', 'erm', 0)}",     # none there: any setting's
@@ -351,7 +358,8 @@ def test_plan_marks_existing_runs_and_estimates_from_the_same_method(tmp_path):
     plan = lambda *more: common.plan(["erm.py|exp|10|1"], flags + list(more), str(tmp_path))  # noqa: E731
     assert plan("--resume") == [f"0 30 50 200 30 1000 {path('synthetic-exp-r10', 'erm', 1)}"]
     assert plan() == [f"0 30 0 200 30 1000 {path('synthetic-exp-r10', 'erm', 1)}"]  # without --resume it starts over
-    assert plan("--resume", "--lr", "0.05") == [f"0 30 0 200 30 1000 {path('synthetic-exp-r10', 'erm', 1)}"]  # not its run
+    # another lr: the checkpoint is not its run's
+    assert plan("--resume", "--lr", "0.05") == [f"0 30 0 200 30 1000 {path('synthetic-exp-r10', 'erm', 1)}"]
     ckpt.write_bytes(b"damaged")
     assert plan("--resume") == [f"0 30 0 200 30 1000 {path('synthetic-exp-r10', 'erm', 1)}"]
     # a finished run's checkpoint (carried from the session that cut it short) is deleted, a running one's kept
