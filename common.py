@@ -1295,6 +1295,10 @@ def inherent_multiple(script, args, num_classes):
     return 1.0, "one forward-backward pass"
 
 
+# Rows whose epochs are not ERM's (undersampling: C x n_min images): their runs are no measure of an ERM run's length.
+SHORT_EPOCH_SCRIPTS = ("undersampling.py",)
+
+
 def result_multiple(result):
     """inherent_multiple of the run a results JSON records (its command, arguments and number of classes)."""
     script = os.path.basename(result["command"].split()[0])  # (joined without quoting: no shlex)
@@ -1314,8 +1318,9 @@ def _completed_walls(out, at_once=1):
                 r = json.load(f)
             if r["status"] == "completed":
                 scale = max(1.0, at_once / (r.get("runs_at_once") or 1))
-                try:  # undersampling's epochs hold C x n_min images, not ERM's: no measure of an ERM run
-                    multiple = None if "undersampling.py" in r["command"].split()[0] else result_multiple(r)[0]
+                try:
+                    script = os.path.basename(r["command"].split()[0])
+                    multiple = None if script in SHORT_EPOCH_SCRIPTS else result_multiple(r)[0]
                 except (KeyError, TypeError, AttributeError, IndexError):  # a JSON without its command or arguments
                     multiple = None
                 walls.setdefault((r["setting"], r["method"]), []).append((float(r["wall_time_s"]) * scale, multiple))
@@ -1326,19 +1331,20 @@ def _completed_walls(out, at_once=1):
 
 def plan(jobs, flags, out, at_once=1, extra=()):
     """For run_all.sh: for each job "row|imbalance type|ratio|seed", the line
-    "<done> <seconds> <epochs done> <epochs> <ERM run> <passes> <results JSON>": done is 1 when the JSON exists (the
-    run is skipped), seconds the longest wall time of the same method's completed runs in the same setting (else in
-    any setting; -1: never run) with `at_once` runs sharing the device (_completed_walls), epochs done those its
-    checkpoint holds (0 without --resume or a checkpoint it can use); for a job still to run, what a run of a method
-    never run is expected to take: ERM run, the seconds of an ERM run by the completed runs of every method in the
-    setting (else in any setting; -1: none), each run's wall time over its inherent_multiple, the largest, and
-    passes, the job's own inherent_multiple x 1000 (a SAM row takes 2000 / 1000 ERM runs; -1 -1 for a job done).
-    Checks every job's flags first, and the data of each job still
-    to run (an image folder's layout; the torchvision CIFAR files, downloaded here once with --download, not by
-    JOBS runs at once), so that missing data stops run_all.sh before any run starts. The
-    checkpoint of a run whose JSON exists is deleted: a copy carried from an earlier session, where the run was cut
-    short, would otherwise travel to every later one. `flags` go before the job's own (run_all.sh's DATA_FLAGS),
-    `extra` after them (its EXTRA), as on a run's command line: a job value EXTRA would change is refused."""
+    "<done> <seconds> <epochs done> <epochs> <ERM run> <passes> <measures> <results JSON>": done is 1 when the JSON
+    exists (the run is skipped), seconds the longest wall time of the same method's completed runs in the same
+    setting (else in any setting; -1: never run) with `at_once` runs sharing the device (_completed_walls), epochs
+    done those its checkpoint holds (0 without --resume or a checkpoint it can use); for a job still to run, what a
+    run of a method never run is expected to take: ERM run, the seconds of an ERM run by the completed runs of every
+    method in the setting (else in any setting; -1: none), each run's wall time over its inherent_multiple, the
+    largest, and passes, the job's own inherent_multiple x 1000 (a SAM row takes 2000 / 1000 ERM runs; -1 -1 for a
+    job done); measures 1 where the job's run, once ended, measures an ERM run (0: SHORT_EPOCH_SCRIPTS).
+    Checks every job's flags first, and the data of each job still to run (an image folder's layout; the torchvision
+    CIFAR files, downloaded here once with --download, not by JOBS runs at once), so that missing data stops
+    run_all.sh before any run starts. The checkpoint of a run whose JSON exists is deleted: a copy carried from an
+    earlier session, where the run was cut short, would otherwise travel to every later one. `flags` go before the
+    job's own (run_all.sh's DATA_FLAGS), `extra` after them (its EXTRA), as on a run's command line: a job value
+    EXTRA would change is refused."""
     walls = _completed_walls(out, at_once)
     lines, checked, paths = [], set(), {}
     for job in jobs:
@@ -1379,7 +1385,7 @@ def plan(jobs, flags, out, at_once=1, extra=()):
         ck, _ = load_checkpoint(args, checkpoint_key(args, os.path.join(ROOT, "methods", row.split()[0])))
         done = min(ck["epoch"] + 1, args.epochs) if ck else 0
         lines.append(f"{int(os.path.exists(path))} {round(max(w for w, _ in same)) if same else -1} {done} "
-                     f"{args.epochs} {erm_run} {passes} {path}")
+                     f"{args.epochs} {erm_run} {passes} {int(row.split()[0] not in SHORT_EPOCH_SCRIPTS)} {path}")
     return lines
 
 
@@ -1909,7 +1915,7 @@ if __name__ == "__main__":
     pl = sub.add_parser("plan", help="for run_all.sh: read jobs 'row|type|ratio|seed' from stdin, print for each "
                                      "'<done 0|1> <seconds of its method's runs or -1> <epochs done> <epochs> "
                                      "<seconds of an ERM run by every method's runs or -1> <its passes x 1000> "
-                                     "<results JSON>'")
+                                     "<1: its run measures an ERM run> <results JSON>'")
     pl.add_argument("--out", required=True, help="the results root of the runs")
     pl.add_argument("--jobs", type=int, default=1, help="how many runs will share the device (run_all.sh's JOBS)")
     pl.add_argument("--extra", default="", help="flags added to every run after its own (run_all.sh's EXTRA)")

@@ -140,7 +140,7 @@ fi
 
 # One line per job: "<done 0|1> <seconds the method's finished runs took, -1: unknown> <epochs its checkpoint holds>
 # <epochs> <seconds of an ERM run by every method's finished runs, -1: none> <the passes its step needs x 1000>
-# <results JSON>"; a run made with fewer than JOBS at once counts JOBS / its number times longer. This also checks
+# <1: its run, once ended, measures an ERM run; 0: not, undersampling's> <results JSON>"; a run made with fewer than JOBS at once counts JOBS / its number times longer. This also checks
 # every job's flags before anything trains.
 # shellcheck disable=SC2086  # flags are meant to split into words
 mapfile -t plan < <(printf '%s\n' "${jobs_list[@]}" | "$PYTHON" common.py plan --out "$OUT" --jobs "$JOBS" \
@@ -151,11 +151,12 @@ logname() { echo "$OUT/logs/$(tr -c 'A-Za-z0-9_.\n-' '_' <<<"${1}_${2}${3}_seed$
 total=${#jobs_list[@]}
 todo=() partial=() done_before=0
 declare -A est  # row|setting -> expected seconds of one run (from earlier runs, then from this invocation's)
-declare -A left epochs_of erm_run passes  # job -> per mille of its epochs still to train (a checkpoint holds the
-# rest); its epochs; an ERM run's seconds by the finished runs (-1: none); the passes its step needs x 1000
+declare -A left epochs_of erm_run passes measures  # job -> per mille of its epochs still to train (a checkpoint
+# holds the rest); its epochs; an ERM run's seconds by the finished runs (-1: none); the passes its step needs x 1000;
+# 1 where its run measures an ERM run
 declare -A erm_live  # setting -> an ERM run's seconds by the whole runs of this invocation (the longest)
 for i in "${!jobs_list[@]}"; do
-  read -r done seconds epochs_done epochs erm_run[$i] passes[$i] _ <<<"${plan[$i]}"
+  read -r done seconds epochs_done epochs erm_run[$i] passes[$i] measures[$i] _ <<<"${plan[$i]}"
   left[$i]=$(( 1000 * (epochs - epochs_done) / epochs )) epochs_of[$i]=$epochs
   IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
   if [ "$done" = 1 ]; then done_before=$((done_before + 1))
@@ -229,8 +230,8 @@ fi
 started=0 finished=0 failed=0 deferred=0 cut=0
 t0=$(date +%s)
 mkdir -p "$OUT/logs"
-durations="$OUT/logs/.durations.$$"  # "<seconds> <1: from epoch 0> <passes x 1000> <setting> <row|setting>" of each
-# run of this invocation (the row last: it holds spaces)
+durations="$OUT/logs/.durations.$$"  # "<seconds> <1: from epoch 0> <passes x 1000, 0: no measure of an ERM run>
+# <setting> <row|setting>" of each run of this invocation (the row last: it holds spaces)
 : >"$durations"
 trap 'rm -f "$durations"' EXIT  # (replaced by the MPS trap below, which removes it too)
 progress() {
@@ -246,8 +247,7 @@ reap() {  # wait for one run to end
   while read -r seconds whole per setting key; do  # whole runs only
     if [ "$whole" = 1 ]; then
       est["$key"]=$seconds
-      case "$key" in undersampling.py*) continue ;; esac  # (its epochs: C x n_min images, no measure of ERM's)
-      if [ $(( seconds * 1000 / per )) -gt "${erm_live[$setting]:--1}" ]; then
+      if [ "$per" -gt 0 ] && [ $(( seconds * 1000 / per )) -gt "${erm_live[$setting]:--1}" ]; then
         erm_live[$setting]=$(( seconds * 1000 / per ))
       fi
     fi
@@ -294,8 +294,8 @@ start_run() {  # job $1 in the background; under DEADLINE it is stopped there (r
     "${limit[@]}" "$PYTHON" "methods/${row%% *}" ${row#"${row%% *}"} $DATA_FLAGS --imbalance-type "$itype" \
       --imbalance-ratio "$ratio" --seed "$seed" --out "$OUT" --skip-existing $EXTRA >>"$log" 2>&1
     rc=$?
-    [ "$rc" = 0 ] && echo "$(( $(date +%s) - t )) $([ "${left[$i]}" = 1000 ] && echo 1 || echo 0) ${passes[$i]}" \
-      "$itype$ratio $key" >>"$durations"
+    [ "$rc" = 0 ] && echo "$(( $(date +%s) - t )) $([ "${left[$i]}" = 1000 ] && echo 1 || echo 0)" \
+      "$(( measures[$i] ? passes[$i] : 0 )) $itype$ratio $key" >>"$durations"
     exit "$rc"
   ) &
 }

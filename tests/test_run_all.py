@@ -312,6 +312,8 @@ def test_plan_scales_a_new_rows_estimate_by_the_passes_its_step_needs(tmp_path):
             "pcn_sgd.py --variant sgd_o|exp|10|0", "undersampling.py|exp|10|0"]
     fields = lambda jobs: [tuple(map(int, l.split()[4:6])) for l in common.plan(jobs, flags, str(tmp_path))]  # noqa
     assert fields(jobs) == [(-1, 1000), (-1, 2000), (-1, 7000), (-1, 1000), (-1, 1000)]  # nothing known yet
+    # the seventh field: whether the job's run, once ended, measures an ERM run (in run_all.sh's this invocation)
+    assert [l.split()[6] for l in common.plan(jobs, flags, str(tmp_path))] == ["1", "1", "1", "1", "0"]
     write_run(tmp_path, "synthetic-exp-r10", "undersampling", 1, wall=5.0, command="methods/undersampling.py")
     assert fields(jobs[:1]) == [(-1, 1000)]
     write_run(tmp_path, "synthetic-exp-r10", "erm", 1, wall=50.0, command="methods/erm.py")
@@ -340,11 +342,11 @@ def test_plan_marks_existing_runs_and_estimates_from_the_same_method(tmp_path):
                          "ldam_drw.py --loss ce|exp|10|0"], flags, str(tmp_path))
     path = lambda s, m, k: os.path.join(str(tmp_path), s, m, f"seed{k}.json")  # noqa: E731
     # (fields 5 and 6: an ERM run by every method's runs, the passes of the row's step; test_plan_scales_... above)
-    assert lines == [f"1 30 0 200 -1 -1 {done}",                                       # exists: skipped
-                     f"0 30 0 200 30 1000 {path('synthetic-exp-r10', 'erm', 1)}",      # the same setting's erm runs
-                     f"0 50 0 200 50 1000 {path('synthetic-step-r10', 'erm', 0)}",     # none there: any setting's
-                     f"0 -1 0 200 30 1000 {path('synthetic-exp-r10', 'focal', 1)}",    # a diverged run: no estimate
-                     f"0 -1 0 200 30 1000 {path('synthetic-exp-r10', 'erm_drw', 0)}"]  # the method, from its flags
+    assert lines == [f"1 30 0 200 -1 -1 1 {done}",                                     # exists: skipped
+                     f"0 30 0 200 30 1000 1 {path('synthetic-exp-r10', 'erm', 1)}",      # the same setting's erm runs
+                     f"0 50 0 200 50 1000 1 {path('synthetic-step-r10', 'erm', 0)}",     # none there: any setting's
+                     f"0 -1 0 200 30 1000 1 {path('synthetic-exp-r10', 'focal', 1)}",    # a diverged run: no estimate
+                     f"0 -1 0 200 30 1000 1 {path('synthetic-exp-r10', 'erm_drw', 0)}"]  # the method, from its flags
     # with 8 runs sharing the device, a run made with 4 at once counts twice as long; one made with 8 as it was
     write_run(tmp_path, "synthetic-exp-r10", "vs", 0, wall=100.0, at_once=4)
     write_run(tmp_path, "synthetic-exp-r10", "vs", 1, wall=150.0, at_once=8)
@@ -356,12 +358,12 @@ def test_plan_marks_existing_runs_and_estimates_from_the_same_method(tmp_path):
                                              "--out", str(tmp_path), "--resume"])
     common.torch.save({"epoch": 49, "key": common.checkpoint_key(run, os.path.join(ROOT, "methods", "erm.py"))}, ckpt)
     plan = lambda *more: common.plan(["erm.py|exp|10|1"], flags + list(more), str(tmp_path))  # noqa: E731
-    assert plan("--resume") == [f"0 30 50 200 30 1000 {path('synthetic-exp-r10', 'erm', 1)}"]
-    assert plan() == [f"0 30 0 200 30 1000 {path('synthetic-exp-r10', 'erm', 1)}"]  # without --resume it starts over
+    assert plan("--resume") == [f"0 30 50 200 30 1000 1 {path('synthetic-exp-r10', 'erm', 1)}"]
+    assert plan() == [f"0 30 0 200 30 1000 1 {path('synthetic-exp-r10', 'erm', 1)}"]  # without --resume it starts over
     # another lr: the checkpoint is not its run's
-    assert plan("--resume", "--lr", "0.05") == [f"0 30 0 200 30 1000 {path('synthetic-exp-r10', 'erm', 1)}"]
+    assert plan("--resume", "--lr", "0.05") == [f"0 30 0 200 30 1000 1 {path('synthetic-exp-r10', 'erm', 1)}"]
     ckpt.write_bytes(b"damaged")
-    assert plan("--resume") == [f"0 30 0 200 30 1000 {path('synthetic-exp-r10', 'erm', 1)}"]
+    assert plan("--resume") == [f"0 30 0 200 30 1000 1 {path('synthetic-exp-r10', 'erm', 1)}"]
     # a finished run's checkpoint (carried from the session that cut it short) is deleted, a running one's kept
     stale = ckpt.parent / "seed0.pt"
     stale.write_bytes(b"from an earlier session")
