@@ -19,6 +19,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -167,8 +168,9 @@ def finish_args(args, method):
         args.imbalance_ratio = float(args.imbalance_ratio)
     except ValueError:
         raise UserError(f"--imbalance-ratio must be a number >= 1, got '{args.imbalance_ratio}'")
-    check(math.isfinite(args.imbalance_ratio) and args.imbalance_ratio >= 1,
-          f"--imbalance-ratio must be >= 1 (n_max / n_min), got {args.imbalance_ratio:g}")
+    check(math.isfinite(args.imbalance_ratio),
+          f"--imbalance-ratio must be a finite number, got {args.imbalance_ratio:g}")
+    check(args.imbalance_ratio >= 1, f"--imbalance-ratio must be >= 1 (n_max / n_min), got {args.imbalance_ratio:g}")
     if args.imbalance_type == "none" and args.imbalance_ratio != 100:  # (100: the default, given or not)
         print(f"note: --imbalance-ratio {args.imbalance_ratio:g} is not used with --imbalance-type none: the training "
               "set is taken as it is", file=sys.stderr, flush=True)
@@ -313,17 +315,24 @@ def load_arrays(args):
 def load_cifar(name, root, download):
     import torchvision
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    made = None  # the topmost folder a download makes: removed again if it fails
+    if download and not os.path.exists(root):
+        made = os.path.abspath(root)
+        while not os.path.exists(os.path.dirname(made)):
+            made = os.path.dirname(made)
     try:
         train, test = (cls(root, train=t, download=download) for t in (True, False))
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
+        if isinstance(e, OSError):  # no network
+            raise UserError(f"could not download {name} into {root} ({e.__class__.__name__}): no internet? "
+                            "use --dataset imagefolder --data-dir <folder>")
         if download:
             raise UserError(f"could not download {name} into {root} ({e}); without internet use "
                             "--dataset imagefolder --data-dir <folder>")
         raise UserError(f"{name} not found in {root}: add --download (needs internet), or pass --data-dir "
                         "with the torchvision files, or use --dataset imagefolder --data-dir <folder>")
-    except OSError as e:  # no network
-        raise UserError(f"could not download {name} into {root} ({e.__class__.__name__}): no internet? "
-                        "use --dataset imagefolder --data-dir <folder>")
     return (train.data, np.array(train.targets, dtype=np.int64), test.data,
             np.array(test.targets, dtype=np.int64), list(train.classes))
 
@@ -364,10 +373,11 @@ def list_imagefolder(root):
     return classes, files
 
 
-def load_imagefolder(root, cache_dir):
-    """Decode every image once and cache the uint8 arrays; the cache key covers every file's size and mtime."""
+def load_imagefolder(root, cache_dir, listing=None):
+    """Decode every image once and cache the uint8 arrays; the cache key covers every file's size and mtime.
+    `listing`: list_imagefolder(root), where the caller has it already."""
     root = os.path.abspath(root)
-    classes, files = list_imagefolder(root)
+    classes, files = listing or list_imagefolder(root)
     h = hashlib.sha256(root.encode())
     for split in ("train", "test"):
         for path in files[split][0]:
@@ -497,13 +507,19 @@ class Data:
     normalize. Batches always have `batch_size` images (shapes stay static for graphs)."""
 
     def __init__(self, args, device):
-        train_x, train_y, test_x, test_y, self.classes = load_arrays(args)
+        if args.dataset == "imagefolder":  # the subset is cut from the file names first, so that a ratio or a batch
+            # size that cannot work stops the run before any image is decoded (or cached)
+            listing = list_imagefolder(os.path.abspath(args.data_dir))
+            # (the subset's note, if any, is printed once the images are read: an unreadable image's error stays the
+            # one line of bad input)
+            with contextlib.redirect_stderr(io.StringIO()) as notes:
+                keep, self.train_counts = self.subset(args, listing[1]["train"][1], len(listing[0]))
+            train_x, train_y, test_x, test_y, self.classes = load_imagefolder(args.data_dir, args.cache_dir, listing)
+            print(notes.getvalue(), end="", file=sys.stderr, flush=True)
+        else:
+            train_x, train_y, test_x, test_y, self.classes = load_arrays(args)
+            keep, self.train_counts = self.subset(args, train_y, len(self.classes))
         self.num_classes = len(self.classes)
-        keep, self.train_counts = make_long_tailed(train_y, self.num_classes, args.imbalance_type,
-                                                   args.imbalance_ratio, args.data_seed)
-        check(args.batch_size <= len(keep), f"--batch-size {args.batch_size} is larger than the {len(keep)} training "
-                                            f"images of this subset: every batch would repeat images; pass "
-                                            f"--batch-size {len(keep)} or less")
         self.subset_sha256 = hashlib.sha256(np.ascontiguousarray(keep, dtype=np.int64).tobytes()).hexdigest()
         to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
         self.train_x = to(train_x[keep]).permute(0, 3, 1, 2).contiguous()   # (N, 3, H, W) uint8
@@ -514,6 +530,15 @@ class Data:
         self.batch_size = args.batch_size
         self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+
+    @staticmethod
+    def subset(args, train_y, num_classes):
+        """The long-tailed subset's indices and per-class counts (make_long_tailed), checked against --batch-size."""
+        keep, counts = make_long_tailed(train_y, num_classes, args.imbalance_type, args.imbalance_ratio, args.data_seed)
+        check(args.batch_size <= len(keep), f"--batch-size {args.batch_size} is larger than the {len(keep)} training "
+                                            f"images of this subset: every batch would repeat images; pass "
+                                            f"--batch-size {len(keep)} or less")
+        return keep, counts
 
     def __len__(self):
         return len(self.train_y)
@@ -1268,8 +1293,8 @@ def row_args(row, flags=()):
     except SystemExit as e:  # (the method's common.UserError: another class when this file runs as __main__)
         if not str(e.code).startswith("error: "):
             raise
-        raise UserError(f"run_all.sh row '{row}': {str(e.code).removeprefix('error: ')}; EXTRA and DATA_FLAGS go "
-                        "to every row (ONLY='<pattern>' runs only the rows that match)") from None
+        raise UserError(f"run_all.sh row '{row}': {str(e.code).removeprefix('error: ')}; SETTINGS, EXTRA and "
+                        "DATA_FLAGS go to every row (ONLY='<pattern>' runs only the rows that match)") from None
     finally:
         sys.argv[0] = argv0
 
@@ -1305,12 +1330,21 @@ def result_multiple(result):
     return inherent_multiple(script, result["args"], len(result["train_class_counts"]))
 
 
+def speed_path(device_name, args):
+    """What sets a run's speed besides its method: "cpu", or on a GPU the path and precision it asked for ("cuda
+    --fast bf16", "cuda eager fp32"...; --fast and --fp32 do nothing on the CPU). `device_name`: a results JSON's,
+    or "cuda"."""
+    if device_name == "cpu":
+        return "cpu"
+    return f"cuda {'--fast' if args.get('fast') else 'eager'} {'fp32' if args.get('fp32') else 'bf16'}"
+
+
 def _completed_walls(out, at_once=1):
-    """{(setting, method): [(wall_time_s, its result_multiple or None) of each completed run]} of the results JSON
-    under `out` (others ignored; the multiple None for undersampling, whose epochs hold C x n_min images, and for a
-    JSON without its command), each wall time as if `at_once` runs shared the device: a run made beside fewer others
-    counts at_once / its runs_at_once times longer (never shorter: a run beside fewer others than it had would not
-    end sooner than it did)."""
+    """{(setting, method): [(seconds per epoch, its result_multiple or None, its speed_path) of each completed run]}
+    of the results JSON under `out` (others ignored; the multiple None for undersampling, whose epochs hold C x n_min
+    images, and for a JSON without its command): its wall time, data loading and evaluations included, over its
+    epochs, as if `at_once` runs shared the device: a run made beside fewer others counts at_once / its runs_at_once
+    times longer (never shorter: a run beside fewer others than it had would not end sooner than it did)."""
     walls = {}
     for path in glob.glob(os.path.join(out, "*", "*", "seed*.json")):
         try:
@@ -1323,30 +1357,55 @@ def _completed_walls(out, at_once=1):
                     multiple = None if script in SHORT_EPOCH_SCRIPTS else result_multiple(r)[0]
                 except (KeyError, TypeError, AttributeError, IndexError):  # a JSON without its command or arguments
                     multiple = None
-                walls.setdefault((r["setting"], r["method"]), []).append((float(r["wall_time_s"]) * scale, multiple))
+                per_epoch = float(r["wall_time_s"]) * scale / max(1, int(r["args"]["epochs"]))
+                walls.setdefault((r["setting"], r["method"]), []).append(
+                    (per_epoch, multiple, speed_path(r["device_name"], r["args"])))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return walls
 
 
+def arg_differences(run_args, expected):
+    """[(name, the run's value, the expected value)] of the training arguments where a run's arguments (a results
+    JSON's "args") differ from `expected` (vars() of its row's parse_args): RUN_ONLY_ARGS and the dataset are not
+    compared, nor an expected None (a value the run fills in from its data: oversampling's --num-samples), nor an
+    argument the run's JSON lacks (one added to the method since, whose default keeps what the run did)."""
+    return [(k, run_args[k], v) for k, v in sorted(expected.items())
+            if k not in RUN_ONLY_ARGS | {"dataset"} and v is not None and k in run_args and run_args[k] != v]
+
+
+def _show(value):
+    """An argument's value as on the command line: a list as its words."""
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _flag_values(differences, side):
+    """"--epochs 200, --lr 0.1" from arg_differences, the run's values (side 1) or the expected ones (side 2)."""
+    return ", ".join(f"--{d[0].replace('_', '-')} {_show(d[side])}" for d in differences)
+
+
 def plan(jobs, flags, out, at_once=1, extra=()):
     """For run_all.sh: for each job "row|imbalance type|ratio|seed", the line
     "<done> <seconds> <epochs done> <epochs> <ERM run> <passes> <measures> <results JSON>": done is 1 when the JSON
-    exists (the run is skipped), seconds the longest wall time of the same method's completed runs in the same
-    setting (else in any setting; -1: never run) with `at_once` runs sharing the device (_completed_walls), epochs
+    exists (the run is skipped), seconds what the job is expected to take by the same method's completed runs in the
+    same setting (else in any setting; -1: never run): the longest one's seconds per epoch with `at_once` runs sharing
+    the device (_completed_walls) times the job's epochs, counting only the runs made on the job's speed_path (the
+    CPU, or on a GPU the same --fast or eager and precision: a GPU run says nothing of a CPU run's length); epochs
     done those its checkpoint holds (0 without --resume or a checkpoint it can use); for a job still to run, what a
-    run of a method never run is expected to take: ERM run, the seconds of an ERM run by the completed runs of every
-    method in the setting (else in any setting; -1: none), each run's wall time over its inherent_multiple, the
-    largest, and passes, the job's own inherent_multiple x 1000 (a SAM row takes 2000 / 1000 ERM runs; -1 -1 for a
-    job done); measures 1 where the job's run, once ended, measures an ERM run (0: SHORT_EPOCH_SCRIPTS).
+    run of a method never run is expected to take: ERM run, the seconds of an ERM run of the job's epochs by the
+    completed runs of every method in the setting on its path (else in any setting; -1: none), each run's seconds
+    per epoch over its inherent_multiple, the largest, and passes, the job's own inherent_multiple x 1000 (a SAM row
+    takes 2000 / 1000 ERM runs; -1 -1 for a job done); measures 1 where the job's run, once ended, measures an ERM
+    run (0: SHORT_EPOCH_SCRIPTS).
     Checks every job's flags first, and the data of each job still to run (an image folder's layout; the torchvision
     CIFAR files, downloaded here once with --download, not by JOBS runs at once), so that missing data stops
     run_all.sh before any run starts. The checkpoint of a run whose JSON exists is deleted: a copy carried from an
     earlier session, where the run was cut short, would otherwise travel to every later one. `flags` go before the
     job's own (run_all.sh's DATA_FLAGS), `extra` after them (its EXTRA), as on a run's command line: a job value
-    EXTRA would change is refused."""
+    EXTRA would change is refused, and so is a job whose results JSON exists but holds a run of other training
+    arguments (arg_differences; EXTRA="--epochs 5" into a folder of 200-epoch runs), which would count as done."""
     walls = _completed_walls(out, at_once)
-    lines, checked, paths = [], set(), {}
+    lines, checked, paths, here = [], set(), {}, {}
     for job in jobs:
         row, itype, ratio, seed = job.split("|")
         args = row_args(row, list(flags) + ["--imbalance-type", itype, "--imbalance-ratio", ratio, "--seed", seed,
@@ -1372,20 +1431,35 @@ def plan(jobs, flags, out, at_once=1, extra=()):
                 raise UserError(f"{str(e.code).removeprefix('error: ')} (run_all.sh: DATA_DIR=<folder>, or "
                                 "DATA_FLAGS for another dataset)")
             checked.add(source)
+        if os.path.exists(path):  # a run of other training arguments would count as this one, and be averaged with it
+            try:
+                with open(path) as f:
+                    differ = arg_differences(json.load(f)["args"], vars(args))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):  # (the report says what is wrong with it)
+                differ = []
+            check(not differ, f"run_all.sh: {path} holds a run with {_flag_values(differ, 1)}, where this "
+                              f"invocation's would have {_flag_values(differ, 2)} (EXTRA, DATA_FLAGS or the row): it "
+                              "would count as done and its row would average both; give these runs another "
+                              "OUT=<folder>, or delete that JSON to train it again")
         setting = setting_name(args)
-        same = walls.get((setting, args.method)) or [w for (s, m), ws in walls.items() if m == args.method for w in ws]
+        speed = speed_path("cpu" if args.device == "cpu" else "cuda", vars(args))  # (finish_args resolved "auto")
+        if speed not in here:  # the runs made on the path this job will take, their epochs' seconds
+            here[speed] = {key: [(e, k) for e, k, p in ws if p == speed] for key, ws in walls.items()}
+        same = here[speed].get((setting, args.method)) \
+            or [w for (s, m), ws in here[speed].items() if m == args.method for w in ws]
         erm_run, passes = -1, -1
         if not os.path.exists(path):  # (its data was checked above, so its number of classes is known)
-            per_erm_run = [w / k for (s, _), ws in walls.items() if s == setting for w, k in ws if k] \
-                or [w / k for ws in walls.values() for w, k in ws if k]
-            erm_run = round(max(per_erm_run)) if per_erm_run else -1
+            per_erm_epoch = [e / k for (s, _), ws in here[speed].items() if s == setting for e, k in ws if k] \
+                or [e / k for ws in here[speed].values() for e, k in ws if k]
+            erm_run = round(max(per_erm_epoch) * args.epochs) if per_erm_epoch else -1
             passes = round(1000 * inherent_multiple(row.split()[0], vars(args), class_count(args))[0])
         if os.path.exists(path) and os.path.exists(checkpoint_path(args)):
             os.remove(checkpoint_path(args))
         ck, _ = load_checkpoint(args, checkpoint_key(args, os.path.join(ROOT, "methods", row.split()[0])))
         done = min(ck["epoch"] + 1, args.epochs) if ck else 0
-        lines.append(f"{int(os.path.exists(path))} {round(max(w for w, _ in same)) if same else -1} {done} "
-                     f"{args.epochs} {erm_run} {passes} {int(row.split()[0] not in SHORT_EPOCH_SCRIPTS)} {path}")
+        seconds = round(max(e for e, _ in same) * args.epochs) if same else -1
+        lines.append(f"{int(os.path.exists(path))} {seconds} {done} {args.epochs} {erm_run} {passes} "
+                     f"{int(row.split()[0] not in SHORT_EPOCH_SCRIPTS)} {path}")
     return lines
 
 
@@ -1620,10 +1694,8 @@ def args_lines(rows, table):
                             "--device", "cpu"]
             if (row, tuple(flags)) not in expected:
                 expected[row, tuple(flags)] = vars(row_args(row, flags))
-            show = lambda v: " ".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
-            diff = ", ".join(f"--{k.replace('_', '-')} {show(a.get(k))} instead of {show(v)}"
-                             for k, v in sorted(expected[row, tuple(flags)].items())
-                             if k not in RUN_ONLY_ARGS | {"dataset"} and v is not None and a.get(k) != v)
+            diff = ", ".join(f"{_flag_values([d], 1)} instead of {_show(d[2])}"
+                             for d in arg_differences(a, expected[row, tuple(flags)]))
             if diff:
                 groups.setdefault(diff, []).append(f"{method} seed {a['seed']}")
     lines = [f"The arguments of {unknown} runs were not compared with their rows: their data folder is not here."] \

@@ -9,25 +9,28 @@
 #   bash run_all.sh --dry-run                        # the plan only: each run done, part-done or to run, the ETA
 #   bash run_all.sh --help                           # this text
 #
-# Environment: DATA_DIR (an ImageFolder with train/ and test/) or DATA_FLAGS (e.g. "--dataset cifar10
-# --download" for the original CIFAR-10 through torchvision), SEEDS ("0 1 2"), SETTINGS ("exp:100"),
-# JOBS (runs at once; 4 eager runs under MPS gave 3.6x the throughput of 1 on an H200: results/SPEED.md; with
-# more than 1, each run gets OMP_NUM_THREADS=1 unless it is set), FAST (1: every run with --fast, one CUDA graph
-# per training step, the same math 4.6x faster per epoch there; 0: the plain eager path; no effect on CPU),
-# MPS (1: run under a CUDA MPS daemon, started here and stopped at the end, so that the kernels of the JOBS runs
-# can share the GPU at once instead of taking turns), DEADLINE (seconds: no run starts that is expected to end
-# later, judged by the wall time of the same method's finished runs, or for a method never run as an ERM run (by the
-# finished runs of every method but undersampling) times the passes its step needs (SAM 2, PCNSGD (1 + 2C) / 3); the
-# rest is left for the next invocation; a run still going at the deadline is stopped there),
+# Environment (a value first in parentheses is the default): DATA_DIR (data/cifar10-jpeg: an ImageFolder with
+# train/ and test/) or DATA_FLAGS (e.g. "--dataset cifar10 --download" for the original CIFAR-10 through
+# torchvision), SEEDS ("0 1 2"), SETTINGS ("exp:100"), JOBS (4: runs at once; 4 eager runs under MPS gave 3.6x the
+# throughput of 1 on an H200: results/SPEED.md; with more than 1, each run gets OMP_NUM_THREADS=1 unless it is
+# set), FAST (1: every run with --fast, one CUDA graph per training step, the same math 4.6x faster per epoch
+# there; 0: the plain eager path; no effect on CPU), MPS (0: off; 1: run under a CUDA MPS daemon, started here and
+# stopped at the end, so that the kernels of the JOBS runs can share the GPU at once instead of taking turns),
+# DEADLINE (none; seconds: no run starts that is expected to end later, judged by the wall time of the same
+# method's finished runs, or for a method never run as an ERM run (by the finished runs of every method but
+# undersampling) times the passes its step needs (SAM 2, PCNSGD (1 + 2C) / 3), each scaled to the run's epochs,
+# counting only runs made on the same path (the CPU, or on a GPU the same --fast or eager and precision); the rest
+# is left for the next invocation; a run still going at the deadline is stopped there),
 # CHECKPOINT_EVERY (10: every run saves its state every 10 epochs under $OUT/checkpoints/ and resumes from it when
 # run again, so a killed run loses at most 10 epochs; under DEADLINE, once every run that can end in time has
 # started, a free slot trains a deferred run up to the checkpoints it can reach, so the GPU is not idle at the end
 # of a window and a run longer than the whole window ends over several invocations; 0: off),
-# OUT (results), PYTHON, EXTRA (flags added to every run, after its own; not --seed, --imbalance-type/-ratio or
-# --out, which SEEDS, SETTINGS and OUT set), ONLY (run only the rows whose script or flags match
-# this grep -E pattern), NEW_RUN_S (seconds of one ERM run, for DEADLINE and --dry-run while no finished run but
-# undersampling's measures one, times the passes a row's step needs; 0: none; .ci/gpu-session sets it from the
-# benchmark's projection),
+# OUT (results), PYTHON (python), EXTRA (none; flags added to every run, after its own; not --seed,
+# --imbalance-type/-ratio or --out, which SEEDS, SETTINGS and OUT set; one that changes what the runs train, e.g.
+# --epochs 5, needs an OUT of its own: a JSON in OUT of other training arguments stops run_all.sh before anything
+# starts), ONLY (none: every row; else only the rows whose script or flags match this grep -E pattern), NEW_RUN_S
+# (none; seconds of one ERM run, for DEADLINE and --dry-run while no finished run but undersampling's measures one,
+# times the passes a row's step needs; 0: none; .ci/gpu-session sets it from the benchmark's projection),
 # IMBALANCE_REF_GIT_COMMIT (the commit to record where this folder is not a git checkout, as on a GPU machine the
 # working tree was copied to).
 # Order: the runs a checkpoint holds part of first, then setting by setting, seed 0 of every row first, so that a
@@ -138,8 +141,8 @@ if [ "${#jobs_list[@]}" -eq 0 ]; then
   exit 1
 fi
 
-# One line per job: "<done 0|1> <seconds the method's finished runs took, -1: unknown> <epochs its checkpoint holds>
-# <epochs> <seconds of an ERM run by every method's finished runs, -1: none> <the passes its step needs x 1000>
+# One line per job: "<done 0|1> <seconds the method's finished runs on this path took, scaled to its epochs, -1:
+# unknown> <epochs its checkpoint holds> <epochs> <seconds of an ERM run by every method's finished runs, -1: none> <the passes its step needs x 1000>
 # <1: its run, once ended, measures an ERM run; 0: not, undersampling's> <results JSON>"; a run made with fewer than JOBS at once counts JOBS / its number times longer. This also checks
 # every job's flags before anything trains.
 # shellcheck disable=SC2086  # flags are meant to split into words
@@ -162,8 +165,9 @@ for i in "${!jobs_list[@]}"; do
   if [ "$done" = 1 ]; then done_before=$((done_before + 1))
   elif [ "$epochs_done" -gt 0 ]; then partial+=("$i")
   else todo+=("$i"); fi
-  if [ "$seconds" -lt 0 ] && [ -f "$(logname "$row" "$itype" "$ratio" "$seed")" ]; then
-    # a run stopped before its JSON (DEADLINE/timeout kill): its last "elapsed H:MM:SS  eta H:MM:SS" line
+  if [ "$done" = 0 ] && [ "$seconds" -lt 0 ] && [ -f "$(logname "$row" "$itype" "$ratio" "$seed")" ]; then
+    # a run stopped before its JSON (DEADLINE/timeout kill): its last "elapsed H:MM:SS  eta H:MM:SS" line (not the
+    # log of a run that ended: the plan found no run of the row on this path, so that one ran on another)
     seconds=$(grep -o 'elapsed [0-9:]*  eta [0-9:]*' "$(logname "$row" "$itype" "$ratio" "$seed")" | tail -1 |
       awk '{split($2,a,":"); split($4,b,":"); print a[1]*3600+a[2]*60+a[3]+b[1]*3600+b[2]*60+b[3]}' || true)
     seconds=${seconds:--1}
@@ -222,7 +226,8 @@ if [ "$DRY_RUN" = 1 ]; then  # the plan only: nothing trains, no log, run_all.js
       "(the sum of the estimates above over JOBS, or the longest if more; $(( ${#todo[@]} - known )) runs without one" \
       "count 0)"
   elif [ "${#todo[@]}" -gt 0 ]; then
-    echo "[run_all] no estimate of the wall time: no run has ended yet (NEW_RUN_S=<seconds of one ERM run> sets one)"
+    echo "[run_all] no estimate of the wall time: no run on this path (the CPU, or on a GPU the same --fast or eager" \
+      "and precision) has ended yet (NEW_RUN_S=<seconds of one ERM run> sets one)"
   fi
   exit 0
 fi

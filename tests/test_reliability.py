@@ -202,6 +202,10 @@ def _ratio_not_a_number(t):
     return "methods/erm.py", [*SMOKE_ARGS, "--imbalance-ratio", "ten"], ["--imbalance-ratio must be a number"]
 
 
+def _ratio_infinite(t):
+    return "methods/erm.py", [*SMOKE_ARGS, "--imbalance-ratio", "inf"], ["--imbalance-ratio must be a finite number"]
+
+
 def _ratio_empties_a_class(t):
     make_folder(t / "data")  # 4 images per class: ratio 10 keeps int(4 / 10) = 0 of the last class
     return "methods/erm.py", imagefolder_args(str(t / "data"), ratio="10"), ["with 0 images", "at most 4"]
@@ -283,7 +287,7 @@ BAD_INPUT = [  # (build(tmp_path) -> (script, args, phrases the message must con
     (_test_only_class, False), (_class_without_images, False), (_garbage_image, True), (_truncated_jpeg, False),
     (_dangling_symlink, False), (_unreadable, False), (_mixed_sizes, False), (_not_square, False),
     (_ratio_below_one, False),
-    (_ratio_not_a_number, False), (_ratio_empties_a_class, False), (_ratio_empties_synthetic, False),
+    (_ratio_not_a_number, False), (_ratio_infinite, False), (_ratio_empties_a_class, False), (_ratio_empties_synthetic, False),
     (_unknown_dataset, False), (_unknown_option, False), (_epochs_not_int, False), (_negative_epochs, False),
     (_zero_batch, False), (_negative_batch, False), (_unknown_device, False), (_cuda_without_gpu, False),
     (_imagefolder_without_dir, False), (_existing_result, True), (_out_is_a_file, False),
@@ -317,6 +321,55 @@ def test_bad_input_is_one_line_and_writes_nothing(build, real, tmp_path):
     for phrase in phrases:
         assert phrase in line, f"{phrase!r} not in {line!r}"
     assert snapshot(tmp_path) == before, "a failed run changed files under its folder"
+
+
+def test_a_subset_that_cannot_train_stops_the_run_before_any_image_is_decoded(tmp_path):
+    """An image folder's long-tailed subset is cut from its file names: one class, a ratio that leaves a class no
+    image or a batch larger than the subset stops the run before the images are decoded and cached (CIFAR-10: 13 s
+    and 177 MB for nothing)."""
+    for name, classes, more, phrase in (("one", ("a",), [], "needs at least 2"),
+                                        ("ratio", ("a", "b", "c"), ["--imbalance-ratio", "10"], "with 0 images"),
+                                        ("batch", ("a", "b", "c"), ["--batch-size", "100"], "pass --batch-size 8 or less")):
+        make_folder(tmp_path / name, train=classes, test=classes)
+        cache = tmp_path / f"cache-{name}"
+        rc, stdout, stderr = run_forked("methods/erm.py", *imagefolder_args(str(tmp_path / name)), *more,
+                                        "--out", tmp_path / "out", "--cache-dir", cache)
+        assert rc != 0 and phrase in one_error_line(stderr, stdout), stdout + stderr
+        assert "decoding" not in stdout and not cache.exists() and not (tmp_path / "out").exists(), stdout
+
+
+def test_an_unbalanced_folder_is_noted_once_and_trains(tmp_path):
+    """The note on a folder whose classes differ in size comes once, from the subset cut before the images are read
+    and printed after them."""
+    make_folder(tmp_path / "data")
+    Image.new("RGB", (32, 32)).save(tmp_path / "data" / "train" / "a" / "extra.png")  # a: 5 images, b and c: 4
+    rc, stdout, stderr = run_forked("methods/erm.py", *imagefolder_args(str(tmp_path / "data")), "--out",
+                                    tmp_path / "out", "--cache-dir", tmp_path / "cache")
+    assert rc == 0 and stderr.count("note: the training classes are not of one size (4 to 5 images)") == 1, stderr
+
+
+def _no_internet():
+    """setup() for start_forked: every URL fails as without a network."""
+    import urllib.error
+    import urllib.request
+
+    def fail(*args, **kwargs):
+        raise urllib.error.URLError("no network (test)")
+    urllib.request.urlopen = fail
+
+
+def test_a_failed_download_leaves_no_folder_it_made(tmp_path):
+    """--download without internet: one error line, and the --data-dir it made for the files is gone again (one that
+    was there stays)."""
+    for data_dir, existed in ((tmp_path / "new" / "cifar", False), (tmp_path / "old", True)):
+        if existed:
+            data_dir.mkdir()
+        rc, stdout, stderr = run_forked("methods/erm.py", "--dataset", "cifar10", "--download", "--data-dir", data_dir,
+                                        "--device", "cpu", "--out", tmp_path / "out", setup=_no_internet)
+        assert rc == 1 and "could not download cifar10" in one_error_line(stderr, stdout), stdout + stderr
+        assert "(URLError)" in stderr  # (the test's no-network, not a download on a machine that has one)
+        assert data_dir.exists() == existed and not (tmp_path / "out").exists()
+    assert not (tmp_path / "new").exists()  # (all the folders it made, not only the last)
 
 
 def test_forked_runner_matches_a_real_process(tmp_path):

@@ -163,7 +163,7 @@ def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anyth
     bash = lambda *args, **more: subprocess.run(["bash", "run_all.sh", *args], cwd=ROOT, capture_output=True,  # noqa
                                                 text=True, timeout=120, env={**env, **more})
     helped = bash("--help")
-    assert helped.returncode == 0 and "Environment: DATA_DIR" in helped.stdout and "bash run_all.sh --dry-run" \
+    assert helped.returncode == 0 and "Environment (a value first in parentheses is the default): DATA_DIR" in helped.stdout and "bash run_all.sh --dry-run" \
         in helped.stdout and "set -euo" not in helped.stdout and not out.exists(), helped.stdout + helped.stderr
     read = set(re.findall(r"\$\{([A-Z_]+):[-+]", open(os.path.join(ROOT, "run_all.sh")).read()))
     assert len(read) >= 15 and not [v for v in read if v not in helped.stdout]  # every setting it reads is explained
@@ -186,13 +186,15 @@ def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anyth
                           ("--overwrite", "--overwrite and --skip-existing contradict")):
         proc = bash(EXTRA=extra)
         assert proc.returncode == 1 and needle in proc.stderr and not out.exists(), proc.stdout + proc.stderr
+    proc = bash(SETTINGS="exp:0.5")  # a value every row gets, and the message names where it may come from
+    assert proc.returncode == 1 and "got 0.5; SETTINGS, EXTRA and DATA_FLAGS go to every row" in proc.stderr, proc.stderr
     # two jobs that would write one JSON (and train into it at once) are refused: a seed or a setting named twice
     for more in ({"SEEDS": "0 0"}, {"SETTINGS": "none:10 none:100"}, {"ONLY": "^erm.py$|--loss ce", "EXTRA": "--name x"},
                  {"SETTINGS": "exp:1|0"}):
         proc = bash("--dry-run", **more)
         assert proc.returncode == 1 and ("would both write" in proc.stderr or "TYPE:RATIO" in proc.stderr), \
             proc.stdout + proc.stderr
-    write_run(out, "synthetic-exp-r10", "erm", 0, wall=42.0, at_once=2)
+    write_run(out, "synthetic-exp-r10", "erm", 0, wall=42.0, at_once=2, args={"epochs": 2})  # (SMOKE's epochs)
     before = sorted(p for p in out.rglob("*"))
     plan = bash("--dry-run", JOBS="2")
     assert plan.returncode == 0, plan.stdout + plan.stderr
@@ -215,6 +217,14 @@ def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anyth
         "longest if more; 0 runs without one count 0)"], plan
     plan = bash("--dry-run", OUT=str(tmp_path / "none"), ONLY="^erm.py$", SEEDS="0", NEW_RUN_S="0").stdout
     assert "(2 epochs, no estimate: no run has ended yet)" in plan, plan  # NEW_RUN_S=0: none (no benchmark JSON)
+    # a run made on a GPU is no measure of a CPU run (SMOKE's), nor is its log, which estimates only a run cut short
+    gpu = tmp_path / "gpu"
+    write_run(gpu, "synthetic-exp-r10", "erm", 0, wall=42.0, args={"epochs": 2}, device="NVIDIA H100")
+    (gpu / "logs").mkdir()
+    (gpu / "logs" / "erm.py_exp10_seed0.log").write_text("epoch 2/2  loss 1.0  elapsed 0:00:40  eta 0:00:00\n")
+    plan = bash("--dry-run", OUT=str(gpu), ONLY="^erm.py$", SEEDS="0 1", NEW_RUN_S="0").stdout
+    assert "--seed 1  (2 epochs, no estimate: no run has ended yet)" in plan, plan
+    assert "no run on this path (the CPU, or on a GPU the same --fast or eager and precision) has ended yet" in plan
 
 
 def test_a_run_ended_in_this_invocation_sets_the_estimate_of_a_row_never_run(tmp_path):
@@ -290,15 +300,16 @@ def test_plan_finds_the_checkpoint_each_rows_own_run_saves(tmp_path):
     assert {row: line.split()[2] for row, line in zip(rows, lines)} == {row: "1" for row in rows}
 
 
-def write_run(root, setting, method, seed, status="completed", wall=10.0, at_once=None, command=None, args=None):
-    """A results JSON with what the planner reads; with a command, the command, arguments and 10 classes' counts from
-    which common.result_multiple reads the passes its step needs."""
+def write_run(root, setting, method, seed, status="completed", wall=10.0, at_once=None, command=None, args=None,
+              device="cpu"):
+    """A results JSON with what the planner reads (arguments: 200 epochs and `args`); with a command, the command
+    and 10 classes' counts from which common.result_multiple reads the passes its step needs."""
     path = root / setting / method / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"setting": setting, "method": method, "status": status, "wall_time_s": wall,
+                                "device_name": device, "args": {"epochs": 200, **(args or {})},
                                 **({"runs_at_once": at_once} if at_once else {}),
-                                **({"command": command, "args": args or {}, "train_class_counts": [10] * 10}
-                                   if command else {})}))
+                                **({"command": command, "train_class_counts": [10] * 10} if command else {})}))
     return str(path)
 
 
@@ -373,6 +384,37 @@ def test_plan_marks_existing_runs_and_estimates_from_the_same_method(tmp_path):
         common.plan(["erm.py|exp|0.5|0"], flags, str(tmp_path))         # every job's flags checked before training
     with pytest.raises(common.UserError, match="nosuch.py"):
         common.plan(["nosuch.py|exp|10|0"], flags, str(tmp_path))
+
+
+def test_plan_estimates_by_the_runs_on_the_jobs_path_scaled_to_its_epochs(tmp_path):
+    """A run's length says something of another's only on the same path (a GPU run is no measure of a CPU run, nor a
+    --fast one of an eager one) and per epoch: EXTRA="--epochs 4" runs are expected to take 4/200 of a 200-epoch run."""
+    flags = ["--dataset", "synthetic", "--device", "cpu"]
+    write_run(tmp_path, "synthetic-exp-r10", "erm", 0, wall=20.0, command="methods/erm.py", device="NVIDIA H100",
+              args={"fast": True})
+    fields = lambda jobs, *more: [l.split()[1] + " " + l.split()[4]  # noqa: E731  (own rows' seconds, an ERM run's)
+                                  for l in common.plan(jobs, flags + list(more), str(tmp_path))]
+    assert fields(["erm.py|exp|10|1", "focal.py|exp|10|0"]) == ["-1 -1", "-1 -1"]  # a GPU run: no estimate on the CPU
+    write_run(tmp_path, "synthetic-exp-r10", "erm", 1, wall=400.0, command="methods/erm.py", args={"fast": True})
+    assert fields(["erm.py|exp|10|2", "focal.py|exp|10|0"]) == ["400 400", "-1 400"]  # (--fast: nothing on the CPU)
+    assert fields(["erm.py|exp|10|2", "focal.py|exp|10|0"], "--epochs", "4") == ["8 8", "-1 8"]
+    assert common.speed_path("cpu", {"fast": True, "fp32": False}) == "cpu"
+    assert [common.speed_path("cuda", {"fast": f, "fp32": p}) for f, p in ((True, False), (False, True))] == \
+        ["cuda --fast bf16", "cuda eager fp32"]
+
+
+def test_plan_refuses_a_finished_run_of_other_training_arguments(tmp_path):
+    """EXTRA="--epochs 5" into a folder of 200-epoch runs would count them as done and average both in a row: the
+    plan stops before anything starts. Arguments of how a run was made (--eval-every, --fast) and arguments its JSON
+    lacks (added to the method since) are no difference."""
+    flags = ["--dataset", "synthetic", "--device", "cpu"]
+    write_run(tmp_path, "synthetic-exp-r10", "erm", 0, command="methods/erm.py",
+              args={"epochs": 200, "lr": 0.1, "eval_every": 5, "fast": True})
+    with pytest.raises(common.UserError, match=r"erm/seed0.json holds a run with --epochs 200, --lr 0.1, where this "
+                                               r"invocation's would have --epochs 5, --lr 0.05 .* another OUT="):
+        common.plan(["erm.py|exp|10|0"], flags, str(tmp_path), extra=["--epochs", "5", "--lr", "0.05"])
+    assert common.plan(["erm.py|exp|10|0"], flags, str(tmp_path), extra=["--eval-every", "1"])[0].startswith("1 ")
+    assert common.plan(["erm.py|exp|10|1"], flags, str(tmp_path), extra=["--epochs", "5"])[0].startswith("0 ")
 
 
 def test_table_methods_and_seeds_come_from_run_all():
