@@ -1339,12 +1339,25 @@ def speed_path(device_name, args):
     return f"cuda {'--fast' if args.get('fast') else 'eager'} {'fp32' if args.get('fp32') else 'bf16'}"
 
 
+def run_seconds(result):
+    """(fixed, per epoch): a run's wall time (data loading and evaluations included) as fixed seconds (start-up, the
+    first epoch's extra, the final evaluation) plus seconds per epoch, the mean step of its history's elapsed_s (the
+    steps that fall back across a resume left out), so that a run of E epochs is expected to take fixed + E x per
+    epoch; without such steps, all of it per epoch."""
+    wall, history = float(result["wall_time_s"]), result.get("history") or []
+    times = [h.get("elapsed_s") for h in history]
+    steps = [b - a for a, b in zip(times, times[1:]) if a is not None and b is not None and b > a]
+    epochs = max(1, len(history) or int(result["args"]["epochs"]))
+    per_epoch = min(sum(steps) / len(steps), wall / epochs) if steps else wall / epochs
+    return wall - per_epoch * epochs, per_epoch
+
+
 def _completed_walls(out, at_once=1):
-    """{(setting, method): [(seconds per epoch, its result_multiple or None, its speed_path) of each completed run]}
-    of the results JSON under `out` (others ignored; the multiple None for undersampling, whose epochs hold C x n_min
-    images, and for a JSON without its command): its wall time, data loading and evaluations included, over its
-    epochs, as if `at_once` runs shared the device: a run made beside fewer others counts at_once / its runs_at_once
-    times longer (never shorter: a run beside fewer others than it had would not end sooner than it did)."""
+    """{(setting, method): [(fixed seconds, seconds per epoch, its result_multiple or None, its speed_path) of each
+    completed run]} of the results JSON under `out` (others ignored; the multiple None for undersampling, whose epochs
+    hold C x n_min images, and for a JSON without its command): its wall time as run_seconds splits it, as if
+    `at_once` runs shared the device: a run made beside fewer others counts at_once / its runs_at_once times longer
+    (never shorter: a run beside fewer others than it had would not end sooner than it did)."""
     walls = {}
     for path in glob.glob(os.path.join(out, "*", "*", "seed*.json")):
         try:
@@ -1357,9 +1370,9 @@ def _completed_walls(out, at_once=1):
                     multiple = None if script in SHORT_EPOCH_SCRIPTS else result_multiple(r)[0]
                 except (KeyError, TypeError, AttributeError, IndexError):  # a JSON without its command or arguments
                     multiple = None
-                per_epoch = float(r["wall_time_s"]) * scale / max(1, int(r["args"]["epochs"]))
+                fixed, per_epoch = run_seconds(r)
                 walls.setdefault((r["setting"], r["method"]), []).append(
-                    (per_epoch, multiple, speed_path(r["device_name"], r["args"])))
+                    (fixed * scale, per_epoch * scale, multiple, speed_path(r["device_name"], r["args"])))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return walls
@@ -1369,9 +1382,11 @@ def arg_differences(run_args, expected):
     """[(name, the run's value, the expected value)] of the training arguments where a run's arguments (a results
     JSON's "args") differ from `expected` (vars() of its row's parse_args): RUN_ONLY_ARGS and the dataset are not
     compared, nor an expected None (a value the run fills in from its data: oversampling's --num-samples), nor an
-    argument the run's JSON lacks (one added to the method since, whose default keeps what the run did)."""
+    argument the run's JSON lacks (one added to the method since, whose default keeps what the run did), nor the
+    ratio of --imbalance-type none, which uses none."""
+    unused = {"imbalance_ratio"} if expected.get("imbalance_type") == "none" else set()
     return [(k, run_args[k], v) for k, v in sorted(expected.items())
-            if k not in RUN_ONLY_ARGS | {"dataset"} and v is not None and k in run_args and run_args[k] != v]
+            if k not in RUN_ONLY_ARGS | {"dataset"} | unused and v is not None and k in run_args and run_args[k] != v]
 
 
 def _show(value):
@@ -1388,22 +1403,23 @@ def plan(jobs, flags, out, at_once=1, extra=()):
     """For run_all.sh: for each job "row|imbalance type|ratio|seed", the line
     "<done> <seconds> <epochs done> <epochs> <ERM run> <passes> <measures> <results JSON>": done is 1 when the JSON
     exists (the run is skipped), seconds what the job is expected to take by the same method's completed runs in the
-    same setting (else in any setting; -1: never run): the longest one's seconds per epoch with `at_once` runs sharing
-    the device (_completed_walls) times the job's epochs, counting only the runs made on the job's speed_path (the
-    CPU, or on a GPU the same --fast or eager and precision: a GPU run says nothing of a CPU run's length); epochs
-    done those its checkpoint holds (0 without --resume or a checkpoint it can use); for a job still to run, what a
-    run of a method never run is expected to take: ERM run, the seconds of an ERM run of the job's epochs by the
-    completed runs of every method in the setting on its path (else in any setting; -1: none), each run's seconds
-    per epoch over its inherent_multiple, the largest, and passes, the job's own inherent_multiple x 1000 (a SAM row
-    takes 2000 / 1000 ERM runs; -1 -1 for a job done); measures 1 where the job's run, once ended, measures an ERM
-    run (0: SHORT_EPOCH_SCRIPTS).
+    same setting (else in any setting; -1: never run): the longest, each run's fixed seconds plus its seconds per
+    epoch times the job's epochs (run_seconds), with `at_once` runs sharing the device (_completed_walls), counting
+    only the runs made on the job's speed_path (the CPU, or on a GPU the same --fast or eager and precision: a GPU
+    run says nothing of a CPU run's length); epochs done those its checkpoint holds (0 without --resume or a
+    checkpoint it can use); for a job still to run, what a run of a method never run is expected to take: ERM run,
+    the seconds of an ERM run of the job's epochs by the completed runs of every method in the setting on its path
+    (else in any setting; -1: none), each run's seconds so reckoned over its inherent_multiple, the largest, and
+    passes, the job's own inherent_multiple x 1000 (a SAM row takes 2000 / 1000 ERM runs; -1 -1 for a job done);
+    measures 1 where the job's run, once ended, measures an ERM run (0: SHORT_EPOCH_SCRIPTS).
     Checks every job's flags first, and the data of each job still to run (an image folder's layout; the torchvision
     CIFAR files, downloaded here once with --download, not by JOBS runs at once), so that missing data stops
     run_all.sh before any run starts. The checkpoint of a run whose JSON exists is deleted: a copy carried from an
     earlier session, where the run was cut short, would otherwise travel to every later one. `flags` go before the
     job's own (run_all.sh's DATA_FLAGS), `extra` after them (its EXTRA), as on a run's command line: a job value
-    EXTRA would change is refused, and so is a job whose results JSON exists but holds a run of other training
-    arguments (arg_differences; EXTRA="--epochs 5" into a folder of 200-epoch runs), which would count as done."""
+    EXTRA would change is refused, and so is a job whose row's folder holds a run (of any seed) of other training
+    arguments (arg_differences; EXTRA="--epochs 5" into a folder of 200-epoch runs): the row would average both, or
+    count that run as the job's."""
     walls = _completed_walls(out, at_once)
     lines, checked, paths, here = [], set(), {}, {}
     for job in jobs:
@@ -1431,33 +1447,37 @@ def plan(jobs, flags, out, at_once=1, extra=()):
                 raise UserError(f"{str(e.code).removeprefix('error: ')} (run_all.sh: DATA_DIR=<folder>, or "
                                 "DATA_FLAGS for another dataset)")
             checked.add(source)
-        if os.path.exists(path):  # a run of other training arguments would count as this one, and be averaged with it
+        # a run of the row (any seed) made with other training arguments: the job's own would count as done, and the
+        # row would average both (not compared without the data: some defaults come from its number of classes)
+        for other in sorted(glob.glob(os.path.join(os.path.dirname(path), "seed*.json"))) \
+                if class_count(args) is not None else []:
             try:
-                with open(path) as f:
+                with open(other) as f:
                     differ = arg_differences(json.load(f)["args"], vars(args))
             except (OSError, ValueError, KeyError, TypeError, AttributeError):  # (the report says what is wrong with it)
                 differ = []
-            check(not differ, f"run_all.sh: {path} holds a run with {_flag_values(differ, 1)}, where this "
-                              f"invocation's would have {_flag_values(differ, 2)} (EXTRA, DATA_FLAGS or the row): it "
-                              "would count as done and its row would average both; give these runs another "
-                              "OUT=<folder>, or delete that JSON to train it again")
+            check(not differ, f"run_all.sh: {other} holds a run with {_flag_values(differ, 1)}, where this "
+                              f"invocation's runs of its row would have {_flag_values(differ, 2)} (SETTINGS, EXTRA, "
+                              "DATA_FLAGS or the row): the row would average both, or count that run as done; give "
+                              "these runs another OUT=<folder>, or delete that JSON to train it again")
         setting = setting_name(args)
         speed = speed_path("cpu" if args.device == "cpu" else "cuda", vars(args))  # (finish_args resolved "auto")
-        if speed not in here:  # the runs made on the path this job will take, their epochs' seconds
-            here[speed] = {key: [(e, k) for e, k, p in ws if p == speed] for key, ws in walls.items()}
+        if speed not in here:  # the runs made on the path this job will take: (fixed, per epoch, multiple)
+            here[speed] = {key: [(f, e, k) for f, e, k, p in ws if p == speed] for key, ws in walls.items()}
         same = here[speed].get((setting, args.method)) \
             or [w for (s, m), ws in here[speed].items() if m == args.method for w in ws]
         erm_run, passes = -1, -1
         if not os.path.exists(path):  # (its data was checked above, so its number of classes is known)
-            per_erm_epoch = [e / k for (s, _), ws in here[speed].items() if s == setting for e, k in ws if k] \
-                or [e / k for ws in here[speed].values() for e, k in ws if k]
-            erm_run = round(max(per_erm_epoch) * args.epochs) if per_erm_epoch else -1
+            erm_runs = [(f + e * args.epochs) / k for (s, _), ws in here[speed].items() if s == setting
+                        for f, e, k in ws if k] \
+                or [(f + e * args.epochs) / k for ws in here[speed].values() for f, e, k in ws if k]
+            erm_run = round(max(erm_runs)) if erm_runs else -1
             passes = round(1000 * inherent_multiple(row.split()[0], vars(args), class_count(args))[0])
         if os.path.exists(path) and os.path.exists(checkpoint_path(args)):
             os.remove(checkpoint_path(args))
         ck, _ = load_checkpoint(args, checkpoint_key(args, os.path.join(ROOT, "methods", row.split()[0])))
         done = min(ck["epoch"] + 1, args.epochs) if ck else 0
-        seconds = round(max(e for e, _ in same) * args.epochs) if same else -1
+        seconds = round(max(f + e * args.epochs for f, e, _ in same)) if same else -1
         lines.append(f"{int(os.path.exists(path))} {seconds} {done} {args.epochs} {erm_run} {passes} "
                      f"{int(row.split()[0] not in SHORT_EPOCH_SCRIPTS)} {path}")
     return lines

@@ -5,7 +5,9 @@
 #   bash run_all.sh                                  # JPEG CIFAR-10-LT R=100 from data/cifar10-jpeg, 3 seeds
 #   SETTINGS="exp:100 exp:10 step:100" bash run_all.sh
 #   DEADLINE=600 bash run_all.sh                     # end within 10 minutes (runs that would not: next time)
-#   SMOKE=1 bash run_all.sh                          # every run tiny: synthetic data, 2 epochs, CPU (tests)
+#   SMOKE=1 bash run_all.sh                          # every run tiny: synthetic data, 2 epochs, CPU (tests); its
+#                                                    # defaults: SEEDS 0, SETTINGS exp:10, JOBS 2, FAST 0,
+#                                                    # OUT results/scratch/smoke
 #   bash run_all.sh --dry-run                        # the plan only: each run done, part-done or to run, the ETA
 #   bash run_all.sh --help                           # this text
 #
@@ -165,9 +167,9 @@ for i in "${!jobs_list[@]}"; do
   if [ "$done" = 1 ]; then done_before=$((done_before + 1))
   elif [ "$epochs_done" -gt 0 ]; then partial+=("$i")
   else todo+=("$i"); fi
-  if [ "$done" = 0 ] && [ "$seconds" -lt 0 ] && [ -f "$(logname "$row" "$itype" "$ratio" "$seed")" ]; then
-    # a run stopped before its JSON (DEADLINE/timeout kill): its last "elapsed H:MM:SS  eta H:MM:SS" line (not the
-    # log of a run that ended: the plan found no run of the row on this path, so that one ran on another)
+  if [ "$epochs_done" -gt 0 ] && [ "$seconds" -lt 0 ] && [ -f "$(logname "$row" "$itype" "$ratio" "$seed")" ]; then
+    # a run stopped before its JSON (DEADLINE/timeout kill) whose checkpoint this job goes on from (so made with its
+    # epochs, on its device and precision): its log's last "elapsed H:MM:SS  eta H:MM:SS" line
     seconds=$(grep -o 'elapsed [0-9:]*  eta [0-9:]*' "$(logname "$row" "$itype" "$ratio" "$seed")" | tail -1 |
       awk '{split($2,a,":"); split($4,b,":"); print a[1]*3600+a[2]*60+a[3]+b[1]*3600+b[2]*60+b[3]}' || true)
     seconds=${seconds:--1}
@@ -208,7 +210,7 @@ if [ "$DRY_RUN" = 1 ]; then  # the plan only: nothing trains, no log, run_all.js
   for i in "${todo[@]}"; do
     IFS='|' read -r row itype ratio seed <<<"${jobs_list[$i]}"
     read -r _ _ epochs_done epochs _ <<<"${plan[$i]}"
-    w=$(estimate "$i") e="no estimate: no run has ended yet"
+    w=$(estimate "$i") e="no estimate: no run on this path has ended yet"
     if [ -n "$w" ]; then
       w=$(( w * ${left[$i]} / 1000 )) known=$((known + 1))
       sum=$(( sum + w )) longest=$(( w > longest ? w : longest )) e="~$w s"

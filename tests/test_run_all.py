@@ -216,15 +216,24 @@ def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anyth
         "[run_all] expected wall time: 0:01:20 at 2 at a time (the sum of the estimates above over JOBS, or the "
         "longest if more; 0 runs without one count 0)"], plan
     plan = bash("--dry-run", OUT=str(tmp_path / "none"), ONLY="^erm.py$", SEEDS="0", NEW_RUN_S="0").stdout
-    assert "(2 epochs, no estimate: no run has ended yet)" in plan, plan  # NEW_RUN_S=0: none (no benchmark JSON)
+    assert "(2 epochs, no estimate: no run on this path has ended yet)" in plan, plan  # NEW_RUN_S=0: none
     # a run made on a GPU is no measure of a CPU run (SMOKE's), nor is its log, which estimates only a run cut short
     gpu = tmp_path / "gpu"
     write_run(gpu, "synthetic-exp-r10", "erm", 0, wall=42.0, args={"epochs": 2}, device="NVIDIA H100")
     (gpu / "logs").mkdir()
     (gpu / "logs" / "erm.py_exp10_seed0.log").write_text("epoch 2/2  loss 1.0  elapsed 0:00:40  eta 0:00:00\n")
+    (gpu / "logs" / "erm.py_exp10_seed1.log").write_text("epoch 1/2  loss 1.0  elapsed 0:00:20  eta 0:00:20\n")
     plan = bash("--dry-run", OUT=str(gpu), ONLY="^erm.py$", SEEDS="0 1", NEW_RUN_S="0").stdout
-    assert "--seed 1  (2 epochs, no estimate: no run has ended yet)" in plan, plan
+    assert "--seed 1  (2 epochs, no estimate: no run on this path has ended yet)" in plan, plan
     assert "no run on this path (the CPU, or on a GPU the same --fast or eager and precision) has ended yet" in plan
+    # a killed run's log counts where its checkpoint does (made with the job's epochs, on its device and precision)
+    run = common.row_args("erm.py", ["--dataset", "synthetic", "--epochs", "2", "--batch-size", "64", "--eval-every", "1",
+                                     "--device", "cpu", "--imbalance-ratio", "10", "--seed", "1", "--out", str(gpu)])
+    os.makedirs(os.path.dirname(common.checkpoint_path(run)))
+    common.torch.save({"epoch": 0, "key": common.checkpoint_key(run, os.path.join(ROOT, "methods", "erm.py"))},
+                      common.checkpoint_path(run))
+    plan = bash("--dry-run", OUT=str(gpu), ONLY="^erm.py$", SEEDS="0 1", NEW_RUN_S="0").stdout
+    assert "--seed 1  (epochs 1-2, ~20 s, as this row's earlier runs)" in plan, plan
 
 
 def test_a_run_ended_in_this_invocation_sets_the_estimate_of_a_row_never_run(tmp_path):
@@ -301,15 +310,16 @@ def test_plan_finds_the_checkpoint_each_rows_own_run_saves(tmp_path):
 
 
 def write_run(root, setting, method, seed, status="completed", wall=10.0, at_once=None, command=None, args=None,
-              device="cpu"):
-    """A results JSON with what the planner reads (arguments: 200 epochs and `args`); with a command, the command
-    and 10 classes' counts from which common.result_multiple reads the passes its step needs."""
+              device="cpu", **more):
+    """A results JSON with what the planner reads (arguments: 200 epochs and `args`; `more` as it is); with a
+    command, the command and 10 classes' counts from which common.result_multiple reads the passes its step needs."""
     path = root / setting / method / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"setting": setting, "method": method, "status": status, "wall_time_s": wall,
                                 "device_name": device, "args": {"epochs": 200, **(args or {})},
                                 **({"runs_at_once": at_once} if at_once else {}),
-                                **({"command": command, "train_class_counts": [10] * 10} if command else {})}))
+                                **({"command": command, "train_class_counts": [10] * 10} if command else {}),
+                                **more}))
     return str(path)
 
 
@@ -388,33 +398,54 @@ def test_plan_marks_existing_runs_and_estimates_from_the_same_method(tmp_path):
 
 def test_plan_estimates_by_the_runs_on_the_jobs_path_scaled_to_its_epochs(tmp_path):
     """A run's length says something of another's only on the same path (a GPU run is no measure of a CPU run, nor a
-    --fast one of an eager one) and per epoch: EXTRA="--epochs 4" runs are expected to take 4/200 of a 200-epoch run."""
+    --fast one of an eager one) and per epoch: EXTRA="--epochs 4" runs are expected to take 4/200 of a 200-epoch run
+    (here the runs of another setting: a row's own folder holds runs of the same arguments only)."""
     flags = ["--dataset", "synthetic", "--device", "cpu"]
-    write_run(tmp_path, "synthetic-exp-r10", "erm", 0, wall=20.0, command="methods/erm.py", device="NVIDIA H100",
+    write_run(tmp_path, "synthetic-exp-r20", "erm", 0, wall=20.0, command="methods/erm.py", device="NVIDIA H100",
               args={"fast": True})
     fields = lambda jobs, *more: [l.split()[1] + " " + l.split()[4]  # noqa: E731  (own rows' seconds, an ERM run's)
                                   for l in common.plan(jobs, flags + list(more), str(tmp_path))]
-    assert fields(["erm.py|exp|10|1", "focal.py|exp|10|0"]) == ["-1 -1", "-1 -1"]  # a GPU run: no estimate on the CPU
-    write_run(tmp_path, "synthetic-exp-r10", "erm", 1, wall=400.0, command="methods/erm.py", args={"fast": True})
-    assert fields(["erm.py|exp|10|2", "focal.py|exp|10|0"]) == ["400 400", "-1 400"]  # (--fast: nothing on the CPU)
-    assert fields(["erm.py|exp|10|2", "focal.py|exp|10|0"], "--epochs", "4") == ["8 8", "-1 8"]
+    assert fields(["erm.py|exp|10|0", "focal.py|exp|10|0"]) == ["-1 -1", "-1 -1"]  # a GPU run: no estimate on the CPU
+    write_run(tmp_path, "synthetic-exp-r20", "erm", 1, wall=400.0, command="methods/erm.py", args={"fast": True})
+    assert fields(["erm.py|exp|10|0", "focal.py|exp|10|0"]) == ["400 400", "-1 400"]  # (--fast: nothing on the CPU)
+    assert fields(["erm.py|exp|10|0", "focal.py|exp|10|0"], "--epochs", "4") == ["8 8", "-1 8"]
+    # with its history, a run's fixed time counts once: 4 epochs that end at 10, 11, 12 and 13 s, 14 s in all: 1 s
+    # per epoch, 10 s once (start-up, the final evaluation)
+    write_run(tmp_path, "synthetic-exp-r20", "focal", 1, wall=14.0, command="methods/focal.py", args={"epochs": 4},
+              history=[{"elapsed_s": t} for t in (10.0, 11.0, 12.0, 13.0)])
+    assert fields(["focal.py|exp|10|0"], "--epochs", "8") == ["18 18"]  # (18: the longest ERM run of 8 epochs too)
+    assert common.run_seconds({"wall_time_s": 14.0, "args": {"epochs": 4}, "history": [  # a resume: 3 s between
+        {"elapsed_s": t} for t in (10.0, 13.0, 2.0, 5.0)]}) == (2.0, 3.0)                 # its epochs, 2 s once
     assert common.speed_path("cpu", {"fast": True, "fp32": False}) == "cpu"
     assert [common.speed_path("cuda", {"fast": f, "fp32": p}) for f, p in ((True, False), (False, True))] == \
         ["cuda --fast bf16", "cuda eager fp32"]
 
 
 def test_plan_refuses_a_finished_run_of_other_training_arguments(tmp_path):
-    """EXTRA="--epochs 5" into a folder of 200-epoch runs would count them as done and average both in a row: the
+    """EXTRA="--epochs 5" into a folder of 200-epoch runs would count them as done or average both in a row: the
     plan stops before anything starts. Arguments of how a run was made (--eval-every, --fast) and arguments its JSON
     lacks (added to the method since) are no difference."""
     flags = ["--dataset", "synthetic", "--device", "cpu"]
     write_run(tmp_path, "synthetic-exp-r10", "erm", 0, command="methods/erm.py",
               args={"epochs": 200, "lr": 0.1, "eval_every": 5, "fast": True})
     with pytest.raises(common.UserError, match=r"erm/seed0.json holds a run with --epochs 200, --lr 0.1, where this "
-                                               r"invocation's would have --epochs 5, --lr 0.05 .* another OUT="):
+                                               r"invocation's runs of its row would have --epochs 5, --lr 0.05 .* another OUT="):
         common.plan(["erm.py|exp|10|0"], flags, str(tmp_path), extra=["--epochs", "5", "--lr", "0.05"])
     assert common.plan(["erm.py|exp|10|0"], flags, str(tmp_path), extra=["--eval-every", "1"])[0].startswith("1 ")
-    assert common.plan(["erm.py|exp|10|1"], flags, str(tmp_path), extra=["--epochs", "5"])[0].startswith("0 ")
+    with pytest.raises(common.UserError, match=r"erm/seed0.json holds a run with --epochs 200, where"):  # another seed
+        common.plan(["erm.py|exp|10|1"], flags, str(tmp_path), extra=["--epochs", "5"])  # of the row: averaged
+    assert common.plan(["focal.py|exp|10|1"], flags, str(tmp_path), extra=["--epochs", "5"])[0].startswith("0 ")
+    # --imbalance-type none uses no ratio: another ratio is no other run
+    write_run(tmp_path, "synthetic-asis", "erm", 0, command="methods/erm.py",
+              args={"imbalance_type": "none", "imbalance_ratio": 100.0})
+    assert common.plan(["erm.py|none|1|0"], flags, str(tmp_path))[0].startswith("1 ")
+    # without the data here (some defaults come from its number of classes) nothing is compared; a job still to
+    # run stops at the missing data itself
+    folder = ["--dataset", "imagefolder", "--data-dir", str(tmp_path / "nowhere"), "--device", "cpu"]
+    write_run(tmp_path, "nowhere-exp-r10", "mm_drw", 0, command="methods/mm_drw.py", args={"mm_beta": 1.2})
+    assert common.plan(["mm_drw.py|exp|10|0"], folder, str(tmp_path))[0].startswith("1 ")
+    with pytest.raises(common.UserError, match="nowhere does not exist"):
+        common.plan(["mm_drw.py|exp|10|0", "mm_drw.py|exp|10|1"], folder, str(tmp_path))
 
 
 def test_table_methods_and_seeds_come_from_run_all():
