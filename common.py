@@ -1341,14 +1341,17 @@ def speed_path(device_name, args):
 
 def run_seconds(result):
     """(fixed, per epoch): a run's wall time (data loading and evaluations included) as fixed seconds (start-up, the
-    first epoch's extra, the final evaluation) plus seconds per epoch, the mean step of its history's elapsed_s (the
-    steps that fall back across a resume left out), so that a run of E epochs is expected to take fixed + E x per
-    epoch; without such steps, all of it per epoch."""
+    first epoch's extra) plus seconds per epoch, the mean step of its history's elapsed_s from the first epoch's end
+    to the last's (evaluations and the final one included; a resumed run's elapsed_s goes on from its checkpoint's),
+    so that a run of E epochs is expected to take fixed + E x per epoch. With one epoch: its setup_time_s fixed, the
+    rest per epoch. `result`: a results JSON, or a checkpoint's history and elapsed time as one."""
     wall, history = float(result["wall_time_s"]), result.get("history") or []
     times = [h.get("elapsed_s") for h in history]
-    steps = [b - a for a, b in zip(times, times[1:]) if a is not None and b is not None and b > a]
     epochs = max(1, len(history) or int(result["args"]["epochs"]))
-    per_epoch = min(sum(steps) / len(steps), wall / epochs) if steps else wall / epochs
+    if len(history) > 1 and None not in times and times[-1] > times[0]:
+        per_epoch = min((times[-1] - times[0]) / (len(times) - 1), wall / epochs)
+    else:
+        per_epoch = (wall - min(float(result.get("setup_time_s") or 0), wall)) / epochs
     return wall - per_epoch * epochs, per_epoch
 
 
@@ -1403,7 +1406,8 @@ def plan(jobs, flags, out, at_once=1, extra=()):
     """For run_all.sh: for each job "row|imbalance type|ratio|seed", the line
     "<done> <seconds> <epochs done> <epochs> <ERM run> <passes> <measures> <results JSON>": done is 1 when the JSON
     exists (the run is skipped), seconds what the job is expected to take by the same method's completed runs in the
-    same setting (else in any setting; -1: never run): the longest, each run's fixed seconds plus its seconds per
+    same setting (else in any setting; else by its own run cut short, where its checkpoint was made on the job's
+    path; -1: never run): the longest, each run's fixed seconds plus its seconds per
     epoch times the job's epochs (run_seconds), with `at_once` runs sharing the device (_completed_walls), counting
     only the runs made on the job's speed_path (the CPU, or on a GPU the same --fast or eager and precision: a GPU
     run says nothing of a CPU run's length); epochs done those its checkpoint holds (0 without --resume or a
@@ -1477,7 +1481,15 @@ def plan(jobs, flags, out, at_once=1, extra=()):
             os.remove(checkpoint_path(args))
         ck, _ = load_checkpoint(args, checkpoint_key(args, os.path.join(ROOT, "methods", row.split()[0])))
         done = min(ck["epoch"] + 1, args.epochs) if ck else 0
-        seconds = round(max(f + e * args.epochs for f, e, _ in same)) if same else -1
+        if not same and ck and (speed == "cpu" or bool(ck.get("fast_path")) == bool(args.fast)):
+            # a run cut short, on the job's path (its key holds the device, the precision and the epochs; --fast is
+            # what its fast_path says): what its epochs so far took
+            try:
+                same = [run_seconds({"wall_time_s": ck["elapsed_s"], "history": ck["history"],
+                                     "args": {"epochs": done}})]
+            except (KeyError, TypeError, ValueError):
+                pass
+        seconds = round(max(f + e * args.epochs for f, e, *_ in same)) if same else -1
         lines.append(f"{int(os.path.exists(path))} {seconds} {done} {args.epochs} {erm_run} {passes} "
                      f"{int(row.split()[0] not in SHORT_EPOCH_SCRIPTS)} {path}")
     return lines

@@ -143,8 +143,8 @@ if [ "${#jobs_list[@]}" -eq 0 ]; then
   exit 1
 fi
 
-# One line per job: "<done 0|1> <seconds the method's finished runs on this path took, scaled to its epochs, -1:
-# unknown> <epochs its checkpoint holds> <epochs> <seconds of an ERM run by every method's finished runs, -1: none> <the passes its step needs x 1000>
+# One line per job: "<done 0|1> <seconds the method's finished runs on this path took, scaled to its epochs, or
+# what its own checkpoint's epochs took; -1: unknown> <epochs its checkpoint holds> <epochs> <seconds of an ERM run by every method's finished runs, -1: none> <the passes its step needs x 1000>
 # <1: its run, once ended, measures an ERM run; 0: not, undersampling's> <results JSON>"; a run made with fewer than JOBS at once counts JOBS / its number times longer. This also checks
 # every job's flags before anything trains.
 # shellcheck disable=SC2086  # flags are meant to split into words
@@ -167,13 +167,6 @@ for i in "${!jobs_list[@]}"; do
   if [ "$done" = 1 ]; then done_before=$((done_before + 1))
   elif [ "$epochs_done" -gt 0 ]; then partial+=("$i")
   else todo+=("$i"); fi
-  if [ "$epochs_done" -gt 0 ] && [ "$seconds" -lt 0 ] && [ -f "$(logname "$row" "$itype" "$ratio" "$seed")" ]; then
-    # a run stopped before its JSON (DEADLINE/timeout kill) whose checkpoint this job goes on from (so made with its
-    # epochs, on its device and precision): its log's last "elapsed H:MM:SS  eta H:MM:SS" line
-    seconds=$(grep -o 'elapsed [0-9:]*  eta [0-9:]*' "$(logname "$row" "$itype" "$ratio" "$seed")" | tail -1 |
-      awk '{split($2,a,":"); split($4,b,":"); print a[1]*3600+a[2]*60+a[3]+b[1]*3600+b[2]*60+b[3]}' || true)
-    seconds=${seconds:--1}
-  fi
   [ "$seconds" -ge 0 ] && { [ "${est["$row|$itype$ratio"]:--1}" -ge "$seconds" ] || est["$row|$itype$ratio"]=$seconds; }
 done
 # the runs a checkpoint holds part of go first: they end soonest, and their checkpoints (~3.8 MB each) do not pile up

@@ -217,21 +217,19 @@ def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anyth
         "longest if more; 0 runs without one count 0)"], plan
     plan = bash("--dry-run", OUT=str(tmp_path / "none"), ONLY="^erm.py$", SEEDS="0", NEW_RUN_S="0").stdout
     assert "(2 epochs, no estimate: no run on this path has ended yet)" in plan, plan  # NEW_RUN_S=0: none
-    # a run made on a GPU is no measure of a CPU run (SMOKE's), nor is its log, which estimates only a run cut short
+    # a run made on a GPU is no measure of a CPU run (SMOKE's)
     gpu = tmp_path / "gpu"
     write_run(gpu, "synthetic-exp-r10", "erm", 0, wall=42.0, args={"epochs": 2}, device="NVIDIA H100")
-    (gpu / "logs").mkdir()
-    (gpu / "logs" / "erm.py_exp10_seed0.log").write_text("epoch 2/2  loss 1.0  elapsed 0:00:40  eta 0:00:00\n")
-    (gpu / "logs" / "erm.py_exp10_seed1.log").write_text("epoch 1/2  loss 1.0  elapsed 0:00:20  eta 0:00:20\n")
     plan = bash("--dry-run", OUT=str(gpu), ONLY="^erm.py$", SEEDS="0 1", NEW_RUN_S="0").stdout
     assert "--seed 1  (2 epochs, no estimate: no run on this path has ended yet)" in plan, plan
     assert "no run on this path (the CPU, or on a GPU the same --fast or eager and precision) has ended yet" in plan
-    # a killed run's log counts where its checkpoint does (made with the job's epochs, on its device and precision)
+    # a run cut short, whose checkpoint the job goes on from: what its epochs so far took (its key holds the epochs,
+    # the device and the precision), here 20 s for the first of 2: ~20 s left
     run = common.row_args("erm.py", ["--dataset", "synthetic", "--epochs", "2", "--batch-size", "64", "--eval-every", "1",
                                      "--device", "cpu", "--imbalance-ratio", "10", "--seed", "1", "--out", str(gpu)])
     os.makedirs(os.path.dirname(common.checkpoint_path(run)))
-    common.torch.save({"epoch": 0, "key": common.checkpoint_key(run, os.path.join(ROOT, "methods", "erm.py"))},
-                      common.checkpoint_path(run))
+    common.torch.save({"epoch": 0, "key": common.checkpoint_key(run, os.path.join(ROOT, "methods", "erm.py")),
+                       "elapsed_s": 20.0, "history": [{"elapsed_s": 20.0}], "fast_path": {}}, common.checkpoint_path(run))
     plan = bash("--dry-run", OUT=str(gpu), ONLY="^erm.py$", SEEDS="0 1", NEW_RUN_S="0").stdout
     assert "--seed 1  (epochs 1-2, ~20 s, as this row's earlier runs)" in plan, plan
 
@@ -414,11 +412,33 @@ def test_plan_estimates_by_the_runs_on_the_jobs_path_scaled_to_its_epochs(tmp_pa
     write_run(tmp_path, "synthetic-exp-r20", "focal", 1, wall=14.0, command="methods/focal.py", args={"epochs": 4},
               history=[{"elapsed_s": t} for t in (10.0, 11.0, 12.0, 13.0)])
     assert fields(["focal.py|exp|10|0"], "--epochs", "8") == ["18 18"]  # (18: the longest ERM run of 8 epochs too)
-    assert common.run_seconds({"wall_time_s": 14.0, "args": {"epochs": 4}, "history": [  # a resume: 3 s between
-        {"elapsed_s": t} for t in (10.0, 13.0, 2.0, 5.0)]}) == (2.0, 3.0)                 # its epochs, 2 s once
+    assert common.run_seconds({"wall_time_s": 73.0, "setup_time_s": 13.0, "args": {"epochs": 1},  # one epoch: its
+                               "history": [{"elapsed_s": 73.0}]}) == (13.0, 60.0)                  # setup once
     assert common.speed_path("cpu", {"fast": True, "fp32": False}) == "cpu"
     assert [common.speed_path("cuda", {"fast": f, "fp32": p}) for f, p in ((True, False), (False, True))] == \
         ["cuda --fast bf16", "cuda eager fp32"]
+
+
+def test_plan_for_a_gpu_job_counts_the_runs_and_the_checkpoint_made_on_its_path(tmp_path, monkeypatch):
+    """A GPU job (CUDA faked: the plan only parses its flags) is estimated by the GPU runs of its own --fast and
+    precision, and by its checkpoint only where that was made with the job's --fast (which a checkpoint's key leaves
+    out, so that a run cut short on one path can go on on the other)."""
+    monkeypatch.setattr(common.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(common.torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(common, "set_precision", lambda bf16: None)
+    flags = ["--dataset", "synthetic", "--device", "cuda", "--resume"]
+    write_run(tmp_path, "synthetic-exp-r20", "erm", 0, wall=400.0, command="methods/erm.py", device="NVIDIA H100",
+              args={"fast": True})
+    seconds = lambda *more: [l.split()[1] for l in common.plan(["erm.py|exp|10|1"], flags + list(more),  # noqa: E731
+                                                                 str(tmp_path))]
+    assert seconds("--fast") == ["400"] and seconds() == ["-1"] and seconds("--fast", "--fp32") == ["-1"]
+    run = common.row_args("erm.py", flags + ["--imbalance-ratio", "10", "--seed", "1", "--out", str(tmp_path)])
+    os.makedirs(os.path.dirname(common.checkpoint_path(run)))
+    for fast_path, eager in (({"graph_replays": 970}, "-1"), ({}, "100")):  # 10 of 200 epochs in 5 s: ~100 s
+        common.torch.save({"epoch": 9, "key": common.checkpoint_key(run, os.path.join(ROOT, "methods", "erm.py")),
+                           "elapsed_s": 5.0, "history": [{"elapsed_s": 0.5 * (e + 1)} for e in range(10)],
+                           "fast_path": fast_path}, common.checkpoint_path(run))
+        assert seconds() == [eager]  # (a --fast job: the --fast GPU run's 400)
 
 
 def test_plan_refuses_a_finished_run_of_other_training_arguments(tmp_path):
