@@ -1407,11 +1407,11 @@ def plan(jobs, flags, out, at_once=1, extra=()):
     "<done> <seconds> <epochs done> <epochs> <ERM run> <passes> <measures> <results JSON>": done is 1 when the JSON
     exists (the run is skipped), seconds what the job is expected to take by the same method's completed runs in the
     same setting (else in any setting; else by its own run cut short, where its checkpoint was made on the job's
-    path; -1: never run): the longest, each run's fixed seconds plus its seconds per
-    epoch times the job's epochs (run_seconds), with `at_once` runs sharing the device (_completed_walls), counting
-    only the runs made on the job's speed_path (the CPU, or on a GPU the same --fast or eager and precision: a GPU
-    run says nothing of a CPU run's length); epochs done those its checkpoint holds (0 without --resume or a
-    checkpoint it can use); for a job still to run, what a run of a method never run is expected to take: ERM run,
+    path; -1: never run): the longest, each run's fixed seconds plus its seconds per epoch times the job's epochs
+    (run_seconds), with `at_once` runs sharing the device (_completed_walls), counting only the runs made on the job's
+    speed_path (the CPU, or on a GPU the same --fast or eager and precision: a GPU run says nothing of a CPU run's
+    length); epochs done those its checkpoint holds (0 without --resume or a checkpoint it can use); for a job still
+    to run, what a run of a method never run is expected to take: ERM run,
     the seconds of an ERM run of the job's epochs by the completed runs of every method in the setting on its path
     (else in any setting; -1: none), each run's seconds so reckoned over its inherent_multiple, the largest, and
     passes, the job's own inherent_multiple x 1000 (a SAM row takes 2000 / 1000 ERM runs; -1 -1 for a job done);
@@ -1425,7 +1425,7 @@ def plan(jobs, flags, out, at_once=1, extra=()):
     arguments (arg_differences; EXTRA="--epochs 5" into a folder of 200-epoch runs): the row would average both, or
     count that run as the job's."""
     walls = _completed_walls(out, at_once)
-    lines, checked, paths, here = [], set(), {}, {}
+    lines, checked, paths, here, compared = [], set(), {}, {}, set()
     for job in jobs:
         row, itype, ratio, seed = job.split("|")
         args = row_args(row, list(flags) + ["--imbalance-type", itype, "--imbalance-ratio", ratio, "--seed", seed,
@@ -1452,9 +1452,11 @@ def plan(jobs, flags, out, at_once=1, extra=()):
                                 "DATA_FLAGS for another dataset)")
             checked.add(source)
         # a run of the row (any seed) made with other training arguments: the job's own would count as done, and the
-        # row would average both (not compared without the data: some defaults come from its number of classes)
-        for other in sorted(glob.glob(os.path.join(os.path.dirname(path), "seed*.json"))) \
-                if class_count(args) is not None else []:
+        # row would average both (not compared without the data: some defaults come from its number of classes; once
+        # per row's folder: its seeds' jobs differ only in the seed)
+        folder = os.path.dirname(path)
+        for other in sorted(glob.glob(os.path.join(folder, "seed*.json"))) \
+                if class_count(args) is not None and folder not in compared else []:
             try:
                 with open(other) as f:
                     differ = arg_differences(json.load(f)["args"], vars(args))
@@ -1464,6 +1466,7 @@ def plan(jobs, flags, out, at_once=1, extra=()):
                               f"invocation's runs of its row would have {_flag_values(differ, 2)} (SETTINGS, EXTRA, "
                               "DATA_FLAGS or the row): the row would average both, or count that run as done; give "
                               "these runs another OUT=<folder>, or delete that JSON to train it again")
+        compared.add(folder)
         setting = setting_name(args)
         speed = speed_path("cpu" if args.device == "cpu" else "cuda", vars(args))  # (finish_args resolved "auto")
         if speed not in here:  # the runs made on the path this job will take: (fixed, per epoch, multiple)

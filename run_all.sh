@@ -144,9 +144,10 @@ if [ "${#jobs_list[@]}" -eq 0 ]; then
 fi
 
 # One line per job: "<done 0|1> <seconds the method's finished runs on this path took, scaled to its epochs, or
-# what its own checkpoint's epochs took; -1: unknown> <epochs its checkpoint holds> <epochs> <seconds of an ERM run by every method's finished runs, -1: none> <the passes its step needs x 1000>
-# <1: its run, once ended, measures an ERM run; 0: not, undersampling's> <results JSON>"; a run made with fewer than JOBS at once counts JOBS / its number times longer. This also checks
-# every job's flags before anything trains.
+# what its own checkpoint's epochs took; -1: unknown> <epochs its checkpoint holds> <epochs> <seconds of an ERM
+# run by every method's finished runs, -1: none> <the passes its step needs x 1000> <1: its run, once ended,
+# measures an ERM run; 0: not, undersampling's> <results JSON>"; a run made with fewer than JOBS at once counts
+# JOBS / its number times longer. This also checks every job's flags before anything trains.
 # shellcheck disable=SC2086  # flags are meant to split into words
 mapfile -t plan < <(printf '%s\n' "${jobs_list[@]}" | "$PYTHON" common.py plan --out "$OUT" --jobs "$JOBS" \
   --extra="$EXTRA" -- $DATA_FLAGS)
