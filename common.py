@@ -1411,11 +1411,11 @@ def plan(jobs, flags, out, at_once=1, extra=()):
     (run_seconds), with `at_once` runs sharing the device (_completed_walls), counting only the runs made on the job's
     speed_path (the CPU, or on a GPU the same --fast or eager and precision: a GPU run says nothing of a CPU run's
     length); epochs done those its checkpoint holds (0 without --resume or a checkpoint it can use); for a job still
-    to run, what a run of a method never run is expected to take: ERM run,
-    the seconds of an ERM run of the job's epochs by the completed runs of every method in the setting on its path
-    (else in any setting; -1: none), each run's seconds so reckoned over its inherent_multiple, the largest, and
-    passes, the job's own inherent_multiple x 1000 (a SAM row takes 2000 / 1000 ERM runs; -1 -1 for a job done);
-    measures 1 where the job's run, once ended, measures an ERM run (0: SHORT_EPOCH_SCRIPTS).
+    to run, what a run of a method never run is expected to take: ERM run, the seconds of an ERM run of the job's
+    epochs by the completed runs of every method in the setting on its path (else in any setting; -1: none), each
+    run's seconds so reckoned over its inherent_multiple, the largest, and passes, the job's own inherent_multiple x
+    1000 (a SAM row takes 2000 / 1000 ERM runs; -1 -1 for a job done); measures 1 where the job's run, once ended,
+    measures an ERM run (0: SHORT_EPOCH_SCRIPTS).
     Checks every job's flags first, and the data of each job still to run (an image folder's layout; the torchvision
     CIFAR files, downloaded here once with --download, not by JOBS runs at once), so that missing data stops
     run_all.sh before any run starts. The checkpoint of a run whose JSON exists is deleted: a copy carried from an
@@ -1456,7 +1456,7 @@ def plan(jobs, flags, out, at_once=1, extra=()):
         # per row's folder: its seeds' jobs differ only in the seed)
         folder = os.path.dirname(path)
         for other in sorted(glob.glob(os.path.join(folder, "seed*.json"))) \
-                if class_count(args) is not None and folder not in compared else []:
+                if folder not in compared and class_count(args) is not None else []:
             try:
                 with open(other) as f:
                     differ = arg_differences(json.load(f)["args"], vars(args))
