@@ -1704,7 +1704,8 @@ def code_lines(rows):
 
 # Arguments that say where and how a run was made, not what it trained: args_lines does not compare them.
 RUN_ONLY_ARGS = {"data_dir", "download", "cache_dir", "seed", "device", "deterministic", "fast", "fp32", "eval_every",
-                 "profile_steps", "out", "name", "overwrite", "skip_existing", "method", "checkpoint_every", "resume"}
+                 "profile_steps", "out", "name", "overwrite", "skip_existing", "method", "checkpoint_every", "resume",
+                 "class_grads"}  # (pcn_sgd.py's: the same g_l from C backward passes or one batched one)
 
 
 def args_lines(rows, table):
@@ -1767,6 +1768,8 @@ def reproduce_command(session):
     env = ["SMOKE=1"] if session.get("smoke") else [f"FAST={int(bool(session.get('fast')))}",
                                                     f"MPS={int(bool(session.get('mps')))}", f"JOBS={session['jobs']}"]
     settings, seeds = ("exp:10", "0") if session.get("smoke") else ("exp:100", "0 1 2")  # run_all.sh's defaults
+    if session.get("pcn_class_grads", "loop") != "loop":  # (the same numbers as the default loop, faster on a GPU)
+        env.append(f"PCN_CLASS_GRADS={session['pcn_class_grads']}")
     if session.get("settings", settings) != settings:
         env.append(f'SETTINGS="{session["settings"]}"')
     if session.get("seeds", seeds) != seeds:

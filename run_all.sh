@@ -33,7 +33,9 @@
 # starts), ONLY (none: every row; else only the rows whose script or flags match this grep -E pattern), NEW_RUN_S
 # (none; seconds of one ERM run, for DEADLINE and --dry-run while no finished run but undersampling's measures one,
 # times the passes a row's step needs; 0: none; .ci/gpu-session sets it from the benchmark's projection),
-# IMBALANCE_REF_GIT_COMMIT (the commit to record where this folder is not a git checkout, as on a GPU machine the
+# PCN_CLASS_GRADS (loop: the PCNSGD rows compute their C per-class gradients with C backward passes; batched: with
+# one batched backward, the same numbers in fewer, larger kernels; .ci/gpu-session sets it from the benchmark, which
+# times both on the GPU), IMBALANCE_REF_GIT_COMMIT (the commit to record where this folder is not a git checkout, as on a GPU machine the
 # working tree was copied to).
 # Order: the runs a checkpoint holds part of first, then setting by setting, seed 0 of every row first, so that a
 # stopped run leaves a whole one-seed table.
@@ -114,6 +116,9 @@ whole JOBS 1; whole CHECKPOINT_EVERY 0
 for v in SMOKE FAST MPS; do
   case "${!v:-0}" in 0|1) ;; *) echo "run_all.sh: $v must be 0 or 1, got '${!v}'" >&2; exit 1 ;; esac
 done
+PCN_CLASS_GRADS=${PCN_CLASS_GRADS:-loop}
+case "$PCN_CLASS_GRADS" in loop|batched) ;; *) echo "run_all.sh: PCN_CLASS_GRADS must be loop or batched, got" \
+  "'$PCN_CLASS_GRADS'" >&2; exit 1 ;; esac
 
 # Several processes at once each with several CPU threads oversubscribe the cores and can run 10x slower
 # (eager runs on a GPU are bound by one CPU thread's kernel launches anyway): one thread each by default.
@@ -133,6 +138,8 @@ for setting in $SETTINGS; do  # TYPE:RATIO, e.g. exp:100
       script=${row%% *}
       if [ -n "$ONLY" ] && ! grep -qE -- "$ONLY" <<<"$row"; then continue; fi  # rows not asked for need no file
       [ -f "methods/$script" ] || { echo "run_all.sh: methods/$script is missing" >&2; exit 1; }
+      # (after ONLY, which matches the rows as written above)
+      [ "$script" != pcn_sgd.py ] || [ "$PCN_CLASS_GRADS" = loop ] || row+=" --class-grads $PCN_CLASS_GRADS"
       jobs_list+=("$row|${setting%%:*}|${setting##*:}|$seed")
     done
   done
@@ -256,10 +263,10 @@ reap() {  # wait for one run to end
   progress
 }
 session() {  # append this invocation to $OUT/run_all.jsonl (the report sums them)
-  printf '{"date_utc": "%s", "wall_s": %d, "runs_planned": %d, "runs_done_before": %d, "runs_finished": %d, "failed": %d, "cut_at_deadline": %d, "left_for_later": %d, "jobs": %d, "fast": %s, "mps": %s, "deadline_s": %s, "settings": "%s", "seeds": "%s", "git_commit": "%s", "smoke": %s}\n' \
+  printf '{"date_utc": "%s", "wall_s": %d, "runs_planned": %d, "runs_done_before": %d, "runs_finished": %d, "failed": %d, "cut_at_deadline": %d, "left_for_later": %d, "jobs": %d, "fast": %s, "mps": %s, "pcn_class_grads": "%s", "deadline_s": %s, "settings": "%s", "seeds": "%s", "git_commit": "%s", "smoke": %s}\n' \
     "$(date -u +%Y-%m-%dT%H:%M:%SZ)" $(( $(date +%s) - t0 )) "$total" "$done_before" "$finished" "$failed" "$cut" "$deferred" \
     "$JOBS" "$([ "${FAST:-0}" = 1 ] && echo true || echo false)" "$([ "$IMBALANCE_REF_MPS" = 1 ] && echo true || echo false)" \
-    "${DEADLINE:-null}" "$SETTINGS" "$SEEDS" "$(git rev-parse --short HEAD 2>/dev/null || echo "${IMBALANCE_REF_GIT_COMMIT:-unknown}")" \
+    "$PCN_CLASS_GRADS" "${DEADLINE:-null}" "$SETTINGS" "$SEEDS" "$(git rev-parse --short HEAD 2>/dev/null || echo "${IMBALANCE_REF_GIT_COMMIT:-unknown}")" \
     "$([ "$SMOKE" = 1 ] && echo true || echo false)" >>"$OUT/run_all.jsonl"
 }
 

@@ -44,8 +44,9 @@ Choices:   BatchNorm (--norm batch, default): ONE joint forward of the whole bat
            the retained graph. g_l therefore includes the
            coupling through the batch statistics; it costs C full backward passes (10x on CIFAR-10, 100x on
            CIFAR-100); --class-grads batched runs the C of them as one batched backward (the same g_l on the CPU,
-           fewer and larger kernels; whether that is faster on a GPU is for studies/benchmark.py to say; on CUDA it
-           failed at 95e099f, results/logs/gpu-checks.log, and the fix since has not yet run on a GPU). --norm group swaps
+           fewer and larger kernels; on CUDA it failed at 95e099f, results/logs/gpu-checks.log, and the fix since
+           has not yet run on a GPU). run_all.sh's PCNSGD rows take it (PCN_CLASS_GRADS=batched) where
+           studies/benchmark.py --class-grads timed it faster on the GPU and its GPU tests passed. --norm group swaps
            every BatchNorm2d for GroupNorm(channels/4, channels) as the official
            code (GF=4 in PythonRunManager.sh); GroupNorm has no cross-sample coupling, so each class is then
            forwarded and back-propagated alone (exactly the same g_l, about the arithmetic of one ERM step but C

@@ -15,6 +15,9 @@ records its measured wall time and final accuracy. --parallel N runs N copies of
 (without it several graphed processes gain nothing: one keeps the GPU busy, and processes only time-slice it).
 A row keeps the earlier benchmark's timings of other numbers at once (dated), so two sessions measure 4 and 8 at
 once, and run_all.sh's JOBS is the one with the most throughput (choose_jobs).
+--class-grads also times PCNSGD+O's --fast step both ways it can compute its C per-class gradients (C backward
+passes, or one batched backward), and --choose tells run_all.sh's PCNSGD rows to take the batched one where it
+passed its GPU tests and was faster.
 --check first compares the two paths in fp32 with deterministic kernels (--fp32 --deterministic) on a short
 schedule that crosses an lr change and the DRW switch: every epoch's mean training loss and the final accuracy
 must be equal bit for bit. --accuracy N trains N seeds of each path for the whole protocol, as the table is
@@ -89,6 +92,10 @@ def parse_args(argv=None):
     p.add_argument("--table-dir", default=os.path.join(ROOT, "results"),
                    help="the --fast seeds of --accuracy with the table's protocol are the table's runs of the row, "
                         "trained into (or reused from) this results folder; '' keeps them in --accuracy-dir")
+    p.add_argument("--class-grads", action="store_true",
+                   help="also time PCNSGD+O's --fast step with its C per-class gradients from C backward passes "
+                        "(--class-grads loop, the default) and from one batched backward (batched), 4 epochs each (or "
+                        "--epochs if fewer) at a constant lr; run_all.sh's PCN_CLASS_GRADS follows it (--choose)")
     p.add_argument("--out", default=None, help="the JSON to write (default results/bench-<gpu>.json; on CPU "
                                                 "results/scratch/bench-cpu.json)")
     p.add_argument("--keep", default=None, help="keep the runs' results and logs in this folder (default: a temp folder)")
@@ -304,6 +311,63 @@ def accepts(row, flag):
         return f'"{flag}"' in f.read()
 
 
+PCN_ROW = "pcn_sgd.py --variant pcnsgd_o"  # the row whose step --class-grads times (pcnsgd's is the same step)
+CLASS_GRADS_GAIN = 1.1  # run_all.sh's PCNSGD rows take the batched backward only where it was this much faster
+CLASS_GRADS_EPOCHS = 4  # epochs of each --class-grads run (or --epochs, if fewer): a capture, then 3 steady epochs
+
+
+def class_grads_timing(data_flags, epochs, work, log_dir):
+    """PCNSGD+O's --fast steady epoch with the per-class gradients from C backward passes (loop) and from one batched
+    backward (batched): {"row", "epochs", "loop": {...}, "batched": {...}, "speedup": loop / batched}. No warm-up, so
+    that one graph is captured (in the first epoch) and the later epochs are all replays. A path that fails is
+    recorded as {"error": ...} (the batched backward has run on no GPU before), and the benchmark goes on."""
+    entry = {"row": PCN_ROW, "epochs": epochs}
+    flags = ["--fast", "--epochs", str(epochs), "--warmup-epochs", "0", "--eval-every", str(epochs), "--seed", "0"]
+    for how in ("loop", "batched"):
+        try:
+            result, cmd = run_method(PCN_ROW, data_flags + flags + ["--class-grads", how],
+                                     os.path.join(work, "class_grads"), f"class_grads_{how}", log_dir)
+        except SystemExit as e:
+            entry[how] = {"error": str(e)[-1000:]}
+            print(f"[bench] {PCN_ROW} --class-grads {how} failed: {str(e)[:300]}", flush=True)
+            continue
+        t = timings(result, 0)
+        entry[how] = {"steady_epoch_s": t["steady_epoch_s"], "first_epoch_s": t["first_epoch_s"],
+                      "epoch_s": t["epoch_s"], "fast_path": result.get("fast_path"), "command": cmd}
+    if all("steady_epoch_s" in entry[how] for how in ("loop", "batched")):
+        entry["speedup"] = entry["loop"]["steady_epoch_s"] / entry["batched"]["steady_epoch_s"]
+        print(f"[bench] {PCN_ROW} --fast steady epoch: loop {entry['loop']['steady_epoch_s']:.3f} s, batched "
+              f"{entry['batched']['steady_epoch_s']:.3f} s ({entry['speedup']:.2f}x)", flush=True)
+    return entry
+
+
+def choose_class_grads(bench, gain=CLASS_GRADS_GAIN):
+    """run_all.sh's PCN_CLASS_GRADS from a benchmark JSON: "batched" where the batched backward passed its GPU tests
+    (fp32: --fast == eager, and the same g_l as the loop) and its --fast epoch was more than `gain` times faster
+    than the loop's; else "loop"."""
+    timing = (bench or {}).get("class_grads") or {}
+    fine = (bench or {}).get("gpu_tests_batched") == "passed" and (timing.get("speedup") or 0) > gain
+    return "batched" if fine else "loop"
+
+
+def class_grads_lines(reports):
+    """SPEED.md's lines on the per-class gradients' two ways, one per benchmark that timed them."""
+    lines = []
+    for r in reports:
+        t = r.get("class_grads")
+        if not t:
+            continue
+        cell = {how: f"{t[how]['steady_epoch_s']:.2f} s" if "steady_epoch_s" in t.get(how, {}) else "failed"
+                for how in ("loop", "batched")}
+        ratio = f" ({t['speedup']:.2f}x)" if t.get("speedup") else ""
+        tests = {"passed": "passed", "failed": "**failed**"}.get(r.get("gpu_tests_batched"), "not run")
+        lines.append(f"- {r['device_name']}: `{t['row']} --fast`, steady epoch with the C per-class gradients from C "
+                     f"backward passes (loop) / one batched backward (batched): {cell['loop']} / {cell['batched']}"
+                     f"{ratio}; the batched backward's GPU tests: {tests}; the table's PCNSGD rows use "
+                     f"{choose_class_grads(r)}{' (measured ' + t['measured'] + ')' if t.get('measured') else ''}.")
+    return lines
+
+
 def slug(text, sep="_"):
     """A file-name-safe form of a row ('sam.py --base ldam_drw' -> 'sam_py_base_ldam_drw') or a device name."""
     return re.sub(r"[^A-Za-z0-9]+", sep, text).strip(sep) or "device"
@@ -511,6 +575,11 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
         if accuracy:
             body += ["", "Accuracy of the two paths (`--accuracy N`: N seeds each for the whole protocol, in the "
                          "table's precision; the eager ones in fp32 where the line says so):", ""] + accuracy
+        grads = class_grads_lines(reports)
+        if grads:
+            body += ["", "PCNSGD's per-class gradients (`--class-grads`: its C backward passes or one batched "
+                         "backward, the same g_l; the table takes the batched one only where its GPU tests passed and "
+                         f"it was more than {CLASS_GRADS_GAIN}x faster):", ""] + grads
         bounds = bound_lines(reports)
         if bounds:
             body += ["", "Where a step's time goes (`--profile-steps`: torch.profiler over steps of the second epoch "
@@ -660,17 +729,35 @@ def kept_parallel(earlier, n):
     return [p for p in earlier if n <= 1 or p["n"] != n]
 
 
+KEPT = ("gpu_tests", "gpu_tests_batched", "class_grads")  # what a benchmark that does not measure it again keeps
+
+
 def earlier_benchmark(path):
     """From the benchmark JSON at `path` (the one a new benchmark replaces), what a benchmark that does not measure
-    it again keeps (e.g. an --accuracy session): ({row: its "parallel" measurements, each dated as "measured"}, the
-    "gpu_tests" outcome); ({}, None) where there is none."""
+    it again keeps (e.g. an --accuracy session): ({row: its "parallel" measurements, each dated as "measured"},
+    {key: its value} for the KEPT keys it has: the GPU tests' outcomes and the --class-grads timing, dated too);
+    ({}, {}) where there is none."""
     try:
         with open(path) as f:
             old = json.load(f)
-        return ({r["row"]: [{"measured": old.get("date_utc"), **p} for p in parallel_runs(r)]  # (an older date kept)
-                 for r in old.get("rows", []) if r.get("parallel")}, old.get("gpu_tests"))
+        kept = {k: old[k] for k in KEPT if old.get(k) is not None}
+        if "class_grads" in kept:
+            kept["class_grads"] = {"measured": old.get("date_utc"), **kept["class_grads"]}  # (an older date kept)
+        return ({r["row"]: [{"measured": old.get("date_utc"), **p} for p in parallel_runs(r)]
+                 for r in old.get("rows", []) if r.get("parallel")}, kept)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}, None
+        return {}, {}
+
+
+def carry_over(report, kept):
+    """What a new benchmark `report` takes over from the JSON it replaces (`kept`, earlier_benchmark's): the outcome
+    of GPU tests it did not run ("skipped" this time) and, until it times them again, the --class-grads timings."""
+    for key in ("gpu_tests", "gpu_tests_batched"):
+        if report.get(key) == "skipped":
+            report[key] = kept.get(key) or "skipped"
+    if "class_grads" in kept:
+        report["class_grads"] = kept["class_grads"]
+    return report
 
 
 def main(argv=None):
@@ -680,6 +767,7 @@ def main(argv=None):
         name = common.torch.cuda.get_device_name() if cuda else None
         fast, use_mps = choose(device_name=name)
         print(f"FAST={int(fast)} MPS={int(use_mps)} RUN_S={round(projected_run_s(fast, device_name=name))} "
+              f"CLASS_GRADS={choose_class_grads(newest_bench(device_name=name))} "
               f"CHECKED={int(checked_this_code(device_name=name))} "
               f"JOBS={choose_jobs(device_name=name) if use_mps else 0} PARALLEL_NEXT={next_width(device_name=name)}")
         return
@@ -699,14 +787,15 @@ def main(argv=None):
               "project_eval_every": args.project_eval_every, "data_flags": args.data_flags,
               "checks": [], "rows": [],
               # .ci/gpu: did the GPU tests pass before this benchmark ("failed": no --fast; "skipped": as before)
-              "gpu_tests": os.environ.get("IMBALANCE_REF_GPU_TESTS")}
+              "gpu_tests": os.environ.get("IMBALANCE_REF_GPU_TESTS"),
+              # ... and those of pcn_sgd.py --class-grads batched, which decide PCN_CLASS_GRADS with its timing
+              "gpu_tests_batched": os.environ.get("IMBALANCE_REF_GPU_TESTS_BATCHED")}
     t_start = time.time()
     dev = common.torch.device(args.device)
     report["device_name"] = common.torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     out_path = args.out or default_out(report["device_name"])
-    earlier, earlier_tests = earlier_benchmark(out_path)
-    if report["gpu_tests"] == "skipped":  # not run this time: what the JSON this one replaces says
-        report["gpu_tests"] = earlier_tests or "skipped"
+    earlier, kept = earlier_benchmark(out_path)
+    carry_over(report, kept)
 
     def save(complete):  # after every step, so that a benchmark stopped by a time limit keeps what it measured
         report["complete"] = complete
@@ -806,9 +895,12 @@ def main(argv=None):
               f"({entry['speedup_steady_epoch']:.2f}x); projected {args.project_epochs}-epoch run eager "
               f"{e['projected_run_s']:.1f} s, fast {f['projected_run_s']:.1f} s "
               f"({entry['speedup_projected_run']:.2f}x){full_txt}{par_txt}", flush=True)
+    if args.class_grads:
+        report["class_grads"] = class_grads_timing(data_flags, min(args.epochs, CLASS_GRADS_EPOCHS), work, log_dir)
     save(complete=True)
     print(f"[bench] wrote {out_path} ({report['bench_wall_s']:.0f} s)", flush=True)
-    print("\n".join(speed_lines([report]) + [""] + accuracy_lines([report]) + bound_lines([report])), flush=True)
+    print("\n".join(speed_lines([report]) + [""] + accuracy_lines([report]) + bound_lines([report])
+                    + class_grads_lines([report])), flush=True)
     if os.path.dirname(os.path.abspath(out_path)) == os.path.join(ROOT, "results"):
         write_speed_pages()
     if any(not c["identical"] for c in report["checks"]):

@@ -81,7 +81,7 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
                       "--data-flags", "--dataset synthetic --imbalance-ratio 10 --batch-size 64", "--epochs", "3",
                       "--check", "--check-flags", "--epochs 2 --warmup-epochs 1 --lr-decay-epochs 1 --drw-epoch 1",
                       "--parallel", "2", "--accuracy", "2", "--accuracy-fp32", "--project-epochs", "3",
-                      "--project-eval-every", "3",
+                      "--project-eval-every", "3", "--class-grads",
                       "--accuracy-dir", tmp_path / "accuracy", "--out", out, "--keep", tmp_path / "runs")
     report = json.loads(out.read_text())
     assert report["device_name"] == "cpu" and report["torch_version"] == torch.__version__
@@ -148,13 +148,25 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     assert lines[2] in (results / "SPEED.md").read_text() and "`results/bench-cpu.json`" in text
     assert "Stopped before the end" not in text
     assert "difference +0.00" in text and "the same within seed noise" in text  # the --accuracy line
+    # --class-grads: PCNSGD+O's --fast step with the loop of C backward passes and with the batched backward, each
+    # 3 epochs (--epochs, fewer than 4) at a constant lr; no GPU tests of the batched backward ran: the table keeps
+    # the loop
+    grads = report["class_grads"]
+    assert grads["row"] == "pcn_sgd.py --variant pcnsgd_o" and grads["epochs"] == 3
+    for how in ("loop", "batched"):
+        assert len(grads[how]["epoch_s"]) == 3 and grads[how]["steady_epoch_s"] > 0
+        assert f"--class-grads {how}" in grads[how]["command"] and "--warmup-epochs 0" in grads[how]["command"]
+    assert grads["speedup"] == pytest.approx(grads["loop"]["steady_epoch_s"] / grads["batched"]["steady_epoch_s"])
+    assert report["gpu_tests_batched"] is None and load_benchmark().choose_class_grads(report) == "loop"
+    assert "the batched backward's GPU tests: not run; the table's PCNSGD rows use loop." in text
     (results / "bench-cpu.json").write_text(json.dumps({**report, "complete": False}))
     load_benchmark().write_speed_pages(str(results), str(readme))
     assert "Stopped before the end (a time limit): `results/bench-cpu.json`" in readme.read_text()
-    # a later benchmark without --parallel (e.g. an --accuracy session) keeps this parallel timing, dated
+    # a later benchmark without --parallel or --class-grads (e.g. an --accuracy session) keeps these timings, dated
     assert load_benchmark().earlier_benchmark(str(out)) == (
-        {"class_weights.py": [{**report["rows"][0]["parallel"][0], "measured": report["date_utc"]}]}, None)
-    assert load_benchmark().earlier_benchmark(str(tmp_path / "none.json")) == ({}, None)
+        {"class_weights.py": [{**report["rows"][0]["parallel"][0], "measured": report["date_utc"]}]},
+        {"class_grads": {**grads, "measured": report["date_utc"]}})
+    assert load_benchmark().earlier_benchmark(str(tmp_path / "none.json")) == ({}, {})
 
 
 def test_timings_and_projection_of_a_hand_made_run():
@@ -291,7 +303,8 @@ def test_benchmark_choose_reads_the_newest_json(tmp_path):
     assert choose(str(tmp_path), device_name="NVIDIA H100 80GB HBM3") == (True, True)
     assert choose(str(tmp_path), device_name="NVIDIA H200") == (True, False)  # none of its own: the newest
     proc = run_script("studies/benchmark.py", "--choose")
-    assert re.fullmatch(r"FAST=[01] MPS=[01] RUN_S=\d+ CHECKED=[01] JOBS=\d+ PARALLEL_NEXT=[048]", proc.stdout.strip()), \
+    assert re.fullmatch(r"FAST=[01] MPS=[01] RUN_S=\d+ CLASS_GRADS=(loop|batched) CHECKED=[01] JOBS=\d+ "
+                        r"PARALLEL_NEXT=[048]", proc.stdout.strip()), \
         proc.stdout
 
 
@@ -369,7 +382,7 @@ def test_jobs_from_the_runs_at_once_timed_under_mps(tmp_path):
                                                                            "fast": {"throughput_vs_one_run": 1.8}}}]}))
     assert b.choose_jobs(str(tmp_path)) == 4 and b.next_width(str(tmp_path), "GPU") == 8
     assert b.earlier_benchmark(str(path)) == ({"erm.py": [{"n": 4, "mps": True, "fast": {"throughput_vs_one_run": 1.8},
-                                                           "measured": None}]}, None)
+                                                           "measured": None}]}, {})
 
 
 def test_accuracy_fast_seeds_are_the_tables_runs(tmp_path, monkeypatch):
@@ -447,6 +460,38 @@ def test_gpu_checks_repeat_when_the_training_code_changes(tmp_path):
     assert b.checked_this_code(str(results), root=str(root))  # common.py's report part is not code that trains
     (root / "common.py").write_text('"""doc"""\nSTEP = 2\n' + common.TRAINING_CODE_ENDS + "\nREPORT = 2\n")
     assert not b.checked_this_code(str(results), root=str(root))
+
+
+def test_pcnsgd_rows_take_the_batched_backward_only_where_the_gpu_found_it_sound_and_faster(tmp_path):
+    """.ci/gpu-session's PCN_CLASS_GRADS (benchmark --choose): batched only where the batched backward passed its GPU
+    tests (--fast == eager, the same g_l as the loop) and its --fast epoch was more than 1.1x faster than the loop's;
+    a benchmark that did not run those tests or the timing keeps what the JSON it replaces found."""
+    b = load_benchmark()
+    timing = lambda loop, batched: {"row": b.PCN_ROW, "loop": {"steady_epoch_s": loop},  # noqa: E731
+                                    "batched": {"steady_epoch_s": batched}, "speedup": loop / batched}
+    assert b.choose_class_grads(None) == b.choose_class_grads({}) == "loop"
+    assert b.choose_class_grads({"gpu_tests_batched": "passed", "class_grads": timing(3.0, 1.5)}) == "batched"
+    assert b.choose_class_grads({"gpu_tests_batched": "passed", "class_grads": timing(3.0, 2.9)}) == "loop"  # 1.03x
+    assert b.choose_class_grads({"gpu_tests_batched": "failed", "class_grads": timing(3.0, 1.0)}) == "loop"
+    assert b.choose_class_grads({"gpu_tests_batched": "skipped", "class_grads": timing(3.0, 1.0)}) == "loop"
+    failed = {"row": b.PCN_ROW, "loop": {"steady_epoch_s": 3.0}, "batched": {"error": "NYI: vmap"}}
+    assert b.choose_class_grads({"gpu_tests_batched": "passed", "class_grads": failed}) == "loop"
+    (line,) = b.class_grads_lines([{"device_name": "GPU", "gpu_tests_batched": "passed", "class_grads": failed},
+                                   {"device_name": "CPU"}])
+    assert "one batched backward (batched): 3.00 s / failed; the batched backward's GPU tests: passed; the table's PCNSGD rows " \
+           "use loop." in line
+    # kept by a benchmark that measures neither (its own GPU tests "skipped"): what the JSON it replaces found
+    path = tmp_path / "bench-gpu.json"
+    path.write_text(json.dumps({"date_utc": "d1", "gpu_tests": "passed", "gpu_tests_batched": "passed",
+                                "class_grads": timing(3.0, 1.5), "rows": []}))
+    assert b.earlier_benchmark(str(path)) == ({}, {"gpu_tests": "passed", "gpu_tests_batched": "passed",
+                                                   "class_grads": {**timing(3.0, 1.5), "measured": "d1"}})
+    kept = b.earlier_benchmark(str(path))[1]
+    assert b.carry_over({"gpu_tests": "skipped", "gpu_tests_batched": "skipped"}, kept) == kept
+    assert b.carry_over({"gpu_tests": "failed", "gpu_tests_batched": "failed"}, kept) == {
+        "gpu_tests": "failed", "gpu_tests_batched": "failed", "class_grads": kept["class_grads"]}
+    assert b.carry_over({"gpu_tests": "skipped", "gpu_tests_batched": None}, {}) == {"gpu_tests": "skipped",
+                                                                                      "gpu_tests_batched": None}
 
 
 def test_benchmark_rejects_unknown_rows():

@@ -173,6 +173,7 @@ def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anyth
                                ([], {"CHECKPOINT_EVERY": "x"}, "CHECKPOINT_EVERY must be a whole number >= 0"),
                                ([], {"DEADLINE": "1.5"}, "DEADLINE must be a whole number >= 0, got '1.5'"),
                                ([], {"FAST": "yes"}, "FAST must be 0 or 1, got 'yes'"),
+                               ([], {"PCN_CLASS_GRADS": "vmap"}, "PCN_CLASS_GRADS must be loop or batched, got 'vmap'"),
                                ([], {"SETTINGS": "exp:100,step:10"}, "each setting is TYPE:RATIO (exp, step or none)"),
                                ([], {"SETTINGS": "step"}, "each setting is TYPE:RATIO"),
                                ([], {"ONLY": "("}, "ONLY='(' is not an extended regular expression")):
@@ -232,6 +233,29 @@ def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anyth
                        "elapsed_s": 20.0, "history": [{"elapsed_s": 20.0}], "fast_path": {}}, common.checkpoint_path(run))
     plan = bash("--dry-run", OUT=str(gpu), ONLY="^erm.py$", SEEDS="0 1", NEW_RUN_S="0").stdout
     assert "--seed 1  (epochs 1-2, ~20 s, as this row's earlier runs)" in plan, plan
+
+
+def test_pcn_class_grads_reaches_the_pcnsgd_rows_only_and_mixes_with_the_loops_runs(tmp_path):
+    """PCN_CLASS_GRADS=batched (.ci/gpu-session's choice where the GPU found it sound and faster) gives the PCNSGD rows
+    --class-grads batched and no other row; a row's runs made with the loop count as done beside it (the same g_l:
+    no refusal for other training arguments), and the invocation's command to reproduce names it."""
+    out = tmp_path / "results"
+    write_run(out, "synthetic-exp-r10", "pcnsgd", 0, args={"epochs": 2, "class_grads": "loop"})
+    plan = subprocess.run(["bash", "run_all.sh", "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SMOKE": "1", "OUT": str(out), "SEEDS": "0 1", "NEW_RUN_S": "10",
+                               "ONLY": "^(erm.py|pcn_sgd.py .*)$", "PCN_CLASS_GRADS": "batched"})
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    runs = [l.split("  (")[0].strip() for l in plan.stdout.splitlines()[1:-1]]
+    assert runs == ["done      methods/pcn_sgd.py --variant pcnsgd --class-grads batched --imbalance-type exp "
+                    "--imbalance-ratio 10 --seed 0"] + [
+        f"to run   methods/{row} --imbalance-type exp --imbalance-ratio 10 --seed {seed}" for seed, row in [
+            (0, "erm.py"), (0, "pcn_sgd.py --variant pcnsgd_o --class-grads batched"), (1, "erm.py"),
+            (1, "pcn_sgd.py --variant pcnsgd --class-grads batched"),
+            (1, "pcn_sgd.py --variant pcnsgd_o --class-grads batched")]], plan.stdout
+    assert common.reproduce_command({"jobs": 4, "fast": True, "mps": True, "pcn_class_grads": "batched"}) == \
+        "FAST=1 MPS=1 JOBS=4 PCN_CLASS_GRADS=batched bash run_all.sh"
+    assert common.reproduce_command({"jobs": 4, "fast": True, "mps": True, "pcn_class_grads": "loop"}) == \
+        "FAST=1 MPS=1 JOBS=4 bash run_all.sh"
 
 
 def test_a_run_ended_in_this_invocation_sets_the_estimate_of_a_row_never_run(tmp_path):
