@@ -271,7 +271,18 @@ def checkpoint_path(args):
 
 # Arguments a checkpoint may be resumed under with other values: where and how a run is written or sped up.
 RESUME_FREE_ARGS = {"resume", "overwrite", "skip_existing", "checkpoint_every", "cache_dir", "out", "download", "fast",
-                    "profile_steps"}
+                    "profile_steps", "class_grads"}  # (pcn_sgd.py's: the same g_l from C backward passes or one)
+
+
+def match_layouts(optimizer):
+    """Each optimizer state tensor (SGD's momentum buffer) in its parameter's memory format. A checkpoint made by a run
+    whose parameters had another one (on CUDA pcn_sgd.py --class-grads batched trains a contiguous ResNet-32, the loop
+    a channels_last one) loads with its saved strides: the same numbers, but torch.optim's multi-tensor kernels keep
+    their fast path only where every tensor has its parameter's strides."""
+    for p, state in optimizer.state.items():
+        for k, v in state.items():
+            if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                state[k] = torch.empty_like(p).copy_(v)
 
 
 def checkpoint_key(args, script):
@@ -1125,6 +1136,7 @@ class Run:
             return 0
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
+        match_layouts(optimizer)
         for obj, state in zip(more, ck["more"]):
             obj.load_state_dict(state)
         torch.set_rng_state(ck["rng"]["torch"])
@@ -1792,6 +1804,7 @@ def session_lines(results_dir):
     wall = sum(s["wall_s"] for s in trained)
     # FAST=1, not "--fast": what the invocation asked for; on a CPU it trains eager (each row's device column says)
     kinds = sorted({f"JOBS={s['jobs']}, FAST={int(bool(s.get('fast')))}, MPS={int(bool(s.get('mps')))}"
+                    + (f", PCN_CLASS_GRADS={s['pcn_class_grads']}" if s.get("pcn_class_grads", "loop") != "loop" else "")
                     for s in trained})
     cut = sum(s.get("cut_at_deadline", 0) for s in trained)
     failed = sum(s["failed"] for s in trained)

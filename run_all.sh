@@ -41,7 +41,7 @@
 # stopped run leaves a whole one-seed table.
 # A run whose JSON already exists is skipped, so a killed or DEADLINE-stopped table run resumes where it stopped;
 # delete a JSON to run it again. Logs are appended to, so a resumed run keeps its
-# history. Each invocation appends a line to $OUT/run_all.jsonl (wall time, runs, JOBS/FAST/MPS), which the
+# history. Each invocation appends a line to $OUT/run_all.jsonl (wall time, runs, JOBS/FAST/MPS/PCN_CLASS_GRADS), which the
 # report sums. The training seed varies; the data seed stays 0, the subset of the official code.
 set -euo pipefail
 set -f  # no pathname expansion: DATA_FLAGS and EXTRA are split into words, as the plan reads them, never globbed
@@ -138,8 +138,6 @@ for setting in $SETTINGS; do  # TYPE:RATIO, e.g. exp:100
       script=${row%% *}
       if [ -n "$ONLY" ] && ! grep -qE -- "$ONLY" <<<"$row"; then continue; fi  # rows not asked for need no file
       [ -f "methods/$script" ] || { echo "run_all.sh: methods/$script is missing" >&2; exit 1; }
-      # (after ONLY, which matches the rows as written above)
-      [ "$script" != pcn_sgd.py ] || [ "$PCN_CLASS_GRADS" = loop ] || row+=" --class-grads $PCN_CLASS_GRADS"
       jobs_list+=("$row|${setting%%:*}|${setting##*:}|$seed")
     done
   done
@@ -181,6 +179,11 @@ done
 todo=(${partial[@]+"${partial[@]}"} ${todo[@]+"${todo[@]}"})
 
 hms() { printf '%d:%02d:%02d' $(($1 / 3600)) $(($1 / 60 % 60)) $(($1 % 60)); }
+as_run() {  # a row as it runs: a PCNSGD row with PCN_CLASS_GRADS, which is not part of what it trains (the same g_l
+  # either way: the same logs, estimates, results folder and checkpoints)
+  if [ "${1%% *}" = pcn_sgd.py ] && [ "$PCN_CLASS_GRADS" != loop ]; then echo "$1 --class-grads $PCN_CLASS_GRADS"
+  else echo "$1"; fi
+}
 estimate() {  # seconds of a whole run of job $1: its method's earlier runs; else an ERM run (by every method's
   # finished runs: the plan's, or this invocation's in the setting, else in any setting, the longer; else NEW_RUN_S)
   # times the passes its step needs; else the longest run known
@@ -221,7 +224,7 @@ if [ "$DRY_RUN" = 1 ]; then  # the plan only: nothing trains, no log, run_all.js
       else e+=", as the longest run known"; fi
     fi
     state="to run  " && [ "$epochs_done" -gt 0 ] && state="part-done"
-    echo "  $state methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed " \
+    echo "  $state methods/$(as_run "$row") --imbalance-type $itype --imbalance-ratio $ratio --seed $seed " \
       "($([ "$epochs_done" -gt 0 ] && echo "epochs $epochs_done-$epochs" || echo "$epochs epochs"), $e)"
   done
   if [ "$known" -gt 0 ]; then
@@ -293,6 +296,7 @@ start_run() {  # job $1 in the background; under DEADLINE it is stopped there (r
   key="$row|$itype$ratio"
   started=$((started + 1))
   log=$(logname "$row" "$itype" "$ratio" "$seed")
+  row=$(as_run "$row")
   echo "[run_all] start $started/$(( ${#todo[@]} - deferred )): methods/$row --imbalance-type $itype --imbalance-ratio $ratio --seed $seed"
   (
     t=$(date +%s)

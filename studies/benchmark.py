@@ -342,9 +342,9 @@ def class_grads_timing(data_flags, epochs, work, log_dir):
 
 
 def choose_class_grads(bench, gain=CLASS_GRADS_GAIN):
-    """run_all.sh's PCN_CLASS_GRADS from a benchmark JSON: "batched" where the batched backward passed its GPU tests
-    (fp32: --fast == eager, and the same g_l as the loop) and its --fast epoch was more than `gain` times faster
-    than the loop's; else "loop"."""
+    """run_all.sh's PCN_CLASS_GRADS from a benchmark JSON (--choose: this GPU's own, none: "loop"): "batched" where
+    the batched backward passed its GPU tests (fp32: --fast == eager, and the same g_l as the loop) and its --fast
+    epoch was more than `gain` times faster than the loop's; else "loop"."""
     timing = (bench or {}).get("class_grads") or {}
     fine = (bench or {}).get("gpu_tests_batched") == "passed" and (timing.get("speedup") or 0) > gain
     return "batched" if fine else "loop"
@@ -357,8 +357,8 @@ def class_grads_lines(reports):
         t = r.get("class_grads")
         if not t:
             continue
-        cell = {how: f"{t[how]['steady_epoch_s']:.2f} s" if "steady_epoch_s" in t.get(how, {}) else "failed"
-                for how in ("loop", "batched")}
+        cell = {how: f"{t[how]['steady_epoch_s']:.2f} s" if "steady_epoch_s" in t.get(how, {}) else
+                "cut short" if t.get("error") == CUT_SHORT else "failed" for how in ("loop", "batched")}
         ratio = f" ({t['speedup']:.2f}x)" if t.get("speedup") else ""
         tests = {"passed": "passed", "failed": "**failed**"}.get(r.get("gpu_tests_batched"), "not run")
         lines.append(f"- {r['device_name']}: `{t['row']} --fast`, steady epoch with the C per-class gradients from C "
@@ -735,12 +735,15 @@ KEPT = ("gpu_tests", "gpu_tests_batched", "class_grads")  # what a benchmark tha
 def earlier_benchmark(path):
     """From the benchmark JSON at `path` (the one a new benchmark replaces), what a benchmark that does not measure
     it again keeps (e.g. an --accuracy session): ({row: its "parallel" measurements, each dated as "measured"},
-    {key: its value} for the KEPT keys it has: the GPU tests' outcomes and the --class-grads timing, dated too);
-    ({}, {}) where there is none."""
+    {key: its value} for the KEPT keys it has where it checked the code there is now: the GPU tests' outcomes and the
+    --class-grads timing, dated too); ({}, {}) where there is none."""
     try:
         with open(path) as f:
             old = json.load(f)
-        kept = {k: old[k] for k in KEPT if old.get(k) is not None}
+        # the GPU tests' outcomes and the timing of this code only (a GPU test that passed on older code, beside a
+        # benchmark that ran no GPU test, would otherwise choose the batched backward for code no GPU ran)
+        same_code = old.get("code_sha256") == training_code()
+        kept = {k: old[k] for k in KEPT if old.get(k) is not None and same_code}
         if "class_grads" in kept:
             kept["class_grads"] = {"measured": old.get("date_utc"), **kept["class_grads"]}  # (an older date kept)
         return ({r["row"]: [{"measured": old.get("date_utc"), **p} for p in parallel_runs(r)]
@@ -767,7 +770,7 @@ def main(argv=None):
         name = common.torch.cuda.get_device_name() if cuda else None
         fast, use_mps = choose(device_name=name)
         print(f"FAST={int(fast)} MPS={int(use_mps)} RUN_S={round(projected_run_s(fast, device_name=name))} "
-              f"CLASS_GRADS={choose_class_grads(newest_bench(device_name=name))} "
+              f"CLASS_GRADS={choose_class_grads(newest_bench(device_name=name, own_only=True))} "
               f"CHECKED={int(checked_this_code(device_name=name))} "
               f"JOBS={choose_jobs(device_name=name) if use_mps else 0} PARALLEL_NEXT={next_width(device_name=name)}")
         return
@@ -896,6 +899,10 @@ def main(argv=None):
               f"{e['projected_run_s']:.1f} s, fast {f['projected_run_s']:.1f} s "
               f"({entry['speedup_projected_run']:.2f}x){full_txt}{par_txt}", flush=True)
     if args.class_grads:
+        # saved as cut short until it ends: a time limit here must not leave the JSON's earlier timing (of other
+        # code, perhaps) to stand beside this benchmark's GPU tests
+        report["class_grads"] = {"row": PCN_ROW, "error": CUT_SHORT}
+        save(complete=False)
         report["class_grads"] = class_grads_timing(data_flags, min(args.epochs, CLASS_GRADS_EPOCHS), work, log_dir)
     save(complete=True)
     print(f"[bench] wrote {out_path} ({report['bench_wall_s']:.0f} s)", flush=True)

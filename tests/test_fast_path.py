@@ -480,10 +480,15 @@ def test_pcnsgd_rows_take_the_batched_backward_only_where_the_gpu_found_it_sound
                                    {"device_name": "CPU"}])
     assert "one batched backward (batched): 3.00 s / failed; the batched backward's GPU tests: passed; the table's PCNSGD rows " \
            "use loop." in line
-    # kept by a benchmark that measures neither (its own GPU tests "skipped"): what the JSON it replaces found
+    cut = {"row": b.PCN_ROW, "error": b.CUT_SHORT}  # saved before the timing, replaced when it ends
+    assert b.choose_class_grads({"gpu_tests_batched": "passed", "class_grads": cut}) == "loop"
+    assert "(batched): cut short / cut short;" in b.class_grads_lines([{"device_name": "GPU", "class_grads": cut}])[0]
+    # kept by a benchmark that measures neither (its own GPU tests "skipped"): what the JSON it replaces found, where
+    # that checked the code there is now
     path = tmp_path / "bench-gpu.json"
-    path.write_text(json.dumps({"date_utc": "d1", "gpu_tests": "passed", "gpu_tests_batched": "passed",
-                                "class_grads": timing(3.0, 1.5), "rows": []}))
+    old = {"date_utc": "d1", "gpu_tests": "passed", "gpu_tests_batched": "passed", "class_grads": timing(3.0, 1.5),
+           "rows": [], "code_sha256": b.training_code()}
+    path.write_text(json.dumps(old))
     assert b.earlier_benchmark(str(path)) == ({}, {"gpu_tests": "passed", "gpu_tests_batched": "passed",
                                                    "class_grads": {**timing(3.0, 1.5), "measured": "d1"}})
     kept = b.earlier_benchmark(str(path))[1]
@@ -492,6 +497,8 @@ def test_pcnsgd_rows_take_the_batched_backward_only_where_the_gpu_found_it_sound
         "gpu_tests": "failed", "gpu_tests_batched": "failed", "class_grads": kept["class_grads"]}
     assert b.carry_over({"gpu_tests": "skipped", "gpu_tests_batched": None}, {}) == {"gpu_tests": "skipped",
                                                                                       "gpu_tests_batched": None}
+    path.write_text(json.dumps({**old, "code_sha256": {**b.training_code(), "methods/pcn_sgd.py": "older"}}))
+    assert b.earlier_benchmark(str(path)) == ({}, {})  # another version of the code: nothing of it is kept
 
 
 def test_benchmark_rejects_unknown_rows():

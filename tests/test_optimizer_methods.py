@@ -337,8 +337,8 @@ def test_batched_class_grads_equal_the_loop_on_gpu():
     .ci/gpu): each class's g_l and the update direction of the batched backward agree with the loop's. In fp32 (no
     TF32) as pcn_sgd.py trains them: the loop on ResNet-32 in channels_last, the batched backward on a contiguous
     copy, whose other conv kernels alone change g_l by ~0.3% on the CPU (2% allowed; another batch's g_l differ by
-    ~60%). Under bf16 autocast (the table's precision; vmap has failed with bf16 autocast elsewhere) on the same
-    contiguous model, so that only the backward differs (10% allowed): a different memory format's forward alone
+    ~60%). Under bf16 autocast (the table's precision; vmap has failed with bf16 autocast elsewhere) on two copies of
+    the contiguous model, so that only the backward differs (10% allowed): a different memory format's forward alone
     changes a bf16 g_l by ~15% at initialization (on the CPU), too close to another batch's to tell a bug from
     rounding."""
     import contextlib
@@ -347,6 +347,7 @@ def test_batched_class_grads_equal_the_loop_on_gpu():
     torch.manual_seed(0)
     channels_last = common.resnet32(10, dev)
     contiguous = copy.deepcopy(channels_last).to(memory_format=torch.contiguous_format)
+    twin = copy.deepcopy(contiguous)  # the loop's model in bf16: its own .grad, beside the batched one's
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(128, 3, 32, 32, device=dev, generator=g).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (128,), device=dev, generator=g)
@@ -359,7 +360,7 @@ def test_batched_class_grads_equal_the_loop_on_gpu():
     bf16 = lambda: torch.autocast("cuda", torch.bfloat16)  # noqa: E731
     try:
         for loop_model, loop_x, autocast, tol in ((channels_last, x, contextlib.nullcontext, 2e-2),
-                                                  (contiguous, x.contiguous(), bf16, 0.1)):
+                                                  (twin, x.contiguous(), bf16, 0.1)):
             with autocast():  # (the forward only, as update_direction)
                 logits_loop, logits_batched = loop_model(loop_x), contiguous(x.contiguous())
             loop, _ = pcn.per_class_grads(loop_model, logits_loop, y, 10)

@@ -41,7 +41,10 @@ def test_a_killed_run_resumed_computes_the_uninterrupted_run(row, tmp_path, gpu=
     assert kill_after_first_epoch(launch(row, tmp_path / "cut", "--checkpoint-every", "1", *gpu)) != 0
     (ckpt,) = (tmp_path / "cut" / "checkpoints").rglob("seed0.pt")
     assert not list((tmp_path / "cut").glob("*/*/seed0.json"))  # killed before its end
-    again = launch(row, tmp_path / "cut", "--checkpoint-every", "1", "--resume", *gpu)
+    # on the CPU the PCNSGD rows go on with the other way to their per-class gradients (bit for bit the same g_l
+    # here): a GPU session may switch them between two invocations (run_all.sh's PCN_CLASS_GRADS)
+    switch = ("--class-grads", "batched") if row[0] == "pcn_sgd.py" and not gpu else ()
+    again = launch(row, tmp_path / "cut", "--checkpoint-every", "1", "--resume", *switch, *gpu)
     text = again.stdout.read()
     assert again.wait() == 0 and "resumed from" in text, text
     (a,), (b,) = read_results(tmp_path / "whole").values(), read_results(tmp_path / "cut").values()
@@ -77,7 +80,8 @@ def test_a_checkpoint_of_another_subset_or_other_code_is_not_resumed(tmp_path):
     args = common.finish_args(common.make_parser("").parse_args(ARGS + ["--out", str(tmp_path), "--resume"]), "erm")
     key = common.checkpoint_key(args, script)
     assert common.RESUME_FREE_ARGS == {"resume", "overwrite", "skip_existing", "checkpoint_every", "cache_dir", "out",
-                                       "download", "fast", "profile_steps"}  # a new one is a decision: add it here
+                                       "download", "fast", "profile_steps",  # a new one is a decision: add it here
+                                       "class_grads"}  # (pcn_sgd.py: the same g_l; test above)
     assert set(key["args"]) == set(vars(args)) - common.RESUME_FREE_ARGS and key["args"]["data_seed"] == 0
     assert key["code"] == [common.code_sha256(script), common.common_code_sha256()]
     path = common.checkpoint_path(args)
@@ -100,3 +104,51 @@ def test_a_damaged_checkpoint_is_not_resumed(tmp_path):
     text = run.stdout.read()
     assert run.wait() == 0 and "is not a readable checkpoint (" in text and "starting from epoch 1" in text, text
     assert not ckpt.exists()  # the finished run removed it
+
+
+@pytest.mark.parametrize("saved_format, loaded_format", [(torch.channels_last, torch.contiguous_format),
+                                                         (torch.contiguous_format, torch.channels_last)])
+def test_a_checkpoints_momentum_takes_its_parameters_memory_format(saved_format, loaded_format):
+    """Run.restore's match_layouts: SGD's momentum buffers saved from parameters of one memory format (on CUDA
+    pcn_sgd.py's loop trains a channels_last ResNet-32, its batched backward a contiguous one) and loaded for the
+    other keep their values and take their parameter's strides (torch.optim's multi-tensor fast path)."""
+    def trained(memory_format):
+        conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=memory_format)
+        optimizer = torch.optim.SGD(conv.parameters(), lr=0.1, momentum=0.9)
+        conv(torch.randn(2, 3, 5, 5)).sum().backward()
+        optimizer.step()
+        return conv, optimizer
+    _, saved = trained(saved_format)
+    conv, loaded = trained(loaded_format)
+    loaded.load_state_dict(saved.state_dict())
+    weight = loaded.state[conv.weight]["momentum_buffer"]
+    assert weight.stride() != conv.weight.stride()  # what load_state_dict leaves
+    common.match_layouts(loaded)
+    for p in conv.parameters():
+        assert loaded.state[p]["momentum_buffer"].stride() == p.stride()
+    assert torch.equal(loaded.state[conv.weight]["momentum_buffer"], weight)
+    assert torch.equal(loaded.state[conv.weight]["momentum_buffer"], saved.state[next(iter(saved.state))]["momentum_buffer"])
+
+
+def test_restore_puts_each_momentum_buffer_in_its_parameters_memory_format(tmp_path):
+    """Run.restore calls match_layouts: a checkpoint saved from a contiguous model (pcn_sgd.py's batched backward)
+    goes on in a channels_last one (its loop, on CUDA) with every momentum buffer in its parameter's strides."""
+    args = common.finish_args(common.make_parser("").parse_args(
+        ARGS + ["--out", str(tmp_path), "--resume", "--checkpoint-every", "1"]), "erm")
+
+    def model_and_optimizer(memory_format):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+        model(torch.randn(2, 3, 8, 8)).sum().backward()
+        model = model.to(memory_format=memory_format)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        optimizer.step()
+        return model, optimizer
+    saved = common.start(args)
+    assert saved.restore(*model_and_optimizer(torch.contiguous_format)) == 0
+    saved.checkpoint(0)
+    model, optimizer = model_and_optimizer(torch.channels_last)
+    assert common.start(args).restore(model, optimizer) == 1
+    conv = model[0].weight
+    assert conv.stride() != torch.empty_like(conv, memory_format=torch.contiguous_format).stride()
+    assert all(optimizer.state[p]["momentum_buffer"].stride() == p.stride() for p in model.parameters())

@@ -238,7 +238,8 @@ def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anyth
 def test_pcn_class_grads_reaches_the_pcnsgd_rows_only_and_mixes_with_the_loops_runs(tmp_path):
     """PCN_CLASS_GRADS=batched (.ci/gpu-session's choice where the GPU found it sound and faster) gives the PCNSGD rows
     --class-grads batched and no other row; a row's runs made with the loop count as done beside it (the same g_l:
-    no refusal for other training arguments), and the invocation's command to reproduce names it."""
+    no refusal for other training arguments; a checkpoint of either goes on with the other, tests/test_resume.py),
+    and the invocation's command to reproduce names it."""
     out = tmp_path / "results"
     write_run(out, "synthetic-exp-r10", "pcnsgd", 0, args={"epochs": 2, "class_grads": "loop"})
     plan = subprocess.run(["bash", "run_all.sh", "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -246,8 +247,8 @@ def test_pcn_class_grads_reaches_the_pcnsgd_rows_only_and_mixes_with_the_loops_r
                                "ONLY": "^(erm.py|pcn_sgd.py .*)$", "PCN_CLASS_GRADS": "batched"})
     assert plan.returncode == 0, plan.stdout + plan.stderr
     runs = [l.split("  (")[0].strip() for l in plan.stdout.splitlines()[1:-1]]
-    assert runs == ["done      methods/pcn_sgd.py --variant pcnsgd --class-grads batched --imbalance-type exp "
-                    "--imbalance-ratio 10 --seed 0"] + [
+    assert runs == ["done      methods/pcn_sgd.py --variant pcnsgd --imbalance-type exp --imbalance-ratio 10 "
+                    "--seed 0"] + [
         f"to run   methods/{row} --imbalance-type exp --imbalance-ratio 10 --seed {seed}" for seed, row in [
             (0, "erm.py"), (0, "pcn_sgd.py --variant pcnsgd_o --class-grads batched"), (1, "erm.py"),
             (1, "pcn_sgd.py --variant pcnsgd --class-grads batched"),
@@ -256,6 +257,11 @@ def test_pcn_class_grads_reaches_the_pcnsgd_rows_only_and_mixes_with_the_loops_r
         "FAST=1 MPS=1 JOBS=4 PCN_CLASS_GRADS=batched bash run_all.sh"
     assert common.reproduce_command({"jobs": 4, "fast": True, "mps": True, "pcn_class_grads": "loop"}) == \
         "FAST=1 MPS=1 JOBS=4 bash run_all.sh"
+    (out / "run_all.jsonl").write_text(json.dumps({"date_utc": "2026-12-05T18:00:00Z", "wall_s": 60, "runs_finished": 1,
+                                                   "failed": 0, "jobs": 4, "fast": True, "mps": True,
+                                                   "pcn_class_grads": "batched"}) + "\n")
+    made, _, again, _ = common.session_lines(str(out))
+    assert "JOBS=4, FAST=1, MPS=1, PCN_CLASS_GRADS=batched)" in made and "PCN_CLASS_GRADS=batched bash" in again
 
 
 def test_a_run_ended_in_this_invocation_sets_the_estimate_of_a_row_never_run(tmp_path):
