@@ -35,14 +35,14 @@
 # times the passes a row's step needs; 0: none; .ci/gpu-session sets it from the benchmark's projection),
 # PCN_CLASS_GRADS (loop: the PCNSGD rows compute their C per-class gradients with C backward passes; batched: with
 # one batched backward, the same numbers in fewer, larger kernels; .ci/gpu-session sets it from the benchmark, which
-# times both on the GPU), IMBALANCE_REF_GIT_COMMIT (the commit to record where this folder is not a git checkout, as on a GPU machine the
-# working tree was copied to).
+# times both on the GPU), IMBALANCE_REF_GIT_COMMIT (the commit to record where this folder is not a git checkout,
+# as on a GPU machine the working tree was copied to).
 # Order: the runs a checkpoint holds part of first, then setting by setting, seed 0 of every row first, so that a
 # stopped run leaves a whole one-seed table.
 # A run whose JSON already exists is skipped, so a killed or DEADLINE-stopped table run resumes where it stopped;
 # delete a JSON to run it again. Logs are appended to, so a resumed run keeps its
-# history. Each invocation appends a line to $OUT/run_all.jsonl (wall time, runs, JOBS/FAST/MPS/PCN_CLASS_GRADS), which the
-# report sums. The training seed varies; the data seed stays 0, the subset of the official code.
+# history. Each invocation appends a line to $OUT/run_all.jsonl (wall time, runs, JOBS/FAST/MPS/PCN_CLASS_GRADS),
+# which the report sums. The training seed varies; the data seed stays 0, the subset of the official code.
 set -euo pipefail
 set -f  # no pathname expansion: DATA_FLAGS and EXTRA are split into words, as the plan reads them, never globbed
 # Its settings come from the environment (above); the only arguments are --dry-run and --help.
