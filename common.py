@@ -272,6 +272,9 @@ def checkpoint_path(args):
 # Arguments a checkpoint may be resumed under with other values: where and how a run is written or sped up.
 RESUME_FREE_ARGS = {"resume", "overwrite", "skip_existing", "checkpoint_every", "cache_dir", "out", "download", "fast",
                     "profile_steps", "class_grads"}  # (pcn_sgd.py's: the same g_l from C backward passes or one)
+# ... of which these choose how the numbers are computed (the same math, other kernels): a run resumed with another
+# value records the switch in its JSON (switched_at_resume)
+COMPUTED_WITH = ("fast", "class_grads")
 
 
 def match_layouts(optimizer):
@@ -1052,6 +1055,7 @@ class Run:
         self._loss_sum, self._steps = 0.0, 0
         self.last_eval = None
         self.state, self.resumed = None, []  # what a checkpoint holds (restore); epochs a run was resumed at
+        self.switched = []  # [{"epoch": resumed at, arg: [before, after]}] where a COMPUTED_WITH argument changed there
         self.profiler = None  # --profile-steps: armed at the end of the first epoch (end_epoch)
         self._told_steps = False  # the first epoch's progress line says how many steps it took
         self.tag = f"[{args.method} seed{args.seed}]"
@@ -1145,6 +1149,9 @@ class Run:
         if ck["rng"]["cuda"] is not None and torch.device(self.device).type == "cuda":
             torch.cuda.set_rng_state(ck["rng"]["cuda"], torch.device(self.device))
         self.history, self.last_eval, self.resumed = ck["history"], ck["last_eval"], ck["resumed"] + [ck["epoch"] + 1]
+        before, now = ck.get("computed_with", {}), self.computed_with()
+        changed = {k: [before[k], now[k]] for k in now if k in before and before[k] != now[k]}
+        self.switched = ck.get("switched", []) + ([{"epoch": ck["epoch"] + 1, **changed}] if changed else [])
         self.extra.clear()
         self.extra.update(ck["extra"])
         self.t0 = time.time() - ck["elapsed_s"]  # the wall time counts the time trained so far, not the pause
@@ -1154,6 +1161,10 @@ class Run:
         print(f"{self.tag} resumed from {path}: epoch {ck['epoch'] + 1} done, going on with epoch {ck['epoch'] + 2}",
               flush=True)
         return ck["epoch"] + 1
+
+    def computed_with(self):
+        """The COMPUTED_WITH arguments of this invocation (a method without one: None)."""
+        return {k: getattr(self.args, k, None) for k in COMPUTED_WITH}
 
     def checkpoint(self, epoch):
         """The state after `epoch`, written atomically (write_atomic)."""
@@ -1166,6 +1177,7 @@ class Run:
               "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "generator": self.generator.get_state(),
                       "cuda": torch.cuda.get_rng_state(torch.device(self.device)) if cuda else None},
               "history": self.history, "last_eval": self.last_eval, "extra": self.extra, "resumed": self.resumed,
+              "computed_with": self.computed_with(), "switched": self.switched,
               "elapsed_s": time.time() - self.t0,
               "fast_path": dict(self.graphed.stats) if self.graphed is not None else {}}
         write_atomic(checkpoint_path(self.args), lambda f: torch.save(ck, f), mode="wb")
@@ -1213,6 +1225,7 @@ class Run:
             "setup_time_s": self.setup_s,
             "fast_path": self.graphed.stats if self.graphed is not None else None,
             "resumed_at_epochs": self.resumed,  # --resume: the 0-based epochs a killed run went on from
+            "switched_at_resume": self.switched,  # ... where it went on with another --fast or --class-grads
             "profile": self._profile(),
             # set by run_all.sh: how many runs shared the device (JOBS), and whether under a CUDA MPS daemon
             "runs_at_once": int(os.environ.get("IMBALANCE_REF_RUNS_AT_ONCE", "1")),

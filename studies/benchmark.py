@@ -327,7 +327,7 @@ def class_grads_timing(data_flags, epochs, work, log_dir):
         try:
             result, cmd = run_method(PCN_ROW, data_flags + flags + ["--class-grads", how],
                                      os.path.join(work, "class_grads"), f"class_grads_{how}", log_dir)
-        except SystemExit as e:
+        except (SystemExit, Exception) as e:  # noqa: BLE001  (a failed path is a result here, not the end)
             entry[how] = {"error": str(e)[-1000:]}
             print(f"[bench] {PCN_ROW} --class-grads {how} failed: {str(e)[:300]}", flush=True)
             continue
@@ -348,6 +348,13 @@ def choose_class_grads(bench, gain=CLASS_GRADS_GAIN):
     timing = (bench or {}).get("class_grads") or {}
     fine = (bench or {}).get("gpu_tests_batched") == "passed" and (timing.get("speedup") or 0) > gain
     return "batched" if fine else "loop"
+
+
+def class_grads_now(results_dir=os.path.join(ROOT, "results"), device_name=None):
+    """--choose's CLASS_GRADS: choose_class_grads of this GPU's own benchmark JSON where it was made with the code
+    there is now (its GPU tests and timing say nothing of other code, or of another GPU model); else "loop"."""
+    bench = newest_bench(results_dir, device_name, own_only=True)
+    return choose_class_grads(bench if bench and bench.get("code_sha256") == training_code() else None)
 
 
 def class_grads_lines(reports):
@@ -578,8 +585,9 @@ def write_speed_pages(results_dir=os.path.join(ROOT, "results"), readme=os.path.
         grads = class_grads_lines(reports)
         if grads:
             body += ["", "PCNSGD's per-class gradients (`--class-grads`: its C backward passes or one batched "
-                         "backward, the same g_l; the table takes the batched one only where its GPU tests passed and "
-                         f"it was more than {CLASS_GRADS_GAIN}x faster):", ""] + grads
+                         "backward, the same g_l; each timed as one run alone, where the table runs several at once "
+                         "under MPS, which may shrink the gain of fewer, larger kernels; the table takes the batched one "
+                         f"only where its GPU tests passed and it was more than {CLASS_GRADS_GAIN}x faster):", ""] + grads
         bounds = bound_lines(reports)
         if bounds:
             body += ["", "Where a step's time goes (`--profile-steps`: torch.profiler over steps of the second epoch "
@@ -735,15 +743,16 @@ KEPT = ("gpu_tests", "gpu_tests_batched", "class_grads")  # what a benchmark tha
 def earlier_benchmark(path):
     """From the benchmark JSON at `path` (the one a new benchmark replaces), what a benchmark that does not measure
     it again keeps (e.g. an --accuracy session): ({row: its "parallel" measurements, each dated as "measured"},
-    {key: its value} for the KEPT keys it has where it checked the code there is now: the GPU tests' outcomes and the
-    --class-grads timing, dated too); ({}, {}) where there is none."""
+    {key: its value} for the KEPT keys it has: the GPU tests' outcomes and the --class-grads timing, dated too, where
+    it checked the code there is now, and a failed GPU test whatever the code); ({}, {}) where there is none."""
     try:
         with open(path) as f:
             old = json.load(f)
-        # the GPU tests' outcomes and the timing of this code only (a GPU test that passed on older code, beside a
-        # benchmark that ran no GPU test, would otherwise choose the batched backward for code no GPU ran)
+        # a failed GPU test whatever the code (as before: no --fast, no batched backward, until tests pass again);
+        # a passed one and the timing only of this code (a test that passed on older code, beside a benchmark that
+        # ran none, would otherwise choose the batched backward for code no GPU ran)
         same_code = old.get("code_sha256") == training_code()
-        kept = {k: old[k] for k in KEPT if old.get(k) is not None and same_code}
+        kept = {k: old[k] for k in KEPT if old.get(k) is not None and (same_code or old[k] == "failed")}
         if "class_grads" in kept:
             kept["class_grads"] = {"measured": old.get("date_utc"), **kept["class_grads"]}  # (an older date kept)
         return ({r["row"]: [{"measured": old.get("date_utc"), **p} for p in parallel_runs(r)]
@@ -770,7 +779,7 @@ def main(argv=None):
         name = common.torch.cuda.get_device_name() if cuda else None
         fast, use_mps = choose(device_name=name)
         print(f"FAST={int(fast)} MPS={int(use_mps)} RUN_S={round(projected_run_s(fast, device_name=name))} "
-              f"CLASS_GRADS={choose_class_grads(newest_bench(device_name=name, own_only=True))} "
+              f"CLASS_GRADS={class_grads_now(device_name=name)} "
               f"CHECKED={int(checked_this_code(device_name=name))} "
               f"JOBS={choose_jobs(device_name=name) if use_mps else 0} PARALLEL_NEXT={next_width(device_name=name)}")
         return

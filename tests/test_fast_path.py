@@ -498,7 +498,15 @@ def test_pcnsgd_rows_take_the_batched_backward_only_where_the_gpu_found_it_sound
     assert b.carry_over({"gpu_tests": "skipped", "gpu_tests_batched": None}, {}) == {"gpu_tests": "skipped",
                                                                                       "gpu_tests_batched": None}
     path.write_text(json.dumps({**old, "code_sha256": {**b.training_code(), "methods/pcn_sgd.py": "older"}}))
-    assert b.earlier_benchmark(str(path)) == ({}, {})  # another version of the code: nothing of it is kept
+    assert b.earlier_benchmark(str(path)) == ({}, {})  # another version of the code: nothing of it is kept ...
+    path.write_text(json.dumps({**old, "gpu_tests": "failed", "code_sha256": {}}))
+    assert b.earlier_benchmark(str(path)) == ({}, {"gpu_tests": "failed"})  # ... but a failed GPU test
+    # --choose: this GPU's own JSON, made with the code there is now
+    path.write_text(json.dumps(old))
+    assert b.class_grads_now(str(tmp_path), "GPU") == "batched"
+    assert b.class_grads_now(str(tmp_path), "other GPU") == "loop"  # none of its own
+    path.write_text(json.dumps({**old, "code_sha256": {**b.training_code(), "methods/pcn_sgd.py": "older"}}))
+    assert b.class_grads_now(str(tmp_path), "GPU") == "loop"  # made with other code
 
 
 def test_benchmark_rejects_unknown_rows():

@@ -49,6 +49,9 @@ def test_a_killed_run_resumed_computes_the_uninterrupted_run(row, tmp_path, gpu=
     assert again.wait() == 0 and "resumed from" in text, text
     (a,), (b,) = read_results(tmp_path / "whole").values(), read_results(tmp_path / "cut").values()
     assert a["resumed_at_epochs"] == [] and b["resumed_at_epochs"] in ([1], [2])  # wherever the kill landed
+    # ... and the JSON says where it went on with the other way to the per-class gradients
+    assert a["switched_at_resume"] == [] and b["switched_at_resume"] == (
+        [{"epoch": b["resumed_at_epochs"][0], "class_grads": ["loop", "batched"]}] if switch else [])
     assert without_times(a["history"]) == without_times(b["history"])
     # the time before the kill counts: elapsed_s goes on from the checkpoint's, it does not start again at 0
     assert [e["elapsed_s"] for e in b["history"]] == sorted(e["elapsed_s"] for e in b["history"])

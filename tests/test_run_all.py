@@ -253,6 +253,15 @@ def test_pcn_class_grads_reaches_the_pcnsgd_rows_only_and_mixes_with_the_loops_r
             (0, "erm.py"), (0, "pcn_sgd.py --variant pcnsgd_o --class-grads batched"), (1, "erm.py"),
             (1, "pcn_sgd.py --variant pcnsgd --class-grads batched"),
             (1, "pcn_sgd.py --variant pcnsgd_o --class-grads batched")]], plan.stdout
+    # the run itself: trained with the batched backward, logged under its row's name, the invocation recorded so
+    done = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SMOKE": "1", "OUT": str(tmp_path / "ran"), "JOBS": "1",
+                               "ONLY": "^pcn_sgd.py --variant pcnsgd$", "PCN_CLASS_GRADS": "batched"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    (ran,) = read_results(tmp_path / "ran").values()
+    assert ran["args"]["class_grads"] == "batched" and "--class-grads batched" in ran["command"]
+    assert [p.name for p in (tmp_path / "ran" / "logs").glob("*.log")] == ["pcn_sgd.py_--variant_pcnsgd_exp10_seed0.log"]
+    assert json.loads((tmp_path / "ran" / "run_all.jsonl").read_text())["pcn_class_grads"] == "batched"
     assert common.reproduce_command({"jobs": 4, "fast": True, "mps": True, "pcn_class_grads": "batched"}) == \
         "FAST=1 MPS=1 JOBS=4 PCN_CLASS_GRADS=batched bash run_all.sh"
     assert common.reproduce_command({"jobs": 4, "fast": True, "mps": True, "pcn_class_grads": "loop"}) == \
