@@ -908,8 +908,8 @@ def main(argv=None):
               f"{e['projected_run_s']:.1f} s, fast {f['projected_run_s']:.1f} s "
               f"({entry['speedup_projected_run']:.2f}x){full_txt}{par_txt}", flush=True)
     if args.class_grads:
-        # saved as cut short until it ends: a time limit here must not leave the JSON's earlier timing (of other
-        # code, perhaps) to stand beside this benchmark's GPU tests
+        # saved as cut short until it ends: a time limit here leaves that, not the earlier JSON's timing (carried
+        # over above) beside this benchmark's GPU tests, which may be of another outcome
         report["class_grads"] = {"row": PCN_ROW, "error": CUT_SHORT}
         save(complete=False)
         report["class_grads"] = class_grads_timing(data_flags, min(args.epochs, CLASS_GRADS_EPOCHS), work, log_dir)
