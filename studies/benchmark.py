@@ -354,7 +354,7 @@ def class_grads_now(results_dir=os.path.join(ROOT, "results"), device_name=None)
     """--choose's CLASS_GRADS: choose_class_grads of this GPU's own benchmark JSON where it was made with the code
     there is now (its GPU tests and timing say nothing of other code, or of another GPU model); else "loop"."""
     bench = newest_bench(results_dir, device_name, own_only=True)
-    return choose_class_grads(bench if bench and bench.get("code_sha256") == training_code() else None)
+    return choose_class_grads(bench if of_this_code(bench) else None)
 
 
 def class_grads_lines(reports):
@@ -719,6 +719,12 @@ def training_code(root=ROOT):
             **{f: common.code_sha256(os.path.join(root, f)) for f in files}}
 
 
+def of_this_code(bench, root=ROOT):
+    """Was the benchmark JSON `bench` made with the code that trains there is now (training_code)? False for None and
+    for an older JSON that does not say."""
+    return bool(bench) and bench.get("code_sha256") == training_code(root)
+
+
 def checked_this_code(results_dir=os.path.join(ROOT, "results"), device_name=None, root=ROOT):
     """Did a benchmark of this GPU (its own JSON, complete, or at least through its fp32 checks) check the code
     there is now? False without one, or where it does not say (an older JSON). .ci/gpu-session repeats the GPU
@@ -727,8 +733,7 @@ def checked_this_code(results_dir=os.path.join(ROOT, "results"), device_name=Non
     bench = newest_bench(results_dir, device_name, own_only=True)
     # "checks_done": its fp32 checks all ended, even where a time limit stopped the timings after them (a stage 1
     # that does not fit its time would otherwise start again in every session, and never fit)
-    return bool(bench) and bool(bench.get("complete") or bench.get("checks_done")) and \
-        bench.get("code_sha256") == training_code(root)
+    return of_this_code(bench, root) and bool(bench.get("complete") or bench.get("checks_done"))
 
 
 def kept_parallel(earlier, n):
@@ -751,7 +756,7 @@ def earlier_benchmark(path):
         # a failed GPU test whatever the code (as before: no --fast, no batched backward, until tests pass again);
         # a passed one and the timing only of this code (a test that passed on older code, beside a benchmark that
         # ran none, would otherwise choose the batched backward for code no GPU ran)
-        same_code = old.get("code_sha256") == training_code()
+        same_code = of_this_code(old)
         kept = {k: old[k] for k in KEPT if old.get(k) is not None and (same_code or old[k] == "failed")}
         if "class_grads" in kept:
             kept["class_grads"] = {"measured": old.get("date_utc"), **kept["class_grads"]}  # (an older date kept)
