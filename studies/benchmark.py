@@ -799,7 +799,8 @@ def main(argv=None):
     os.makedirs(log_dir, exist_ok=True)
     commit, dirty = common.git_state()
     report = {"device_name": None, "torch_version": common.torch.__version__, "git_commit": commit,
-              "git_dirty": dirty, "code_sha256": training_code(), "kernel": platform.release(), "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "git_dirty": dirty, "code_sha256": training_code(), "kernel": platform.release(),  # gVisor: 4.4.0
+              "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
               "epochs": args.epochs, "project_epochs": args.project_epochs,
               "project_eval_every": args.project_eval_every, "data_flags": args.data_flags,
