@@ -1357,11 +1357,13 @@ def result_multiple(result):
 
 def speed_path(device_name, args):
     """What sets a run's speed besides its method: "cpu", or on a GPU the path and precision it asked for ("cuda
-    --fast bf16", "cuda eager fp32"...; --fast and --fp32 do nothing on the CPU). `device_name`: a results JSON's,
-    or "cuda"."""
+    --fast bf16", "cuda eager fp32"...; --fast and --fp32 do nothing on the CPU); pcn_sgd.py's --class-grads batched
+    appended (" --class-grads batched": the same g_l as the default loop's, at another speed). `device_name`: a
+    results JSON's, or "cuda"."""
+    batched = " --class-grads batched" if args.get("class_grads") == "batched" else ""
     if device_name == "cpu":
-        return "cpu"
-    return f"cuda {'--fast' if args.get('fast') else 'eager'} {'fp32' if args.get('fp32') else 'bf16'}"
+        return "cpu" + batched
+    return f"cuda {'--fast' if args.get('fast') else 'eager'} {'fp32' if args.get('fp32') else 'bf16'}{batched}"
 
 
 def run_seconds(result):
@@ -1435,9 +1437,10 @@ def plan(jobs, flags, out, at_once=1, extra=()):
     path; -1: never run): the longest, each run's fixed seconds plus its seconds per epoch times the job's epochs
     (run_seconds), with `at_once` runs sharing the device (_completed_walls), counting only the runs made on the job's
     speed_path (the CPU, or on a GPU the same --fast or eager and precision: a GPU run says nothing of a CPU run's
-    length); epochs done those its checkpoint holds (0 without --resume or a checkpoint it can use); for a job still
+    length; and the same --class-grads); epochs done those its checkpoint holds (0 without --resume or a checkpoint it can use); for a job still
     to run, what a run of a method never run is expected to take: ERM run, the seconds of an ERM run of the job's
-    epochs by the completed runs of every method in the setting on its path (else in any setting; -1: none), each
+    epochs by the completed runs of every method in the setting on its path less --class-grads batched (whose runs
+    measure none: their step is not inherent_multiple's passes) (else in any setting; -1: none), each
     run's seconds so reckoned over its inherent_multiple, the largest, and passes, the job's own inherent_multiple x
     1000 (a SAM row takes 2000 / 1000 ERM runs; -1 -1 for a job done); measures 1 where the job's run, once ended,
     measures an ERM run (0: SHORT_EPOCH_SCRIPTS).
@@ -1493,25 +1496,31 @@ def plan(jobs, flags, out, at_once=1, extra=()):
                               "these runs another OUT=<folder>, or delete that JSON to train it again")
         compared.add(folder)
         setting = setting_name(args)
-        speed = speed_path("cpu" if args.device == "cpu" else "cuda", vars(args))  # (finish_args resolved "auto")
-        if speed not in here:  # the runs made on the path this job will take: (fixed, per epoch, multiple)
-            here[speed] = {key: [(f, e, k) for f, e, k, p in ws if p == speed] for key, ws in walls.items()}
+        device = "cpu" if args.device == "cpu" else "cuda"  # (finish_args resolved "auto")
+        # the path this job will take, and the one of its device, --fast and precision that an ERM run takes (a
+        # --class-grads batched job's ERM run is measured by the other rows' runs; a batched run measures none, its
+        # step not being inherent_multiple's passes)
+        speed, base = speed_path(device, vars(args)), speed_path(device, {**vars(args), "class_grads": None})
+        for p in {speed, base} - set(here):  # the runs made on a path: (fixed, per epoch, multiple)
+            here[p] = {key: [(f, e, k) for f, e, k, q in ws if q == p] for key, ws in walls.items()}
         same = here[speed].get((setting, args.method)) \
             or [w for (s, m), ws in here[speed].items() if m == args.method for w in ws]
         erm_run, passes = -1, -1
         if not os.path.exists(path):  # (its data was checked above, so its number of classes is known)
-            erm_runs = [(f + e * args.epochs) / k for (s, _), ws in here[speed].items() if s == setting
+            erm_runs = [(f + e * args.epochs) / k for (s, _), ws in here[base].items() if s == setting
                         for f, e, k in ws if k] \
-                or [(f + e * args.epochs) / k for ws in here[speed].values() for f, e, k in ws if k]
+                or [(f + e * args.epochs) / k for ws in here[base].values() for f, e, k in ws if k]
             erm_run = round(max(erm_runs)) if erm_runs else -1
             passes = round(1000 * inherent_multiple(row.split()[0], vars(args), class_count(args))[0])
         if os.path.exists(path) and os.path.exists(checkpoint_path(args)):
             os.remove(checkpoint_path(args))
         ck, _ = load_checkpoint(args, checkpoint_key(args, os.path.join(ROOT, "methods", row.split()[0])))
         done = min(ck["epoch"] + 1, args.epochs) if ck else 0
-        if not same and ck and (speed == "cpu" or bool(ck.get("fast_path")) == bool(args.fast)):
+        if not same and ck and speed == speed_path(device, {**vars(args), "class_grads": None,
+                                                            **(ck.get("computed_with") or {}),
+                                                            "fast": bool(ck.get("fast_path"))}):
             # a run cut short, on the job's path (its key holds the device, the precision and the epochs; --fast is
-            # what its fast_path says): what its epochs so far took
+            # what its fast_path says, --class-grads its computed_with): what its epochs so far took
             try:
                 same = [run_seconds({"wall_time_s": ck["elapsed_s"], "history": ck["history"],
                                      "args": {"epochs": done}})]

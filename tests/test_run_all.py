@@ -458,6 +458,28 @@ def test_plan_estimates_by_the_runs_on_the_jobs_path_scaled_to_its_epochs(tmp_pa
         ["cuda --fast bf16", "cuda eager fp32"]
 
 
+def test_plan_keeps_pcnsgds_batched_class_grads_apart(tmp_path):
+    """pcn_sgd.py --class-grads batched computes the loop's g_l at another speed: a PCNSGD job is estimated by the
+    runs of its own --class-grads only, and a batched run (not inherent_multiple's passes) measures no ERM run, while
+    a batched job's ERM run is the other rows' (here: an ERM run of 50 s; a loop PCNSGD run of 700 s, 7 passes, one
+    of 100 s; a batched one of 140 s, which as 7 passes would be one of 20 s)."""
+    flags = ["--dataset", "synthetic", "--device", "cpu"]
+    loop, batched = "pcn_sgd.py --variant pcnsgd|exp|10|2", "pcn_sgd.py --variant pcnsgd --class-grads batched|exp|10|2"
+    fields = lambda *jobs: [(int(l.split()[1]), int(l.split()[4]))  # noqa: E731  (its own seconds, an ERM run's;
+                            for j in jobs for l in common.plan([j], flags, str(tmp_path))]  # a plan each: one JSON)
+    write_run(tmp_path, "synthetic-exp-r10", "erm", 0, wall=50.0, command="methods/erm.py")
+    assert fields(loop, batched) == [(-1, 50), (-1, 50)]
+    write_run(tmp_path, "synthetic-exp-r10", "pcnsgd", 0, wall=700.0, command="methods/pcn_sgd.py --variant pcnsgd",
+              args={"variant": "pcnsgd", "class_grads": "loop"})
+    assert fields(loop, batched) == [(700, 100), (-1, 100)]
+    write_run(tmp_path, "synthetic-exp-r10", "pcnsgd", 1, wall=140.0, args={"variant": "pcnsgd", "class_grads":
+              "batched"}, command="methods/pcn_sgd.py --variant pcnsgd --class-grads batched")
+    assert fields(loop, batched, "erm.py|exp|10|1") == [(700, 100), (140, 100), (50, 100)]
+    assert common.speed_path("cuda", {"fast": True, "class_grads": "batched"}) == \
+        "cuda --fast bf16 --class-grads batched"
+    assert common.speed_path("cpu", {"class_grads": "loop"}) == "cpu"
+
+
 def test_plan_for_a_gpu_job_counts_the_runs_and_the_checkpoint_made_on_its_path(tmp_path, monkeypatch):
     """A GPU job (CUDA faked: the plan only parses its flags) is estimated by the GPU runs of its own --fast and
     precision, and by its checkpoint only where that was made with the job's --fast (which a checkpoint's key leaves
