@@ -369,10 +369,10 @@ def list_imagefolder(root):
         check(splits[split], f"{d} has no class folders: put images in {d}/<class>/")
     only_train = sorted(set(splits["train"]) - set(splits["test"]))
     only_test = sorted(set(splits["test"]) - set(splits["train"]))
-    check(not only_train, f"class folder(s) {', '.join(only_train)} in train/ but not in test/ of {root}: "
-                          "both splits need the same classes")
-    check(not only_test, f"class folder(s) {', '.join(only_test)} in test/ but not in train/ of {root}: "
-                         "both splits need the same classes")
+    check(not only_train and not only_test, "; ".join(
+        f"class folder(s) {', '.join(names)} in {a}/ but not in {b}/" for names, a, b in
+        ((only_train, "train", "test"), (only_test, "test", "train")) if names) + f" of {root}: both splits need the "
+        "same classes")
     classes = splits["train"]
     files = {}
     for split in ("train", "test"):
@@ -1020,10 +1020,13 @@ class StepProfiler:
                 pass
 
 
+PROGRESS_S = 30  # seconds of an epoch without a line, after which Run.log_step prints one (a CPU epoch: ~1 min)
+
+
 class Run:
     """Bookkeeping of one training run. `start(args)` checks the output path before any work, seeds,
-    loads the data; `log_step(loss)` after each step; `end_epoch(...)` evaluates every --eval-every
-    epochs, prints progress and stops a diverged run; `finish(model)` writes the JSON.
+    loads the data; `log_step(loss)` after each step (a line every PROGRESS_S in a long epoch); `end_epoch(...)`
+    evaluates every --eval-every epochs, prints progress and stops a diverged run; `finish(model)` writes the JSON.
     Methods put what they want saved besides into `run.extra` (a dict). `restore(model, optimizer, ...)` before the
     loop names what a checkpoint holds (--checkpoint-every) and, with --resume, returns the epoch to go on from."""
 
@@ -1057,7 +1060,9 @@ class Run:
         self.state, self.resumed = None, []  # what a checkpoint holds (restore); epochs a run was resumed at
         self.switched = []  # [{"epoch": resumed at, arg: [before, after]}] where a COMPUTED_WITH argument changed there
         self.profiler = None  # --profile-steps: armed at the end of the first epoch (end_epoch)
-        self._told_steps = False  # the first epoch's progress line says how many steps it took
+        self._epoch_steps = None  # the steps of the last epoch ended: its progress line says them the first time
+        self._last_print = time.time()  # log_step prints a line in an epoch that goes on for PROGRESS_S without one
+        self._first_end = None  # (epoch, elapsed) at the end of this invocation's first epoch: the ETA counts from it
         self.tag = f"[{args.method} seed{args.seed}]"
         self.key = checkpoint_key(args, os.path.abspath(sys.argv[0]))  # before the method settles anything more
         print(f"{self.tag} {setting_name(args)}: {len(self.data)} training images, counts {self.data.train_counts}, "
@@ -1085,6 +1090,12 @@ class Run:
         self._steps += 1
         if self.profiler is not None:
             self.profiler.tick()
+        now = time.time()  # (no sync: a long epoch is one of the CPU or a slow eager path, never --fast's)
+        if now - self._last_print >= PROGRESS_S:
+            self._last_print = now
+            of = f"/{self._epoch_steps}" if self._epoch_steps else ""
+            print(f"{self.tag} epoch {len(self.history) + 1:3d}/{self.args.epochs}  step {self._steps}{of}  "
+                  f"elapsed {fmt_time(now - self.t0)}", flush=True)
 
     def end_epoch(self, epoch, lr, model):
         args = self.args
@@ -1119,12 +1130,17 @@ class Run:
         self.history.append(entry)
         if args.checkpoint_every and (epoch + 1) % args.checkpoint_every == 0 and not last:
             self.checkpoint(epoch)
-        eta = elapsed / (epoch + 1) * (args.epochs - epoch - 1)
+        # the seconds per epoch since this invocation's first epoch ended (the first one also loads the data, warms
+        # up, captures a CUDA graph); until a second has ended, the mean so far
+        self._first_end = self._first_end or (epoch, elapsed)
+        since, at = self._first_end
+        eta = ((elapsed - at) / (epoch - since) if epoch > since else elapsed / (epoch + 1)) * (args.epochs - epoch - 1)
         test = f"  test {entry['test_top1']:5.2f}%" if entry["test_top1"] is not None else ""
-        first = "" if self._told_steps else f"  ({steps} step{'s' * (steps != 1)})"  # the method's epoch length
-        self._told_steps = True
+        first = "" if self._epoch_steps else f"  ({steps} step{'s' * (steps != 1)})"  # the method's epoch length
+        self._epoch_steps = steps
         print(f"{self.tag} epoch {epoch + 1:3d}/{args.epochs}  lr {lr:.5f}  loss {train_loss:.4f}{test}  "
               f"elapsed {fmt_time(elapsed)}  eta {fmt_time(eta)}{first}", flush=True)
+        self._last_print = time.time()
 
     def restore(self, model, optimizer, *more):
         """Name what a checkpoint holds: the model, the optimizer and any object with state_dict() and
@@ -1429,6 +1445,22 @@ def _flag_values(differences, side):
     return ", ".join(f"--{d[0].replace('_', '-')} {_show(d[side])}" for d in differences)
 
 
+def check_data(args, hint):
+    """Before any run starts (run_all.sh's plan, the benchmark): the data of a run's `args` is there (an image
+    folder's layout; the torchvision CIFAR files, downloaded here once with --download, not by several runs at once),
+    else a UserError ending with `hint`, what to set instead (the data flags of the script checking, not a run's)."""
+    if args.dataset == "synthetic":
+        return
+    try:
+        if args.dataset == "imagefolder":
+            list_imagefolder(args.data_dir)
+        else:
+            with contextlib.redirect_stdout(sys.stderr):  # run_all.sh reads the plan from stdout
+                load_cifar(args.dataset, args.data_dir or os.path.join(ROOT, "data"), args.download)
+    except UserError as e:
+        raise UserError(f"{str(e.code).removeprefix('error: ')} ({hint})")
+
+
 def plan(jobs, flags, out, at_once=1, extra=()):
     """For run_all.sh: for each job "row|imbalance type|ratio|seed", the line
     "<done> <seconds> <epochs done> <epochs> <ERM run> <passes> <measures> <results JSON>": done is 1 when the JSON
@@ -1443,17 +1475,17 @@ def plan(jobs, flags, out, at_once=1, extra=()):
     measure none: their step is not inherent_multiple's passes) (else in any setting; -1: none), each
     run's seconds so reckoned over its inherent_multiple, the largest, and passes, the job's own inherent_multiple x
     1000 (a SAM row takes 2000 / 1000 ERM runs; -1 -1 for a job done); measures 1 where the job's run, once ended,
-    measures an ERM run (0: SHORT_EPOCH_SCRIPTS).
-    Checks every job's flags first, and the data of each job still to run (an image folder's layout; the torchvision
-    CIFAR files, downloaded here once with --download, not by JOBS runs at once), so that missing data stops
+    measures an ERM run (0: SHORT_EPOCH_SCRIPTS, and --class-grads batched).
+    Checks every job's flags first, and the data of each job still to run (check_data), so that missing data stops
     run_all.sh before any run starts. The checkpoint of a run whose JSON exists is deleted: a copy carried from an
     earlier session, where the run was cut short, would otherwise travel to every later one. `flags` go before the
     job's own (run_all.sh's DATA_FLAGS), `extra` after them (its EXTRA), as on a run's command line: a job value
     EXTRA would change is refused, and so is a job whose row's folder holds a run (of any seed) of other training
     arguments (arg_differences; EXTRA="--epochs 5" into a folder of 200-epoch runs): the row would average both, or
-    count that run as the job's."""
+    count that run as the job's. Notes on stderr that the runs will train on the CPU where --device auto found no GPU
+    (real data only)."""
     walls = _completed_walls(out, at_once)
-    lines, checked, paths, here, compared = [], set(), {}, {}, set()
+    lines, checked, paths, here, compared, told_cpu = [], set(), {}, {}, set(), False
     for job in jobs:
         row, itype, ratio, seed = job.split("|")
         args = row_args(row, list(flags) + ["--imbalance-type", itype, "--imbalance-ratio", ratio, "--seed", seed,
@@ -1468,16 +1500,8 @@ def plan(jobs, flags, out, at_once=1, extra=()):
                                  "SEEDS name a setting or seed twice, or EXTRA gives every row one --name)")
         paths[path] = job
         source = (args.dataset, args.data_dir)
-        if args.dataset != "synthetic" and source not in checked and not os.path.exists(path):
-            try:
-                if args.dataset == "imagefolder":
-                    list_imagefolder(args.data_dir)
-                else:
-                    with contextlib.redirect_stdout(sys.stderr):  # run_all.sh reads the plan from stdout
-                        load_cifar(args.dataset, args.data_dir or os.path.join(ROOT, "data"), args.download)
-            except UserError as e:
-                raise UserError(f"{str(e.code).removeprefix('error: ')} (run_all.sh: DATA_DIR=<folder>, or "
-                                "DATA_FLAGS for another dataset)")
+        if source not in checked and not os.path.exists(path):
+            check_data(args, "run_all.sh: DATA_DIR=<folder>, or DATA_FLAGS for another dataset")
             checked.add(source)
         # a run of the row (any seed) made with other training arguments: the job's own would count as done, and the
         # row would average both (not compared without the data: some defaults come from its number of classes; once
@@ -1501,6 +1525,12 @@ def plan(jobs, flags, out, at_once=1, extra=()):
         # --class-grads batched job's ERM run is measured by the other rows' runs; a batched run measures none, its
         # step not being inherent_multiple's passes)
         speed, base = speed_path(device, vars(args)), speed_path(device, {**vars(args), "class_grads": None})
+        asked = any(f.startswith("--dev") for f in [*flags, *extra])  # (--device cpu, --device=cpu, --dev cpu)
+        if device == "cpu" and args.dataset != "synthetic" and not asked and not told_cpu:
+            told_cpu = True  # (--device auto found no GPU: a user who meant one should know before hours go by)
+            print("run_all.sh: note: no CUDA GPU here, so the runs train on the CPU (eager, fp32): an epoch of "
+                  "CIFAR-10-LT takes a minute or more on a few cores, a 200-epoch run hours; the table is meant for "
+                  "a GPU (EXTRA=\"--device cpu\" silences this note)", file=sys.stderr, flush=True)
         for p in {speed, base} - set(here):  # the runs made on a path: (fixed, per epoch, multiple)
             here[p] = {key: [(f, e, k) for f, e, k, q in ws if q == p] for key, ws in walls.items()}
         same = here[speed].get((setting, args.method)) \
@@ -1527,8 +1557,9 @@ def plan(jobs, flags, out, at_once=1, extra=()):
             except (KeyError, TypeError, ValueError):
                 pass
         seconds = round(max(f + e * args.epochs for f, e, *_ in same)) if same else -1
-        lines.append(f"{int(os.path.exists(path))} {seconds} {done} {args.epochs} {erm_run} {passes} "
-                     f"{int(row.split()[0] not in SHORT_EPOCH_SCRIPTS)} {path}")
+        measures = row.split()[0] not in SHORT_EPOCH_SCRIPTS and speed == base
+        lines.append(f"{int(os.path.exists(path))} {seconds} {done} {args.epochs} {erm_run} {passes} {int(measures)} "
+                     f"{path}")
     return lines
 
 
@@ -1846,6 +1877,7 @@ def session_lines(results_dir):
 
 
 def report(results_dir):
+    check(os.path.isdir(results_dir), f"results folder {results_dir} does not exist")
     runs = load_results(results_dir)
     check(runs, f"no results JSON under {results_dir} (expected <setting>/<method>/seed<k>.json)")
     summary = summarize(runs)
@@ -1863,6 +1895,7 @@ def report(results_dir):
     lines += session_lines(results_dir)
     table = table_methods()
     methods, seeds = list(table.values()), table_seeds()
+    plotted = 0
     for setting in sorted(summary):
         rows = summary[setting]
         counts = rows[next(iter(rows))]["runs"][0]["train_class_counts"]
@@ -1893,11 +1926,13 @@ def report(results_dir):
                       "to reproduce, and with 2 or more seeds on each side a difference under 2 standard errors is "
                       "within seed noise)", ""] + direction + [""]
         plots = plot_setting(results_dir, setting, rows)
+        plotted += len(plots)
         lines += [f"![{os.path.basename(p)}]({os.path.relpath(p, results_dir)})" for p in plots] + [""]
     out = os.path.join(results_dir, "RESULTS.md")
     with open(out, "w") as f:
         f.write("\n".join(lines))
-    print(f"wrote {out} ({len(runs)} runs, {len(summary)} settings)")
+    n = lambda k, what: f"{k} {what}{'s' * (k != 1)}"  # noqa: E731
+    print(f"wrote {out} ({n(len(runs), 'run')}, {n(len(summary), 'setting')}) and {n(plotted, 'plot')} beside it")
     if os.path.abspath(results_dir) == os.path.join(ROOT, "results"):
         update_readme(lines[3:], results_dir)  # (not the title, nor "the JSON files beside this page")
     return out
@@ -1914,17 +1949,19 @@ def update_readme(lines, results_dir):
 
 
 def write_readme_block(name, lines, path=os.path.join(ROOT, "README.md")):
-    """Replace what stands between `<!-- name:start -->` and `<!-- name:end -->` in README.md by `lines`
-    (nothing happens where the markers are missing)."""
+    """Replace what stands between `<!-- name:start -->` and `<!-- name:end -->` in README.md by `lines`, saying so
+    where that changed it (nothing happens where the markers are missing)."""
     if not os.path.exists(path):
         return
     text = open(path).read()
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if start not in text or end not in text:
         return
-    text = text.split(start)[0] + start + "\n" + "\n".join(lines).strip() + "\n" + end + text.split(end)[1]
-    with open(path, "w") as f:
-        f.write(text)
+    new = text.split(start)[0] + start + "\n" + "\n".join(lines).strip() + "\n" + end + text.split(end)[1]
+    if new != text:
+        with open(path, "w") as f:
+            f.write(new)
+        print(f"updated the {name} block of {path}")
 
 
 def plot_setting(results_dir, setting, rows):

@@ -21,8 +21,9 @@
 # DEADLINE (none; seconds: no run starts that is expected to end later, judged by the wall time of the same
 # method's finished runs, or for a method never run as an ERM run (by the finished runs of every method but
 # undersampling) times the passes its step needs (SAM 2, PCNSGD (1 + 2C) / 3), each scaled to the run's epochs,
-# counting only runs made on the same path (the CPU, or on a GPU the same --fast or eager and precision); the rest
-# is left for the next invocation; a run still going at the deadline is stopped there),
+# counting only runs made on the same path (the CPU, or on a GPU the same --fast or eager and precision; a PCNSGD
+# row's the same PCN_CLASS_GRADS); the rest is left for the next invocation; a run still going at the deadline is
+# stopped there),
 # CHECKPOINT_EVERY (10: every run saves its state every 10 epochs under $OUT/checkpoints/ and resumes from it when
 # run again, so a killed run loses at most 10 epochs; under DEADLINE, once every run that can end in time has
 # started, a free slot trains a deferred run up to the checkpoints it can reach, so the GPU is not idle at the end
@@ -129,6 +130,11 @@ if [ "${FAST:-0}" = 1 ]; then EXTRA="--fast $EXTRA"; fi
 
 only_rc=0; grep -qE -- "$ONLY" <<<"" 2>/dev/null || only_rc=$?  # 1: no match, 2: not a pattern
 [ "$only_rc" -le 1 ] || { echo "run_all.sh: ONLY='$ONLY' is not an extended regular expression (grep -E)" >&2; exit 1; }
+for v in SEEDS SETTINGS; do [ -n "${!v// /}" ] || { echo "run_all.sh: $v is empty: nothing to run" >&2; exit 1; }; done
+for seed in $SEEDS; do
+  [[ "$seed" =~ ^[0-9]+$ ]] || { echo "run_all.sh: SEEDS='$SEEDS': each seed is a whole number, seeds separated by" \
+    "spaces, e.g. SEEDS=\"0 1 2\"" >&2; exit 1; }
+done
 jobs_list=()
 for setting in $SETTINGS; do  # TYPE:RATIO, e.g. exp:100
   [[ "$setting" =~ ^(exp|step|none):[^:,|]+$ ]] || { echo "run_all.sh: SETTINGS='$SETTINGS': each setting is" \
@@ -153,9 +159,15 @@ fi
 # run by every method's finished runs, -1: none> <the passes its step needs x 1000> <1: its run, once ended,
 # measures an ERM run; 0: not, undersampling's> <results JSON>"; a run made with fewer than JOBS at once counts
 # JOBS / its number times longer. This also checks every job's flags before anything trains.
+# The plan gets the rows as they run (as_run): a PCNSGD run of the other --class-grads is no measure of its speed.
+as_run() {  # a row as it runs: a PCNSGD row with PCN_CLASS_GRADS, which is not part of what it trains (the same g_l
+  # either way: the same logs, results folder and checkpoints), only of its speed (the plan's estimates)
+  if [ "${1%% *}" = pcn_sgd.py ] && [ "$PCN_CLASS_GRADS" != loop ]; then echo "$1 --class-grads $PCN_CLASS_GRADS"
+  else echo "$1"; fi
+}
 # shellcheck disable=SC2086  # flags are meant to split into words
-mapfile -t plan < <(printf '%s\n' "${jobs_list[@]}" | "$PYTHON" common.py plan --out "$OUT" --jobs "$JOBS" \
-  --extra="$EXTRA" -- $DATA_FLAGS)
+mapfile -t plan < <(for job in "${jobs_list[@]}"; do echo "$(as_run "${job%%|*}")|${job#*|}"; done |
+  "$PYTHON" common.py plan --out "$OUT" --jobs "$JOBS" --extra="$EXTRA" -- $DATA_FLAGS)
 [ "${#plan[@]}" -eq "${#jobs_list[@]}" ] || { echo "run_all.sh: could not plan the runs (see above)" >&2; exit 1; }
 
 logname() { echo "$OUT/logs/$(tr -c 'A-Za-z0-9_.\n-' '_' <<<"${1}_${2}${3}_seed${4}" | sed 's/_\+/_/g').log"; }
@@ -179,11 +191,6 @@ done
 todo=(${partial[@]+"${partial[@]}"} ${todo[@]+"${todo[@]}"})
 
 hms() { printf '%d:%02d:%02d' $(($1 / 3600)) $(($1 / 60 % 60)) $(($1 % 60)); }
-as_run() {  # a row as it runs: a PCNSGD row with PCN_CLASS_GRADS, which is not part of what it trains (the same g_l
-  # either way: the same logs, estimates, results folder and checkpoints)
-  if [ "${1%% *}" = pcn_sgd.py ] && [ "$PCN_CLASS_GRADS" != loop ]; then echo "$1 --class-grads $PCN_CLASS_GRADS"
-  else echo "$1"; fi
-}
 estimate() {  # seconds of a whole run of job $1: its method's earlier runs; else an ERM run (by every method's
   # finished runs: the plan's, or this invocation's in the setting, else in any setting, the longer; else NEW_RUN_S)
   # times the passes its step needs; else the longest run known

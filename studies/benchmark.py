@@ -794,6 +794,13 @@ def main(argv=None):
         print(f"wrote {os.path.join(ROOT, 'results', 'SPEED.md')} and README's speed table")
         return
     data_flags = shlex.split(args.data_flags) + ["--device", args.device]
+    here = os.getcwd()
+    os.chdir(ROOT)  # where the runs start, so where a relative --data-dir is
+    try:  # missing data stops the benchmark here, with the flag to set, not in its first run
+        common.check_data(common.row_args("erm.py", data_flags), "benchmark.py: --data-flags \"--dataset "
+                          "imagefolder --data-dir <folder> --imbalance-ratio 100\", or another dataset's flags")
+    finally:
+        os.chdir(here)
     work = args.keep or tempfile.mkdtemp(prefix="imbalance-ref-bench-")
     log_dir = os.path.join(work, "logs")
     os.makedirs(log_dir, exist_ok=True)

@@ -472,6 +472,24 @@ def test_the_epoch_length_and_the_profiled_window_are_the_methods_own(tmp_path, 
                                      "of the second epoch"}
 
 
+def test_a_long_epoch_prints_a_line_every_progress_s(tmp_path, monkeypatch, capsys):
+    """An epoch that goes on (a CPU epoch of CIFAR-10-LT: a minute or more) says where it is every PROGRESS_S
+    seconds, counted from the last line printed: its step, of the last epoch's steps once one has ended. The clock is
+    faked: each step takes 12 s, so with PROGRESS_S 30 a line comes after the 3rd step of an epoch (36 s), and the 6th."""
+    args, run = bookkeeping_run(tmp_path, monkeypatch, "long_epochs", "--epochs", "2")
+    clock = [run._last_print]
+    monkeypatch.setattr(common.time, "time", lambda: clock[0])
+    monkeypatch.setattr(common, "PROGRESS_S", 30)
+    for epoch in range(args.epochs):
+        for _ in range(6):
+            clock[0] += 12
+            run.log_step(torch.tensor(1.0))
+        run.end_epoch(epoch, common.lr_at(epoch, args), model=None)
+    lines = [line.split("  elapsed")[0] for line in capsys.readouterr().out.splitlines() if " step " in line]
+    assert lines == ["[long_epochs seed0] epoch   1/2  step 3", "[long_epochs seed0] epoch   1/2  step 6",
+                     "[long_epochs seed0] epoch   2/2  step 3/6", "[long_epochs seed0] epoch   2/2  step 6/6"], lines
+
+
 def test_a_checkpoint_is_saved_after_every_kth_epoch_but_the_last(tmp_path, monkeypatch):
     """--checkpoint-every 2 over 5 epochs: saved after epochs 2 and 4 (0-based 1 and 3), not after the last (the JSON
     follows), and dropped once the run is whole."""

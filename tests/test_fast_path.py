@@ -75,6 +75,17 @@ def timing(n, gain, mps=True):
     return {"n": n, "mps": mps, "fast": {"throughput_vs_one_run": gain}}
 
 
+def test_benchmark_stops_on_missing_data_before_any_run_naming_its_own_flag(tmp_path, monkeypatch):
+    """The runs' error would say --data-dir, a flag the benchmark has not: it checks the data itself first (a
+    relative folder from the repository root, where its runs start), and names --data-flags."""
+    bench = load_benchmark()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(common.UserError, match=r"data folder .*nodata does not exist.*benchmark.py: --data-flags"):
+        bench.main(["--device", "cpu", "--data-flags", "--dataset imagefolder --data-dir nodata", "--keep",
+                    str(tmp_path / "runs")])
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
 def test_benchmark_plumbing_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
     proc = run_script("studies/benchmark.py", "--device", "cpu", "--rows", "class_weights.py",

@@ -145,6 +145,12 @@ def _test_only_class(t):
     return "methods/erm.py", imagefolder_args(str(t / "data")), ["yak", "in test/ but not in train/"]
 
 
+def _classes_only_in_each_split(t):  # both named at once: fixing one does not lead to the other's error
+    make_folder(t / "data", train=("a", "b", "zebra"), test=("a", "b", "yak"))
+    return "methods/erm.py", imagefolder_args(str(t / "data")), ["zebra in train/ but not in test/; ",
+                                                                 "yak in test/ but not in train/"]
+
+
 def _class_without_images(t):
     make_folder(t / "data")
     for f in glob.glob(str(t / "data" / "test" / "b" / "*")):
@@ -284,7 +290,7 @@ def _method_arg(script, flag, value, phrase):
 
 BAD_INPUT = [  # (build(tmp_path) -> (script, args, phrases the message must contain), run as a real process)
     (_missing, False), (_data_dir_is_a_file, False), (_empty, False), (_no_splits, False), (_no_test, False), (_train_only_class, False),
-    (_test_only_class, False), (_class_without_images, False), (_garbage_image, True), (_truncated_jpeg, False),
+    (_test_only_class, False), (_classes_only_in_each_split, False), (_class_without_images, False), (_garbage_image, True), (_truncated_jpeg, False),
     (_dangling_symlink, False), (_unreadable, False), (_mixed_sizes, False), (_not_square, False),
     (_ratio_below_one, False),
     (_ratio_not_a_number, False), (_ratio_infinite, False), (_ratio_empties_a_class, False), (_ratio_empties_synthetic, False),
@@ -588,3 +594,17 @@ def test_git_dirty_means_the_code_not_the_rewritten_pages(tmp_path, monkeypatch)
     assert common.git_state() == (commit, False)
     (tmp_path / "methods/erm.py").write_text("changed\n")
     assert common.git_state() == (commit, True)
+
+
+def test_run_all_says_when_no_gpu_is_there_to_train_on(tmp_path, monkeypatch, capsys):
+    """run_all.sh's plan notes (stderr, once) that the table would train on the CPU where --device auto found no GPU
+    on real data: 200-epoch runs take hours there. Not where --device was given, nor for the synthetic set."""
+    monkeypatch.setattr(common.torch.cuda, "is_available", lambda: False)
+    data = make_folder(tmp_path / "data")
+    flags = ["--dataset", "imagefolder", "--data-dir", data]
+    jobs = ["erm.py|exp|2|0", "focal.py|exp|2|0"]
+    common.plan(jobs, flags, str(tmp_path / "out"))
+    assert capsys.readouterr().err.count("note: no CUDA GPU here, so the runs train on the CPU") == 1
+    for more, extra in (([], ["--device", "cpu"]), (["--device", "cpu"], []), (["--dataset", "synthetic"], [])):
+        common.plan(jobs, flags + more, str(tmp_path / "out"), extra=extra)
+        assert "no CUDA GPU" not in capsys.readouterr().err, (more, extra)

@@ -176,6 +176,8 @@ def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anyth
                                ([], {"PCN_CLASS_GRADS": "vmap"}, "PCN_CLASS_GRADS must be loop or batched, got 'vmap'"),
                                ([], {"SETTINGS": "exp:100,step:10"}, "each setting is TYPE:RATIO (exp, step or none)"),
                                ([], {"SETTINGS": "step"}, "each setting is TYPE:RATIO"),
+                               ([], {"SEEDS": "0 x"}, "SEEDS='0 x': each seed is a whole number"),
+                               ([], {"SEEDS": " "}, "SEEDS is empty: nothing to run"),
                                ([], {"ONLY": "("}, "ONLY='(' is not an extended regular expression")):
         proc = bash(*args, **more)
         assert proc.returncode == 1 and needle in proc.stderr, proc.stdout + proc.stderr
@@ -239,7 +241,7 @@ def test_pcn_class_grads_reaches_the_pcnsgd_rows_only_and_mixes_with_the_loops_r
     """PCN_CLASS_GRADS=batched (.ci/gpu-session's choice where the GPU found it sound and faster) gives the PCNSGD rows
     --class-grads batched and no other row; a row's runs made with the loop count as done beside it (the same g_l:
     no refusal for other training arguments; a checkpoint of either goes on with the other, tests/test_resume.py),
-    and the invocation's command to reproduce names it."""
+    though not as a measure of a batched run's time, and the invocation's command to reproduce names it."""
     out = tmp_path / "results"
     write_run(out, "synthetic-exp-r10", "pcnsgd", 0, args={"epochs": 2, "class_grads": "loop"})
     plan = subprocess.run(["bash", "run_all.sh", "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -253,6 +255,9 @@ def test_pcn_class_grads_reaches_the_pcnsgd_rows_only_and_mixes_with_the_loops_r
             (0, "erm.py"), (0, "pcn_sgd.py --variant pcnsgd_o --class-grads batched"), (1, "erm.py"),
             (1, "pcn_sgd.py --variant pcnsgd --class-grads batched"),
             (1, "pcn_sgd.py --variant pcnsgd_o --class-grads batched")]], plan.stdout
+    # ... but its time is not theirs: the loop's run is no estimate of a batched one (their speeds differ)
+    (pcn,) = [l for l in plan.stdout.splitlines() if "--variant pcnsgd --class-grads batched" in l]
+    assert "as NEW_RUN_S by the passes its step needs" in pcn, plan.stdout
     # the run itself: trained with the batched backward, logged under its row's name, the invocation recorded so
     done = subprocess.run(["bash", "run_all.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "SMOKE": "1", "OUT": str(tmp_path / "ran"), "JOBS": "1",
@@ -475,6 +480,8 @@ def test_plan_keeps_pcnsgds_batched_class_grads_apart(tmp_path):
     write_run(tmp_path, "synthetic-exp-r10", "pcnsgd", 1, wall=140.0, args={"variant": "pcnsgd", "class_grads":
               "batched"}, command="methods/pcn_sgd.py --variant pcnsgd --class-grads batched")
     assert fields(loop, batched, "erm.py|exp|10|1") == [(700, 100), (140, 100), (50, 100)]
+    # the seventh field: a batched run, once ended, measures no ERM run in run_all.sh's invocation either
+    assert [common.plan([j], flags, str(tmp_path))[0].split()[6] for j in (loop, batched)] == ["1", "0"]
     assert common.speed_path("cuda", {"fast": True, "class_grads": "batched"}) == \
         "cuda --fast bf16 --class-grads batched"
     assert common.speed_path("cpu", {"class_grads": "loop"}) == "cpu"
