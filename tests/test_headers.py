@@ -1,6 +1,7 @@
 """Each method file's header states its measured result; it must equal what the committed JSON says."""
 import glob
 import json
+import math
 import os
 
 import pytest
@@ -74,6 +75,8 @@ def test_report_lists_methods_against_the_published_direction():
     assert common.direction_lines({"ldam_drw": rows["ldam_drw"]}) == []  # no ERM row: nothing to compare
     # one seed has no std and no standard error: no "± 0.00", and the verdict says it rests on 1 seed
     assert common.mean_std([66.37]) == (66.37, None) and common._cell(common.mean_std([66.37])) == "66.37"
+    # a value a run lacks (e.g. 'few' of a setting without such classes) is left out, not the whole cell
+    assert common.mean_std([1.0, None, 3.0]) == (2.0, math.sqrt(2)) and common.mean_std([None]) == (None, None)
     rows["drs"], rows["class_weights"] = row("drs", [75.0]), row("class_weights", [60.0])
     table = {l.split(" | ")[0][2:]: l for l in common.direction_lines(rows) if l.startswith("| ")}
     assert "(1 seed) | same sign (1 seed: no error bar yet)" in table["drs"]

@@ -92,7 +92,9 @@ def test_sam_gradient_is_taken_at_the_ascent_point(bn):
     w0 = [p.detach().clone() for p in model.parameters()]
     x, y = batch()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
-    sam.sam_step(model, lambda: F.cross_entropy(model(x), y), opt, rho=rho)
+    loss = sam.sam_step(model, lambda: F.cross_entropy(model(x), y), opt, rho=rho)
+    # what the run logs as its training loss: the loss at w0, not at the ascent point
+    torch.testing.assert_close(loss, F.cross_entropy(tiny_bn_model(bn=bn)(x), y), rtol=0, atol=0)
 
     # by hand: g at w0, e = rho g/||g||, g' at w0 + e, first SGD step w0 - lr (g' + wd w0) (momentum buffer = g')
     probe = tiny_bn_model(bn=bn)
@@ -107,6 +109,20 @@ def test_sam_gradient_is_taken_at_the_ascent_point(bn):
         torch.testing.assert_close(p.detach(), want, rtol=1e-5, atol=1e-6)
     plain = [w - lr * (gi + wd * w) for w, gi in zip(w0, g)]
     assert (flat(plain) - flat(model.parameters())).abs().max() > 1e-4  # differs from plain SGD
+
+
+def test_sam_perturbs_and_steps_every_parameter_group():
+    """An optimizer of several parameter groups (a copier's, e.g. weight decay kept off some layers): the ascent is
+    over every group's parameters, as with one group, so the step is the same."""
+    one, two = tiny_bn_model(), tiny_bn_model()
+    params = list(two.parameters())  # first Linear | BatchNorm and last Linear
+    opts = (sgd(one), torch.optim.SGD([{"params": params[:2]}, {"params": params[2:]}], lr=0.1, momentum=0.9,
+                                      weight_decay=1e-2))
+    x, y = batch()
+    for model, opt in zip((one, two), opts):
+        sam.sam_step(model, lambda: F.cross_entropy(model(x), y), opt, rho=0.5)  # noqa: B023  (called at once)
+    for a, b in zip(one.parameters(), two.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
 
 
 # ------------------------------------------------------------------------------------------------
