@@ -2050,7 +2050,8 @@ def header_result(script, results_dir=os.path.join(ROOT, "results")):
     devices = sorted({d for m in rows for d in rows[m]["devices"]})
     torches = sorted({t for m in rows for t in rows[m]["torch"]})
     missing = sorted({m for row, m in table_methods().items() if row.split()[0] == script} - set(rows))
-    return (f"{'; '.join(parts)} top-1 % on JPEG CIFAR-10-LT R=100, final epoch, mean ± std over seeds; "
+    spread = "mean ± std over the n seeds" if any(rows[m]["n"] > 1 for m in rows) else "one seed so far (no std yet)"
+    return (f"{'; '.join(parts)} top-1 % on JPEG CIFAR-10-LT R=100 (README: Data), final epoch, {spread}; "
             f"{', '.join(devices)}, torch {', '.join(torches)} (results/RESULTS.md)."
             + (f" Not measured yet: {', '.join(missing)}." if missing else ""))
 

@@ -38,8 +38,8 @@ Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight deca
            same multipliers 1, 0.01, 0.0001); final-epoch accuracy reported.
            Precision: on CUDA the network runs under bf16 autocast (the loss in fp32, the final evaluation in
            fp32); --fp32 trains in fp32 throughout, as the official code.
-Result:    cb_softmax 70.35 (n=1); cb_focal 69.54 (n=1) top-1 % on JPEG CIFAR-10-LT R=100, final epoch, mean ±
-           std over seeds; NVIDIA H200, torch 2.11.0+cu130 (results/RESULTS.md).
+Result:    cb_softmax 70.35 (n=1); cb_focal 69.54 (n=1) top-1 % on JPEG CIFAR-10-LT R=100 (README: Data),
+           final epoch, one seed so far (no std yet); NVIDIA H200, torch 2.11.0+cu130 (results/RESULTS.md).
 Run:       python methods/class_balanced.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
            (CIFAR-100-LT: add --beta 0.999 --name cb_focal_beta0.999 to match the report's paper column, or
            --beta 0.9 --name cb_focal_beta0.9 for Cui's best cell; each in a folder of its own)
@@ -51,7 +51,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_here, os.path.dirname(_here)]  # common.py: beside this file (a copy) first, else one folder up
 import common  # noqa: E402
 
 LOSSES = ("softmax", "sigmoid", "focal")
@@ -77,9 +78,6 @@ def parse_args(argv=None):
     common.check(math.isfinite(args.gamma) and args.gamma >= 0, f"--gamma must be >= 0, got {args.gamma:g}")
     common.check(args.drw_epoch >= 0, f"--drw-epoch must be >= 0, got {args.drw_epoch}")
     common.note_unused(parser, args, args.loss != "focal", ["gamma"], f"with --loss {args.loss}")
-    if args.drw_epoch >= args.epochs:
-        print(f"warning: --drw-epoch {args.drw_epoch} >= --epochs {args.epochs}: the class-balanced weights are "
-              "never used", file=sys.stderr, flush=True)
     return common.finish_args(args, method=f"cb_{args.loss}" + ("_drw" if args.drw_epoch > 0 else ""))
 
 

@@ -31,8 +31,8 @@ Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight deca
            5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
            Precision: on CUDA the network runs under bf16 autocast (the loss in fp32, the final evaluation in
            fp32); --fp32 trains in fp32 throughout, as the official code.
-Result:    class_weights 69.80 (n=1) top-1 % on JPEG CIFAR-10-LT R=100, final epoch, mean ± std over seeds;
-           NVIDIA H200, torch 2.11.0+cu130 (results/RESULTS.md).
+Result:    class_weights 69.80 (n=1) top-1 % on JPEG CIFAR-10-LT R=100 (README: Data), final epoch, one seed
+           so far (no std yet); NVIDIA H200, torch 2.11.0+cu130 (results/RESULTS.md).
 Run:       python methods/class_weights.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
            python methods/class_weights.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100 --drw-epoch 160
 """
@@ -42,7 +42,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_here, os.path.dirname(_here)]  # common.py: beside this file (a copy) first, else one folder up
 import common  # noqa: E402
 
 
@@ -55,9 +56,6 @@ def parse_args(argv=None):
                         "throughout (RW); 160 = DRW, as cifar_train.py epoch // 160 (the first lr drop)")
     args = parser.parse_args(argv)
     common.check(args.drw_epoch >= 0, f"--drw-epoch must be >= 0, got {args.drw_epoch}")
-    if args.drw_epoch >= args.epochs:
-        print(f"warning: --drw-epoch {args.drw_epoch} >= --epochs {args.epochs}: the weights are never used, "
-              "this run is plain ERM", file=sys.stderr, flush=True)
     return common.finish_args(args, method="class_weights_drw" if args.drw_epoch > 0 else "class_weights")
 
 

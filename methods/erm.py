@@ -12,8 +12,8 @@ Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight deca
            5 epochs, lr x0.01 from epoch 160 and x0.0001 from epoch 180; final-epoch accuracy reported.
            Precision: on CUDA the network runs under bf16 autocast (the loss in fp32, the final evaluation in
            fp32); --fp32 trains in fp32 throughout, as the official code.
-Result:    erm 66.37 (n=1) top-1 % on JPEG CIFAR-10-LT R=100, final epoch, mean ± std over seeds; NVIDIA H200,
-           torch 2.11.0+cu130 (results/RESULTS.md).
+Result:    erm 66.37 (n=1) top-1 % on JPEG CIFAR-10-LT R=100 (README: Data), final epoch, one seed so far (no
+           std yet); NVIDIA H200, torch 2.11.0+cu130 (results/RESULTS.md).
 Run:       python methods/erm.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
 """
 import os
@@ -22,7 +22,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_here, os.path.dirname(_here)]  # common.py: beside this file (a copy) first, else one folder up
 import common  # noqa: E402
 
 

@@ -37,8 +37,8 @@ Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight deca
            fp32); --fp32 trains in fp32 throughout, as the official code.
            An epoch is --num-samples draws (default len(train set) = 12,406 on CIFAR-10-LT R=100, as the
            official sampler), so an oversampled epoch costs as much as an ERM epoch.
-Result:    drs 69.65 (n=1); oversampling 65.16 (n=1) top-1 % on JPEG CIFAR-10-LT R=100, final epoch, mean ±
-           std over seeds; NVIDIA H200, torch 2.11.0+cu130 (results/RESULTS.md).
+Result:    drs 69.65 (n=1); oversampling 65.16 (n=1) top-1 % on JPEG CIFAR-10-LT R=100 (README: Data), final
+           epoch, one seed so far (no std yet); NVIDIA H200, torch 2.11.0+cu130 (results/RESULTS.md).
 Run:       python methods/oversampling.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
            python methods/oversampling.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100 --start-epoch 160
 """
@@ -48,7 +48,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_here, os.path.dirname(_here)]  # common.py: beside this file (a copy) first, else one folder up
 import common  # noqa: E402
 
 
@@ -77,9 +78,6 @@ def parse_args(argv=None):
     common.check(args.num_samples is None or args.num_samples > 0,
                  f"--num-samples must be positive, got {args.num_samples}")
     common.check(args.start_epoch >= 0, f"--start-epoch must be >= 0, got {args.start_epoch}")
-    if args.start_epoch >= args.epochs:
-        print(f"warning: --start-epoch {args.start_epoch} >= --epochs {args.epochs}: the sampler is never used, "
-              "this run is plain ERM", file=sys.stderr, flush=True)
     return common.finish_args(args, method=method_name(args.start_epoch, args.sampling_power, args.beta))
 
 

@@ -23,8 +23,8 @@ Protocol:  ResNet-32, 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 weight deca
            fp32); --fp32 trains in fp32 throughout, as the official code.
            The schedule is kept per epoch, not per step: raise --epochs (and the decay epochs) to spend
            ERM's number of steps.
-Result:    undersampling 53.84 ± 4.75 (n=3) top-1 % on JPEG CIFAR-10-LT R=100, final epoch, mean ± std over
-           seeds; NVIDIA H200, torch 2.11.0+cu130 (results/RESULTS.md).
+Result:    undersampling 53.84 ± 4.75 (n=3) top-1 % on JPEG CIFAR-10-LT R=100 (README: Data), final epoch,
+           mean ± std over the n seeds; NVIDIA H200, torch 2.11.0+cu130 (results/RESULTS.md).
 Run:       python methods/undersampling.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100
 """
 import os
@@ -33,7 +33,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_here, os.path.dirname(_here)]  # common.py: beside this file (a copy) first, else one folder up
 import common  # noqa: E402
 
 

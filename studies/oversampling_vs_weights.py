@@ -1709,12 +1709,17 @@ def verdict_lines(studies, table=None, page=None):
         return []
     steps = sorted({r["steps"] for r in rows})
     plain = not any(r["opt"] for r in rows)
+    # by the length of the run, which turns the order round (short runs and long ones are not one count)
+    by_length = "by the length of the run: " + ", ".join(
+        f"{sum(r['ahead'] for r in rows if r['steps'] == n)} of {sum(r['steps'] == n for r in rows)} at {n:g}"
+        + (" steps" if i == 0 else "") for i, n in enumerate(steps))
     lead = (f"**The answer so far**, over the studies in the table below (in each case every method trains at the "
             "case's one lr, not tuned per method, with plain SGD (no momentum, no weight decay)"
             f"{'' if plain else ' unless the case names its optimizer'}; "
             f"runs of {' to '.join(f'{x:g}' for x in sorted({steps[0], steps[-1]}))} steps, not the 200-epoch "
             f"protocol): oversampling ends with a higher final balanced accuracy than every class-weight form in "
-            f"{sum(r['ahead'] for r in rows)} of the {len(rows)} cases measured. Balanced accuracy at the argmax, "
+            f"{sum(r['ahead'] for r in rows)} of the {len(rows)} cases measured ({by_length}). Balanced accuracy "
+            "at the argmax, "
             "which also shows where a method leaves the decision threshold, mean ± std over seeds; a difference is "
             "the class-weight form's minus oversampling's (s.e.: its standard error); the final minority AUC is a "
             "ranking, which no shift of the decision threshold changes in the binary setting (in lt10, no shift of "

@@ -3,6 +3,9 @@ import glob
 import json
 import math
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -228,6 +231,19 @@ def test_the_core_copies_into_another_project_alone(script):
     missing = sorted(free - defined - set(dir(builtins)))
     assert not missing, f"methods/{script}: the core uses {missing}, which it does not define or import"
     exec(compile(source, script, "exec"), {"__name__": "copied"})  # and it runs alone: its definitions only
+
+
+def test_a_copied_method_imports_the_common_py_beside_it(tmp_path):
+    """A copy of a method file and common.py in one folder of a project: the common.py beside it is imported, not
+    another one the folder above holds (nor the working directory's)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for path in ("common.py", "methods/focal.py"):
+        shutil.copy(os.path.join(ROOT, path), project)
+    (tmp_path / "common.py").write_text("raise ImportError('the wrong common.py')\n")
+    code = "import sys; sys.path.insert(0, 'project'); import focal, common; print(common.__file__)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == str(project / "common.py"), proc.stdout + proc.stderr
 
 
 def _losses_with_cpu_tensors():
