@@ -37,6 +37,7 @@ import math
 import os
 import sys
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -90,26 +91,17 @@ def parse_args(argv=None):
     return args
 
 
-# METHOD: DRW weights (copy of the LDAM-DRW recipe): CB weights (1-beta)/(1-beta^n_c) normalized to sum to C,
-# all ones before the switch epoch (beta = 0 in the official `epoch // 160` list); drw_epoch None: never switched on.
-def class_balanced_weights(counts, beta):
-    n = torch.tensor(counts, dtype=torch.float64)
-    w = (1 - beta) / (1 - beta ** n)
-    return (w / w.sum() * len(counts)).float()
-
-
-def drw_weights(counts, beta, epoch, drw_epoch):
-    return class_balanced_weights(counts, beta if drw_epoch is not None and epoch >= drw_epoch else 0.0)
-
-
-# METHOD: LDAM (copy of kaidic/LDAM-DRW): cosine logits, margin n_y^-1/4 (max max_m) off the target logit, scale s.
+# METHOD: LDAM-DRW's pieces, copied from methods/ldam_drw.py unchanged (`diff` shows them equal).
+# METHOD: the cosine classifier of the official models/resnet_cifar.py, put in place of model.linear.
 class NormedLinear(nn.Module):
-    """Cosine logits normalize(x) @ normalize(W, dim=0), W (in, out) with unit-norm columns at init, no bias;
-    computed in fp32 even under autocast (s = 30 times a bf16 cosine would be coarse)."""
+    """Cosine logits: normalize(x) @ normalize(W, dim=0), W of shape (in, out), no bias. Values in [-1, 1].
+    Computed in fp32 even under autocast."""
 
     def __init__(self, in_features, out_features):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(in_features, out_features).uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5))
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        # Official init: uniform(-1, 1), then every column rescaled to unit norm (renorm to 1e-5, times 1e5).
+        self.weight.data.uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)
 
     def forward(self, x):
         with torch.autocast(x.device.type, enabled=False):
@@ -117,7 +109,7 @@ class NormedLinear(nn.Module):
 
 
 class Scaled(nn.Module):
-    """Evaluation view s * cos of a cosine model, so the test softmax (and ECE) is the one the loss trains."""
+    """Evaluation view of a cosine model: s * cos, so that the softmax (and the ECE) is the one the loss trains."""
 
     def __init__(self, model, scale):
         super().__init__()
@@ -127,15 +119,29 @@ class Scaled(nn.Module):
         return self.scale * self.model(x).float()
 
 
-def ldam_margins(counts, max_m=0.5):
-    m = torch.tensor(counts, dtype=torch.float64) ** -0.25
-    return (m * (max_m / m.max())).float()
+# METHOD: the margins, m_c = max_m * (n_c / n_min)^(-1/4), so the rarest class gets exactly max_m.
+def ldam_margins(counts, max_m):
+    m = 1.0 / np.sqrt(np.sqrt(np.asarray(counts, dtype=np.float64)))
+    return torch.tensor(m * (max_m / m.max()), dtype=torch.float32)
 
 
-def ldam_loss(cosine_logits, labels, margins, s=30.0, weight=None):
-    z = cosine_logits.float()  # the cosines of a NormedLinear head
-    shifted = z - F.one_hot(labels, z.shape[1]) * margins.to(z.device)[labels][:, None]
-    return F.cross_entropy(s * shifted, labels, weight=None if weight is None else weight.to(z.device))
+# METHOD: the loss. The margin is subtracted from the target cosine only, then everything is scaled by s;
+# `weight` is the DRW class weight (PyTorch's weighted mean, sum_i w_yi l_i / sum_i w_yi, as the official code).
+def ldam_loss(cosine_logits, labels, margins, scale, weight=None):
+    z = cosine_logits.float()
+    onehot = F.one_hot(labels, z.shape[1]).to(z.dtype)
+    z = z - onehot * margins.to(z.device)[labels].unsqueeze(1)
+    return F.cross_entropy(scale * z, labels, weight=None if weight is None else weight.to(z.device))
+
+
+# METHOD: deferred re-weighting. Ones before drw_epoch (the official beta=0 gives exactly ones), then the
+# class-balanced weights (1-beta)/(1-beta^n_c) normalized to sum to C. drw_epoch None: never switched on.
+def drw_weights(counts, beta, epoch, drw_epoch):
+    counts = np.asarray(counts, dtype=np.float64)
+    if drw_epoch is None or epoch < drw_epoch:
+        return torch.ones(len(counts), dtype=torch.float32)
+    w = (1.0 - beta) / (1.0 - np.power(beta, counts))
+    return torch.tensor(w / w.sum() * len(counts), dtype=torch.float32)
 
 
 def ce_loss(logits, labels, weight=None):
@@ -209,8 +215,8 @@ if __name__ == "__main__":
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     run.extra["rho"] = args.rho
-    if args.drw_epoch is not None:
-        run.extra["drw_class_weights"] = class_balanced_weights(data.train_counts, args.beta).tolist()
+    if args.drw_epoch is not None:  # METHOD: the weights once DRW is on
+        run.extra["drw_weights"] = drw_weights(data.train_counts, args.beta, args.drw_epoch, args.drw_epoch).tolist()
 
     def train_step(x, y, weight):  # one SAM step on a batch
         def closure():

@@ -258,7 +258,7 @@ def _losses_with_cpu_tensors():
         "class_weights": lambda z, y: cw.weighted_cross_entropy(z, y, w),
         "ldam_drw": lambda z, y: ldam.ldam_loss(z, y, m, 30.0, ldam.drw_weights(counts, 0.9999, 1, 0)),
         "mm_drw": lambda z, y: mm.mm_loss(z, y, 1.5, 0.6, 30.0, w, class_margins=mm.ldam_margins(counts, 0.5)),
-        "sam ldam": lambda z, y: sam.ldam_loss(z, y, sam.ldam_margins(counts), 30.0,
+        "sam ldam": lambda z, y: sam.ldam_loss(z, y, sam.ldam_margins(counts, 0.5), 30.0,
                                                sam.drw_weights(counts, 0.9999, 1, 0)),
         "sam ce": lambda z, y: sam.ce_loss(z, y, w),
         "focal": lambda z, y: focal.focal_loss(z, y, 1.0, alpha=w),

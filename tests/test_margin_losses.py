@@ -1,11 +1,12 @@
 """Identities and hand-computed values of the margin and logit-adjusted losses: LDAM(-DRW), MM(-DRW), LA, CDT, VS."""
 import math
+import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import C10_LT100, CB_C10_LT100_9999, assert_user_error, load_method
+from conftest import C10_LT100, CB_C10_LT100_9999, ROOT, assert_user_error, load_method
 
 ldam = load_method("ldam_drw")
 mm = load_method("mm_drw")
@@ -341,8 +342,13 @@ def test_bad_input_gives_a_one_line_error(module, flags, word):
 
 
 def test_the_copies_of_the_ldam_pieces_in_sam_py_compute_what_ldam_drw_py_does():
-    """sam.py carries its own copy of LDAM-DRW (written in torch, not numpy): the same margins, weights, head and
-    loss, so that SAM on LDAM-DRW changes the optimizer only."""
+    """sam.py carries a copy of ldam_drw.py's LDAM-DRW pieces, word for word (`diff` shows them equal, so a reader
+    of sam.py meets nothing new there): the same margins, weights, head and loss, so that SAM on LDAM-DRW changes
+    the optimizer only."""
+    source = {f: open(os.path.join(ROOT, "methods", f)).read() for f in ("ldam_drw.py", "sam.py")}
+    ld = source["ldam_drw.py"]
+    assert ld[ld.index("# METHOD: the cosine classifier"):ld.index('if __name__ == "__main__":')].rstrip() \
+        in source["sam.py"]
     sam = load_method("sam")
     torch.testing.assert_close(sam.ldam_margins(C10_LT100, 0.5), ldam.ldam_margins(C10_LT100, 0.5), rtol=1e-6, atol=0)
     for epoch in (0, 159, 160, 199):
