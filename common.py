@@ -4,6 +4,18 @@ the learning-rate schedule, evaluation, one results JSON per run, and the report
 No algorithm lives here: no loss, sampler or optimizer step. Each method file imports this module and
 nothing else of ours, so copying a method into your own project means copying that file and this one.
 
+What a method file calls, in the order its training script does (the rest of this file serves these):
+    make_parser(__doc__), finish_args(args, method)   the shared flags (Arguments), checked; the results folder name
+    run = start(args)                                 checks the output path, seeds, loads the data (a Run: A run)
+    run.data: .shuffled(g), .batches(order, g), .train_counts, .num_classes   the data on the device (Data)
+    resnet32(num_classes, device)                     the model (ResNet-32)
+    autocast(device), set_lr(optimizer, epoch, args)  bf16 on CUDA; warm-up and decays (Schedule)
+    run.fast_step(train_step, model, optimizer)       train_step itself, or with --fast on CUDA its CUDA graph
+    run.restore(model, optimizer, ...)                what a checkpoint holds; with --resume the epoch to go on from
+    run.log_step(loss), run.end_epoch(epoch, lr, model), run.finish(model)   progress, evaluation, the results JSON
+Everything from "The table of run_all.sh" on (the planner, the report, the header lines) is for run_all.sh and the
+results pages; a method never calls it.
+
     python common.py report [results/]      # results/**/seed*.json -> results/RESULTS.md (+ plots)
     python common.py plan ...                # used by run_all.sh: which runs exist, how long the others take
 """

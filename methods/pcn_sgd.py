@@ -17,14 +17,9 @@ oversampling (+O) restores. Variants:
             (oversampling, the paper's PCNSGD+O); on CIFAR-100 that is 1 image per class, a batch of 100 and
             single-image class gradients (official CIFAR-100 runs used B = 400 with ResNet-18, among others);
   sgd_o     the same balanced batches with the plain update sum_l g_l (the paper's SGD+O comparison).
-Measured in a binary 1:99 setting (studies/oversampling_vs_weights.py, README's study block, CPU): pcnsgd collapses
-onto the majority in every seed with 4, 8 or 16 majority images and 1 minority image per step, not with 2 + 1, and
-pcnsgd_o (the same number of images per class) in none. At the start of those runs, along the minority's full
-gradient, the majority's unit term pushes back almost exactly as hard as an equal-batch minority term pulls, and
-harder than a one-image one does: a one-image class gradient, once normalized, carries less of what the class's
-images share than an average over many images. On CIFAR-10-LT R=100 at batch 128 (1 image per step for each of the
-3 smallest classes; a small CNN, 3 seeds x 1500 steps) the nine other classes together push back less than a
-one-image class pulls: no seed collapsed, but those classes ended lower than with pcnsgd_o.
+What the mini-batch version does when a class has one image per step: README, "PCNSGD in the same study" (binary
+1:99: pcnsgd collapses onto the majority with 4 or more majority images per step, pcnsgd_o never; with ten
+classes the other classes' push is spread, and no seed collapsed).
 The results folder is the variant's name, plus "_gn" with --norm group.
 
 Paper:     Francazi, Baity-Jesi, Lucchi, "A Theoretical Analysis of the Learning Dynamics under Class Imbalance",

@@ -1667,6 +1667,14 @@ def case_order(name, st, res):
     return name, st["model"], _optimizer(res["args"]), st["steps"]
 
 
+def _case_key(name, st, res):
+    """What makes two studies' runs of a setting one case: data, model, device, optimizer, length and seeds (the
+    same seeds give every method of a case the same initial weights, whichever invocation trained it)."""
+    a = res["args"]
+    return (name, st["model"], res["device_name"], a["lr"], a.get("momentum"), a.get("weight_decay"), st["steps"],
+            st.get("batch_size"), tuple(st["train_counts"]), a.get("seeds"))
+
+
 def verdict_lines(studies, table=None, page=None):
     """The question's answer so far over every study [(folder, study.json)]: a lead sentence, then a table with one
     row per case (a setting of a study that ran oversampling and a class-weight form; by setting, model, optimizer
@@ -1680,17 +1688,29 @@ def verdict_lines(studies, table=None, page=None):
     rows, extras = [], sweep_extras(studies)
     lines, table_at = ((f"its lines in {page}", f"its table in {page}") if page
                        else ("the lines below", "the table below"))
+    # a study of a case's class-weight forms alone (run after the case's study, e.g. a form it lacked): its forms
+    # join that case's row, the folder named in their cells
+    complements = {}
+    for d, res in studies:
+        for name, st in res["settings"].items():
+            if "oversampling" not in st["summary"]:
+                complements.setdefault(_case_key(name, st, res), []).append((d, st["summary"]))
     for d, res in studies:
         if d in extras:
             continue
         for name, st in res["settings"].items():
-            S = st["summary"]
+            S, joined = dict(st["summary"]), {}
+            if "oversampling" in S:
+                for other, S2 in complements.get(_case_key(name, st, res), []):
+                    for m in WEIGHTINGS:
+                        if m in S2 and m not in S:
+                            S[m], joined[m] = S2[m], f" (from [{other}]({other}/SUMMARY.md))"
             forms = [m for m in WEIGHTINGS if m in S]
             if "oversampling" not in S or not forms:
                 continue
             acc = lambda m: S[m]["final_balanced_acc"]  # noqa: E731
             best = max(forms, key=lambda m: acc(m)["mean"])
-            note = best
+            note = best + joined.get(best, "")
             if best == "class_weights_n" and _plain_sgd(res):
                 note += f" (class_weights_u at {n_to_u_lr(st['train_counts']):.3f}x the lr)"
             aucs = [S[m]["final_minority_auc"]["mean"] for m in forms if S[m].get("final_minority_auc")]
@@ -1703,7 +1723,8 @@ def verdict_lines(studies, table=None, page=None):
                              f"{name}, {st['model']}, {res['device_name']}{opt}",
                              f"{res['args']['lr']:g}", f"{acc('oversampling')['n']} x {st['steps']}",
                              _mean_std(acc("oversampling")), note, _difference(acc("oversampling"), acc(best)),
-                             _difference(acc("oversampling"), acc("class_weights")) if "class_weights" in S else "—",
+                             _difference(acc("oversampling"), acc("class_weights")) + joined.get("class_weights", "")
+                             if "class_weights" in S else "—",
                              auc]})
     if not rows:
         return []

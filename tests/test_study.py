@@ -858,6 +858,16 @@ def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with
     for m, a in auc(oversampling=0.9, class_weights=0.85, class_weights_u=0.875).items():
         studies[0][1]["settings"]["binary"]["summary"][m]["final_minority_auc"] = a
     assert S.verdict_lines(studies)[4].endswith(" | 0.900 vs 0.875 |")
+    # a study of the case's PyTorch weighted mean alone (same setting, model, optimizer, length and seeds) joins its
+    # row, the folder named; one of another length does not
+    lt = studies[0][1]["settings"]["lt10"]
+    cw = ("cw", {"device_name": "cpu", "args": plain, "settings": {
+        "lt10": setting("smallcnn", 300, lt["train_counts"], class_weights=20.0),
+        "binary": setting("smallcnn", 20000, [99, 1], class_weights=40.0)}})
+    lt10 = [r for r in S.verdict_lines(studies + [cw]) if r.startswith("| lt10")]
+    assert lt10 == ["| lt10, smallcnn, cpu | 0.1 | 5 x 300 | 30.0 ± 1.00 | class_weights_u | +1.2 (2.0 s.e.) | "
+                    "-10.0 (15.8 s.e.) (from [cw](cw/SUMMARY.md)) | n/a |"], lt10
+    assert sum(r.startswith("| binary") for r in S.verdict_lines(studies + [cw])) == 1  # (no row of its own either)
 
 
 def study(lr, momentum=0.0, steps=1500, weight_decay=0.0, seeds=5, model="smallcnn", batch=16, **means):
