@@ -25,7 +25,7 @@ Per-image gradients need a model without batch statistics: the study's SmallCNN 
 augmentation (which adds its own noise to every method alike). theta: the initial weights of each seed and the weights
 after --steps of plain SGD (the study's lr 0.1) trained by oversampling and by class_weights_u from them.
 
-Run:  python studies/gradient_noise.py --dataset imagefolder --data-dir data/cifar10-jpeg    # ~10 min on 2 cores
+Run:  python studies/gradient_noise.py --dataset imagefolder --data-dir data/cifar10-jpeg --settings binary lt10
       python studies/gradient_noise.py --dataset synthetic --seeds 1 --steps 20 --out results/scratch/noise
       python studies/gradient_noise.py --readme     # README's block from results/gradient-noise/noise.json
 """
