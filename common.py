@@ -1481,13 +1481,13 @@ def plan(jobs, flags, out, at_once=1, extra=()):
     path; -1: never run): the longest, each run's fixed seconds plus its seconds per epoch times the job's epochs
     (run_seconds), with `at_once` runs sharing the device (_completed_walls), counting only the runs made on the job's
     speed_path (the CPU, or on a GPU the same --fast or eager and precision: a GPU run says nothing of a CPU run's
-    length; and the same --class-grads); epochs done those its checkpoint holds (0 without --resume or a checkpoint it can use); for a job still
-    to run, what a run of a method never run is expected to take: ERM run, the seconds of an ERM run of the job's
-    epochs by the completed runs of every method in the setting on its path less --class-grads batched (whose runs
-    measure none: their step is not inherent_multiple's passes) (else in any setting; -1: none), each
-    run's seconds so reckoned over its inherent_multiple, the largest, and passes, the job's own inherent_multiple x
-    1000 (a SAM row takes 2000 / 1000 ERM runs; -1 -1 for a job done); measures 1 where the job's run, once ended,
-    measures an ERM run (0: SHORT_EPOCH_SCRIPTS, and --class-grads batched).
+    length; and the same --class-grads); epochs done those its checkpoint holds (0 without --resume or a checkpoint
+    it can use); for a job still to run, what a run of a method never run is expected to take: ERM run, the seconds
+    of an ERM run of the job's epochs by the completed runs of every method in the setting on its path less
+    --class-grads batched (whose runs measure none: their step is not inherent_multiple's passes) (else in any
+    setting; -1: none), each run's seconds so reckoned over its inherent_multiple, the largest, and passes, the job's
+    own inherent_multiple x 1000 (a SAM row takes 2000 / 1000 ERM runs; -1 -1 for a job done); measures 1 where the
+    job's run, once ended, measures an ERM run (0: SHORT_EPOCH_SCRIPTS, and --class-grads batched).
     Checks every job's flags first, and the data of each job still to run (check_data), so that missing data stops
     run_all.sh before any run starts. The checkpoint of a run whose JSON exists is deleted: a copy carried from an
     earlier session, where the run was cut short, would otherwise travel to every later one. `flags` go before the

@@ -264,7 +264,6 @@ def main(argv=None):
     if args.readme:
         common.check(os.path.exists(os.path.join(args.out, "noise.json")), f"no noise.json in {args.out}")
         return write_pages(args.out)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     t0, rng = time.time(), np.random.default_rng(0)
     commit, dirty = common.git_state()
     res = {"device_name": "cpu", "torch_version": torch.__version__, "git_commit": commit, "git_dirty": dirty,
