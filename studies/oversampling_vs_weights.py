@@ -2137,7 +2137,7 @@ def main(argv=None):
         with open(os.path.join(results, "STUDY.md"), "w") as f:
             f.write("\n".join(page).strip() + "\n")
         common.write_readme_block("study", block)
-        print("wrote results/STUDY.md and the study block of README.md")
+        print("wrote results/STUDY.md")  # (README's block: write_readme_block says where it changed it)
         return
     if args.from_json:
         common.check(os.path.isfile(args.from_json), f"{args.from_json} " + (

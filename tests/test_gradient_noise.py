@@ -102,3 +102,5 @@ def test_the_script_runs_on_synthetic_data_and_readme_holds_the_committed_table(
     with open(os.path.join(ROOT, "results", "gradient-noise", "noise.json")) as f:
         committed = json.load(f)
     assert readme_block("noise").strip() == "\n".join(N.readme_lines(committed, "results/gradient-noise")).strip()
+    with open(os.path.join(ROOT, "studies", "README.md")) as f:  # ... and the command that made it is listed
+        assert f"`python {committed['command']}`" in f.read()
