@@ -1,10 +1,10 @@
 """SAM on CE-DRW or LDAM-DRW: sharpness-aware minimization for long-tailed data.
 
-Each step first climbs to the worst point of a ball of radius rho around the weights, w + e with
-e = rho * g / ||g|| (g the gradient of the re-weighted loss, the norm over all parameters jointly), takes the
-gradient there, and then makes the ordinary SGD step (momentum, weight decay) at w with that gradient. Rangwani et
-al. find that the tail classes sit at saddle points, and that SAM with a large rho escapes them when it is
-combined with deferred re-weighting (DRW).
+Each step first climbs towards the worst point of a ball of radius rho around the weights, to its first-order
+estimate w + e with e = rho * g / ||g|| (g the gradient of the re-weighted loss, the norm over all parameters
+jointly), takes the gradient there, and then makes the ordinary SGD step (momentum, weight decay) at w with that
+gradient. Rangwani et al. find that the tail classes sit at saddle points, and that SAM with a large rho escapes
+them when it is combined with deferred re-weighting (DRW).
 
 Paper:     Rangwani, Aithal, Mishra, Babu, "Escaping Saddle Points for Effective Generalization on Class-Imbalanced
            Data", NeurIPS 2022. CIFAR-10-LT R=100 top-1: CE+DRW+SAM 80.6, LDAM+DRW+SAM 81.9 (CIFAR-100-LT: 44.6,
@@ -86,8 +86,8 @@ def parse_args(argv=None):
         args.drw_epoch = None  # no switch: the report then marks no DRW epoch on the plots
     args = common.finish_args(args, method=f"sam_{args.base}")
     if args.rho is None:  # METHOD: run.sh's rho of the base and the dataset
-        many = (common.class_count(args) or 0) >= 100
-        args.rho = {"ce_drw": 0.8 if many else 0.5, "ldam_drw": 0.8, "ce": 0.2 if many else 0.1}[args.base]
+        c100 = (common.class_count(args) or 0) >= 100  # CIFAR-100's rho, else CIFAR-10's
+        args.rho = {"ce_drw": 0.8 if c100 else 0.5, "ldam_drw": 0.8, "ce": 0.2 if c100 else 0.1}[args.base]
     return args
 
 
