@@ -116,7 +116,8 @@ def parse_args(argv=None):
                  f"unknown --class-grads '{args.class_grads}': use loop or batched")
     common.check(args.gn_group_size >= 1 and 16 % args.gn_group_size == 0,
                  f"--gn-group-size must divide 16 (ResNet-32 has 16/32/64 channels), got {args.gn_group_size}")
-    common.check(math.isfinite(args.eps) and args.eps > 0, f"--eps must be > 0 (a zero class gradient would give 0/0), got {args.eps:g}")
+    common.check(math.isfinite(args.eps) and args.eps > 0,
+                 f"--eps must be > 0 (a zero class gradient would give 0/0), got {args.eps:g}")
     common.check(not (args.class_grads == "batched" and args.norm == "group"),
                  "--class-grads batched needs --norm batch (--norm group forwards each class on its own)")
     common.note_unused(parser, args, args.norm == "batch", ["gn_group_size"], "with --norm batch")
