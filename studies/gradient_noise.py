@@ -93,17 +93,12 @@ def class_moments(model, x, y, num_classes, chunk=256):
 
 
 def estimator(name, counts):
-    """(q: a draw's class probabilities, w: the class weights, by_weight_sum: PyTorch's normalization)."""
-    n = np.asarray(counts, dtype=np.float64)
-    C, p = len(n), n / n.sum()
-    if name == "oversampling":
-        return np.full(C, 1.0 / C), np.ones(C), False
-    if name == "class_weights_u":
-        return p, n.sum() / (C * n), False
-    if name == "class_weights":
-        w = (1 / n) / (1 / n).sum() * C  # methods/class_weights.py's (only its ratios matter here)
-        return p, w, True
-    return p, np.ones(C), False  # erm
+    """(q: a draw's class probabilities, w: the class weights, by_weight_sum: PyTorch's normalization), the study's
+    sampler and loss weights of the method (oversampling_vs_weights.py sampler_class_probs and loss_weights)."""
+    q = np.asarray(study.sampler_class_probs(name, counts, None), dtype=np.float64)
+    weighted = name in ("class_weights", "class_weights_u")
+    w = study.loss_weights(name, counts, study.cores()).double().numpy() if weighted else np.ones(len(counts))
+    return q, w, name == "class_weights"
 
 
 def batch_stats(gram, m, q, w, by_weight_sum, B, draws, rng):
