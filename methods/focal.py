@@ -77,8 +77,14 @@ def class_balanced_weights(counts, beta):
 
 
 def focal_alpha(kind, counts, beta):
-    return {"none": lambda: None, "inverse": lambda: inverse_frequency_weights(counts),
-            "cb": lambda: class_balanced_weights(counts, beta)}[kind]()
+    """alpha_y of --alpha: None (no weights), inverse or cb."""
+    if kind == "inverse":
+        return inverse_frequency_weights(counts)
+    if kind == "cb":
+        return class_balanced_weights(counts, beta)
+    if kind == "none":
+        return None
+    raise ValueError(f"unknown alpha '{kind}': use none, inverse or cb")
 
 
 # METHOD: the loss, mean_i alpha_{y_i} (1 - p_t,i)^gamma CE_i with p_t = exp(-CE) from the UNWEIGHTED CE.

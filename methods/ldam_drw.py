@@ -141,7 +141,8 @@ if __name__ == "__main__":
     eval_model = Scaled(model, args.scale) if args.loss == "ldam" else model  # METHOD: softmax(s * cos)
     run.extra["ldam_margins"] = margins.tolist() if args.loss == "ldam" else None  # METHOD
     if args.drw:  # METHOD: the weights once DRW is on
-        run.extra["drw_weights"] = drw_weights(data.train_counts, args.beta, args.drw_epoch, args.drw_epoch).tolist()
+        weights_on = drw_weights(data.train_counts, args.beta, epoch=args.drw_epoch, drw_epoch=args.drw_epoch)
+        run.extra["drw_weights"] = weights_on.tolist()
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
 

@@ -194,8 +194,8 @@ if __name__ == "__main__":
     class_margins = ldam_margins(data.train_counts, args.max_m).to(args.device) if args.ldam else None  # METHOD
     run.extra["ldam_margins"] = class_margins.tolist() if args.ldam else None  # METHOD
     if args.drw:  # METHOD: the weights once DRW is on
-        run.extra["drw_weights"] = drw_weights(data.train_counts, args.beta, args.drw_epoch,
-                                               args.drw_epoch).tolist()
+        weights_on = drw_weights(data.train_counts, args.beta, epoch=args.drw_epoch, drw_epoch=args.drw_epoch)
+        run.extra["drw_weights"] = weights_on.tolist()
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
 

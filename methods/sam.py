@@ -216,7 +216,8 @@ if __name__ == "__main__":
                                 weight_decay=args.weight_decay)
     run.extra["rho"] = args.rho
     if args.drw_epoch is not None:  # METHOD: the weights once DRW is on
-        run.extra["drw_weights"] = drw_weights(data.train_counts, args.beta, args.drw_epoch, args.drw_epoch).tolist()
+        weights_on = drw_weights(data.train_counts, args.beta, epoch=args.drw_epoch, drw_epoch=args.drw_epoch)
+        run.extra["drw_weights"] = weights_on.tolist()
 
     def train_step(x, y, weight):  # one SAM step on a batch
         def closure():

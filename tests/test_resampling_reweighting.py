@@ -283,6 +283,8 @@ def test_weight_copies_agree_across_files():
     # each --alpha kind is its own weights (swapping inverse and cb would train --alpha inverse with CB weights)
     assert torch.equal(focal.focal_alpha("inverse", C10_LT100, 0.9999), cw.inverse_frequency_weights(C10_LT100))
     assert torch.equal(focal.focal_alpha("cb", C10_LT100, 0.9999), cb.class_balanced_weights(C10_LT100, 0.9999))
+    with pytest.raises(ValueError, match="unknown alpha 'uniform'"):  # not a silent None
+        focal.focal_alpha("uniform", C10_LT100, 0.9999)
 
 
 def test_cb_losses_match_cui_definitions():
