@@ -70,6 +70,12 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         raise UserError(f"{message} (see {self.prog} --help)")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, then no inf or nan in a float flag (check_finite), before a script checks its ranges."""
+        parsed = super().parse_args(args, namespace)
+        check_finite(parsed)
+        return parsed
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """'(default: ...)' after each flag's help, except a default of None or False: nothing to show there (a None
@@ -209,6 +215,10 @@ def finish_args(args, method):
     if args.dataset == "synthetic" and (args.data_dir is not None or args.download):
         print(f"note: {'--data-dir' if args.data_dir is not None else '--download'} is not used with --dataset "
               "synthetic, which makes its images itself", file=sys.stderr, flush=True)
+    if args.resume and not args.checkpoint_every:
+        print("note: --resume with --checkpoint-every 0: this run goes on from a checkpoint where one exists, but saves "
+              "none, so it cannot be resumed itself (--checkpoint-every N saves one every N epochs)", file=sys.stderr,
+              flush=True)
     check(not (args.overwrite and args.skip_existing),
           "--overwrite and --skip-existing contradict each other: pass one (replace an existing result, or keep it)")
     if args.out is None:
@@ -310,16 +320,28 @@ def checkpoint_key(args, script):
             "code": [code_sha256(script), common_code_sha256()]}
 
 
+def key_difference(old, new):
+    """What differs between two checkpoint keys (checkpoint_key), as text: the arguments, each with its old value,
+    then the code."""
+    a, b = old.get("args", {}), new.get("args", {})
+    said = [f"--{k.replace('_', '-')} {a.get(k)!r} (this run: {b.get(k)!r})" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
+    said += ["other code of the method file or common.py"] if old.get("code") != new.get("code") else []
+    return ", ".join(said) or "another key"
+
+
 def load_checkpoint(args, key):
     """(checkpoint, None) for this run's checkpoint when --resume is given and it was saved under `key`
     (checkpoint_key), else (None, why not); a damaged file is a reason, not a crash."""
     path = checkpoint_path(args)
-    if not (args.resume and os.path.exists(path)):
+    if not args.resume:
         return None, None
+    if not os.path.exists(path):
+        return None, f"--resume: no checkpoint at {path} yet"
     try:
         ck = torch.load(path, map_location="cpu", weights_only=False)
         if ck["key"] != key:
-            return None, f"{path} was made with other arguments or code"
+            return None, f"{path} was made with {key_difference(ck['key'], key)}; the next checkpoint replaces it"
         return ck, None
     except Exception as e:  # noqa: BLE001  (a damaged or foreign file: the run starts over)
         return None, f"{path} is not a readable checkpoint ({e.__class__.__name__})"
@@ -368,6 +390,16 @@ def class_folders(d):
     return sorted(c for c in os.listdir(d) if os.path.isdir(os.path.join(d, c)) and not c.startswith("."))
 
 
+def image_files(folder):
+    """The images under a class folder, subfolders included (as torchvision's ImageFolder), as paths relative to it;
+    hidden files and folders left out."""
+    for parent, dirs, names in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for f in names:
+            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
+                yield os.path.relpath(os.path.join(parent, f), folder)
+
+
 def list_imagefolder(root):
     """Sorted class names and, per split, the sorted image paths and labels. Checks the layout."""
     check(os.path.isdir(root), f"data folder {root} {'is a file' if os.path.exists(root) else 'does not exist'}: "
@@ -391,7 +423,7 @@ def list_imagefolder(root):
         paths, labels = [], []
         for c, name in enumerate(classes):
             d = os.path.join(root, split, name)
-            imgs = sorted(f for f in os.listdir(d) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+            imgs = sorted(image_files(d))
             check(imgs, f"class folder {d} has no images ({', '.join(IMAGE_EXTENSIONS)})")
             paths += [os.path.join(d, f) for f in imgs]
             labels += [c] * len(imgs)
@@ -866,8 +898,16 @@ def metrics(probs, labels, train_counts):
     return out
 
 
+class Diverged(ArithmeticError):
+    """A model whose test-set outputs are not finite (NaN or inf): it diverged, whatever its training loss says."""
+
+
 def evaluate(model, data, fp32=False):
-    return metrics(predict(model, data, fp32), data.test_y, data.train_counts)
+    """metrics() of the model on the test set; raises Diverged where its outputs are not finite."""
+    probs = predict(model, data, fp32)
+    if not torch.isfinite(probs).all():
+        raise Diverged("its outputs on the test set became non-finite (NaN or inf)")
+    return metrics(probs, data.test_y, data.train_counts)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1126,15 +1166,15 @@ class Run:
                 self.profiler.result = {"error": f"an epoch of {steps} steps is too short to profile: the window "
                                                  f"starts after step {offset} of the second epoch"}
         if not math.isfinite(train_loss):
-            self.save(status="diverged", epochs_completed=epoch, diverged_epoch=epoch)
-            self.drop_checkpoint()  # its JSON ends it: no later invocation goes on
-            raise SystemExit(f"error: {self.tag} the training loss became {train_loss} in epoch {epoch + 1} "
-                             f"(lr {lr:g}): the run diverged; status 'diverged' written to {self.path}")
+            self.diverged(epoch, lr, f"the training loss became {train_loss}")
         entry = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "test_top1": None}
         last = epoch == args.epochs - 1
         if last or (epoch + 1) % args.eval_every == 0:
             t_eval = time.time()  # (the .item() above waited for the epoch's GPU work: this times the evaluation)
-            self.last_eval = evaluate(model, self.data, fp32=last)  # the reported final evaluation in fp32
+            try:
+                self.last_eval = evaluate(model, self.data, fp32=last)  # the reported final evaluation in fp32
+            except Diverged as e:  # a finite mean loss over the epoch, and yet a model gone to inf or NaN
+                self.diverged(epoch, lr, str(e))
             entry["test_top1"] = self.last_eval["top1"]
             entry["eval_s"] = round(time.time() - t_eval, 3)  # (evaluate ends on the CPU: the GPU work is in it)
         elapsed = time.time() - self.t0
@@ -1154,6 +1194,14 @@ class Run:
               f"elapsed {fmt_time(elapsed)}  eta {fmt_time(eta)}{first}", flush=True)
         self._last_print = time.time()
 
+    def diverged(self, epoch, lr, what):
+        """End a diverged run: its JSON with status 'diverged' (the report counts it, a rerun skips it), no checkpoint,
+        a one-line error."""
+        self.save(status="diverged", epochs_completed=epoch, diverged_epoch=epoch)
+        self.drop_checkpoint()  # its JSON ends it: no later invocation goes on
+        raise SystemExit(f"error: {self.tag} {what} in epoch {epoch + 1} (lr {self.args.lr if lr is None else lr:g}): "
+                         f"the run diverged; status 'diverged' written to {self.path}")
+
     def restore(self, model, optimizer, *more):
         """Name what a checkpoint holds: the model, the optimizer and any object with state_dict() and
         load_state_dict() (e.g. a sampler's per-class streams); the run's history, extra, elapsed time and every
@@ -1163,7 +1211,9 @@ class Run:
         path = checkpoint_path(self.args)
         ck, why = load_checkpoint(self.args, self.key)
         if ck is None:
-            if why:
+            if why and not os.path.exists(path):  # the first invocation of a run under --resume (run_all.sh's runs)
+                print(f"{self.tag} {why}: starting from epoch 1", flush=True)
+            elif why:
                 print(f"{self.tag} note: {why}: starting from epoch 1", file=sys.stderr, flush=True)
             return 0
         model.load_state_dict(ck["model"])
@@ -1216,7 +1266,10 @@ class Run:
 
     def finish(self, model):
         if self.last_eval is None or self.history[-1]["test_top1"] is None:
-            self.last_eval = evaluate(model, self.data, fp32=True)
+            try:
+                self.last_eval = evaluate(model, self.data, fp32=True)
+            except Diverged as e:
+                self.diverged(len(self.history) - 1, self.history[-1]["lr"] if self.history else None, str(e))
         self.save(status="completed", epochs_completed=len(self.history), final=self.last_eval)
         self.drop_checkpoint()  # the run is whole: its JSON says all
         f = self.last_eval
@@ -1259,6 +1312,8 @@ class Run:
             "runs_at_once": int(os.environ.get("IMBALANCE_REF_RUNS_AT_ONCE", "1")),
             "mps": os.environ.get("IMBALANCE_REF_MPS") == "1",
             "device_name": self.device_name(),
+            # the training forward and backward: bf16 autocast (CUDA, the default there) or fp32 (--fp32, the CPU)
+            "precision": "bf16" if BF16 and torch.device(self.device).type == "cuda" else "fp32",
             "torch_version": torch.__version__,
             "git_commit": commit,
             "git_dirty": dirty,
@@ -1271,6 +1326,11 @@ class Run:
 
 def start(args):
     return Run(args)
+
+
+def precision_of(result):
+    """The training precision of a results JSON written before it recorded one: fp32 on the CPU or with --fp32."""
+    return "fp32" if result["device_name"] == "cpu" or result["args"].get("fp32") else "bf16"
 
 
 def code_sha256(path, end=None):
@@ -1703,7 +1763,7 @@ def summarize(runs):
             # which training path made the numbers: one CUDA graph per step (--fast) or plain eager, and in which
             # precision (on CUDA bf16 autocast unless --fp32; on the CPU always fp32)
             row["paths"] = sorted({f"{'--fast' if r.get('fast_path') else 'eager'} "
-                                   f"{'fp32' if r['device_name'] == 'cpu' or r['args'].get('fp32') else 'bf16'}"
+                                   f"{r.get('precision') or precision_of(r)}"
                                    for r in made})
             # which version of the method file's code made each seed (a table made over several sessions)
             row["code"] = {}

@@ -6,7 +6,8 @@ q=0.5 square-root sampling (class c drawn with probability proportional to sqrt(
 distribution (still drawn with replacement, so not ERM's permutation). Tail images repeat within an epoch; head
 images are left out. With --start-epoch E the first
 E epochs use the plain shuffle of ERM and re-sampling starts at epoch E: DRS (deferred re-sampling) is
---start-epoch 160, the first lr drop.
+--start-epoch 160, the epoch where DRW switches on (LDAM App. C.4 words it "until the last lr decay"; the schedule
+decays at 160 and again at 180, and the official DRW switches at 160, so DRS does here too).
 
 Paper:     Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss", NeurIPS 2019,
            Sec. 4 baselines. Table 2 row CB RS (CIFAR-10-LT R=100: 29.45% error, i.e. 70.55% top-1; CIFAR-100-LT
@@ -68,8 +69,8 @@ def parse_args(argv=None):
                         "ImbalancedDatasetSampler")
     m.add_argument("--start-epoch", type=int, default=0,
                    help="0-based epoch from which batches come from the sampler (before it: the plain shuffle). "
-                        "0 = re-sample throughout (RS); 160 = DRS, LDAM App. C.4 ('until the last lr decay', "
-                        "the first decay at 160 as DRW in the official code)")
+                        "0 = re-sample throughout (RS); 160 = DRS: LDAM App. C.4 says 'until the last lr decay'; "
+                        "160 is where the official DRW switches, the first of the decays at 160 and 180")
     args = parser.parse_args(argv)
     common.check(0 <= args.sampling_power <= 1, f"--sampling-power must be in [0, 1], got {args.sampling_power:g}")
     if args.beta is not None:

@@ -121,8 +121,8 @@ def parse_args(argv=None):
     common.check(not (args.class_grads == "batched" and args.norm == "group"),
                  "--class-grads batched needs --norm batch (--norm group forwards each class on its own)")
     common.note_unused(parser, args, args.norm == "batch", ["gn_group_size"], "with --norm batch")
-    common.note_unused(parser, args, args.variant == "sgd_o", ["class_grads"],
-                       "with --variant sgd_o, whose plain update needs one joint backward")
+    common.note_unused(parser, args, args.variant == "sgd_o", ["class_grads", "eps"],
+                       "with --variant sgd_o, whose plain update needs one joint backward and normalizes nothing")
     if args.fast and args.norm == "group" and args.variant != "sgd_o":
         print("note: --norm group runs one forward per class with data-dependent shapes, which a CUDA graph cannot "
               "replay: this run is eager despite --fast", file=sys.stderr, flush=True)

@@ -70,7 +70,7 @@ def parse_args(argv=None):
     m.add_argument("--scale", type=float, default=30.0,
                    help="LDAM logit scale s, ldam_drw only (LDAM-DRW losses.py; --scale as in ldam_drw.py)")
     args = parser.parse_args(argv)
-    common.check(args.base in BASES, f"unknown --base '{args.base}': use {' or '.join(BASES)}")
+    common.check(args.base in BASES, f"unknown --base '{args.base}': use {', '.join(BASES[:-1])} or {BASES[-1]}")
     common.check(args.bn_second_pass in ("update", "frozen"),
                  f"unknown --bn-second-pass '{args.bn_second_pass}': use update or frozen")
     if args.rho is not None:
@@ -86,8 +86,13 @@ def parse_args(argv=None):
         args.drw_epoch = None  # no switch: the report then marks no DRW epoch on the plots
     args = common.finish_args(args, method=f"sam_{args.base}")
     if args.rho is None:  # METHOD: run.sh's rho of the base and the dataset
-        c100 = (common.class_count(args) or 0) >= 100  # CIFAR-100's rho, else CIFAR-10's
+        classes = common.class_count(args)
+        c100 = (classes or 0) >= 100  # CIFAR-100's rho, else CIFAR-10's
         args.rho = {"ce_drw": 0.8 if c100 else 0.5, "ldam_drw": 0.8, "ce": 0.2 if c100 else 0.1}[args.base]
+        if classes not in (10, 100):
+            print(f"note: the published rho is for CIFAR-10 and CIFAR-100; with {classes or 'an unknown number of'} "
+                  f"classes this run takes {'CIFAR-100' if c100 else 'CIFAR-10'}'s, {args.rho:g} (--rho sets one)",
+                  file=sys.stderr, flush=True)
     return args
 
 

@@ -85,6 +85,7 @@ sys.path.insert(0, ROOT)
 import common  # noqa: E402
 
 METHODS = ("erm", "oversampling", "class_weights", "class_weights_n", "class_weights_u", "pcnsgd", "pcnsgd_o")
+BATCH = {"binary": 16, "lt10": 128}  # each setting's default batch: the post's, the protocol's
 SETTINGS = ("binary", "lt10")
 LOSS_METHODS = ("erm", "oversampling", "class_weights", "class_weights_n", "class_weights_u")
 COLORS = {"erm": "black", "oversampling": "tab:blue", "class_weights": "tab:red", "class_weights_n": "tab:orange",
@@ -1483,8 +1484,9 @@ SWEEP_ARGS = ("dataset", "data_seed", "seeds", "seed0", "width", "momentum", "we
 
 def _alike(res, name, st, but=()):
     """What two studies' runs of a setting must share to be compared: the setting, its model, batch and steps (None
-    where `but` holds "steps"), the device and SWEEP_ARGS less `but`."""
-    return (name, st["model"], st["batch_size"], None if "steps" in but else st["steps"], res["device_name"],
+    where `but` holds "batch" or "steps"), the device and SWEEP_ARGS less `but`."""
+    return (name, st["model"], None if "batch" in but else st["batch_size"], None if "steps" in but else st["steps"],
+            res["device_name"],
             *(repr(res["args"].get(k)) for k in SWEEP_ARGS if k not in but))
 
 
@@ -1624,6 +1626,59 @@ def length_pairs(studies):
     return pairs
 
 
+def batch_pairs(studies):
+    """[(setting, model, device, small (folder, study.json), large (folder, study.json), alike in)]: each pair of
+    studies of [(folder, study.json)] whose runs of a setting are alike (_alike) but for the batch size, the number
+    of steps and the number of seeds (the first seeds are the same), at the same lr, the larger batch run for as many
+    steps as the smaller ("steps": each step's expected update the same, its noise about 1/B) or for as many images
+    drawn, steps x batch ("images": the same epochs)."""
+    lr = lambda res, st: (res["args"]["lr"],)  # noqa: E731
+    pairs = []
+    but = ("batch", "steps", "seeds")
+    for (name, model, _, _, device, *_), group in sorted(_groups_alike(studies, but, lr).items()):
+        runs = sorted(((st["batch_size"], st["steps"], d, res) for d, res, st in group), key=lambda r: r[:3])
+        for b0, n0, d0, r0 in runs:
+            for b1, n1, d1, r1 in runs:
+                if b1 > b0 and (n1 == n0 or n1 * b1 == n0 * b0):
+                    pairs.append((name, model, device, (d0, r0), (d1, r1), "steps" if n1 == n0 else "images"))
+    return pairs
+
+
+def batch_lines(studies):
+    """The table of larger batches against smaller ones (batch_pairs; README and results/STUDY.md): per pair, the
+    final balanced accuracy of oversampling and of each class-weight form that both studies ran, a form's difference
+    from oversampling, its minority accuracy and AUC, and the update-norm CV."""
+    L = []
+    for name, model, device, (d0, r0), (d1, r1), same in batch_pairs(studies):
+        st0, st1 = r0["settings"][name], r1["settings"][name]
+        s0, s1 = st0["summary"], st1["summary"]
+        if "oversampling" not in s0 or "oversampling" not in s1:
+            continue
+        if not L:
+            L = ["Larger batches against smaller ones, each pair of studies alike but for the batch size and the number "
+                 "of steps (and the number of seeds): at the same number of steps (each method's expected step the "
+                 "same, the noise of its batch "
+                 "gradient about 1 / batch) or at the same number of images drawn (the same epochs, fewer steps); "
+                 "small → large, mean ± std over seeds (a difference: the form's minus oversampling's, as above):", "",
+                 "| setting, model, device, lr, optimizer | batch x steps (seeds) | alike in | method | final balanced "
+                 "accuracy | difference from oversampling | final minority accuracy | final minority AUC | update-norm "
+                 "CV | studies |", "|---|---|---|---|---|---|---|---|---|---|"]
+        case = (f"| {name}, {model}, {device}, lr {r0['args']['lr']:g}{_optimizer(r0['args'])} | "
+                f"{st0['batch_size']} x {st0['steps']} ({r0['args']['seeds']} seeds) → {st1['batch_size']} x "
+                f"{st1['steps']} ({r1['args']['seeds']} seeds) | {same} |")
+        for m in ("oversampling", *WEIGHTINGS):
+            if m in s0 and m in s1:
+                diff = ("—" if m == "oversampling" else
+                        f"{_difference(s0['oversampling']['final_balanced_acc'], s0[m]['final_balanced_acc'])} → "
+                        f"{_difference(s1['oversampling']['final_balanced_acc'], s1[m]['final_balanced_acc'])}")
+                L.append(f"{case} {m} | {_mean_std(s0[m]['final_balanced_acc'])} → "
+                         f"{_mean_std(s1[m]['final_balanced_acc'])} | {diff} | "
+                         f"{_mean_std(s0[m]['final_minority_acc'])} → {_mean_std(s1[m]['final_minority_acc'])} | "
+                         f"{_auc(s0[m])} → {_auc(s1[m])} | {_f(s0[m]['update_norm']['cv'], 2)} → "
+                         f"{_f(s1[m]['update_norm']['cv'], 2)} | [{d0}]({d0}/SUMMARY.md), [{d1}]({d1}/SUMMARY.md) |")
+    return L + [""] if L else []
+
+
 def _final_probe_loss(st, m):
     """Method m's final mean CE on the minority images of the probe subset (training images; every minority image in
     the binary setting) in a setting's JSON, mean ± std over seeds: near 0 where the model has memorized them."""
@@ -1663,8 +1718,14 @@ def length_lines(studies):
 
 def case_order(name, st, res):
     """Where a case (setting `name` of the study res, st its settings entry) goes in the answer's table and on the
-    study page: by setting, model, optimizer and length."""
-    return name, st["model"], _optimizer(res["args"]), st["steps"]
+    study page: by setting, model, optimizer, length and batch."""
+    return name, st["model"], _optimizer(res["args"]), st["steps"], st.get("batch_size", 0)
+
+
+def _batch(name, st):
+    """', batch B' where a setting's batch is not the study's default for it (the post's 16, the protocol's 128)."""
+    b = st.get("batch_size")
+    return "" if b is None or b == BATCH.get(name) else f", batch {b}"
 
 
 def _case_key(name, st, res):
@@ -1720,7 +1781,7 @@ def verdict_lines(studies, table=None, page=None):
             opt = order[2]
             rows.append({"ahead": acc(best)["mean"] < acc("oversampling")["mean"], "steps": st["steps"], "opt": opt,
                          "order": order, "cells": [
-                             f"{name}, {st['model']}, {res['device_name']}{opt}",
+                             f"{name}, {st['model']}, {res['device_name']}{opt}{_batch(name, st)}",
                              f"{res['args']['lr']:g}", f"{acc('oversampling')['n']} x {st['steps']}",
                              _mean_std(acc("oversampling")), note, _difference(acc("oversampling"), acc(best)),
                              _difference(acc("oversampling"), acc("class_weights")) + joined.get("class_weights", "")
@@ -1898,7 +1959,7 @@ def study_page_lines(studies, table):
         first = next(iter(res["settings"]), None)
         if answer and first:
             L += answer + ["", f"![{d}: {first} per-class learning curves]({d}/{first}_per_class.png)", ""]
-    L += lr_sweep_lines(studies) + momentum_lines(studies) + length_lines(studies)
+    L += lr_sweep_lines(studies) + momentum_lines(studies) + length_lines(studies) + batch_lines(studies)
     pcn = pcn_batch_lines(studies)
     return L + (pcn + [""] if pcn else []) + ([] if studies else [NO_STUDY])
 
@@ -1928,7 +1989,7 @@ def readme_lines(studies, table, rel):
          "noise, the lr sweeps and momentum against plain SGD (every measurement and plot of a study: its "
          "SUMMARY.md). " + SE_NOTE, ""]
     verdict = verdict_lines(studies, table, page)
-    L += verdict + ([""] if verdict else []) + length_lines(studies)
+    L += verdict + ([""] if verdict else []) + length_lines(studies) + batch_lines(studies)
     for name, (d, res) in longest_runs(studies).items():
         st = res["settings"][name]
         L += [f"![{d}: {name} per-class learning curves, {st['model']}, {st['steps']} steps{_optimizer(res['args'])}]"
@@ -2030,8 +2091,8 @@ def parse_args(argv=None):
     t.add_argument("--seed0", type=int, default=0, help="first seed")
     t.add_argument("--model", default=None, help="resnet32 (full default) | smallcnn (quick default)")
     t.add_argument("--width", type=int, default=16, help="SmallCNN width")
-    t.add_argument("--batch-binary", type=int, default=16, help="batch size of the binary setting (the post)")
-    t.add_argument("--batch-lt", type=int, default=128, help="batch size of the lt10 setting (the protocol)")
+    t.add_argument("--batch-binary", type=int, default=BATCH["binary"], help="batch size of the binary setting (the post)")
+    t.add_argument("--batch-lt", type=int, default=BATCH["lt10"], help="batch size of the lt10 setting (the protocol)")
     t.add_argument("--steps-binary", type=int, default=None, help="steps per run, binary (default 1500, quick 300)")
     t.add_argument("--steps-lt", type=int, default=None, help="steps per run, lt10 (default 600, quick 60)")
     t.add_argument("--lr", type=float, default=0.1, help="SGD learning rate of every method")

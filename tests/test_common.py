@@ -186,12 +186,12 @@ def test_the_parser_defaults_are_the_protocol():
 
 def test_results_go_to_results_and_synthetic_runs_to_the_ignored_scratch_folder():
     """A synthetic run without --out must not land in the committed tables (python common.py report covers
-    results/); results/scratch/ is in .gitignore."""
+    results/); results/scratch/ is in .gitignore, wherever it is (a relative --out results/scratch from methods/)."""
     out = lambda *flags: common.finish_args(common.make_parser("").parse_args(list(flags)), method="m").out  # noqa
     assert out("--device", "cpu") == os.path.join(ROOT, "results")
     assert out("--dataset", "synthetic", "--device", "cpu") == os.path.join(ROOT, "results", "scratch")
     assert out("--dataset", "synthetic", "--device", "cpu", "--out", "elsewhere") == "elsewhere"
-    assert "results/scratch/" in open(os.path.join(ROOT, ".gitignore")).read().split()
+    assert "**/results/scratch/" in open(os.path.join(ROOT, ".gitignore")).read().split()
 
 
 # ---- batch pipeline -------------------------------------------------------------------------------
@@ -433,6 +433,25 @@ def test_a_run_logs_the_mean_loss_evaluates_every_k_epochs_and_reports_an_fp32_f
     (r,) = [r for r in read_results(tmp_path).values() if r["method"] == "infinite_loss"]
     assert r["status"] == "diverged" and r["diverged_epoch"] == 0 and r["final"] is None
 
+    # a finite training loss but a model whose outputs went to NaN or inf (the real evaluate sees them): diverged too,
+    # with its JSON, in the epoch where an evaluation found it, and not a traceback from the metrics
+    monkeypatch.undo()  # the real evaluate
+    monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, "methods", "erm.py")])
+    nan_model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(common.class_count(args)))
+    run = common.start(common.finish_args(args, method="nan_outputs"))
+    nan_model(run.data.test_x[:1].float())
+    with torch.no_grad():
+        nan_model[1].weight[0, 0] = float("nan")
+    run.log_step(torch.tensor(1.0))
+    run.end_epoch(0, common.lr_at(0, args), nan_model)  # (epoch 1 of 5: no evaluation)
+    run.log_step(torch.tensor(1.0))
+    with pytest.raises(SystemExit, match=r"outputs on the test set became non-finite \(NaN or inf\) in epoch 2"):
+        run.end_epoch(1, common.lr_at(1, args), nan_model)
+    (r,) = [r for r in read_results(tmp_path).values() if r["method"] == "nan_outputs"]
+    assert r["status"] == "diverged" and r["diverged_epoch"] == 1 and r["final"] is None
+    with pytest.raises(common.Diverged):
+        common.evaluate(nan_model, run.data)
+
 
 def bookkeeping_run(tmp_path, monkeypatch, method, *flags, top1=1.0):
     """(args, Run) of erm.py's smoke arguments plus `flags`, its evaluations faked at `top1`: Run's bookkeeping alone,
@@ -577,6 +596,18 @@ def test_imagefolder_is_decoded_once_and_cached(tmp_path):
     assert len(os.listdir(cache)) == 2 and not c[0][0].any()
 
 
+def test_imagefolder_counts_the_images_in_a_class_folders_subfolders_as_torchvision_does(tmp_path):
+    from PIL import Image
+    write_folder(tmp_path / "imgs")
+    for sub in ("sub", ".hidden"):
+        os.makedirs(tmp_path / "imgs" / "train" / "b" / sub)
+        Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(tmp_path / "imgs" / "train" / "b" / sub / "x.png")
+    classes, files = common.list_imagefolder(str(tmp_path / "imgs"))
+    paths, labels = files["train"]
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1, 1]  # b's image in sub/ counts, the one in .hidden/ does not
+    assert paths[-1].endswith(os.path.join("train", "b", "sub", "x.png")) and not any(".hidden" in p for p in paths)
+
+
 def test_a_cache_that_cannot_be_written_costs_a_note_not_the_run(tmp_path, capsys, monkeypatch):
     write_folder(tmp_path / "imgs")
     expected = common.load_imagefolder(str(tmp_path / "imgs"), str(tmp_path / "cache"))
@@ -669,8 +700,9 @@ def test_step_profiler_measures_its_window_and_never_raises(monkeypatch):
     ("mm_drw.py", ["--no-drw"], ["--beta", "0.999"], "note: --beta changes nothing with --no-drw"),
     ("sam.py", ["--base", "ce"], ["--drw-epoch", "5"], "note: --drw-epoch changes nothing with --base ce"),
     ("pcn_sgd.py", [], ["--gn-group-size", "2"], "note: --gn-group-size changes nothing with --norm batch"),
-    ("pcn_sgd.py", ["--variant", "sgd_o"], ["--class-grads", "batched"],
-     "note: --class-grads changes nothing with --variant sgd_o, whose plain update needs one joint backward")])
+    ("pcn_sgd.py", ["--variant", "sgd_o"], ["--class-grads", "batched", "--eps", "0.1"],
+     "note: --class-grads, --eps change nothing with --variant sgd_o, whose plain update needs one joint backward and "
+     "normalizes nothing")])
 def test_a_flag_the_run_ignores_is_named(script, base, ignored, note, capsys):
     """A method's flag given another value than its default, where the run's other flags make it unused, gets a
     note (its JSON still records it); left at its default, or where it is used, it gets none."""

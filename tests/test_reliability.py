@@ -468,14 +468,14 @@ def test_killed_run_leaves_no_result(tmp_path):
     try:
         for line in proc.stdout:
             seen.append(line)
-            if "epoch   1/50" in line:
+            if "epoch   1/50  lr" in line:  # the epoch's end (a progress line within it says "step")
                 proc.send_signal(signal.SIGKILL)
                 break
     finally:
         watchdog.cancel()
         proc.kill()
         proc.wait()
-    assert any("epoch   1/50" in s for s in seen), "".join(seen)
+    assert any("epoch   1/50  lr" in s for s in seen), "".join(seen)
     assert proc.returncode == -signal.SIGKILL
     assert read_results(out) == {}                          # no *.json: neither a result nor a partial one
     assert common.load_results(str(out)) == []              # the temporary file is not read as a result

@@ -28,7 +28,7 @@ def launch(row, out, *extra):
 def kill_after_first_epoch(proc):
     """SIGKILL the run once it printed its first epoch (whose checkpoint is written before that line)."""
     for line in proc.stdout:
-        if " epoch   1/3" in line:
+        if " epoch   1/3  lr" in line:  # the epoch's end (a progress line within it says "step")
             proc.kill()
             break
     return proc.wait()
@@ -71,7 +71,8 @@ def test_a_checkpoint_of_other_arguments_is_not_resumed(tmp_path):
     kill_after_first_epoch(launch(["erm.py"], tmp_path, "--checkpoint-every", "1"))
     other = launch(["erm.py"], tmp_path, "--checkpoint-every", "1", "--resume", "--lr", "0.05")
     text = other.stdout.read()
-    assert other.wait() == 0 and "made with other arguments or code: starting from epoch 1" in text, text
+    assert other.wait() == 0 and ("was made with --lr 0.1 (this run: 0.05); the next checkpoint replaces it: starting "
+                                  "from epoch 1") in text, text
     (r,) = read_results(tmp_path).values()
     assert r["resumed_at_epochs"] == [] and len(r["history"]) == 3
 
@@ -91,12 +92,14 @@ def test_a_checkpoint_of_another_subset_or_other_code_is_not_resumed(tmp_path):
     os.makedirs(os.path.dirname(path))
     torch.save({"key": key, "epoch": 1}, path)
     assert common.load_checkpoint(args, key)[0]["epoch"] == 1
-    for saved in ({**key, "args": {**key["args"], "data_seed": 1}},  # another long-tailed subset
-                  {**key, "code": [key["code"][0], "old"]},            # an older common.py
-                  {**key, "code": ["old", key["code"][1]]}):           # an older method file
+    for saved, what in (({**key, "args": {**key["args"], "data_seed": 1}}, "--data-seed 1 (this run: 0)"),  # subset
+                        ({**key, "code": [key["code"][0], "old"]}, "other code"),  # an older common.py
+                        ({**key, "code": ["old", key["code"][1]]}, "other code")):  # an older method file
         torch.save({"key": saved, "epoch": 1}, path)
         ck, why = common.load_checkpoint(args, key)
-        assert ck is None and "made with other arguments or code" in why
+        assert ck is None and f"was made with {what}" in why, why
+    os.remove(path)
+    assert common.load_checkpoint(args, key) == (None, f"--resume: no checkpoint at {path} yet")
 
 
 def test_a_damaged_checkpoint_is_not_resumed(tmp_path):

@@ -26,6 +26,7 @@ def check_result(path, r):
     for key in ("method", "args", "subset_sha256", "wall_time_s", "device_name", "torch_version",
                 "git_commit", "git_dirty", "command"):
         assert key in r
+    assert r["precision"] == "fp32"  # the CPU trains in fp32 whatever --fp32 says
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -807,13 +807,13 @@ def test_quick_mode_end_to_end(tmp_path):
 def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with_oversampling():
     acc = lambda **means: {m: {"final_balanced_acc": {"mean": v, "std": 1.0, "n": 5}}  # noqa: E731
                            for m, v in means.items()}
-    setting = lambda model, steps, counts, **means: {  # noqa: E731
-        "model": model, "batch_size": 16, "steps": steps, "train_counts": counts, "summary": acc(**means)}
+    setting = lambda model, steps, counts, batch=16, **means: {  # noqa: E731
+        "model": model, "batch_size": batch, "steps": steps, "train_counts": counts, "summary": acc(**means)}
     plain = {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}
     studies = [("a", {"device_name": "cpu", "args": plain, "settings": {
                    "binary": setting("smallcnn", 1500, [99, 1], oversampling=70.0, class_weights=50.0,
                                      class_weights_n=65.5, class_weights_u=55.0),
-                   "lt10": setting("smallcnn", 300, [100, 10, 1], oversampling=30.0, class_weights_u=31.25)}}),
+                   "lt10": setting("smallcnn", 300, [100, 10, 1], 128, oversampling=30.0, class_weights_u=31.25)}}),
                ("pcn-only", {"device_name": "cpu", "args": plain, "settings": {
                    "binary": setting("smallcnn", 9000, [99, 1], pcnsgd=60.0)}})]
     lead, blank, head, rule, *rows = S.verdict_lines(studies)
@@ -862,7 +862,7 @@ def test_the_answer_so_far_compares_the_best_class_weight_form_and_pytorchs_with
     # row, the folder named; one of another length does not
     lt = studies[0][1]["settings"]["lt10"]
     cw = ("cw", {"device_name": "cpu", "args": plain, "settings": {
-        "lt10": setting("smallcnn", 300, lt["train_counts"], class_weights=20.0),
+        "lt10": setting("smallcnn", 300, lt["train_counts"], 128, class_weights=20.0),
         "binary": setting("smallcnn", 20000, [99, 1], class_weights=40.0)}})
     lt10 = [r for r in S.verdict_lines(studies + [cw]) if r.startswith("| lt10")]
     assert lt10 == ["| lt10, smallcnn, cpu | 0.1 | 5 x 300 | 30.0 ± 1.00 | class_weights_u | +1.2 (2.0 s.e.) | "
@@ -991,6 +991,40 @@ def test_longer_runs_pair_with_the_shortest_alike_but_for_the_steps_the_weight_d
             for r in S.length_lines(studies + cw)[4:-1]]
     assert rows == ["oversampling long", "class_weights long-cw", "class_weights_u long", "oversampling long-wd",
                     "class_weights long-wd"]
+
+
+def test_larger_batches_pair_with_smaller_ones_at_the_same_steps_or_the_same_images():
+    studies = [("b16", study(0.1, oversampling=70.0, class_weights=50.0, class_weights_u=55.0)),
+               ("b16-6000", study(0.1, steps=6000, oversampling=66.0, class_weights_u=64.0)),
+               ("b64", study(0.1, batch=64, seeds=3, oversampling=72.0, class_weights_u=70.0)),  # fewer seeds: pairs
+               ("b64-lr0.3", study(0.3, batch=64, oversampling=1.0)),  # another lr: no pair
+               ("b32-2000", study(0.1, batch=32, steps=2000, oversampling=1.0)),  # neither the steps nor the images
+               ("b64-m0.9", study(0.1, 0.9, batch=64, oversampling=1.0))]  # another optimizer: no pair
+    assert [(p[:3], p[3][0], p[4][0], p[5]) for p in S.batch_pairs(studies)] == [
+        (("binary", "smallcnn", "cpu"), "b16", "b64", "steps"),
+        (("binary", "smallcnn", "cpu"), "b16-6000", "b64", "images")]
+    lines = S.batch_lines(studies)
+    assert lines[2:4] == [
+        "| setting, model, device, lr, optimizer | batch x steps (seeds) | alike in | method | final balanced accuracy | "
+        "difference from oversampling | final minority accuracy | final minority AUC | update-norm CV | studies |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
+    links = "[b16](b16/SUMMARY.md), [b64](b64/SUMMARY.md) |"
+    steps = "| binary, smallcnn, cpu, lr 0.1 | 16 x 1500 (5 seeds) → 64 x 1500 (3 seeds) | steps |"
+    images = "| binary, smallcnn, cpu, lr 0.1 | 16 x 6000 (5 seeds) → 64 x 1500 (3 seeds) | images |"
+    # the s.e. of a difference of two 5-seed means with std 1: sqrt(2 / 5) = 0.632
+    assert lines[4:7] == [
+        f"{steps} oversampling | 70.0 ± 1.00 → 72.0 ± 1.00 | — | 35.0 ± 2.00 → 36.0 ± 2.00 | n/a → n/a | "
+        f"0.70 → 0.72 | {links}",
+        f"{steps} class_weights_u | 55.0 ± 1.00 → 70.0 ± 1.00 | -15.0 (23.7 s.e.) → -2.0 (3.2 s.e.) | "
+        f"27.5 ± 2.00 → 35.0 ± 2.00 | n/a → n/a | 0.55 → 0.70 | {links}",
+        f"{images} oversampling | 66.0 ± 1.00 → 72.0 ± 1.00 | — | 33.0 ± 2.00 → 36.0 ± 2.00 | n/a → n/a | "
+        "0.66 → 0.72 | [b16-6000](b16-6000/SUMMARY.md), [b64](b64/SUMMARY.md) |"]
+    assert len(lines) == 9 and lines[-1] == ""  # and class_weights_u of the images pair; class_weights: b64 lacks it
+    assert S.batch_lines(studies[2:]) == []  # no smaller batch alike
+    # the answer's table names a batch that is not the setting's default; the default's rows stay as they were
+    rows = [r for r in S.verdict_lines(studies) if r.startswith("| binary")]
+    assert [r.split(" | ")[0] for r in rows] == ["| binary, smallcnn, cpu", "| binary, smallcnn, cpu, batch 64",
+                                                 "| binary, smallcnn, cpu"]  # by length, then batch
 
 
 def test_readme_curves_come_from_the_longest_study_then_one_with_weight_decay_then_one_of_the_resnet32():
