@@ -171,6 +171,14 @@ def test_mm_max_over_other_classes_excludes_the_target():
     assert mm.mm_margins(z, y, 1.5, 0.6).item() == pytest.approx(math.exp(-0.3 - 0.9), rel=1e-6)
 
 
+def test_mm_a_tie_counts_as_correct_only_where_the_argmax_is_the_label():
+    # "correct" is argmax = y, as the slides' rule: a target tied with another class (gap 0; e.g. a zero feature,
+    # all cosines 0) is correct where argmax picks the target (the first of the tied classes) and wrong elsewhere
+    z, y = torch.zeros(2, 3), torch.tensor([0, 1])
+    d = mm.mm_margins(z, y, 1.5, 0.6)
+    assert d.tolist() == pytest.approx([math.exp(-1.5 * 0.6), math.exp(-0.6)], rel=1e-6)
+
+
 def test_mm_uses_each_samples_own_label():
     z, y = batch(n=16, c=4, seed=2, cosine=True)
     y[0], y[1] = 0, 3  # at least two different labels

@@ -49,6 +49,10 @@ IDENTITIES = [
     ("methods/vs_loss.py", ("--gamma", "0.3", "--tau", "0"), ("--gamma", "0.3", "--tau", "1"),
      ("methods/cdt.py", "--gamma", "0.3")),
     ("methods/oversampling.py", ("--start-epoch", "1"), (), ERM),
+    # the official CB sampler weights at beta 0 are all ones: the natural distribution drawn with replacement, as
+    # --sampling-power 0 (a loop that dropped --beta would draw 1/n; beta 0.9: nearly uniform over the images)
+    ("methods/oversampling.py", ("--beta", "0"), ("--beta", "0.9"),
+     ("methods/oversampling.py", "--sampling-power", "0")),
     # rho 0: the second pass takes its gradient where the first one did. Switched on, the first step's loss (taken
     # at w, before the step) is ERM's, the later ones are not.
     ("methods/sam.py", ("--base", "ce_drw", "--rho", "0", "--drw-epoch", "1"),
@@ -61,6 +65,12 @@ IDENTITIES = [
      ("--base", "ldam_drw", "--rho", "0", "--drw-epoch", "1"), ("methods/ldam_drw.py", "--no-drw", "--scale", "10")),
     # LDAM with its DRW switch never reached, and reached at once, against LDAM without DRW
     ("methods/ldam_drw.py", ("--drw-epoch", "1"), ("--drw-epoch", "0"), ("methods/ldam_drw.py", "--no-drw")),
+    # DRW from the start with beta 0 (weights all ones) is no DRW: the loop's weights take --beta (each DRW file)
+    ("methods/ldam_drw.py", ("--drw-epoch", "0", "--beta", "0"), ("--drw-epoch", "0"),
+     ("methods/ldam_drw.py", "--no-drw")),
+    ("methods/mm_drw.py", ("--drw-epoch", "0", "--beta", "0"), ("--drw-epoch", "0"), ("methods/mm_drw.py", "--no-drw")),
+    ("methods/sam.py", ("--base", "ce_drw", "--rho", "0", "--drw-epoch", "0", "--beta", "0"),
+     ("--base", "ce_drw", "--rho", "0", "--drw-epoch", "0"), ERM),
     # an infinite delta- gives every sample the margin exp(-inf) = 0: MM is then LDAM with zero margins
     ("methods/mm_drw.py", ("--delta-minus", "1e9", "--no-drw"), ("--no-drw",),
      ("methods/ldam_drw.py", "--max-m", "0", "--no-drw")),
@@ -72,11 +82,12 @@ IDENTITIES = [
 OVERSAMPLING = ("methods/oversampling.py",)
 DRS = ("methods/oversampling.py", "--start-epoch", "1", "--epochs", "2")
 UNDERSAMPLING = ("methods/undersampling.py",)
+UNDERSAMPLING_2 = ("methods/undersampling.py", "--epochs", "2")
 # PCNSGD+O: test_optimizer_methods checks the per-class sizes of both variants and the index matrix, this module
 # that the loop trains on its rows
 PCNSGD_O = ("methods/pcn_sgd.py", "--variant", "pcnsgd_o")
 PCNSGD = ("methods/pcn_sgd.py", "--variant", "pcnsgd")
-RECORDED = [OVERSAMPLING, DRS, UNDERSAMPLING, PCNSGD_O, PCNSGD]
+RECORDED = [OVERSAMPLING, DRS, UNDERSAMPLING, UNDERSAMPLING_2, PCNSGD_O, PCNSGD]
 # the DRW switch in the middle of a run: two epochs, switched on at epoch 1 or never (--drw-epoch 2). The first epoch
 # is the same, the second is not (a loop that sets the weights once, before its first epoch, fails here)
 DRW_TWO_EPOCHS = [("methods/class_weights.py",), ("methods/class_balanced.py", "--loss", "softmax"),
@@ -94,14 +105,16 @@ INSPECTED = [ERM, SAM, SAM_FROZEN, SAM_LDAM, CB_FOCAL, LDAM, MM]
 
 
 def record_batches(path):
-    """setup() for start_forked: every batch the script draws through common.Data.batch appends its labels to path."""
+    """setup() for start_forked: every batch the script draws through common.Data.batch appends its labels to path,
+    and its training indices to path + ".idx"."""
     def setup():
         draw = common.Data.batch
 
         def batch(self, idx, generator):
             x, y = draw(self, idx, generator)
-            with open(path, "a") as f:
-                f.write(" ".join(map(str, y.tolist())) + "\n")
+            for file, values in ((path, y), (f"{path}.idx", idx)):
+                with open(file, "a") as f:
+                    f.write(" ".join(map(str, values.tolist())) + "\n")
             return x, y
         common.Data.batch = batch
     return setup
@@ -257,6 +270,18 @@ def test_the_undersampler_drives_the_batches(trained):
     got = as_list(per_epoch[0])
     assert all(g >= n_min for g in got) and sum(got) == steps * 64, got  # n_min each, + the last batch's fill
     assert found["extra"]["sampled_class_counts"] == [[n_min] * 10]  # the JSON's record of the epoch's draw
+
+
+def test_the_undersampler_draws_other_images_each_epoch(trained):
+    """A new draw of n_min images per class every epoch from the run's generator (a loop that handed the sampler a
+    generator of its own, re-seeded, would train on the same images every epoch)."""
+    found, out = result(trained, UNDERSAMPLING_2)
+    n_min = min(found["train_class_counts"])
+    steps = -(-10 * n_min // 64)
+    rows = [list(map(int, line.split())) for line in open(out / "batches.idx")]
+    assert len(rows) == 2 * steps
+    first, second = (sorted(sum(rows[e * steps:(e + 1) * steps], [])[:10 * n_min]) for e in range(2))
+    assert first != second
 
 
 @pytest.mark.parametrize("run", [PCNSGD, PCNSGD_O], ids=["pcnsgd", "pcnsgd_o"])
