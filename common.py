@@ -334,10 +334,8 @@ def load_checkpoint(args, key):
     """(checkpoint, None) for this run's checkpoint when --resume is given and it was saved under `key`
     (checkpoint_key), else (None, why not); a damaged file is a reason, not a crash."""
     path = checkpoint_path(args)
-    if not args.resume:
+    if not (args.resume and os.path.exists(path)):
         return None, None
-    if not os.path.exists(path):
-        return None, f"--resume: no checkpoint at {path} yet"
     try:
         ck = torch.load(path, map_location="cpu", weights_only=False)
         if ck["key"] != key:
@@ -1211,10 +1209,10 @@ class Run:
         path = checkpoint_path(self.args)
         ck, why = load_checkpoint(self.args, self.key)
         if ck is None:
-            if why and not os.path.exists(path):  # the first invocation of a run under --resume (run_all.sh's runs)
-                print(f"{self.tag} {why}: starting from epoch 1", flush=True)
-            elif why:
+            if why:
                 print(f"{self.tag} note: {why}: starting from epoch 1", file=sys.stderr, flush=True)
+            elif self.args.resume:  # the first invocation of a run under --resume (run_all.sh passes it to every run)
+                print(f"{self.tag} --resume: no checkpoint at {path} yet: starting from epoch 1", flush=True)
             return 0
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
@@ -1329,8 +1327,10 @@ def start(args):
 
 
 def precision_of(result):
-    """The training precision of a results JSON written before it recorded one: fp32 on the CPU or with --fp32."""
-    return "fp32" if result["device_name"] == "cpu" or result["args"].get("fp32") else "bf16"
+    """The training precision a results JSON records, or for one written before it did: fp32 on the CPU or with
+    --fp32, else bf16."""
+    return result.get("precision") or ("fp32" if result["device_name"] == "cpu" or result["args"].get("fp32")
+                                       else "bf16")
 
 
 def code_sha256(path, end=None):
@@ -1763,7 +1763,7 @@ def summarize(runs):
             # which training path made the numbers: one CUDA graph per step (--fast) or plain eager, and in which
             # precision (on CUDA bf16 autocast unless --fp32; on the CPU always fp32)
             row["paths"] = sorted({f"{'--fast' if r.get('fast_path') else 'eager'} "
-                                   f"{r.get('precision') or precision_of(r)}"
+                                   f"{precision_of(r)}"
                                    for r in made})
             # which version of the method file's code made each seed (a table made over several sessions)
             row["code"] = {}

@@ -1657,9 +1657,9 @@ def batch_lines(studies):
         if not L:
             L = ["Larger batches against smaller ones, each pair of studies alike but for the batch size and the number "
                  "of steps (and the number of seeds): at the same number of steps (each method's expected step the "
-                 "same, the noise of its batch "
-                 "gradient about 1 / batch) or at the same number of images drawn (the same epochs, fewer steps); "
-                 "small → large, mean ± std over seeds (a difference: the form's minus oversampling's, as above):", "",
+                 "same, the noise of its batch gradient about 1 / batch) or at the same number of images drawn (the "
+                 "same epochs, fewer steps); small → large, mean ± std over seeds (a difference: the form's minus "
+                 "oversampling's, as above):", "",
                  "| setting, model, device, lr, optimizer | batch x steps (seeds) | alike in | method | final balanced "
                  "accuracy | difference from oversampling | final minority accuracy | final minority AUC | update-norm "
                  "CV | studies |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -2091,7 +2091,8 @@ def parse_args(argv=None):
     t.add_argument("--seed0", type=int, default=0, help="first seed")
     t.add_argument("--model", default=None, help="resnet32 (full default) | smallcnn (quick default)")
     t.add_argument("--width", type=int, default=16, help="SmallCNN width")
-    t.add_argument("--batch-binary", type=int, default=BATCH["binary"], help="batch size of the binary setting (the post)")
+    t.add_argument("--batch-binary", type=int, default=BATCH["binary"],
+                   help="batch size of the binary setting (the post)")
     t.add_argument("--batch-lt", type=int, default=BATCH["lt10"], help="batch size of the lt10 setting (the protocol)")
     t.add_argument("--steps-binary", type=int, default=None, help="steps per run, binary (default 1500, quick 300)")
     t.add_argument("--steps-lt", type=int, default=None, help="steps per run, lt10 (default 600, quick 60)")

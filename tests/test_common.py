@@ -539,7 +539,7 @@ def test_the_training_seed_drives_the_runs_generator():
     assert torch.equal(a, torch.rand(3))
 
 
-def test_a_resumed_runs_clock_goes_on_from_its_checkpoint(tmp_path, monkeypatch):
+def test_a_resumed_runs_clock_goes_on_from_its_checkpoint(tmp_path, monkeypatch, capsys):
     """The wall time of a resumed run counts the time trained before the pause (not the pause, not from 0)."""
     monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, "methods", "erm.py")])
     monkeypatch.setattr(common, "evaluate", lambda model, data, fp32=False: {"top1": 1.0})
@@ -551,8 +551,10 @@ def test_a_resumed_runs_clock_goes_on_from_its_checkpoint(tmp_path, monkeypatch)
         model = torch.nn.Linear(2, 2)
         return run, run.restore(model, torch.optim.SGD(model.parameters(), lr=0.1))
 
-    run, start = run_of()
+    run, start = run_of("--resume")  # no checkpoint yet: it says so, and starts
     assert start == 0
+    assert (f"[clock seed0] --resume: no checkpoint at {common.checkpoint_path(run.args)} yet: starting from epoch 1"
+            in capsys.readouterr().out)
     run.log_step(torch.tensor(1.0))
     run.end_epoch(0, 0.1, None)  # writes the checkpoint of epoch 0
     ckpt = common.checkpoint_path(run.args)
