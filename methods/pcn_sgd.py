@@ -17,8 +17,8 @@ oversampling (+O) restores. Variants:
             (oversampling, the paper's PCNSGD+O); on CIFAR-100 that is 1 image per class, a batch of 100 and
             single-image class gradients (official CIFAR-100 runs used B = 400 with ResNet-18, among others);
   sgd_o     the same balanced batches with the plain update sum_l g_l (the paper's SGD+O comparison).
-What the mini-batch version does when a class has one image per step: README, "PCNSGD in the same study" (binary
-1:99: pcnsgd collapses onto the majority with 4 or more majority images per step, pcnsgd_o never; with ten
+What the mini-batch version does when a class has one image per step: studies/README.md, "PCNSGD in the same study"
+(binary 1:99: pcnsgd collapses onto the majority with 4 or more majority images per step, pcnsgd_o never; with ten
 classes the other classes' push is spread, and no seed collapsed).
 The results folder is the variant's name, plus "_gn" with --norm group.
 

@@ -1,10 +1,11 @@
 """The question's noise, measured: mini-batch gradients of oversampling and of class weights at the same parameters.
 
-The question (README, "Oversampling or class weights in mini-batch SGD?"): do inverse-frequency class weights make
-mini-batch SGD noisier than oversampling? studies/oversampling_vs_weights.py compares whole training runs, where the
-two methods also end up at different parameters. Here they are compared where nothing else differs: as estimators of
-a step at the same parameters theta. With mu_c the mean per-image gradient of class c's loss at theta and
-G = (1/C) sum_c mu_c the gradient of the class-balanced loss, a batch of B images gives, per method:
+The question (README, "Oversampling or class weights in mini-batch SGD?"; the reading in full: studies/README.md): do
+inverse-frequency class weights make mini-batch SGD noisier than oversampling? studies/oversampling_vs_weights.py
+compares whole training runs, where the two methods also end up at different parameters. Here they are compared where
+nothing else differs: as estimators of a step at the same parameters theta. With mu_c the mean per-image gradient of
+class c's loss at theta and G = (1/C) sum_c mu_c the gradient of the class-balanced loss, a batch of B images gives,
+per method:
 
   oversampling      B draws, each a class with probability 1/C, then one of its images: the batch mean (E = G)
   class_weights_u   B uniform draws: sum_i w_yi g_i / B, w_c = N / (C n_c) (mean 1 over the images; E = G too)
@@ -27,7 +28,7 @@ after --steps of plain SGD (the study's lr 0.1) trained by oversampling and by c
 
 Run:  python studies/gradient_noise.py --dataset imagefolder --data-dir data/cifar10-jpeg --settings binary lt10
       python studies/gradient_noise.py --dataset synthetic --seeds 1 --steps 20 --out results/scratch/noise
-      python studies/gradient_noise.py --readme     # README's block from results/gradient-noise/noise.json
+      python studies/gradient_noise.py --readme     # NOISE.md and studies/README.md's block from noise.json
 """
 import datetime
 import json
@@ -61,7 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=0.1, help="plain SGD lr of those steps (the study's)")
     p.add_argument("--count-draws", type=int, default=100_000, help="Monte Carlo draws of a batch's class counts")
     p.add_argument("--out", default=OUT, help="folder of noise.json and NOISE.md")
-    p.add_argument("--readme", action="store_true", help="only write README's block from --out's noise.json")
+    p.add_argument("--readme", action="store_true",
+                   help="only write NOISE.md from --out's noise.json (the committed one: studies/README.md's block too)")
     args = p.parse_args(argv)
     common.check(args.seeds >= 1 and all(s > 0 for s in args.steps), "--seeds and --steps must be positive")
     return args
@@ -187,7 +189,7 @@ def measure_setting(args, name, rng):
 
 
 # ------------------------------------------------------------------------------------------------
-# Pages: NOISE.md and README's block, from noise.json
+# Pages: NOISE.md and studies/README.md's block, from noise.json
 # ------------------------------------------------------------------------------------------------
 
 def _ms(xs, fmt):
@@ -242,15 +244,20 @@ def readme_lines(res, rel):
              f"{common.fmt_time(res['wall_s'])}; the method in the script's header).", ""] + table_lines(res))
 
 
+STUDIES_README = os.path.join(ROOT, "studies", "README.md")  # where the committed JSON's block goes
+
+
 def write_pages(out):
+    """NOISE.md beside noise.json; for the committed one (--out's default), also the block of studies/README.md
+    (its links relative to that page)."""
     with open(os.path.join(out, "noise.json")) as f:
         res = json.load(f)
-    rel = os.path.relpath(out, ROOT)
-    lines = readme_lines(res, rel)
     with open(os.path.join(out, "NOISE.md"), "w") as f:
-        f.write("\n".join(["# Gradient noise of oversampling and class weights at the same parameters", ""] + lines))
+        f.write("\n".join(["# Gradient noise of oversampling and class weights at the same parameters", ""]
+                          + readme_lines(res, ".")))
     if os.path.abspath(out) == OUT:
-        common.write_readme_block("noise", lines)
+        common.write_readme_block("noise", readme_lines(res, os.path.relpath(out, os.path.dirname(STUDIES_README))),
+                                  STUDIES_README)
     print(f"wrote {os.path.join(out, 'NOISE.md')}")
 
 

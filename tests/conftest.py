@@ -138,13 +138,13 @@ def assert_user_error(parse_args, args, needle):
     assert message.startswith("error: ") and "\n" not in message and needle in message, message
 
 
-def readme_block(name):
-    """What stands between README.md's `<!-- name:start -->` and `<!-- name:end -->` lines (common.write_readme_block
-    writes it there), without the newlines that end the marker lines."""
-    with open(os.path.join(ROOT, "README.md")) as f:
+def readme_block(name, page="README.md"):
+    """What stands between a page's `<!-- name:start -->` and `<!-- name:end -->` lines (common.write_readme_block
+    writes it there), without the newlines that end the marker lines; page: from the repository's root."""
+    with open(os.path.join(ROOT, page)) as f:
         text = f.read()
     start, end = f"<!-- {name}:start -->\n", f"\n<!-- {name}:end -->"
-    assert start in text and end in text, f"README.md has no {name} block"
+    assert start in text and end in text, f"{page} has no {name} block"
     return text.split(start)[1].split(end)[0]
 
 

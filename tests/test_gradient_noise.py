@@ -98,9 +98,11 @@ def test_the_script_runs_on_synthetic_data_and_readme_holds_the_committed_table(
     assert [(p["trained_by"], p["steps"]) for p in res["settings"]["binary"]["points"]] == [
         ("start", 0), ("oversampling", 5), ("class_weights_u", 5)]
     assert "| initial weights |" in (tmp_path / "NOISE.md").read_text()
-    # README's block is what --readme writes from the committed JSON
+    # studies/README.md's block is what --readme writes from the committed JSON, its links from that page
     with open(os.path.join(ROOT, "results", "gradient-noise", "noise.json")) as f:
         committed = json.load(f)
-    assert readme_block("noise").strip() == "\n".join(N.readme_lines(committed, "results/gradient-noise")).strip()
+    assert readme_block("noise", "studies/README.md").strip() == "\n".join(
+        N.readme_lines(committed, "../results/gradient-noise")).strip()
+    assert "noise:start" not in open(os.path.join(ROOT, "README.md")).read()
     with open(os.path.join(ROOT, "studies", "README.md")) as f:  # ... and the command that made it is listed
         assert f"`python {committed['command']}`" in f.read()
