@@ -17,7 +17,7 @@ and its noise E||g - E g||^2 / ||G||^2 at batch B, from the classes' mean gradie
 m_c = mean ||g_i||^2 over the class's images, exactly for draws independent within a class (a Monte Carlo average
 over the batch's class counts for PyTorch's normalization). For the two unbiased ones the theory is one line:
 B x E||g - G||^2 = sum_c q_c w_c^2 m_c - ||G||^2 (q_c: a draw's class probability); at 1:99 class_weights_u puts
-q w^2 = 0.0099 x 50^2 ~ 25 on the minority's m_c where oversampling puts 0.5, so where the per-image gradients are
+q w^2 = 0.01 x 50^2 = 25 on the minority's m_c where oversampling puts 0.5, so where the per-image gradients are
 as large in both classes and much larger than their mean G (as in training), the weights' step is about 25 times
 noisier: as noisy as oversampling's with about B / 25 images, less than one at batch 16 (the script measures the
 ratio, not this estimate).

@@ -159,3 +159,45 @@ def test_the_committed_tables_are_what_the_report_writes_from_the_committed_json
     (name, lines), = blocks
     assert name == "results" and readme_block("results") == "\n".join(lines).strip(), \
         "README's results block is not the report of results/"
+
+
+def heading_anchors(path):
+    """The anchors GitHub gives the headings of a Markdown page: lowercased, every character but letters, digits,
+    '-', '_' and spaces dropped, spaces as '-', a repeated one numbered (-1, -2, ...); not in fenced code."""
+    found, seen, fenced = set(), {}, False
+    with open(path) as f:
+        for line in f:
+            fenced ^= line.startswith("```")
+            heading = None if fenced else re.match(r"#{1,6} (.*?)\s*$", line)
+            if heading:
+                slug = re.sub(r"[^\w\- ]", "", heading.group(1).lower()).replace(" ", "-")
+                found.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+                seen[slug] = seen.get(slug, 0) + 1
+    return found
+
+
+def page_links(path):
+    """(line number, target) of every link and image of a Markdown page outside fenced code, but web addresses."""
+    links, fenced = [], False
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            fenced ^= line.startswith("```")
+            if not fenced:
+                links += [(n, t) for t in re.findall(r"\]\(([^)\s]+)\)", line) if not re.match(r"\w+://", t)]
+    return links
+
+
+def test_every_link_of_the_committed_pages_leads_somewhere():
+    """Each relative link and image of README.md, studies/README.md and every page in results/ (most of them
+    generated, with links across pages) names a file that exists, and each #anchor a heading of its page."""
+    pages = [os.path.join(ROOT, p) for p in ("README.md", os.path.join("studies", "README.md"))] + \
+        glob.glob(os.path.join(ROOT, "results", "**", "*.md"), recursive=True)
+    broken, checked = [], 0
+    for page in pages:
+        for n, target in page_links(page):
+            path, _, anchor = target.partition("#")
+            path = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+            checked += 1
+            if not os.path.exists(path) or anchor and (not path.endswith(".md") or anchor not in heading_anchors(path)):
+                broken.append(f"{os.path.relpath(page, ROOT)}:{n}: {target}")
+    assert checked > 100 and not broken, broken
