@@ -1647,7 +1647,8 @@ def batch_pairs(studies):
 def batch_lines(studies):
     """The table of larger batches against smaller ones (batch_pairs; results/STUDY.md): per pair, the
     final balanced accuracy of oversampling and of each class-weight form that both studies ran, a form's difference
-    from oversampling, its minority accuracy and AUC, and the update-norm CV."""
+    from oversampling, its minority accuracy and AUC, its final minority training loss (near 0: the minority images
+    memorized; _final_probe_loss) and the update-norm CV."""
     L = []
     for name, model, device, (d0, r0), (d1, r1), same in batch_pairs(studies):
         st0, st1 = r0["settings"][name], r1["settings"][name]
@@ -1661,8 +1662,8 @@ def batch_lines(studies):
                  "same epochs, fewer steps); small → large, mean ± std over seeds (a difference: the form's minus "
                  "oversampling's, as above):", "",
                  "| setting, model, device, lr, optimizer | batch x steps (seeds) | alike in | method | final balanced "
-                 "accuracy | difference from oversampling | final minority accuracy | final minority AUC | update-norm "
-                 "CV | studies |", "|---|---|---|---|---|---|---|---|---|---|"]
+                 "accuracy | difference from oversampling | final minority accuracy | final minority AUC | final "
+                 "minority training loss (probe) | update-norm CV | studies |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         case = (f"| {name}, {model}, {device}, lr {r0['args']['lr']:g}{_optimizer(r0['args'])} | "
                 f"{st0['batch_size']} x {st0['steps']} ({r0['args']['seeds']} seeds) → {st1['batch_size']} x "
                 f"{st1['steps']} ({r1['args']['seeds']} seeds) | {same} |")
@@ -1674,7 +1675,8 @@ def batch_lines(studies):
                 L.append(f"{case} {m} | {_mean_std(s0[m]['final_balanced_acc'])} → "
                          f"{_mean_std(s1[m]['final_balanced_acc'])} | {diff} | "
                          f"{_mean_std(s0[m]['final_minority_acc'])} → {_mean_std(s1[m]['final_minority_acc'])} | "
-                         f"{_auc(s0[m])} → {_auc(s1[m])} | {_f(s0[m]['update_norm']['cv'], 2)} → "
+                         f"{_auc(s0[m])} → {_auc(s1[m])} | {_final_probe_loss(st0, m)} → {_final_probe_loss(st1, m)} | "
+                         f"{_f(s0[m]['update_norm']['cv'], 2)} → "
                          f"{_f(s1[m]['update_norm']['cv'], 2)} | [{d0}]({d0}/SUMMARY.md), [{d1}]({d1}/SUMMARY.md) |")
     return L + [""] if L else []
 

@@ -1006,19 +1006,20 @@ def test_larger_batches_pair_with_smaller_ones_at_the_same_steps_or_the_same_ima
     lines = S.batch_lines(studies)
     assert lines[2:4] == [
         "| setting, model, device, lr, optimizer | batch x steps (seeds) | alike in | method | final balanced accuracy | "
-        "difference from oversampling | final minority accuracy | final minority AUC | update-norm CV | studies |",
-        "|---|---|---|---|---|---|---|---|---|---|"]
+        "difference from oversampling | final minority accuracy | final minority AUC | final minority training loss "
+        "(probe) | update-norm CV | studies |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     links = "[b16](b16/SUMMARY.md), [b64](b64/SUMMARY.md) |"
     steps = "| binary, smallcnn, cpu, lr 0.1 | 16 x 1500 (5 seeds) → 64 x 1500 (3 seeds) | steps |"
     images = "| binary, smallcnn, cpu, lr 0.1 | 16 x 6000 (5 seeds) → 64 x 1500 (3 seeds) | images |"
-    # the s.e. of a difference of two 5-seed means with std 1: sqrt(2 / 5) = 0.632
+    # the s.e. of a difference of two 5-seed means with std 1: sqrt(2 / 5) = 0.632; the minority probe loss of two
+    # runs, accuracy / 1000 and 0.002 more: mean accuracy / 1000 + 0.001, std 0.0014
     assert lines[4:7] == [
         f"{steps} oversampling | 70.0 ± 1.00 → 72.0 ± 1.00 | — | 35.0 ± 2.00 → 36.0 ± 2.00 | n/a → n/a | "
-        f"0.70 → 0.72 | {links}",
+        f"0.071 ± 0.001 → 0.073 ± 0.001 | 0.70 → 0.72 | {links}",
         f"{steps} class_weights_u | 55.0 ± 1.00 → 70.0 ± 1.00 | -15.0 (23.7 s.e.) → -2.0 (3.2 s.e.) | "
-        f"27.5 ± 2.00 → 35.0 ± 2.00 | n/a → n/a | 0.55 → 0.70 | {links}",
+        f"27.5 ± 2.00 → 35.0 ± 2.00 | n/a → n/a | 0.056 ± 0.001 → 0.071 ± 0.001 | 0.55 → 0.70 | {links}",
         f"{images} oversampling | 66.0 ± 1.00 → 72.0 ± 1.00 | — | 33.0 ± 2.00 → 36.0 ± 2.00 | n/a → n/a | "
-        "0.66 → 0.72 | [b16-6000](b16-6000/SUMMARY.md), [b64](b64/SUMMARY.md) |"]
+        "0.067 ± 0.001 → 0.073 ± 0.001 | 0.66 → 0.72 | [b16-6000](b16-6000/SUMMARY.md), [b64](b64/SUMMARY.md) |"]
     assert len(lines) == 9 and lines[-1] == ""  # and class_weights_u of the images pair; class_weights: b64 lacks it
     assert S.batch_lines(studies[2:]) == []  # no smaller batch alike
     # the answer's table names a batch that is not the setting's default; the default's rows stay as they were
