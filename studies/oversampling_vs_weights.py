@@ -15,6 +15,9 @@ Settings (both built from the same image arrays; class 0 is the head):
 Methods (the same model init per seed, the same number of steps, plain SGD by default):
   erm              plain shuffle, batch-mean cross-entropy.
   oversampling     i.i.d. class-balanced draws (methods/oversampling.py oversample_order, q=1), batch-mean CE.
+  drs              deferred re-sampling (Cao et al. 2019; methods/oversampling.py --start-epoch 160): erm's batches
+                   until the lr drop (--lr-drop-at, as DRS switches at the protocol's first decay), oversampling's
+                   class-balanced draws from there on; batch-mean CE.
   class_weights    plain shuffle, CE weighted by w = inverse_frequency_weights(counts) (methods/class_weights.py,
                    0.02 / 1.98 at 1:99) with PyTorch's normalization sum_i w_yi l_i / sum_i w_yi (LDAM Alg. 1).
   class_weights_n  the same weights normalized by the batch size, sum_i w_yi l_i / B: the post's formula, under
@@ -53,7 +56,8 @@ invocation cut short by a time limit loses only the runs still going: the same c
 missing runs, and the last one writes study.json.gz (then the single runs are removed). A finished study's
 study.json.gz stops a new invocation into its folder unless --overwrite.
 Paired design: for a seed, erm and the three class-weight variants see exactly the same batches (same index plan
-and augmentation draws) and every method starts from the same weights, so their differences come from the loss.
+and augmentation draws), drs erm's batches until its switch, and every method starts from the same weights, so their
+differences come from the loss (and, for drs, from its batches after the switch).
 Run:  python studies/oversampling_vs_weights.py --quick
       python studies/oversampling_vs_weights.py --quick --dataset synthetic   # without the CIFAR folder
       python studies/oversampling_vs_weights.py --dataset imagefolder --data-dir data/cifar10-jpeg
@@ -84,17 +88,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402
 
-METHODS = ("erm", "oversampling", "class_weights", "class_weights_n", "class_weights_u", "pcnsgd", "pcnsgd_o")
+METHODS = ("erm", "oversampling", "drs", "class_weights", "class_weights_n", "class_weights_u", "pcnsgd", "pcnsgd_o")
 BATCH = {"binary": 16, "lt10": 128}  # each setting's default batch: the post's, the protocol's
 SETTINGS = ("binary", "lt10")
-LOSS_METHODS = ("erm", "oversampling", "class_weights", "class_weights_n", "class_weights_u")
-COLORS = {"erm": "black", "oversampling": "tab:blue", "class_weights": "tab:red", "class_weights_n": "tab:orange",
+LOSS_METHODS = ("erm", "oversampling", "drs", "class_weights", "class_weights_n", "class_weights_u")
+COLORS = {"erm": "black", "oversampling": "tab:blue", "drs": "tab:cyan", "class_weights": "tab:red",
+          "class_weights_n": "tab:orange",
           "class_weights_u": "tab:brown",
           "pcnsgd": "tab:green", "pcnsgd_o": "tab:purple"}
 # The comparisons the summary answers: (a, b) means "a vs b".
 PAIRS = (("oversampling", "class_weights"), ("oversampling", "class_weights_n"), ("oversampling", "class_weights_u"),
          ("pcnsgd_o", "pcnsgd"),
-         ("oversampling", "erm"))
+         ("oversampling", "erm"), ("oversampling", "drs"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -471,10 +476,16 @@ def num_params(model):
 # Batches and losses of each method
 # ------------------------------------------------------------------------------------------------
 
-def batch_plan(method, labels, counts, steps, batch_size, generator, k):
+def drs_switch(args, steps):
+    """The step from which drs draws oversampling's batches: the lr drop's (lr_at_step)."""
+    return int(args.lr_drop_at * steps) if 0 < args.lr_drop_at < 1 else steps
+
+
+def batch_plan(method, labels, counts, steps, batch_size, generator, k, switch=None):
     """(steps, b) training indices of every step. erm / class weights: consecutive plain shuffles (epochs run on
-    without a break); oversampling: oversample_order draws; pcnsgd(_o): one ClassStream per class with the
-    method file's per-class batch sizes. Returns (indices, per-class batch sizes or None)."""
+    without a break); oversampling: oversample_order draws; drs: erm's plan (the same draws of the generator) with
+    its rows from step `switch` on replaced by oversample_order draws; pcnsgd(_o): one ClassStream per class with
+    the method file's per-class batch sizes. Returns (indices, per-class batch sizes or None)."""
     n = len(labels)
     if method == "oversampling":
         return k.oversample_order(labels, counts, steps * batch_size, generator, 1.0).view(steps, batch_size), None
@@ -484,7 +495,11 @@ def batch_plan(method, labels, counts, steps, batch_size, generator, k):
         return k.index_matrix(streams, sizes, steps), sizes
     perms = [torch.randperm(n, device=labels.device, generator=generator)
              for _ in range(math.ceil(steps * batch_size / n))]
-    return torch.cat(perms)[:steps * batch_size].view(steps, batch_size), None
+    plan = torch.cat(perms)[:steps * batch_size].view(steps, batch_size)
+    if method == "drs" and switch < steps:
+        plan[switch:] = k.oversample_order(labels, counts, (steps - switch) * batch_size, generator, 1.0).view(
+            steps - switch, batch_size)
+    return plan, None
 
 
 def sampler_class_probs(method, counts, sizes):
@@ -524,7 +539,7 @@ def loss_share(method, plan_labels, weights, num_classes):
 
 def method_loss(method, per_sample, labels, weights):
     """The scalar loss whose gradient is the method's step (loss methods only)."""
-    if method in ("erm", "oversampling"):
+    if method in ("erm", "oversampling", "drs"):
         return per_sample.mean()
     w = weights[labels]
     if method == "class_weights":  # = F.cross_entropy(logits, y, weight=w): divide by the batch's weight sum
@@ -536,7 +551,7 @@ def class_coefficients(method, labels, weights, num_classes):
     """s_c with grad(method_loss) = sum_c s_c g_c, where g_c = d/dw [sum_{y_i=c} l_i / B] is what
     methods/pcn_sgd.py per_class_grads returns (so sum_c g_c is the batch-mean CE gradient)."""
     B = len(labels)
-    if method in ("erm", "oversampling"):
+    if method in ("erm", "oversampling", "drs"):
         return [1.0] * num_classes
     w = weights.tolist()
     if method == "class_weights":
@@ -627,7 +642,7 @@ def train_one(args, setting, method, seed, log=print):
     base_lr = args.pcn_lr if method in ("pcnsgd", "pcnsgd_o") and args.pcn_lr is not None else args.lr
     optimizer = torch.optim.SGD(params, lr=base_lr, momentum=args.momentum, weight_decay=args.weight_decay)
     weights = loss_weights(method, setting["counts"], k).to(device)
-    plan, sizes = batch_plan(method, pool.train_y, setting["counts"], steps, B, generator, k)
+    plan, sizes = batch_plan(method, pool.train_y, setting["counts"], steps, B, generator, k, drs_switch(args, steps))
     plan_labels = pool.train_y[plan]
     present = presence(plan_labels, C)
     evals = set(schedule(steps, setting["eval_every"])) | {steps}
@@ -1022,7 +1037,7 @@ def build_result(args, settings, results, t_start, git_state):
         pool = st["pool"]
         model = make_model(args, pool.num_classes, "cpu")
         steps = st["steps"]
-        drop = int(args.lr_drop_at * steps) if 0 < args.lr_drop_at < 1 else steps
+        drop = drs_switch(args, steps)
         meta = {"description": st["description"], "classes": pool.classes, "train_counts": st["counts"],
                 "subset_sha256": st["subset_sha256"],
                 "test_counts": torch.bincount(pool.test_y, minlength=pool.num_classes).tolist(),
@@ -1035,6 +1050,12 @@ def build_result(args, settings, results, t_start, git_state):
         runs = {m: [results[(name, m, s)] for s in range(args.seed0, args.seed0 + args.seeds)] for m in args.methods}
         meta["expected_no_minority_frac_iid"] = {}
         for m in args.methods:
+            if m == "drs":  # erm's draws before the switch, oversampling's after: the two, weighted by their steps
+                f = lambda q: expected_no_group_fraction(  # noqa: E731
+                    sampler_class_probs(q, st["counts"], None), st["minority"], st["batch_size"])
+                meta["expected_no_minority_frac_iid"][m] = rnd((drop * f("erm") + (steps - drop) * f("oversampling"))
+                                                               / steps)
+                continue
             probs = sampler_class_probs(m, st["counts"], runs[m][0]["per_class_batch"])
             meta["expected_no_minority_frac_iid"][m] = (rnd(expected_no_group_fraction(probs, st["minority"],
                                                                                        st["batch_size"]))
@@ -1718,6 +1739,47 @@ def length_lines(studies):
             + [line for case_rows in rows.values() for _, line in sorted(case_rows)] + [""])
 
 
+def drs_lines(studies):
+    """Deferred re-sampling against oversampling and the class weights (results/STUDY.md and README): per case
+    (_case_key) where a study of [(folder, study.json)] ran drs, the final balanced accuracy, minority accuracy,
+    minority AUC and minority training loss of oversampling, drs and every class-weight form the case has (from the
+    same study or another study of the case, whose folder the row names), and each one's difference from
+    oversampling."""
+    have = {}  # case: {method: (folder, its setting entry)}, the first study of a case that ran the method
+    for d, res in studies:
+        for name, st in res["settings"].items():
+            for m in st["summary"]:
+                have.setdefault(_case_key(name, st, res), {}).setdefault(m, (d, st))
+    L, done = [], set()
+    for d, res in sorted(studies, key=lambda t: min(case_order(n, st, t[1]) for n, st in t[1]["settings"].items())):
+        for name, st in res["settings"].items():
+            key = _case_key(name, st, res)
+            if "drs" not in st["summary"] or "oversampling" not in have[key] or key in done:
+                continue
+            done.add(key)
+            over = have[key]["oversampling"][1]["summary"]["oversampling"]["final_balanced_acc"]
+            case = (f"| {name}, {st['model']}, {res['device_name']}{_optimizer(res['args'])}{_batch(name, st)} | "
+                    f"{res['args']['lr']:g} | {over['n']} x {st['steps']} | {st['lr_drop_step']} |")
+            for m in ("oversampling", "drs", *WEIGHTINGS):
+                if m in have[key]:
+                    f, sm = have[key][m][0], have[key][m][1]
+                    s = sm["summary"][m]
+                    diff = "—" if m == "oversampling" else _difference(over, s["final_balanced_acc"])
+                    L.append(f"{case} {m} | {_mean_std(s['final_balanced_acc'])} | {diff} | "
+                             f"{_mean_std(s['final_minority_acc'])} | {_auc(s)} | {_final_probe_loss(sm, m)} | "
+                             f"[{f}]({f}/SUMMARY.md) |")
+    if not L:
+        return []
+    return (["Deferred re-sampling (drs: erm's batches until the lr drop, oversampling's from there on, as DRS "
+             "switches at the protocol's first decay) against oversampling throughout and the class weights, each "
+             "case's methods from the same seeds (a difference: the method's minus oversampling's, as above; mean ± "
+             "std over seeds):", "",
+             "| case: setting, model, device, optimizer | lr | seeds x steps | drs: oversampling from step | method | "
+             "final balanced accuracy | difference from oversampling | final minority accuracy | final minority AUC | "
+             "final minority training loss (probe) | study |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            + L + [""])
+
+
 def case_order(name, st, res):
     """Where a case (setting `name` of the study res, st its settings entry) goes in the answer's table and on the
     study page: by setting, model, optimizer, length and batch."""
@@ -1938,8 +2000,9 @@ def study_page_lines(studies, table):
     """results/STUDY.md, every study [(folder, study.json)] in one page: the answer so far (verdict_lines, with
     run_all.sh's `table`), then each study that ran oversampling with its answer (answer_lines) and its first
     setting's learning curves, the lr sweep tables (lr_sweep_lines), momentum against plain SGD (momentum_lines),
-    longer runs against shorter ones (length_lines) and the PCNSGD tables (pcn_batch_lines). Links are relative to
-    the results folder, where the page goes."""
+    longer runs against shorter ones (length_lines), deferred re-sampling (drs_lines), larger batches against smaller
+    ones (batch_lines) and the PCNSGD tables (pcn_batch_lines). Links are relative to the results folder, where the
+    page goes."""
     L = ["# Oversampling or class weights in mini-batch SGD: every study", "",
          "Generated by `python studies/oversampling_vs_weights.py --readme` from the study.json.gz files of the folders "
          "beside this page not made with --quick (every measurement and plot of a study: its SUMMARY.md); the "
@@ -1962,7 +2025,8 @@ def study_page_lines(studies, table):
         first = next(iter(res["settings"]), None)
         if answer and first:
             L += answer + ["", f"![{d}: {first} per-class learning curves]({d}/{first}_per_class.png)", ""]
-    L += lr_sweep_lines(studies) + momentum_lines(studies) + length_lines(studies) + batch_lines(studies)
+    L += (lr_sweep_lines(studies) + momentum_lines(studies) + length_lines(studies) + drs_lines(studies)
+          + batch_lines(studies))
     pcn = pcn_batch_lines(studies)
     return L + (pcn + [""] if pcn else []) + ([] if studies else [NO_STUDY])
 
@@ -1982,8 +2046,8 @@ def longest_runs(studies):
 
 def readme_lines(studies, table, rel):
     """README's study block, the short form of results/STUDY.md (study_page_lines): the answer so far
-    (verdict_lines) and the learning curves of each setting's longest study (longest_runs); the longer runs, the batch
-    sizes and the PCNSGD tables are on the page only. rel: the results folder from the repository's root, which
+    (verdict_lines), deferred re-sampling (drs_lines) and the learning curves of each setting's longest study
+    (longest_runs); the longer runs, the batch sizes and the PCNSGD tables are on the page only. rel: the results folder from the repository's root, which
     README's links start with."""
     studies = [(f"{rel}/{d}", res) for d, res in studies]
     page = f"[{rel}/STUDY.md]({rel}/STUDY.md)"
@@ -1992,7 +2056,7 @@ def readme_lines(studies, table, rel):
          "noise, the lr sweeps, momentum against plain SGD, longer runs against shorter ones, larger batches against "
          "smaller ones and the PCNSGD tables (every measurement and plot of a study: its SUMMARY.md). " + SE_NOTE, ""]
     verdict = verdict_lines(studies, table, page)
-    L += verdict + ([""] if verdict else [])
+    L += verdict + ([""] if verdict else []) + drs_lines(studies)
     for name, (d, res) in longest_runs(studies).items():
         st = res["settings"][name]
         L += [f"![{d}: {name} per-class learning curves, {st['model']}, {st['steps']} steps{_optimizer(res['args'])}]"
@@ -2183,6 +2247,8 @@ def parse_args(argv=None):
     chk(0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}")
     chk(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
     chk(0 <= args.lr_drop_at <= 1 and 0 < args.lr_drop <= 1, "--lr-drop-at must be in [0, 1] and --lr-drop in (0, 1]")
+    chk("drs" not in args.methods or 0 < args.lr_drop_at < 1,
+        "--methods drs switches to oversampling at the lr drop: --lr-drop-at must be in (0, 1)")
     chk(args.eps > 0, "--eps must be > 0")
     chk(all(0 < f <= 1 for f in args.target_fracs), "--target-fracs must be in (0, 1]")
     chk(args.target_acc is None or 0 < args.target_acc <= 100, f"--target-acc must be in (0, 100] (%), got "
