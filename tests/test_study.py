@@ -140,7 +140,7 @@ def test_minority_and_majority_groups():
 
 # ---- each method's gradient, assembled from per-class gradients -----------------------------------
 
-@pytest.mark.parametrize("method", ["erm", "oversampling", "class_weights", "class_weights_n", "class_weights_u"])
+@pytest.mark.parametrize("method", ["erm", "oversampling", "drs", "class_weights", "class_weights_n", "class_weights_u"])
 def test_per_class_assembly_equals_the_method_loss_gradient(method):
     """On measured steps the study builds the step from per-class gradients: sum_c s_c g_c must be exactly the
     gradient of the method's loss (PyTorch's weighted CE for class_weights, sum w l / B for class_weights_n)."""
@@ -229,6 +229,14 @@ def test_batch_plans():
     assert S.sampler_class_probs("oversampling", [99, 1], None) == pytest.approx([0.5, 0.5])
     assert S.sampler_class_probs("erm", [99, 1], None) == pytest.approx([0.99, 0.01])
     assert S.sampler_class_probs("pcnsgd", [99, 1], [16, 1]) is None  # every class in every batch
+    # drs: erm's plan (the same draws of the same generator) until the switch, class-balanced draws from there on
+    erm, _ = S.batch_plan("erm", labels, [99, 1], 400, 16, torch.Generator().manual_seed(1), k)
+    drs, _ = S.batch_plan("drs", labels, [99, 1], 400, 16, torch.Generator().manual_seed(1), k, switch=300)
+    assert torch.equal(drs[:300], erm[:300]) and not torch.equal(drs[300:], erm[300:])
+    assert 0.45 < float((labels[drs[300:]] == 1).float().mean()) < 0.55
+    late, _ = S.batch_plan("drs", labels, [99, 1], 400, 16, torch.Generator().manual_seed(1), k, switch=400)
+    assert torch.equal(late, erm)  # a switch at the end: erm throughout
+    assert S.drs_switch(argparse.Namespace(lr_drop_at=0.75), 20000) == 15000  # at the lr drop (lr_at_step's)
 
 
 def test_lr_drop_and_target_levels():
@@ -1028,6 +1036,31 @@ def test_larger_batches_pair_with_smaller_ones_at_the_same_steps_or_the_same_ima
                                                  "| binary, smallcnn, cpu"]  # by length, then batch
 
 
+def test_deferred_resampling_joins_oversampling_and_the_class_weights_of_its_case():
+    """drs_lines: per case with a drs run, oversampling's row, drs's and every class-weight form's, each from the
+    study of the case that ran it (a study of drs alone joins the case's earlier study), with its difference from
+    oversampling; a case without oversampling, or a study that ran no drs, makes no row."""
+    def with_drop(res):
+        res["settings"]["binary"]["lr_drop_step"] = 15000
+        return res
+    long = with_drop(study(0.01, 0.9, steps=20000, oversampling=58.0, class_weights=57.0, class_weights_u=69.0))
+    drs = with_drop(study(0.01, 0.9, steps=20000, drs=66.0))
+    other = with_drop(study(0.01, 0.9, steps=20000, seeds=3, drs=1.0))  # other seeds: another case, no oversampling
+    assert S.drs_lines([("long", long)]) == [] and S.drs_lines([("drs", drs), ("other", other)]) == []
+    lines = S.drs_lines([("long", long), ("drs", drs), ("other", other)])
+    case = "| binary, smallcnn, cpu, momentum 0.9 | 0.01 | 5 x 20000 | 15000 |"
+    # the s.e. of a difference of two 5-seed means with std 1: sqrt(2 / 5) = 0.632; the probe loss as in study()
+    assert lines[2:] == [
+        lines[2], "|---" * 11 + "|",
+        f"{case} oversampling | 58.0 ± 1.00 | — | 29.0 ± 2.00 | n/a | 0.059 ± 0.001 | [long](long/SUMMARY.md) |",
+        f"{case} drs | 66.0 ± 1.00 | +8.0 (12.6 s.e.) | 33.0 ± 2.00 | n/a | 0.067 ± 0.001 | [drs](drs/SUMMARY.md) |",
+        f"{case} class_weights | 57.0 ± 1.00 | -1.0 (1.6 s.e.) | 28.5 ± 2.00 | n/a | 0.058 ± 0.001 | "
+        "[long](long/SUMMARY.md) |",
+        f"{case} class_weights_u | 69.0 ± 1.00 | +11.0 (17.4 s.e.) | 34.5 ± 2.00 | n/a | 0.070 ± 0.001 | "
+        "[long](long/SUMMARY.md) |", ""]
+    assert "drs: oversampling from step" in lines[2]
+
+
 def test_readme_curves_come_from_the_longest_study_then_one_with_weight_decay_then_one_of_the_resnet32():
     studies = [("z-short", study(0.01, 0.9, steps=1500, weight_decay=2e-4, model="resnet32", oversampling=1.0)),
                ("y-long", study(0.01, 0.9, steps=20000, oversampling=1.0)),
@@ -1093,6 +1126,10 @@ def test_bad_input_gives_a_one_line_error(tmp_path):
                           (["--out", str(tmp_path / "a_file")], "is a file, not a folder")):
         with pytest.raises(S.common.UserError, match=message):
             S.parse_args(["--quick", "--dataset", "synthetic", *more])
+    for drop in ("0", "1"):  # drs switches at the lr drop: a run without one would be erm's
+        with pytest.raises(S.common.UserError, match=r"--methods drs switches to oversampling at the lr drop: "
+                                                     r"--lr-drop-at must be in \(0, 1\)"):
+            S.parse_args(["--quick", "--dataset", "synthetic", "--methods", "drs", "--lr-drop-at", drop])
     proc = run_script(STUDY, "--quick", "--dataset", "synthetic", "--batch-binary", "100000", "--out", tmp_path / "b",
                       check=False)
     assert proc.returncode == 1 and proc.stderr == ("error: --batch-binary 100000 is larger than the binary training "
