@@ -623,7 +623,7 @@ def test_workers_end_when_the_study_is_killed(tmp_path):
 def test_quick_mode_end_to_end(tmp_path):
     out = tmp_path / "study"
     proc = run_script(STUDY, *TINY, "--out", out, timeout=300)
-    assert "[28/28]" in proc.stdout  # 2 settings x 7 methods x 2 seeds, with progress lines
+    assert "[32/32]" in proc.stdout  # 2 settings x 8 methods x 2 seeds, with progress lines
     files = sorted(os.listdir(out))
     for setting in ("binary", "lt10"):
         for plot in ("per_class", "update_norms", "directional_noise", "final_spread"):
