@@ -1395,7 +1395,9 @@ def summary_text(res):
               "gradient on the probe subset where the class was in the batch (1 = no directional noise). Steps "
               "raising the minority loss: share of measured steps whose direction has a negative cosine with the "
               "full minority gradient. Initial rise: the largest increase of the minority probe loss above its "
-              "value at step 0 (the 'minority initial drop'). " + PULL_NOTE, "", "**Measured comparisons**", ""]
+              "value at step 0 (the 'minority initial drop'). " + PULL_NOTE, ""]
+        if st["comparisons"]:  # (none where the study ran one method of a pair only, e.g. drs beside a case's study)
+            L += ["**Measured comparisons**", ""]
         for c in st["comparisons"]:
             L += verdict(c, S)
         L += ["", *[f"![{name} {p}]({name}_{p}.png)" for p in ("per_class", "update_norms", "directional_noise",
@@ -2152,7 +2154,9 @@ def parse_args(argv=None):
     d.add_argument("--synthetic-test-per-class", type=int, default=100, help="--dataset synthetic: test images per class")
     d.add_argument("--synthetic-size", type=int, default=32, help="image side of the synthetic set (a multiple of 4)")
     t = p.add_argument_group("training")
-    t.add_argument("--methods", nargs="+", default=list(METHODS), help=" ".join(METHODS))
+    t.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "drs"],
+                   help=" ".join(METHODS) + " (default: all but drs, which came later: the commands of the studies "
+                                            "made before it still give their arguments)")
     t.add_argument("--seeds", type=int, default=None, help="seeds per method (default 5, quick 3)")
     t.add_argument("--seed0", type=int, default=0, help="first seed")
     t.add_argument("--model", default=None, help="resnet32 (full default) | smallcnn (quick default)")

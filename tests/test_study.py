@@ -525,12 +525,29 @@ def test_each_run_trains_with_the_studys_optimizer_and_records_its_true_update_n
             norms.append(torch.cat([(q - p).flatten() for p, q in zip(before, after)]).norm().item())
             return out
     monkeypatch.setattr(torch.optim, "SGD", Recorded)
-    for method, lr in (("erm", 0.1), ("class_weights_u", 0.1), ("pcnsgd", 0.05)):
+    for method, lr in (("erm", 0.1), ("drs", 0.1), ("class_weights_u", 0.1), ("pcnsgd", 0.05)):
         made.clear(), lrs.clear(), norms.clear()
         r = S.train_one(args, setting, method, 0, log=lambda *a, **k: None)
         assert made == [{"lr": lr, "momentum": 0.9, "weight_decay": 0.01}] and r["lr"] == lr, method
         assert lrs == pytest.approx([lr, lr, lr / 10, lr / 10]), method
         assert r["update_norm"] == pytest.approx(norms, rel=1e-4) and min(norms) > 1e-4, method  # (5 digits)
+
+
+def test_drs_trains_on_erms_batches_until_the_lr_drop_then_on_oversamplings(tmp_path):
+    """A study of erm and drs: drs's batches hold a minority image exactly where erm's do until the lr drop, about
+    half their images are minority ones after it, and the expected share of batches without one is erm's and
+    oversampling's, weighted by their steps."""
+    small = TINY[:TINY.index("--settings")] + ["--settings", "binary"] + TINY[TINY.index("--dataset"):]
+    small[small.index("--steps-binary") + 1] = "40"
+    run_script(STUDY, *small, "--methods", "erm", "drs", "--lr-drop-at", "0.5", "--out", tmp_path, timeout=300)
+    st = S.read_study(str(tmp_path / "study.json.gz"))["settings"]["binary"]
+    assert st["lr_drop_step"] == 20
+    for erm, drs in zip(st["runs"]["erm"], st["runs"]["drs"]):
+        assert drs["minority_present"][:20] == erm["minority_present"][:20]
+        assert sum(drs["minority_present"][20:]) == 20  # 16 class-balanced draws: none minority at 2^-16
+    minority = S.sampler_class_probs("erm", st["train_counts"], None)[1]
+    assert st["expected_no_minority_frac_iid"]["drs"] == pytest.approx(
+        ((1 - minority) ** 16 + 0.5 ** 16) / 2, abs=1e-5)
 
 
 def test_an_invocation_cut_short_keeps_its_finished_runs(tmp_path):
@@ -623,7 +640,7 @@ def test_workers_end_when_the_study_is_killed(tmp_path):
 def test_quick_mode_end_to_end(tmp_path):
     out = tmp_path / "study"
     proc = run_script(STUDY, *TINY, "--out", out, timeout=300)
-    assert "[32/32]" in proc.stdout  # 2 settings x 8 methods x 2 seeds, with progress lines
+    assert "[28/28]" in proc.stdout  # 2 settings x 7 methods (every one but drs) x 2 seeds, with progress lines
     files = sorted(os.listdir(out))
     for setting in ("binary", "lt10"):
         for plot in ("per_class", "update_norms", "directional_noise", "final_spread"):
@@ -643,7 +660,9 @@ def test_quick_mode_end_to_end(tmp_path):
     inv = [1 / 40, 1 / 5]  # inverse frequency, normalized to sum to C = 2
     assert b["class_weights"] == pytest.approx([2 * v / sum(inv) for v in inv], rel=1e-4)
     assert b["class_weights_u"] == pytest.approx([45 / (2 * 40), 45 / (2 * 5)], rel=1e-4)
-    for m in S.METHODS:
+    methods = res["args"]["methods"]  # the default: every method but drs (test_drs_trains_...)
+    assert methods == [m for m in S.METHODS if m != "drs"]
+    for m in methods:
         runs = b["runs"][m]
         assert [r["seed"] for r in runs] == [0, 1]
         for r in runs:
@@ -684,7 +703,7 @@ def test_quick_mode_end_to_end(tmp_path):
             assert r["minority_present"] == e["minority_present"]
             assert r["sampled_class_counts"] == e["sampled_class_counts"]
     # Same seed, same initial weights: the step-0 probe loss is identical for every method.
-    first = {m: b["runs"][m][0]["measure"]["probe_loss"][0] for m in S.METHODS}
+    first = {m: b["runs"][m][0]["measure"]["probe_loss"][0] for m in methods}
     assert all(v == pytest.approx(first["erm"]) for v in first.values())
     # The summary's numbers come from the JSON: every method's final minority mean +- std appears as written.
     md = (out / "SUMMARY.md").read_text()
@@ -703,7 +722,7 @@ def test_quick_mode_end_to_end(tmp_path):
     # in both settings (lt10: 3 minority and 3 majority classes of 10), each final accuracy from the per-class ones,
     # and the batches without a minority image from the per-step record
     for name, st in res["settings"].items():
-        for m in S.METHODS:
+        for m in methods:
             for r in st["runs"][m]:
                 f, acc = r["final"], r["final"]["per_class_acc"]
                 assert f["balanced_acc"] == pytest.approx(sum(acc) / len(acc), rel=1e-4), (name, m)  # (5 digits)
