@@ -16,8 +16,9 @@ Methods (the same model init per seed, the same number of steps, plain SGD by de
   erm              plain shuffle, batch-mean cross-entropy.
   oversampling     i.i.d. class-balanced draws (methods/oversampling.py oversample_order, q=1), batch-mean CE.
   drs              deferred re-sampling (Cao et al. 2019; methods/oversampling.py --start-epoch 160): erm's batches
-                   until the lr drop (--lr-drop-at, as DRS switches at the protocol's first decay), oversampling's
-                   class-balanced draws from there on; batch-mean CE.
+                   (the same images; crops and flips of its own) until the lr drop (--lr-drop-at, as DRS switches
+                   at the protocol's first decay: there at 80% of the epochs and lr x0.01, here at --lr-drop-at and
+                   x --lr-drop), oversampling's class-balanced draws from there on; batch-mean CE.
   class_weights    plain shuffle, CE weighted by w = inverse_frequency_weights(counts) (methods/class_weights.py,
                    0.02 / 1.98 at 1:99) with PyTorch's normalization sum_i w_yi l_i / sum_i w_yi (LDAM Alg. 1).
   class_weights_n  the same weights normalized by the batch size, sum_i w_yi l_i / B: the post's formula, under
@@ -56,8 +57,8 @@ invocation cut short by a time limit loses only the runs still going: the same c
 missing runs, and the last one writes study.json.gz (then the single runs are removed). A finished study's
 study.json.gz stops a new invocation into its folder unless --overwrite.
 Paired design: for a seed, erm and the three class-weight variants see exactly the same batches (same index plan
-and augmentation draws), drs erm's batches until its switch, and every method starts from the same weights, so their
-differences come from the loss (and, for drs, from its batches after the switch).
+and augmentation draws), drs erm's images until its switch (with augmentation draws of its own), and every method
+starts from the same weights, so their differences come from the loss (and, for drs, from its batches).
 Run:  python studies/oversampling_vs_weights.py --quick
       python studies/oversampling_vs_weights.py --quick --dataset synthetic   # without the CIFAR folder
       python studies/oversampling_vs_weights.py --dataset imagefolder --data-dir data/cifar10-jpeg
@@ -484,7 +485,8 @@ def drs_switch(args, steps):
 def batch_plan(method, labels, counts, steps, batch_size, generator, k, switch=None):
     """(steps, b) training indices of every step. erm / class weights: consecutive plain shuffles (epochs run on
     without a break); oversampling: oversample_order draws; drs: erm's plan (the same draws of the generator) with
-    its rows from step `switch` on replaced by oversample_order draws; pcnsgd(_o): one ClassStream per class with
+    its rows from step `switch` on replaced by oversample_order draws (which the generator gives next: the
+    augmentation of the training loop, drawn from it after the plan, then differs from erm's); pcnsgd(_o): one ClassStream per class with
     the method file's per-class batch sizes. Returns (indices, per-class batch sizes or None)."""
     n = len(labels)
     if method == "oversampling":
@@ -505,6 +507,8 @@ def batch_plan(method, labels, counts, steps, batch_size, generator, k, switch=N
 def sampler_class_probs(method, counts, sizes):
     """Per-draw class probabilities of each method's sampler (for the i.i.d. expectation of empty batches)."""
     C, N = len(counts), sum(counts)
+    if method == "drs":
+        raise ValueError("drs draws as erm, then as oversampling: ask for each of the two")
     if method == "oversampling":
         return [1.0 / C] * C
     if sizes is not None:
@@ -1761,7 +1765,7 @@ def drs_lines(studies):
             done.add(key)
             over = have[key]["oversampling"][1]["summary"]["oversampling"]["final_balanced_acc"]
             case = (f"| {name}, {st['model']}, {res['device_name']}{_optimizer(res['args'])}{_batch(name, st)} | "
-                    f"{res['args']['lr']:g} | {over['n']} x {st['steps']} | {st['lr_drop_step']} |")
+                    f"{res['args']['lr']:g} | {over['n']} x {st['steps']} | {have[key]['drs'][1]['lr_drop_step']} |")
             for m in ("oversampling", "drs", *WEIGHTINGS):
                 if m in have[key]:
                     f, sm = have[key][m][0], have[key][m][1]
@@ -1772,7 +1776,7 @@ def drs_lines(studies):
                              f"[{f}]({f}/SUMMARY.md) |")
     if not L:
         return []
-    return (["Deferred re-sampling (drs: erm's batches until the lr drop, oversampling's from there on, as DRS "
+    return (["Deferred re-sampling (drs: erm's images until the lr drop, oversampling's draws from there on, as DRS "
              "switches at the protocol's first decay) against oversampling throughout and the class weights, each "
              "case's methods from the same seeds (a difference: the method's minus oversampling's, as above; mean ± "
              "std over seeds):", "",
@@ -1795,11 +1799,13 @@ def _batch(name, st):
 
 
 def _case_key(name, st, res):
-    """What makes two studies' runs of a setting one case: data, model, device, optimizer, length and seeds (the
-    same seeds give every method of a case the same initial weights, whichever invocation trained it)."""
+    """What makes two studies' runs of a setting one case: data (its subset), model and width, device, optimizer and
+    its lr drop, length and seeds (the same seeds give every method of a case the same initial weights, whichever
+    invocation trained it)."""
     a = res["args"]
-    return (name, st["model"], res["device_name"], a["lr"], a.get("momentum"), a.get("weight_decay"), st["steps"],
-            st.get("batch_size"), tuple(st["train_counts"]), a.get("seeds"))
+    return (name, st["model"], a.get("width"), res["device_name"], a["lr"], a.get("momentum"), a.get("weight_decay"),
+            a.get("lr_drop_at"), a.get("lr_drop"), st["steps"], st.get("batch_size"), tuple(st["train_counts"]),
+            st.get("subset_sha256"), a.get("seed0"), a.get("seeds"))
 
 
 def verdict_lines(studies, table=None, page=None):

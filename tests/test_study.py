@@ -229,6 +229,8 @@ def test_batch_plans():
     assert S.sampler_class_probs("oversampling", [99, 1], None) == pytest.approx([0.5, 0.5])
     assert S.sampler_class_probs("erm", [99, 1], None) == pytest.approx([0.99, 0.01])
     assert S.sampler_class_probs("pcnsgd", [99, 1], [16, 1]) is None  # every class in every batch
+    with pytest.raises(ValueError, match="drs draws as erm, then as oversampling"):  # a mix: build_result's own
+        S.sampler_class_probs("drs", [99, 1], None)
     # drs: erm's plan (the same draws of the same generator) until the switch, class-balanced draws from there on
     erm, _ = S.batch_plan("erm", labels, [99, 1], 400, 16, torch.Generator().manual_seed(1), k)
     drs, _ = S.batch_plan("drs", labels, [99, 1], 400, 16, torch.Generator().manual_seed(1), k, switch=300)
@@ -533,10 +535,10 @@ def test_each_run_trains_with_the_studys_optimizer_and_records_its_true_update_n
         assert r["update_norm"] == pytest.approx(norms, rel=1e-4) and min(norms) > 1e-4, method  # (5 digits)
 
 
-def test_drs_trains_on_erms_batches_until_the_lr_drop_then_on_oversamplings(tmp_path):
-    """A study of erm and drs: drs's batches hold a minority image exactly where erm's do until the lr drop, about
-    half their images are minority ones after it, and the expected share of batches without one is erm's and
-    oversampling's, weighted by their steps."""
+def test_drs_trains_on_erms_images_until_the_lr_drop_then_on_oversamplings(tmp_path):
+    """A study of erm and drs: drs's batches hold a minority image exactly where erm's do until the lr drop, one in
+    nearly every batch after it, and the expected share of batches without one is erm's and oversampling's, weighted
+    by their steps."""
     small = TINY[:TINY.index("--settings")] + ["--settings", "binary"] + TINY[TINY.index("--dataset"):]
     small[small.index("--steps-binary") + 1] = "40"
     run_script(STUDY, *small, "--methods", "erm", "drs", "--lr-drop-at", "0.5", "--out", tmp_path, timeout=300)
@@ -1070,14 +1072,18 @@ def test_deferred_resampling_joins_oversampling_and_the_class_weights_of_its_cas
     case = "| binary, smallcnn, cpu, momentum 0.9 | 0.01 | 5 x 20000 | 15000 |"
     # the s.e. of a difference of two 5-seed means with std 1: sqrt(2 / 5) = 0.632; the probe loss as in study()
     assert lines[2:] == [
-        lines[2], "|---" * 11 + "|",
+        "| case: setting, model, device, optimizer | lr | seeds x steps | drs: oversampling from step | method | final "
+        "balanced accuracy | difference from oversampling | final minority accuracy | final minority AUC | final "
+        "minority training loss (probe) | study |", "|---" * 11 + "|",
         f"{case} oversampling | 58.0 ± 1.00 | — | 29.0 ± 2.00 | n/a | 0.059 ± 0.001 | [long](long/SUMMARY.md) |",
         f"{case} drs | 66.0 ± 1.00 | +8.0 (12.6 s.e.) | 33.0 ± 2.00 | n/a | 0.067 ± 0.001 | [drs](drs/SUMMARY.md) |",
         f"{case} class_weights | 57.0 ± 1.00 | -1.0 (1.6 s.e.) | 28.5 ± 2.00 | n/a | 0.058 ± 0.001 | "
         "[long](long/SUMMARY.md) |",
         f"{case} class_weights_u | 69.0 ± 1.00 | +11.0 (17.4 s.e.) | 34.5 ± 2.00 | n/a | 0.070 ± 0.001 | "
         "[long](long/SUMMARY.md) |", ""]
-    assert "drs: oversampling from step" in lines[2]
+    drop = with_drop(study(0.01, 0.9, steps=20000, drs=1.0))  # another lr drop: another case, no oversampling
+    drop["args"]["lr_drop_at"] = 0.8
+    assert S.drs_lines([("long", long), ("drop", drop)]) == []
 
 
 def test_readme_curves_come_from_the_longest_study_then_one_with_weight_decay_then_one_of_the_resnet32():
