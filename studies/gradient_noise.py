@@ -63,7 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--count-draws", type=int, default=100_000, help="Monte Carlo draws of a batch's class counts")
     p.add_argument("--out", default=OUT, help="folder of noise.json and NOISE.md")
     p.add_argument("--readme", action="store_true",
-                   help="only write NOISE.md from --out's noise.json (the committed one: studies/README.md's block too)")
+                   help="only write NOISE.md from --out's noise.json (the committed one: also its block in "
+                        "studies/README.md)")
     args = p.parse_args(argv)
     common.check(args.seeds >= 1 and all(s > 0 for s in args.steps), "--seeds and --steps must be positive")
     return args

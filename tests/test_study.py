@@ -140,7 +140,8 @@ def test_minority_and_majority_groups():
 
 # ---- each method's gradient, assembled from per-class gradients -----------------------------------
 
-@pytest.mark.parametrize("method", ["erm", "oversampling", "drs", "class_weights", "class_weights_n", "class_weights_u"])
+@pytest.mark.parametrize("method", ["erm", "oversampling", "drs", "class_weights", "class_weights_n",
+                                    "class_weights_u"])
 def test_per_class_assembly_equals_the_method_loss_gradient(method):
     """On measured steps the study builds the step from per-class gradients: sum_c s_c g_c must be exactly the
     gradient of the method's loss (PyTorch's weighted CE for class_weights, sum w l / B for class_weights_n)."""
