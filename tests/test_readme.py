@@ -162,15 +162,18 @@ def test_the_committed_tables_are_what_the_report_writes_from_the_committed_json
 
 
 def heading_anchors(path):
-    """The anchors GitHub gives the headings of a Markdown page: lowercased, every character but letters, digits,
-    '-', '_' and spaces dropped, spaces as '-', a repeated one numbered (-1, -2, ...); not in fenced code."""
+    """The anchors GitHub gives the headings of a Markdown page: of the heading's text as shown (a link's text, no
+    emphasis marks, no closing #s) lowercased, every character but letters, digits, '-', '_' and spaces dropped,
+    spaces as '-', a repeated one numbered (-1, -2, ...); not in fenced code."""
     found, seen, fenced = set(), {}, False
     with open(path) as f:
         for line in f:
             fenced ^= line.startswith("```")
-            heading = None if fenced else re.match(r"#{1,6} (.*?)\s*$", line)
+            heading = None if fenced else re.match(r"#{1,6} (.*?)(\s+#+)?\s*$", line)
             if heading:
-                slug = re.sub(r"[^\w\- ]", "", heading.group(1).lower()).replace(" ", "-")
+                text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.group(1))  # a link: its text
+                text = re.sub(r"(\*+|(?<!\w)_+|_+(?!\w))", "", text)  # emphasis marks (not snake_case)
+                slug = re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
                 found.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
                 seen[slug] = seen.get(slug, 0) + 1
     return found
@@ -183,8 +186,20 @@ def page_links(path):
         for n, line in enumerate(f, 1):
             fenced ^= line.startswith("```")
             if not fenced:
-                links += [(n, t) for t in re.findall(r"\]\(([^)\s]+)\)", line) if not re.match(r"\w+://", t)]
+                links += [(n, t) for t in re.findall(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", line)
+                          if not re.match(r"\w+:", t)]  # (not a web or mail address)
     return links
+
+
+def test_heading_anchors_and_links_are_githubs(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("## Speed: `--fast`\n## Oversampling or class weights in mini-batch SGD?\n"
+                    "### *Emphasis* and [a link](x.md) ##\n## class_weights_u\n## A\n## A\n"
+                    "```bash\n# not a heading\n```\n"
+                    "[t](x.md#a-1) [w](https://x.org/y) [m](mailto:a@b.c) [titled](y.md \"a title\") ![i](p.png)\n")
+    assert heading_anchors(page) == {"speed---fast", "oversampling-or-class-weights-in-mini-batch-sgd",
+                                     "emphasis-and-a-link", "class_weights_u", "a", "a-1"}
+    assert page_links(page) == [(3, "x.md"), (10, "x.md#a-1"), (10, "y.md"), (10, "p.png")]
 
 
 def test_every_link_of_the_committed_pages_leads_somewhere():
