@@ -194,7 +194,7 @@ def page_links(path):
 def test_heading_anchors_and_links_are_githubs(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("## Speed: `--fast`\n## Oversampling or class weights in mini-batch SGD?\n"
-                    "### *Emphasis* and [a link](x.md) ##\n## class_weights_u\n## A\n## A\n"
+                    "### _Emphasis_ and [a link](x.md) ##\n## class_weights_u\n## A\n## A\n"
                     "```bash\n# not a heading\n```\n"
                     "[t](x.md#a-1) [w](https://x.org/y) [m](mailto:a@b.c) [titled](y.md \"a title\") ![i](p.png)\n")
     assert heading_anchors(page) == {"speed---fast", "oversampling-or-class-weights-in-mini-batch-sgd",
