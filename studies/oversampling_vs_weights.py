@@ -477,11 +477,6 @@ def num_params(model):
 # Batches and losses of each method
 # ------------------------------------------------------------------------------------------------
 
-def drs_switch(args, steps):
-    """The step from which drs draws oversampling's batches: the lr drop's (lr_at_step)."""
-    return int(args.lr_drop_at * steps) if 0 < args.lr_drop_at < 1 else steps
-
-
 def batch_plan(method, labels, counts, steps, batch_size, generator, k, switch=None):
     """(steps, b) training indices of every step. erm / class weights: consecutive plain shuffles (epochs run on
     without a break); oversampling: oversample_order draws; drs: erm's plan (the same draws of the generator) with
@@ -625,8 +620,13 @@ def probe_class_grads(model, pool, probe, num_classes, k):
             for c, g in enumerate(grads)]
 
 
+def lr_drop_step(args, steps):
+    """The step from which the lr is x --lr-drop (steps: no drop), and drs draws oversampling's batches."""
+    return int(args.lr_drop_at * steps) if 0 < args.lr_drop_at < 1 else steps
+
+
 def lr_at_step(step, steps, base, args):
-    return base * (args.lr_drop if 0 < args.lr_drop_at < 1 and step >= int(args.lr_drop_at * steps) else 1.0)
+    return base * (args.lr_drop if step >= lr_drop_step(args, steps) else 1.0)
 
 
 def schedule(steps, every):
@@ -647,7 +647,7 @@ def train_one(args, setting, method, seed, log=print):
     base_lr = args.pcn_lr if method in ("pcnsgd", "pcnsgd_o") and args.pcn_lr is not None else args.lr
     optimizer = torch.optim.SGD(params, lr=base_lr, momentum=args.momentum, weight_decay=args.weight_decay)
     weights = loss_weights(method, setting["counts"], k).to(device)
-    plan, sizes = batch_plan(method, pool.train_y, setting["counts"], steps, B, generator, k, drs_switch(args, steps))
+    plan, sizes = batch_plan(method, pool.train_y, setting["counts"], steps, B, generator, k, lr_drop_step(args, steps))
     plan_labels = pool.train_y[plan]
     present = presence(plan_labels, C)
     evals = set(schedule(steps, setting["eval_every"])) | {steps}
@@ -1042,7 +1042,7 @@ def build_result(args, settings, results, t_start, git_state):
         pool = st["pool"]
         model = make_model(args, pool.num_classes, "cpu")
         steps = st["steps"]
-        drop = drs_switch(args, steps)
+        drop = lr_drop_step(args, steps)
         meta = {"description": st["description"], "classes": pool.classes, "train_counts": st["counts"],
                 "subset_sha256": st["subset_sha256"],
                 "test_counts": torch.bincount(pool.test_y, minlength=pool.num_classes).tolist(),

@@ -239,7 +239,7 @@ def test_batch_plans():
     assert 0.45 < float((labels[drs[300:]] == 1).float().mean()) < 0.55
     late, _ = S.batch_plan("drs", labels, [99, 1], 400, 16, torch.Generator().manual_seed(1), k, switch=400)
     assert torch.equal(late, erm)  # a switch at the end: erm throughout
-    assert S.drs_switch(argparse.Namespace(lr_drop_at=0.75), 20000) == 15000  # at the lr drop (lr_at_step's)
+    assert S.lr_drop_step(argparse.Namespace(lr_drop_at=0.75), 20000) == 15000  # the switch: the lr drop's step
 
 
 def test_lr_drop_and_target_levels():
