@@ -1316,8 +1316,9 @@ class Run:
             "git_commit": commit,
             "git_dirty": dirty,
             "script_sha256": hashlib.sha256(open(script, "rb").read()).hexdigest() if os.path.exists(script) else None,
-            "code_sha256": code_sha256(script),
-            "common_code_sha256": common_code_sha256(),  # the shared loop's version (provenance)
+            # the code this run started with (its checkpoint key's: the files may change while it trains)
+            "code_sha256": self.key["code"][0],
+            "common_code_sha256": self.key["code"][1],  # the shared loop's version (provenance)
             "extra": self.extra,
         })
 

@@ -127,11 +127,9 @@ def run_methods(jobs, out, log_dir, reuse=False, mps_on=False):
     once (one CPU thread each when several); return [(results JSON, the command)]. Raise if any fails. A job of
     four, (row, flags, None, dest), trains into dest under the method's own name, e.g. as a run of the table.
     reuse: a run whose JSON exists is not trained again (--skip-existing instead of --overwrite). Each JSON records
-    how many ran at once and whether under MPS (mps_on), as run_all.sh's do."""
-    env = {**os.environ, "IMBALANCE_REF_RUNS_AT_ONCE": str(len(jobs)), "IMBALANCE_REF_MPS": "1" if mps_on else "0"}
-    if len(jobs) > 1:
-        env["OMP_NUM_THREADS"] = "1"
-    started = []
+    how many ran at once and whether under MPS (mps_on), as run_all.sh's do. A reused run is read back without
+    starting a process (what its --skip-existing would do, without the seconds of a Python start)."""
+    runs = []
     for job in jobs:
         row, flags, name, dest = job if len(job) == 4 else (*job, out)
         where = ["--out", dest] + (["--name", name] if name else [])
@@ -139,14 +137,25 @@ def run_methods(jobs, out, log_dir, reuse=False, mps_on=False):
         cmd = [sys.executable, os.path.join("methods", row.split()[0])] + row.split()[1:] + flags + where + \
             ["--skip-existing" if reuse else "--overwrite"]
         log = os.path.join(log_dir, f"{name or slug(os.path.relpath(path, dest))}.log")
+        runs.append((cmd, log, path, not (reuse and os.path.isfile(path))))
+    at_once = sum(launch for *_, launch in runs)
+    env = {**os.environ, "IMBALANCE_REF_RUNS_AT_ONCE": str(at_once), "IMBALANCE_REF_MPS": "1" if mps_on else "0"}
+    if at_once > 1:
+        env["OMP_NUM_THREADS"] = "1"
+    started = []
+    for cmd, log, path, launch in runs:
         with open(log, "w") as f:
-            started.append((subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env), cmd, log, path))
+            if not launch:
+                f.write(f"skip: {path} exists\n")
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env) if launch else None
+            started.append((proc, cmd, log, path))
     t0, results = time.time(), []
     for proc, cmd, log, path in started:
         text = " ".join(shlex.quote(str(c)) for c in cmd[1:])
-        if proc.wait() != 0:
+        if proc is not None and proc.wait() != 0:
             for other in started:
-                other[0].kill()
+                if other[0] is not None:
+                    other[0].kill()
             tail = open(log).read()[-2000:]
             raise SystemExit(f"error: `{text}` exited {proc.returncode} after {time.time() - t0:.0f} s; "
                              f"log {log}:\n{tail}")
@@ -287,15 +296,16 @@ def accuracy_lines(reports):
 
 
 def fp32_check(row, data_flags, check_flags, work, log_dir):
-    """Eager and --fast in fp32 with deterministic kernels: per-epoch train losses and final metrics compared."""
+    """Eager and --fast in fp32 with deterministic kernels, both at once (nothing here is timed): per-epoch train
+    losses and final metrics compared."""
     flags = shlex.split(check_flags)
     script_flags = row.split()[1:]
     if "--drw-epoch" in flags and not accepts(row, "--drw-epoch"):
         i = flags.index("--drw-epoch")
         flags = flags[:i] + flags[i + 2:]
     base = data_flags + flags + ["--eval-every", "1", "--fp32", "--deterministic", "--seed", "0"]
-    eager, cmd_e = run_method(row, base, work, f"check_{slug(row)}_eager", log_dir)
-    fast, cmd_f = run_method(row, base + ["--fast"], work, f"check_{slug(row)}_fast", log_dir)
+    (eager, cmd_e), (fast, cmd_f) = run_methods([(row, base, f"check_{slug(row)}_eager"),
+                                                 (row, base + ["--fast"], f"check_{slug(row)}_fast")], work, log_dir)
     le = [h["train_loss"] for h in eager["history"]]
     lf = [h["train_loss"] for h in fast["history"]]
     te = [h["test_top1"] for h in eager["history"]]

@@ -2204,7 +2204,7 @@ def parse_args(argv=None):
                    help="CPU threads per process (quick: 1, faster than 2 for the small model on a busy 2-core "
                         "machine; default: the CPU count / --workers)")
     m.add_argument("--no-plots", action="store_true", help="write study.json.gz and SUMMARY.md without the plots "
-                                                           "(no matplotlib needed)")
+                                                           "(no matplotlib needed; with --from-json too)")
     m.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=None,
                    help="progress lines inside each run (default: on in full mode, off with --quick)")
     args = p.parse_args(argv)
@@ -2295,7 +2295,7 @@ def main(argv=None):
         common.check(args.overwrite or other is None or os.path.samefile(other, args.from_json),
                      f"{other} exists (another study): pass --overwrite to replace it, or another --out")
         os.makedirs(out, exist_ok=True)
-        for p in write_outputs(drop_tied_aucs(res), out):
+        for p in write_outputs(drop_tied_aucs(res), out, plots=not args.no_plots):
             print(f"wrote {p}")
         return
     done_before = study_file(args.out)

@@ -31,6 +31,20 @@ def run_script(script, *args, check=True, env=None, timeout=600):
     """Run a repository script (path relative to the root) in a subprocess; return the CompletedProcess."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return checked(proc, script, args, check)
+
+
+def run_script_forked(script, *args, check=True, timeout=600):
+    """run_script's CompletedProcess, from a forked child of this process (start_forked): the script runs as
+    __main__ as in a new interpreter, in one thread, without that interpreter's ~5 s of imports (torch, and the
+    torch._dynamo that the first optimizer imports). For tests of what a script computes, writes and prints; a test
+    of what a real process does (its environment, a signal, sys.executable) uses run_script."""
+    rc, out, err = run_forked(script, *args, timeout=timeout)
+    return checked(subprocess.CompletedProcess([script, *map(str, args)], rc, out, err), script, args, check)
+
+
+def checked(proc, script, args, check):
+    """proc; with check, an AssertionError with the tails of its output if it did not exit 0."""
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(map(str, args))} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")

@@ -2,7 +2,7 @@
 
 A capture fails on any operation that makes the host wait for the GPU or whose output shape depends on the data
 (.item(), .tolist(), bool(tensor), nonzero, boolean-mask indexing, unique, bincount, ...). Each row of run_all.sh
-runs one short epoch on the synthetic set with its step (what `run.fast_step` receives) executed under a dispatch
+runs one short epoch on the synthetic set (2 steps) with its step (what `run.fast_step` receives) executed under a dispatch
 mode that refuses those operations. It also refuses a tensor made from host data inside the step: on CUDA,
 torch.as_tensor(0.5, device=...) is a copy from the host, which a capture cannot hold, while on CPU it costs
 nothing, so only this check finds it on a machine without a GPU. F.one_hot with an explicit number of classes is
@@ -110,7 +110,7 @@ def test_every_step_is_capturable(row, tmp_path, monkeypatch):
     monkeypatch.setattr(common.Run, "fast_step", fast_step)
     script = f"{ROOT}/methods/{row.split()[0]}"
     monkeypatch.setattr(sys, "argv", [script] + row.split()[1:] + [
-        "--dataset", "synthetic", "--imbalance-ratio", "10", "--epochs", "1", "--batch-size", "64",
+        "--dataset", "synthetic", "--imbalance-ratio", "100", "--epochs", "1", "--batch-size", "128",  # (2 steps)
         "--eval-every", "1", "--device", "cpu", "--out", str(tmp_path)])
     runpy.run_path(script, run_name="__main__")
     assert len(made) == 1 and made[0].calls > 0

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import common
-from conftest import C10_LT100, ROOT, SMOKE_ARGS, read_results, run_script
+from conftest import C10_LT100, ROOT, SMOKE_ARGS, read_results, run_script_forked
 
 
 # ---- long-tailed subsets --------------------------------------------------------------------------
@@ -642,8 +642,8 @@ def test_erm_learns_the_synthetic_set():
     """A real check that the whole loop trains: balanced synthetic data, a few epochs, well above chance."""
     import tempfile
     with tempfile.TemporaryDirectory() as out:
-        proc = run_script("methods/erm.py", *SMOKE_ARGS, "--imbalance-ratio", "1", "--epochs", "4",
-                          "--warmup-epochs", "0", "--lr", "0.05", "--out", out)
+        proc = run_script_forked("methods/erm.py", *SMOKE_ARGS, "--imbalance-ratio", "1", "--epochs", "4",
+                                 "--warmup-epochs", "0", "--lr", "0.05", "--out", out)
     top1 = float(proc.stdout.split("top-1 ")[1].split("%")[0])
     assert top1 > 60, proc.stdout
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import common
-from conftest import ROOT, SMOKE_ARGS, load_script, read_results, run_script
+from conftest import ROOT, SMOKE_ARGS, load_script, read_results, run_script, run_script_forked
 
 CUDA = torch.cuda.is_available()
 
@@ -21,8 +21,8 @@ CUDA = torch.cuda.is_available()
 def test_fast_on_cpu_is_the_eager_run(tmp_path):
     runs = {}
     for name, extra in (("eager", []), ("fast", ["--fast"])):
-        proc = run_script("methods/class_weights.py", *SMOKE_ARGS, "--deterministic", "--drw-epoch", "1",
-                          "--out", tmp_path / name, *extra)
+        proc = run_script_forked("methods/class_weights.py", *SMOKE_ARGS, "--deterministic", "--drw-epoch", "1",
+                                 "--out", tmp_path / name, *extra)
         (res,) = read_results(tmp_path / name).values()
         runs[name] = (proc, res)
     (pe, e), (pf, f) = runs["eager"], runs["fast"]
@@ -313,7 +313,7 @@ def test_benchmark_choose_reads_the_newest_json(tmp_path):
     bench("bench-nvidia-h100-80gb-hbm3.json", True, mps=True, gain=2.0, age=0)  # ... unless this GPU has its own
     assert choose(str(tmp_path), device_name="NVIDIA H100 80GB HBM3") == (True, True)
     assert choose(str(tmp_path), device_name="NVIDIA H200") == (True, False)  # none of its own: the newest
-    proc = run_script("studies/benchmark.py", "--choose")
+    proc = run_script_forked("studies/benchmark.py", "--choose")
     assert re.fullmatch(r"FAST=[01] MPS=[01] RUN_S=\d+ CLASS_GRADS=(loop|batched) CHECKED=[01] JOBS=\d+ "
                         r"PARALLEL_NEXT=[048]", proc.stdout.strip()), \
         proc.stdout
@@ -521,7 +521,7 @@ def test_pcnsgd_rows_take_the_batched_backward_only_where_the_gpu_found_it_sound
 
 
 def test_benchmark_rejects_unknown_rows():
-    proc = run_script("studies/benchmark.py", "--device", "cpu", "--rows", "nosuch.py", check=False)
+    proc = run_script_forked("studies/benchmark.py", "--device", "cpu", "--rows", "nosuch.py", check=False)
     assert proc.returncode != 0 and "unknown row 'nosuch.py'" in proc.stderr
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import ROOT, load_script, readme_block, run_script
+from conftest import ROOT, load_script, readme_block, run_script_forked
 
 N = load_script("studies/gradient_noise.py", "gradient_noise")
 
@@ -92,8 +92,8 @@ def test_class_moments_are_the_per_image_gradients_means():
 
 
 def test_the_script_runs_on_synthetic_data_and_readme_holds_the_committed_table(tmp_path):
-    run_script("studies/gradient_noise.py", "--dataset", "synthetic", "--seeds", "1", "--steps", "5",
-               "--count-draws", "2000", "--out", str(tmp_path))
+    run_script_forked("studies/gradient_noise.py", "--dataset", "synthetic", "--seeds", "1", "--steps", "5",
+                      "--count-draws", "2000", "--out", str(tmp_path))
     res = json.loads((tmp_path / "noise.json").read_text())
     assert [(p["trained_by"], p["steps"]) for p in res["settings"]["binary"]["points"]] == [
         ("start", 0), ("oversampling", 5), ("class_weights_u", 5)]

@@ -530,8 +530,8 @@ def test_skip_existing_exits_zero_without_touching_the_result(runs, tmp_path):
 def test_divergence_stops_records_and_reports(runs, tmp_path):
     out = tmp_path / "out"
     path = place(runs["a"], out)                            # an earlier completed run, replaced by --overwrite
-    rc, stdout, stderr = run_real("methods/erm.py", *SMOKE_ARGS, "--lr", "1e8", "--warmup-epochs", "0",
-                                  "--epochs", "3", "--lr-decay-epochs", "--out", out, "--overwrite")  # (no note)
+    rc, stdout, stderr = run_forked("methods/erm.py", *SMOKE_ARGS, "--lr", "1e8", "--warmup-epochs", "0",
+                                    "--epochs", "3", "--lr-decay-epochs", "--out", out, "--overwrite")  # (no note)
     assert rc != 0
     line = one_error_line(stderr, stdout)
     assert "diverged" in line and "epoch 1" in line and path in line

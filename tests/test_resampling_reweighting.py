@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import C10_LT100, CB_C10_LT100_9999, SMOKE_ARGS, assert_user_error, load_method, read_results, run_script
+from conftest import C10_LT100, CB_C10_LT100_9999, SMOKE_ARGS, assert_user_error, load_method, read_results, run_script_forked
 
 over = load_method("oversampling")
 under = load_method("undersampling")
@@ -111,7 +111,8 @@ def test_the_samplers_follow_their_generator(sampler):
 
 
 def test_drs_json_histogram_is_natural_before_the_switch_and_balanced_after(tmp_path):
-    run_script("methods/oversampling.py", *SMOKE_ARGS, "--start-epoch", "1", "--eval-every", "2", "--out", tmp_path)
+    run_script_forked("methods/oversampling.py", *SMOKE_ARGS, "--start-epoch", "1", "--eval-every", "2", "--out",
+                      tmp_path)
     (path, r), = read_results(tmp_path).items()
     assert path.split(os.sep)[1] == "drs" and r["method"] == "drs"
     counts = r["train_class_counts"]

@@ -36,9 +36,9 @@ def kill_after_first_epoch(proc):
 
 @pytest.mark.parametrize("row", ROWS, ids=[" ".join(r) for r in ROWS])
 def test_a_killed_run_resumed_computes_the_uninterrupted_run(row, tmp_path, gpu=()):
-    whole = launch(row, tmp_path / "whole", *gpu)
-    assert whole.wait() == 0, whole.stdout.read()
+    whole = launch(row, tmp_path / "whole", *gpu)  # (beside the run that is killed: deterministic, so the same)
     assert kill_after_first_epoch(launch(row, tmp_path / "cut", "--checkpoint-every", "1", *gpu)) != 0
+    assert whole.wait() == 0, whole.stdout.read()
     (ckpt,) = (tmp_path / "cut" / "checkpoints").rglob("seed0.pt")
     assert not list((tmp_path / "cut").glob("*/*/seed0.json"))  # killed before its end
     # on the CPU the PCNSGD rows go on with the other way to their per-class gradients (bit for bit the same g_l

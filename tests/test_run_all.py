@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import common
-from conftest import ROOT, read_results, run_script, start_forked, wait_forked
+from conftest import ROOT, SMOKE_ARGS, read_results, run_script_forked, start_forked, wait_forked
 
 table_rows = common.table_rows  # the rows of run_all.sh, read from the script
 
@@ -71,7 +71,7 @@ def test_a_run_that_cannot_end_in_time_fills_the_windows_tail_up_to_a_checkpoint
     from there. One that cannot reach its next checkpoint in time does not start."""
     out = tmp_path / "results"
     smoke = ["--dataset", "synthetic", "--batch-size", "64", "--eval-every", "1", "--device", "cpu", "--epochs", "4"]
-    run_script("methods/erm.py", *smoke, "--imbalance-ratio", "10", "--seed", "0", "--out", out)
+    run_script_forked("methods/erm.py", *smoke, "--imbalance-ratio", "10", "--seed", "0", "--out", out)
     seed0 = out / "synthetic-exp-r10" / "erm" / "seed0.json"
     env = {**os.environ, "SMOKE": "1", "OUT": str(out), "JOBS": "1", "SEEDS": "0 1", "ONLY": "^erm.py$",
            "EXTRA": "--epochs 4", "CHECKPOINT_EVERY": "1", "DEADLINE": "60"}
@@ -90,9 +90,9 @@ def test_a_run_still_going_at_the_deadline_is_stopped_and_goes_on_next_time(tmp_
     """... first in the next invocation (before seed 0 here): a run a checkpoint holds part of ends soonest."""
     out = tmp_path / "results"
     env = {**os.environ, "SMOKE": "1", "OUT": str(out), "JOBS": "1", "SEEDS": "0 1", "ONLY": "^erm.py$",
-           "SETTINGS": "exp:100", "EXTRA": "--epochs 28", "CHECKPOINT_EVERY": "1"}  # (r100: 242 images, quick epochs)
-    # the first invocation's run sleeps 0.5 s at each epoch's end, so that it is still going at the deadline on any
-    # machine (28 epochs: over 14 s), yet ends an epoch and saves its checkpoint well before it
+           "SETTINGS": "exp:100", "EXTRA": "--epochs 14", "CHECKPOINT_EVERY": "1"}  # (r100: 242 images, quick epochs)
+    # the first invocation's run sleeps 1 s at each epoch's end, so that it is still going at the deadline on any
+    # machine (14 epochs: over 14 s), yet ends an epoch and saves its checkpoint well before it
     slow = tmp_path / "python"
     slow.write_text(f"""#!/bin/sh
 case "$1" in methods/*) exec {sys.executable} -c '
@@ -100,7 +100,7 @@ import runpy, sys, time
 sys.path.insert(0, {json.dumps(ROOT)})
 import common
 end_epoch = common.Run.end_epoch
-common.Run.end_epoch = lambda self, *a, **k: (time.sleep(0.5), end_epoch(self, *a, **k))[1]
+common.Run.end_epoch = lambda self, *a, **k: (time.sleep(1), end_epoch(self, *a, **k))[1]
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 ' "$@";; esac
@@ -121,7 +121,7 @@ exec {sys.executable} "$@"
     starts = [l for l in second.stdout.splitlines() if l.startswith("[run_all] start ")]
     assert "--seed 1" in starts[0] and "--seed 0" in starts[1]
     r0, r1 = (read_results(out)[f"synthetic-exp-r100/erm/seed{k}.json"] for k in (0, 1))
-    assert r1["status"] == "completed" and len(r1["resumed_at_epochs"]) == 1 and len(r1["history"]) == 28
+    assert r1["status"] == "completed" and len(r1["resumed_at_epochs"]) == 1 and len(r1["history"]) == 14
     assert r0["status"] == "completed" and r0["resumed_at_epochs"] == []
     # the run cut once and ended later counts once as completed: 2 runs, not 3
     assert "(2 runs completed, 0 failed, 1 stopped at a deadline to go on from their checkpoints" in \
@@ -184,19 +184,28 @@ def test_run_all_takes_help_and_dry_run_only_and_checks_its_numbers_before_anyth
         assert len(proc.stderr.strip().splitlines()) == 1 and "[run_all]" not in proc.stdout and not out.exists()
     # a flag of EXTRA that would override what run_all.sh gives each run (its runs would all train seed 7, into one
     # file, while the plan counted seeds 0 and 1) is refused; so is one that contradicts a run's own flags
-    for extra, needle in (("--seed 7", "EXTRA sets --seed, which run_all.sh gives every run itself: use SEEDS"),
-                          ("--imbalance-r 5", "EXTRA sets --imbalance-ratio"), ("--out x", "EXTRA sets --out"),
+    proc = bash(EXTRA="--seed 7")  # (the plan's refusals below reach the user so: its error first, nothing written)
+    assert proc.returncode == 1 and proc.stderr.startswith(
+        "error: run_all.sh: EXTRA sets --seed, which run_all.sh gives every run itself: use SEEDS\n") and \
+        not out.exists(), proc.stdout + proc.stderr
+
+    def refused(jobs, needle, extra=""):  # the plan of these jobs (row|type|ratio|seed) with this EXTRA
+        with pytest.raises(common.UserError) as e:
+            common.plan(jobs, SMOKE_ARGS, str(out), extra=extra.split())
+        assert needle in str(e.value.code) and not out.exists(), e.value.code
+    erm = "erm.py|exp|10|0"
+    for extra, needle in (("--imbalance-r 5", "EXTRA sets --imbalance-ratio"), ("--out x", "EXTRA sets --out"),
                           ("--overwrite", "--overwrite and --skip-existing contradict")):
-        proc = bash(EXTRA=extra)
-        assert proc.returncode == 1 and needle in proc.stderr and not out.exists(), proc.stdout + proc.stderr
-    proc = bash(SETTINGS="exp:0.5")  # a value every row gets, and the message names where it may come from
-    assert proc.returncode == 1 and "got 0.5; SETTINGS, EXTRA and DATA_FLAGS go to every row" in proc.stderr, proc.stderr
+        refused([erm], needle, extra)
+    # a value every row gets (SETTINGS="exp:0.5"), and the message names where it may come from
+    refused(["erm.py|exp|0.5|0"], "got 0.5; SETTINGS, EXTRA and DATA_FLAGS go to every row")
     # two jobs that would write one JSON (and train into it at once) are refused: a seed or a setting named twice
-    for more in ({"SEEDS": "0 0"}, {"SETTINGS": "none:10 none:100"}, {"ONLY": "^erm.py$|--loss ce", "EXTRA": "--name x"},
-                 {"SETTINGS": "exp:1|0"}):
-        proc = bash("--dry-run", **more)
-        assert proc.returncode == 1 and ("would both write" in proc.stderr or "TYPE:RATIO" in proc.stderr), \
-            proc.stdout + proc.stderr
+    # (SEEDS="0 0", SETTINGS="none:10 none:100"), two rows under one --name
+    for jobs, extra in (([erm, erm], ""), (["erm.py|none|10|0", "erm.py|none|100|0"], ""),
+                        ([erm, "ldam_drw.py --loss ce|exp|10|0"], "--name x")):
+        refused(jobs, "would both write", extra)
+    proc = bash("--dry-run", SETTINGS="exp:1|0")  # (a setting's own form: checked before the plan)
+    assert proc.returncode == 1 and "TYPE:RATIO" in proc.stderr, proc.stdout + proc.stderr
     write_run(out, "synthetic-exp-r10", "erm", 0, wall=42.0, at_once=2, args={"epochs": 2})  # (SMOKE's epochs)
     before = sorted(p for p in out.rglob("*"))
     plan = bash("--dry-run", JOBS="2")
@@ -319,17 +328,21 @@ def test_an_invocation_whose_every_run_failed_records_nothing(tmp_path):
     assert log.read_text().rstrip().endswith(" --resume --name m*"), log.read_text()
 
 
-def keep_checkpoints():
-    """setup() for start_forked: the run's checkpoints stay when it ends, as those of a run killed part-way do."""
-    common.Run.drop_checkpoint = lambda self: None
+def killed_after_its_first_checkpoint():
+    """setup() for start_forked: the run ends at once after it saved its first checkpoint, as one killed then."""
+    save = common.Run.checkpoint
+
+    def checkpoint(self, epoch):
+        save(self, epoch)
+        os._exit(0)
+    common.Run.checkpoint = checkpoint
 
 
 def test_plan_finds_the_checkpoint_each_rows_own_run_saves(tmp_path):
     """run_all.sh's planner must find a cut-short run's checkpoint from the row's flags alone: a key that differs
     (a method settling an argument from the data after parse_args, as oversampling's epoch length) hides it, and
-    the run is then neither put first nor estimated by what is left of it. Each row trains 2 epochs with a
-    checkpoint after every epoch and keeps the one after epoch 1, as a run killed then would; the plan must say 1
-    epoch done."""
+    the run is then neither put first nor estimated by what is left of it. Each row's 2-epoch run with a checkpoint
+    after every epoch ends after its first one, as a run killed then would; the plan must say 1 epoch done."""
     flags = ["--dataset", "synthetic", "--device", "cpu", "--batch-size", "64", "--epochs", "2", "--checkpoint-every",
              "1", "--resume", "--out", str(tmp_path)]
     job = ["--imbalance-type", "exp", "--imbalance-ratio", "10", "--seed", "0"]
@@ -342,11 +355,11 @@ def test_plan_finds_the_checkpoint_each_rows_own_run_saves(tmp_path):
     for row in rows:  # two at a time
         if len(running) == 2:
             ended(running.pop(0))
-        running.append(start_forked(f"methods/{row.split()[0]}", *row.split()[1:], *flags, *job, setup=keep_checkpoints))
+        running.append(start_forked(f"methods/{row.split()[0]}", *row.split()[1:], *flags, *job,
+                                    setup=killed_after_its_first_checkpoint))
     for handle in running:
         ended(handle)
-    for row in rows:  # a run killed after epoch 1 has no JSON (the plan drops the checkpoint of one that has)
-        os.remove(common.result_path(common.row_args(row, flags + job)))
+    assert not read_results(tmp_path)  # (the plan drops the checkpoint of a run that has its JSON)
     lines = common.plan([f"{row}|exp|10|0" for row in rows], flags, str(tmp_path))
     assert {row: line.split()[2] for row, line in zip(rows, lines)} == {row: "1" for row in rows}
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import C10_LT100, ROOT, load_method, load_script, readme_block, run_script
+from conftest import C10_LT100, ROOT, load_method, load_script, readme_block, run_script_forked
 
 STUDY = "studies/oversampling_vs_weights.py"
 
@@ -542,7 +542,7 @@ def test_drs_trains_on_erms_images_until_the_lr_drop_then_on_oversamplings(tmp_p
     by their steps."""
     small = TINY[:TINY.index("--settings")] + ["--settings", "binary"] + TINY[TINY.index("--dataset"):]
     small[small.index("--steps-binary") + 1] = "40"
-    run_script(STUDY, *small, "--methods", "erm", "drs", "--lr-drop-at", "0.5", "--out", tmp_path, timeout=300)
+    run_script_forked(STUDY, *small, "--methods", "erm", "drs", "--lr-drop-at", "0.5", "--out", tmp_path, timeout=300)
     st = S.read_study(str(tmp_path / "study.json.gz"))["settings"]["binary"]
     assert st["lr_drop_step"] == 20
     for erm, drs in zip(st["runs"]["erm"], st["runs"]["drs"]):
@@ -559,7 +559,7 @@ def test_an_invocation_cut_short_keeps_its_finished_runs(tmp_path):
     out = tmp_path / "study"
     small = TINY[:TINY.index("--settings")] + ["--settings", "binary"] + TINY[TINY.index("--dataset"):]
     small[small.index("--seeds") + 1] = "1"
-    first = run_script(STUDY, *small, "--methods", "erm", "--out", out, timeout=300)
+    first = run_script_forked(STUDY, *small, "--methods", "erm", "--out", out, timeout=300)
     assert "[1/1] binary erm seed0" in first.stdout and not (out / "runs").exists()  # done: study.json holds it
     (out / "runs").mkdir()
     erm = S.read_study(str(out / "study.json.gz"))["settings"]["binary"]["runs"]["erm"][0]
@@ -567,11 +567,11 @@ def test_an_invocation_cut_short_keeps_its_finished_runs(tmp_path):
     key = S.run_key(S.parse_args(small + ["--methods", "erm", "pcnsgd", "--out", str(out)]))
     (out / "runs" / "binary_erm_seed0.json").write_text(json.dumps({"key": key, "record": erm}))
     # a finished study (its study.json) is not replaced without --overwrite, and nothing trains
-    refused = run_script(STUDY, *small, "--methods", "erm", "pcnsgd", "--out", out, timeout=300, check=False)
+    refused = run_script_forked(STUDY, *small, "--methods", "erm", "pcnsgd", "--out", out, timeout=300, check=False)
     assert refused.returncode == 1 and "study.json.gz exists (a finished study): pass --overwrite" in refused.stderr
     assert "binary erm" not in refused.stdout and S.read_study(str(out / "study.json.gz"))["settings"][
         "binary"]["runs"]["erm"][0] == erm
-    again = run_script(STUDY, *small, "--methods", "erm", "pcnsgd", "--out", out, "--overwrite", timeout=300)
+    again = run_script_forked(STUDY, *small, "--methods", "erm", "pcnsgd", "--out", out, "--overwrite", timeout=300)
     assert "1 of the 2 runs kept from an earlier invocation" in again.stdout
     assert "[2/2] binary pcnsgd seed0" in again.stdout and "binary erm seed0:" not in again.stdout
     res = S.read_study(str(out / "study.json.gz"))
@@ -579,7 +579,8 @@ def test_an_invocation_cut_short_keeps_its_finished_runs(tmp_path):
     assert "1 run kept from earlier ones" in (out / "SUMMARY.md").read_text()
     (out / "runs").mkdir()  # kept under another learning rate: trained again
     (out / "runs" / "binary_erm_seed0.json").write_text(json.dumps({"key": key, "record": erm}))
-    other = run_script(STUDY, *small, "--methods", "erm", "--lr", "0.05", "--out", out, "--overwrite", timeout=300)
+    other = run_script_forked(STUDY, *small, "--methods", "erm", "--lr", "0.05", "--out", out, "--overwrite",
+                              timeout=300)
     assert "kept from an earlier invocation" not in other.stdout and "[1/1] binary erm seed0" in other.stdout
 
 
@@ -642,7 +643,7 @@ def test_workers_end_when_the_study_is_killed(tmp_path):
 
 def test_quick_mode_end_to_end(tmp_path):
     out = tmp_path / "study"
-    proc = run_script(STUDY, *TINY, "--out", out, timeout=300)
+    proc = run_script_forked(STUDY, *TINY, "--out", out, timeout=300)
     assert "[28/28]" in proc.stdout  # 2 settings x 7 methods (every one but drs) x 2 seeds, with progress lines
     files = sorted(os.listdir(out))
     for setting in ("binary", "lt10"):
@@ -734,26 +735,29 @@ def test_quick_mode_end_to_end(tmp_path):
                     assert f[f"{group}_acc"] == pytest.approx(want, rel=1e-4), (name, m, group)
                 assert r["no_minority_frac"] == pytest.approx(1 - sum(r["minority_present"]) / st["steps"])
     assert len(res["settings"]["lt10"]["minority"]) == 3
-    # --from-json rebuilds the same summary from the JSON alone.
+    # --from-json rebuilds the same summary from the JSON alone (with --no-plots, only it: the plots are made below)
     (out / "SUMMARY.md").unlink()
-    run_script(STUDY, "--from-json", out / "study.json.gz", timeout=120)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix == ".png"}
+    run_script_forked(STUDY, "--from-json", out / "study.json.gz", "--no-plots", timeout=120)
     again = (out / "SUMMARY.md").read_text()
-    assert again == md
-    # ... into --out when given (the study's own folder untouched), not over another study without --overwrite
+    assert again == md and {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix == ".png"} == before
+    # ... into --out when given, with its plots (the study's own folder untouched), not over another study without
+    # --overwrite
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    run_script(STUDY, "--from-json", out / "study.json.gz", "--out", tmp_path / "copy", timeout=120)
+    run_script_forked(STUDY, "--from-json", out / "study.json.gz", "--out", tmp_path / "copy", timeout=120)
     assert (tmp_path / "copy" / "SUMMARY.md").read_text() == md and (tmp_path / "copy" / "study.json.gz").exists()
+    assert sorted(p.name for p in (tmp_path / "copy").glob("*.png")) == sorted(f for f in files if f.endswith(".png"))
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     (tmp_path / "copy" / "SUMMARY.md").unlink()
     shutil.copy(out / "study.json.gz", tmp_path / "mine.json.gz")
-    refused = run_script(STUDY, "--from-json", tmp_path / "mine.json.gz", "--out", tmp_path / "copy", timeout=120,
-                         check=False)
+    refused = run_script_forked(STUDY, "--from-json", tmp_path / "mine.json.gz", "--out", tmp_path / "copy",
+                                timeout=120, check=False)
     assert refused.returncode == 1 and "copy/study.json.gz exists (another study): pass --overwrite" in refused.stderr
     assert not (tmp_path / "copy" / "SUMMARY.md").exists()
     # an older study's plain study.json: read as well, and replaced by its study.json.gz when written again
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "study.json").write_text(json.dumps(res, separators=(",", ":")))
-    run_script(STUDY, "--from-json", tmp_path / "old" / "study.json", timeout=120)
+    run_script_forked(STUDY, "--from-json", tmp_path / "old" / "study.json", "--no-plots", timeout=120)
     assert (tmp_path / "old" / "SUMMARY.md").read_text() == md and not (tmp_path / "old" / "study.json").exists()
     assert S.read_study(str(tmp_path / "old" / "study.json.gz")) == res
     # --readme's page (results/STUDY.md): a study's numbers (not --quick) as its summary states them; a --quick one
@@ -1128,11 +1132,11 @@ def test_readme_states_the_committed_studies():
 
 
 def test_bad_input_gives_a_one_line_error(tmp_path):
-    proc = run_script(STUDY, "--quick", "--data-dir", tmp_path / "nope", "--out", tmp_path, check=False)
+    proc = run_script_forked(STUDY, "--quick", "--data-dir", tmp_path / "nope", "--out", tmp_path, check=False)
     assert proc.returncode == 1
     assert re.fullmatch(r"error: data folder .*nope does not exist: .*\n", proc.stderr)
-    proc = run_script(STUDY, "--quick", "--dataset", "synthetic", "--methods", "erm", "magic", "--out", tmp_path,
-                      check=False)
+    proc = run_script_forked(STUDY, "--quick", "--dataset", "synthetic", "--methods", "erm", "magic", "--out", tmp_path,
+                             check=False)
     assert proc.returncode == 1 and proc.stderr.strip() == "error: unknown method(s) magic: use " + " ".join(S.METHODS)
     for flag in ("--lr", "--binary-ratio", "--target-fracs"):  # argparse's float() takes them
         with pytest.raises(S.common.UserError, match=f"^error: {flag} must be a finite number, got inf$"):
@@ -1156,8 +1160,8 @@ def test_bad_input_gives_a_one_line_error(tmp_path):
         with pytest.raises(S.common.UserError, match=r"--methods drs switches to oversampling at the lr drop: "
                                                      r"--lr-drop-at must be in \(0, 1\)"):
             S.parse_args(["--quick", "--dataset", "synthetic", "--methods", "drs", "--lr-drop-at", drop])
-    proc = run_script(STUDY, "--quick", "--dataset", "synthetic", "--batch-binary", "100000", "--out", tmp_path / "b",
-                      check=False)
+    proc = run_script_forked(STUDY, "--quick", "--dataset", "synthetic", "--batch-binary", "100000", "--out",
+                             tmp_path / "b", check=False)
     assert proc.returncode == 1 and proc.stderr == ("error: --batch-binary 100000 is larger than the binary training "
                                                     "set (500 images)\n") and not (tmp_path / "b").exists()
     for more, message in ((["--from-json", str(tmp_path)], "is a folder: pass its study.json.gz"),
