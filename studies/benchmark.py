@@ -34,6 +34,7 @@ only that). Not a timed test; run it on the GPU:
 On CPU, --fast changes nothing, so there the script only checks its own plumbing (tests/test_fast_path.py), into
 results/scratch/bench-cpu.json (not committed; the speed pages and --choose leave it alone):
     python studies/benchmark.py --device cpu --data-flags "--dataset synthetic" --epochs 3
+The runs start with the interpreter that PYTHON names, as run_all.sh's do (default: the one running this script).
 """
 import datetime
 import glob
@@ -53,6 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 ROOT = common.ROOT
+PYTHON = os.environ.get("PYTHON") or sys.executable  # the runs' interpreter (the tests': a warm one, conftest)
 
 
 def parse_args(argv=None):
@@ -134,7 +136,7 @@ def run_methods(jobs, out, log_dir, reuse=False, mps_on=False):
         row, flags, name, dest = job if len(job) == 4 else (*job, out)
         where = ["--out", dest] + (["--name", name] if name else [])
         path = common.result_path(common.row_args(row, flags + where))  # where the run writes its JSON
-        cmd = [sys.executable, os.path.join("methods", row.split()[0])] + row.split()[1:] + flags + where + \
+        cmd = [PYTHON, os.path.join("methods", row.split()[0])] + row.split()[1:] + flags + where + \
             ["--skip-existing" if reuse else "--overwrite"]
         log = os.path.join(log_dir, f"{name or slug(os.path.relpath(path, dest))}.log")
         runs.append((cmd, log, path, not (reuse and os.path.isfile(path))))

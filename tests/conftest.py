@@ -2,8 +2,10 @@
 import importlib.util
 import json
 import os
-import runpy
+import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -12,6 +14,8 @@ import traceback
 
 import pytest
 import torch
+
+from warm_python import run_as_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -53,10 +57,9 @@ def checked(proc, script, args, check):
 
 def start_forked(script, *args, setup=None):
     """Start `python <script> <args>` in a forked child of this process (torch is imported once, here) and return
-    a handle for wait_forked: the script runs as __main__ with cwd and sys.path[0] as the interpreter would set
-    them; SystemExit and uncaught exceptions are handled as Python's top level does (a string code goes to stderr
-    with status 1; an exception prints its traceback). `setup()`, if given, runs in the child first (e.g. to wrap
-    a function of common.py, the module the script imports). Runs a real subprocess where fork does not exist."""
+    a handle for wait_forked: the script runs as __main__ from the repository's root as the interpreter would run it
+    (warm_python.run_as_main). `setup()`, if given, runs in the child first (e.g. to wrap a function of common.py,
+    the module the script imports). Runs a real subprocess where fork does not exist."""
     if not hasattr(os, "fork"):
         if setup is not None:
             pytest.skip("needs os.fork")
@@ -72,28 +75,14 @@ def start_forked(script, *args, setup=None):
             sys.stdout = open(1, "w", buffering=1, closefd=False)
             sys.stderr = open(2, "w", buffering=1, closefd=False)
             os.chdir(ROOT)
-            sys.argv = [path, *map(str, args)]
-            sys.path.insert(0, os.path.dirname(path))
             # one thread: the OpenMP pool of a parent that has run torch ops does not survive fork (the child's
             # first parallel region would hang), and a one-thread run is what ONE_THREAD gives real subprocesses
             torch.set_num_threads(1)
-            try:
-                if setup is not None:
-                    setup()
-                runpy.run_path(path, run_name="__main__")
-                code = 0
-            except SystemExit as e:
-                if e.code is None:
-                    code = 0
-                elif isinstance(e.code, int):
-                    code = e.code
-                else:
-                    print(e.code, file=sys.stderr)
-                    code = 1
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-            sys.stdout.flush()
+            if setup is not None:
+                setup()
+            code = run_as_main(path, args)
+        except BaseException:  # noqa: BLE001  (setup failed: its traceback, and the child ends)
+            traceback.print_exc()
             sys.stderr.flush()
         finally:
             os._exit(code)
@@ -171,6 +160,35 @@ def read_results(out_dir):
                 with open(os.path.join(dirpath, f)) as fh:
                     found[os.path.relpath(os.path.join(dirpath, f), out_dir)] = json.load(fh)
     return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_python():
+    """PYTHON for the session's `bash run_all.sh` invocations: tests/warm_python.py's client, whose runs, plans and
+    reports are forks of one server that has imported torch (~5 s saved each). The server starts in the background;
+    until it is ready the client runs the real interpreter. A test that sets PYTHON keeps its own."""
+    if not (hasattr(os, "fork") and hasattr(socket, "send_fds")):
+        yield None
+        return
+    folder = tempfile.mkdtemp(prefix="warm-python-")  # (a short path: a socket's address is at most 107 bytes)
+    script, address, wrapper = os.path.join(ROOT, "tests", "warm_python.py"), os.path.join(folder, "socket"), \
+        os.path.join(folder, "python")
+    with open(os.path.join(folder, "server.log"), "w") as log:
+        server = subprocess.Popen([sys.executable, script, "serve", address], cwd=ROOT, stdin=subprocess.DEVNULL,
+                                  stdout=log, stderr=subprocess.STDOUT)
+    with open(wrapper, "w") as f:
+        f.write(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -S {shlex.quote(script)} {shlex.quote(address)} "$@"\n')
+    os.chmod(wrapper, 0o755)
+    before = os.environ.get("PYTHON")
+    os.environ["PYTHON"] = wrapper
+    yield wrapper
+    if before is None:
+        os.environ.pop("PYTHON")
+    else:
+        os.environ["PYTHON"] = before
+    server.terminate()
+    server.wait()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -382,6 +383,47 @@ def test_forked_runner_matches_a_real_process(tmp_path):
     """The emulation of the interpreter's top level gives what a real process gives."""
     args = [*SMOKE_ARGS, "--out", tmp_path, "--epochs", "-1"]
     assert run_forked("methods/erm.py", *args) == run_real("methods/erm.py", *args)
+
+
+def test_warm_python_runs_a_script_as_the_real_interpreter_does(warm_python, tmp_path):
+    """conftest's PYTHON for run_all.sh (tests/warm_python.py): a script's arguments, folder, environment, input,
+    output and exit status are a real process's, and a signal sent to it (a DEADLINE's `timeout`) ends the run."""
+    if warm_python is None:
+        pytest.skip("needs os.fork and socket.send_fds")
+    address = os.path.join(os.path.dirname(warm_python), "socket")
+    for _ in range(600):  # the server starts with the session, in the background
+        if os.path.exists(address):
+            break
+        time.sleep(0.1)
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os, sys, time\n"
+                     "print(os.getcwd(), os.environ['PROBE'], sys.stdin.read(), sys.argv[1:], sys.path[0])\n"
+                     "print('warm' if 'torch' in sys.modules else 'cold', file=sys.stderr)\n"
+                     "if sys.argv[1] == 'sleep':\n"
+                     "    open(sys.argv[2], 'w').write(str(os.getpid()))\n"
+                     "    time.sleep(60)\n"
+                     "sys.exit(3)\n")
+    ran = {}
+    for how, python in (("real", sys.executable), ("warm", warm_python)):
+        ran[how] = subprocess.run([python, str(probe), "a b", "c"], cwd=tmp_path, input="stdin text", text=True,
+                                  capture_output=True, env={**os.environ, "PROBE": how}, timeout=60)
+    real, warm = ran["real"], ran["warm"]
+    assert real.returncode == warm.returncode == 3 and real.stderr == "cold\n" and warm.stderr == "warm\n"
+    assert warm.stdout == real.stdout.replace(" real ", " warm ") == \
+        f"{tmp_path} warm stdin text ['a b', 'c'] {tmp_path}\n"
+    t0 = time.time()
+    cut = subprocess.run(["timeout", "3", warm_python, str(probe), "sleep", str(tmp_path / "pid")], cwd=tmp_path,
+                         capture_output=True, text=True, env={**os.environ, "PROBE": "x"}, timeout=60)
+    assert cut.returncode == 124 and time.time() - t0 < 30 and cut.stderr == "warm\n", cut
+    pid = int((tmp_path / "pid").read_text())
+    for _ in range(100):  # the run got the signal and is gone, not left sleeping
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the run {pid} outlived its client")
 
 
 # ------------------------------------------------------------------------------------------------
