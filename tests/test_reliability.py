@@ -411,6 +411,15 @@ def test_warm_python_runs_a_script_as_the_real_interpreter_does(warm_python, tmp
     assert real.returncode == warm.returncode == 3 and real.stderr == "cold\n" and warm.stderr == "warm\n"
     assert warm.stdout == real.stdout.replace(" real ", " warm ") == \
         f"{tmp_path} warm stdin text ['a b', 'c'] {tmp_path}\n"
+    # a method file of another copy of the repository imports that copy's common.py, not the server's
+    (tmp_path / "copy" / "methods").mkdir(parents=True)
+    (tmp_path / "copy" / "common.py").write_text("")
+    (tmp_path / "copy" / "methods" / "m.py").write_text(
+        "import os, sys\nhere = os.path.dirname(os.path.abspath(__file__))\n"
+        "sys.path[:0] = [here, os.path.dirname(here)]\nimport common\nprint(common.__file__)\n")
+    copy = subprocess.run([warm_python, "methods/m.py"], cwd=tmp_path / "copy", capture_output=True, text=True,
+                          timeout=60)
+    assert copy.stdout == f"{tmp_path / 'copy' / 'common.py'}\n", copy
     t0 = time.time()
     cut = subprocess.run(["timeout", "3", warm_python, str(probe), "sleep", str(tmp_path / "pid")], cwd=tmp_path,
                          capture_output=True, text=True, env={**os.environ, "PROBE": "x"}, timeout=60)

@@ -104,6 +104,13 @@ def child(conn, torch, default_threads):
     os.environ.update(request["env"])
     threads = os.environ.get("OMP_NUM_THREADS", "")  # read by torch at its import: here set by hand
     torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0 else default_threads)
+    # a script of another copy of the repository imports its own common.py, as a new interpreter would (a method
+    # file looks beside itself, then one folder up), not the one imported here
+    here = os.path.dirname(os.path.abspath(request["argv"][0]))
+    own = [f for f in (os.path.join(here, "common.py"), os.path.join(os.path.dirname(here), "common.py"))
+           if os.path.isfile(f)]
+    if own and os.path.realpath(own[0]) != os.path.realpath(sys.modules["common"].__file__):
+        del sys.modules["common"]
     conn.sendall(f"{os.getpid()}\n".encode())
     code = run_as_main(request["argv"][0], request["argv"][1:])
     conn.sendall(f"{code}\n".encode())
