@@ -33,16 +33,15 @@ vs ERM:    per-class batches instead of a plain shuffle; C backward passes per s
            run.extra["direction_norm"] and ["plain_grad_norm"]: per epoch, the mean norm of the step direction and
            of the plain SGD gradient sum_l g_l of the same batches (their ratio: how much longer a step is than
            an SGD step at the same lr).
-Choices:   BatchNorm (--norm batch, default): ONE joint forward of the whole batch (ordinary BN batch statistics
-           and running statistics, as ERM), per-class losses L_l = sum_{y_i=l} CE_i / B (so sum_l L_l is the
-           batch-mean CE; eps is applied on the scale of the official sums), and one backward per class through
-           the retained graph. g_l therefore includes the
-           coupling through the batch statistics; it costs C full backward passes (10x on CIFAR-10, 100x on
-           CIFAR-100); --class-grads batched runs the C of them as one batched backward (the same g_l on the CPU,
-           fewer and larger kernels; on CUDA it failed at 95e099f, results/logs/gpu-checks.log, and the fix since
-           has not yet run on a GPU). run_all.sh's PCNSGD rows take it (PCN_CLASS_GRADS=batched) where
-           studies/benchmark.py --class-grads timed it faster on the GPU and its GPU tests passed. --norm group swaps
-           every BatchNorm2d for GroupNorm(channels/4, channels) as the official
+Choices:   BatchNorm (--norm batch, default): ONE joint forward of the whole batch (ordinary BN batch statistics and
+           running statistics, as ERM), per-class losses L_l = sum_{y_i=l} CE_i / B (so sum_l L_l is the batch-mean
+           CE; eps is applied on the scale of the official sums), and one backward per class through the retained
+           graph. g_l therefore includes the coupling through the batch statistics; it costs C full backward passes
+           (10x on CIFAR-10, 100x on CIFAR-100); --class-grads batched runs the C of them as one batched backward
+           (the same g_l up to rounding on the CPU, fewer and larger kernels; on CUDA it failed at 95e099f,
+           results/logs/gpu-checks.log, and the fix since has not yet run on a GPU). run_all.sh's PCNSGD rows take it
+           (PCN_CLASS_GRADS=batched) where studies/benchmark.py --class-grads timed it faster on the GPU and its GPU
+           tests passed. --norm group swaps every BatchNorm2d for GroupNorm(channels/4, channels) as the official
            code (GF=4 in PythonRunManager.sh); GroupNorm has no cross-sample coupling, so each class is then
            forwarded and back-propagated alone (exactly the same g_l, about the arithmetic of one ERM step but C
            times its kernel launches, and eager only: --fast does not capture it).
