@@ -89,27 +89,52 @@ def start_forked(script, *args, setup=None):
     return pid, out, err, f"{script} {' '.join(map(str, args))}"
 
 
-def wait_forked(handle, timeout=120):
-    """(returncode, stdout, stderr) of a start_forked child, once it has exited; killed after `timeout` seconds."""
-    if isinstance(handle, subprocess.CompletedProcess):
+def poll_forked(handle, started, timeout):
+    """(returncode, stdout, stderr) of a start_forked child that has exited, None while it runs; one still running
+    `timeout` seconds after `started` is killed, and the test fails."""
+    if isinstance(handle, subprocess.CompletedProcess):  # (no fork: it has already run)
         return handle.returncode, handle.stdout, handle.stderr
     pid, out, err, what = handle
-    deadline = time.time() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.time() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"{what} ran past {timeout}s")
-        time.sleep(0.02)
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if not done:
+        if time.time() - started <= timeout:
+            return None
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError(f"{what} ran past {timeout}s")
     texts = []
     for f in (out, err):
         f.seek(0)
         texts.append(f.read().decode(errors="replace"))
         f.close()
     return os.waitstatus_to_exitcode(status), *texts
+
+
+def wait_forked(handle, timeout=120):
+    """(returncode, stdout, stderr) of a start_forked child, once it has exited; killed after `timeout` seconds."""
+    started = time.time()
+    while (result := poll_forked(handle, started, timeout)) is None:
+        time.sleep(0.02)
+    return result
+
+
+def run_forked_pool(jobs, at_once=2, timeout=120):
+    """[(returncode, stdout, stderr)] of each job, a (script, args, setup) for start_forked, in the jobs' order:
+    `at_once` children at a time, the next one started as soon as any has ended (each killed, and the test failed,
+    `timeout` seconds after its start)."""
+    results, running, pending = [None] * len(jobs), {}, list(range(len(jobs)))  # running: index -> (handle, start)
+    while pending or running:
+        while pending and len(running) < at_once:
+            i = pending.pop(0)
+            script, args, setup = jobs[i]
+            running[i] = start_forked(script, *args, setup=setup), time.time()
+        for i, (handle, started) in list(running.items()):
+            if (result := poll_forked(handle, started, timeout)) is not None:
+                results[i] = result
+                del running[i]
+        if running:
+            time.sleep(0.02)
+    return results
 
 
 def run_forked(script, *args, timeout=120, setup=None):

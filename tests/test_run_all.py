@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import common
-from conftest import ROOT, SMOKE_ARGS, read_results, run_script_forked, start_forked, wait_forked
+from conftest import ROOT, SMOKE_ARGS, read_results, run_forked_pool, run_script_forked
 
 table_rows = common.table_rows  # the rows of run_all.sh, read from the script
 
@@ -347,18 +347,10 @@ def test_plan_finds_the_checkpoint_each_rows_own_run_saves(tmp_path):
              "1", "--resume", "--out", str(tmp_path)]
     job = ["--imbalance-type", "exp", "--imbalance-ratio", "10", "--seed", "0"]
 
-    def ended(handle):
-        rc, out, err = wait_forked(handle)
+    rows = table_rows()
+    for rc, out, err in run_forked_pool([(f"methods/{row.split()[0]}", (*row.split()[1:], *flags, *job),
+                                          killed_after_its_first_checkpoint) for row in rows]):  # two at a time
         assert rc == 0, out[-2000:] + err[-2000:]
-
-    rows, running = table_rows(), []
-    for row in rows:  # two at a time
-        if len(running) == 2:
-            ended(running.pop(0))
-        running.append(start_forked(f"methods/{row.split()[0]}", *row.split()[1:], *flags, *job,
-                                    setup=killed_after_its_first_checkpoint))
-    for handle in running:
-        ended(handle)
     assert not read_results(tmp_path)  # (the plan drops the checkpoint of a run that has its JSON)
     lines = common.plan([f"{row}|exp|10|0" for row in rows], flags, str(tmp_path))
     assert {row: line.split()[2] for row, line in zip(rows, lines)} == {row: "1" for row in rows}

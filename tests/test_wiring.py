@@ -20,7 +20,7 @@ import os
 import pytest
 import torch
 
-from conftest import SMOKE_ARGS, load_method, read_results, start_forked, wait_forked
+from conftest import SMOKE_ARGS, load_method, read_results, run_forked_pool
 
 import common  # noqa: E402  (the module the forked scripts import: setup() wraps its functions there)
 
@@ -152,21 +152,16 @@ def trained(tmp_path_factory):
     """Every run this module needs, two at a time: (script, *flags) -> (returncode, stdout, stderr, its folder)."""
     runs = [run for script, same, other, ref in IDENTITIES for run in ((script, *same), (script, *other), ref)]
     runs += DRW_RUNS + [run for pair in DIFFERENT for run in pair]
-    pending = list(dict.fromkeys(runs + RECORDED + INSPECTED))
+    runs = list(dict.fromkeys(runs + RECORDED + INSPECTED))
     root = tmp_path_factory.mktemp("wiring")
-    running, done = {}, {}
-    while pending or running:
-        while pending and len(running) < 2:
-            run = pending.pop(0)
-            out = root / str(len(done) + len(running))
-            out.mkdir()
-            setup = record_batches(out / "batches") if run in RECORDED else \
-                inspect_model(out / "inspected") if run in INSPECTED else None
-            running[run] = start_forked(run[0], *ARGS, *run[1:], "--out", out, setup=setup), out
-        run = next(iter(running))  # the oldest
-        handle, out = running.pop(run)
-        done[run] = (*wait_forked(handle), out)
-    return done
+    outs = [root / str(i) for i in range(len(runs))]
+    for out in outs:
+        out.mkdir()
+    ended = run_forked_pool([(run[0], (*ARGS, *run[1:], "--out", out),
+                              record_batches(out / "batches") if run in RECORDED else
+                              inspect_model(out / "inspected") if run in INSPECTED else None)
+                             for run, out in zip(runs, outs)])
+    return {run: (*result, out) for run, result, out in zip(runs, ended, outs)}
 
 
 def result(trained, run):
