@@ -1,12 +1,12 @@
 """Class weights: cross-entropy weighted by inverse class frequency (RW), optionally deferred (DRW).
 
-Class c gets the weight w_c = (1/n_c) / sum_k (1/n_k) * C, i.e. inverse frequency normalized to sum to C
-(class counts 99 : 1 give the weights 0.02 / 1.98). The loss is PyTorch's weighted cross-entropy, which divides by the
-batch's weight sum: loss = sum_i w_{y_i} l_i / sum_i w_{y_i}, so a batch of only head images still has a
-loss of the usual size, and scaling all weights by a constant changes nothing. The weights therefore act only
-within batches that mix classes, and the balance they buy depends on the batch size: a class's expected share
-of the loss weight is below its 1/C when its images are few per batch, far below in a binary 1:99 setting at
-batch 16 (README, "Oversampling or class weights in mini-batch SGD?", measures it against oversampling). With --drw-epoch E the
+Class c gets the weight w_c = (1/n_c) / sum_k (1/n_k) * C, i.e. inverse frequency normalized to sum to C (class
+counts 99 : 1 give the weights 0.02 / 1.98). The loss is PyTorch's weighted cross-entropy, which divides by the
+batch's weight sum: loss = sum_i w_{y_i} l_i / sum_i w_{y_i}, so a batch of only head images still has a loss of the
+usual size, and scaling all weights by a constant changes nothing. The weights therefore act only within batches
+that mix classes, and the balance they buy depends on the batch size: a class's expected share of the loss weight is
+below its 1/C when its images are few per batch, far below in a binary 1:99 setting at batch 16 (README,
+"Oversampling or class weights in mini-batch SGD?", measures it against oversampling). With --drw-epoch E the
 weights are off (plain CE) for the first E epochs: DRW, deferred re-weighting, is --drw-epoch 160.
 
 Paper:     Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss", NeurIPS 2019:

@@ -1,11 +1,11 @@
 """LDAM-DRW: label-distribution-aware margin loss with deferred re-weighting.
 
 LDAM subtracts a class-dependent margin m_y, proportional to n_y^(-1/4), from the target logit of a cosine
-classifier, so the rare classes must be separated by a wider margin: loss = CE(s * (cos - m_y onehot), y).
-The margins are scaled so that the rarest class's is --max-m: with equal counts (ratio 1) every class gets --max-m (0.5).
-DRW trains with this loss unweighted until epoch 160 (the first lr drop), then weights each class by the
-class-balanced weight w_c = (1-beta)/(1-beta^n_c) (normalized to sum to C), so re-weighting only acts once
-the features are learned. `--loss ce` keeps the ordinary linear head and plain CE, which gives ERM-DRW.
+classifier, so the rare classes must be separated by a wider margin: loss = CE(s * (cos - m_y onehot), y). The
+margins are scaled so that the rarest class's is --max-m: with equal counts (ratio 1) every class gets --max-m
+(0.5). DRW trains with this loss unweighted until epoch 160 (the first lr drop), then weights each class by the
+class-balanced weight w_c = (1-beta)/(1-beta^n_c) (normalized to sum to C), so re-weighting only acts once the
+features are learned. `--loss ce` keeps the ordinary linear head and plain CE, which gives ERM-DRW.
 
 Paper:     Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss", NeurIPS 2019,
            Table 2 (CIFAR-10-LT R=100: LDAM-DRW 22.97% error, i.e. 77.03% top-1; LDAM 26.65%) and Table 5

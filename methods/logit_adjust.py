@@ -1,9 +1,9 @@
 """Logit adjustment: cross-entropy on logits shifted by tau times the log class prior.
 
-The logit-adjusted loss adds tau * log(pi_c) (pi_c = n_c / n, the training class prior) to every logit
-during training only: CE(z + tau * log pi, y). The head classes get the larger additive bonus, which a rare
-class's sample must beat, the same as asking the rare classes for a larger margin; the plain logits z that are
-used at test time, without the bonus, then estimate the balanced (uniform-prior) posterior. tau = 1 is Fisher-consistent for the
+The logit-adjusted loss adds tau * log(pi_c) (pi_c = n_c / n, the training class prior) to every logit during
+training only: CE(z + tau * log pi, y). The head classes get the larger additive bonus, which a rare class's sample
+must beat, the same as asking the rare classes for a larger margin; the plain logits z that are used at test time,
+without the bonus, then estimate the balanced (uniform-prior) posterior. tau = 1 is Fisher-consistent for the
 balanced error.
 
 Paper:     Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314), Eq. 10.

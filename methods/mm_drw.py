@@ -62,11 +62,13 @@ def parse_args(argv=None):
     # METHOD: the MM and DRW arguments.
     m = parser.add_argument_group("MM-DRW")
     m.add_argument("--mm-beta", type=float, default=None,
-                   help="the slides' beta: delta+ = beta * delta- (official --gamma). Default: the slides' best for the setting "
-                        "(Table 2 CIFAR-10 / Table 3 CIFAR-100, e.g. 1.5 for CIFAR-10-LT R=100; see MM_TUNED)")
+                   help="the slides' beta: delta+ = beta * delta- (official --gamma). Default: the slides' best for "
+                        "the setting (Table 2 CIFAR-10 / Table 3 CIFAR-100, e.g. 1.5 for CIFAR-10-LT R=100; see "
+                        "MM_TUNED)")
     m.add_argument("--delta-minus", type=float, default=None,
                    help="delta- of the wrongly classified samples; the largest margin is exp(-delta-) without --ldam, "
-                        "exp(-(delta- - max m_y)) with it (official --max_m). Default: the slides' best for the setting (e.g. 0.6 for CIFAR-10-LT R=100)")
+                        "exp(-(delta- - max m_y)) with it (official --max_m). Default: the slides' best for the "
+                        "setting (e.g. 0.6 for CIFAR-10-LT R=100)")
     m.add_argument("--scale", type=float, default=30.0,
                    help="logit scale s of the cosine logits (official cifar_train.py default; the slides give none)")
     m.add_argument("--ldam", action="store_true",
