@@ -107,8 +107,8 @@ def make_parser(doc):
     d.add_argument("--imbalance-ratio", default="100", help="n_max / n_min of exp and step, >= 1 (1 = balanced)")
     d.add_argument("--data-seed", type=int, default=0,
                    help="seed of the long-tailed subset (np.random.RandomState, as the official code)")
-    d.add_argument("--cache-dir", default=os.environ.get("IMBALANCE_REF_CACHE",
-                                                         os.path.join(os.path.expanduser("~"), ".cache", "imbalance-ref")),
+    d.add_argument("--cache-dir", default=os.environ.get(
+                       "IMBALANCE_REF_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "imbalance-ref")),
                    help="where decoded image folders are cached")
     t = p.add_argument_group("training (the kaidic/LDAM-DRW protocol)")
     t.add_argument("--epochs", type=int, default=200, help="training epochs")
@@ -211,14 +211,15 @@ def finish_args(args, method):
         sep in args.name for sep in (os.sep, os.altsep, "/") if sep)),
           f"--name must be a plain folder name (no path separators, not '.' or '..'), got '{args.name}'")
     if args.dataset == "imagefolder":
-        check(args.data_dir is not None, "--dataset imagefolder needs --data-dir pointing at a folder with train/ and test/")
+        check(args.data_dir is not None,
+              "--dataset imagefolder needs --data-dir pointing at a folder with train/ and test/")
     if args.dataset == "synthetic" and (args.data_dir is not None or args.download):
         print(f"note: {'--data-dir' if args.data_dir is not None else '--download'} is not used with --dataset "
               "synthetic, which makes its images itself", file=sys.stderr, flush=True)
     if args.resume and not args.checkpoint_every:
-        print("note: --resume with --checkpoint-every 0: this run goes on from a checkpoint where one exists, but saves "
-              "none, so it cannot be resumed itself (--checkpoint-every N saves one every N epochs)", file=sys.stderr,
-              flush=True)
+        print("note: --resume with --checkpoint-every 0: this run goes on from a checkpoint where one exists, but "
+              "saves none, so it cannot be resumed itself (--checkpoint-every N saves one every N epochs)",
+              file=sys.stderr, flush=True)
     check(not (args.overwrite and args.skip_existing),
           "--overwrite and --skip-existing contradict each other: pass one (replace an existing result, or keep it)")
     if args.out is None:
@@ -255,9 +256,11 @@ def resolve_device(name):
         dev = torch.device(name)
     except RuntimeError:
         dev = None
-    check(name == "cpu" or (dev is not None and dev.type == "cuda"), f"unknown --device '{name}': use auto, cpu, cuda or cuda:N")
+    check(name == "cpu" or (dev is not None and dev.type == "cuda"),
+          f"unknown --device '{name}': use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda":
-        check(torch.cuda.is_available(), f"--device {name} was asked for, but no CUDA GPU is available: use --device cpu")
+        check(torch.cuda.is_available(),
+              f"--device {name} was asked for, but no CUDA GPU is available: use --device cpu")
         check(dev.index is None or dev.index < torch.cuda.device_count(),
               f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to "
               f"cuda:{torch.cuda.device_count() - 1}")
@@ -406,7 +409,8 @@ def list_imagefolder(root):
     splits = {}
     for split in ("train", "test"):
         d = os.path.join(root, split)
-        check(os.path.isdir(d), f"{root} has no {split}/ folder: an image folder needs train/<class>/ and test/<class>/")
+        check(os.path.isdir(d),
+              f"{root} has no {split}/ folder: an image folder needs train/<class>/ and test/<class>/")
         splits[split] = class_folders(d)
         check(splits[split], f"{d} has no class folders: put images in {d}/<class>/")
     only_train = sorted(set(splits["train"]) - set(splits["test"]))
@@ -1250,7 +1254,8 @@ class Run:
         cuda = torch.device(self.device).type == "cuda"
         ck = {"epoch": epoch, "key": self.key,
               "model": model.state_dict(), "optimizer": optimizer.state_dict(), "more": [o.state_dict() for o in more],
-              "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "generator": self.generator.get_state(),
+              "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                      "generator": self.generator.get_state(),
                       "cuda": torch.cuda.get_rng_state(torch.device(self.device)) if cuda else None},
               "history": self.history, "last_eval": self.last_eval, "extra": self.extra, "resumed": self.resumed,
               "computed_with": self.computed_with(), "switched": self.switched,
@@ -1344,7 +1349,8 @@ def code_sha256(path, end=None):
         tree = ast.parse(text)
     except (OSError, SyntaxError, ValueError):
         return None
-    if tree.body and isinstance(tree.body[0], ast.Expr) and isinstance(getattr(tree.body[0], "value", None), ast.Constant) \
+    if tree.body and isinstance(tree.body[0], ast.Expr) \
+            and isinstance(getattr(tree.body[0], "value", None), ast.Constant) \
             and isinstance(tree.body[0].value.value, str):
         tree.body = tree.body[1:]
     if end is not None:
@@ -1585,7 +1591,7 @@ def plan(jobs, flags, out, at_once=1, extra=()):
             try:
                 with open(other) as f:
                     differ = arg_differences(json.load(f)["args"], vars(args))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):  # (the report says what is wrong with it)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):  # (the report says what is wrong)
                 differ = []
             check(not differ, f"run_all.sh: {other} holds a run with {_flag_values(differ, 1)}, where this "
                               f"invocation's runs of its row would have {_flag_values(differ, 2)} (SETTINGS, EXTRA, "
@@ -1652,8 +1658,8 @@ PAPER_TOP1 = {
                              "class_weights": 86.54, "erm_drw": 86.88, "cb_focal": 87.10, "ldam": 86.96,
                              "ldam_drw": 88.16, "mm_drw": 88.56, "mm_ldam_drw": 88.74},
     ("cifar10", "step", 100): {"erm": 63.30, "focal": 63.91, "oversampling": 61.86, "drs": 72.03,
-                               "class_weights": 61.94, "erm_drw": 71.60, "cb_focal": 60.27, "ldam": 66.58, "ldam_drw": 76.92,
-                               "mm_drw": 77.17, "mm_ldam_drw": 78.18},
+                               "class_weights": 61.94, "erm_drw": 71.60, "cb_focal": 60.27, "ldam": 66.58,
+                               "ldam_drw": 76.92, "mm_drw": 77.17, "mm_ldam_drw": 78.18},
     ("cifar100", "exp", 100): {"erm": 38.32, "focal": 38.41, "oversampling": 33.44, "drs": 40.33,
                                "class_weights": 33.99, "erm_drw": 40.66, "cb_focal": 36.02, "ldam": 39.60,
                                "ldam_drw": 42.04, "mm_drw": 42.86, "mm_ldam_drw": 43.47,
@@ -1930,7 +1936,8 @@ def session_lines(results_dir):
     wall = sum(s["wall_s"] for s in trained)
     # FAST=1, not "--fast": what the invocation asked for; on a CPU it trains eager (each row's device column says)
     kinds = sorted({f"JOBS={s['jobs']}, FAST={int(bool(s.get('fast')))}, MPS={int(bool(s.get('mps')))}"
-                    + (f", PCN_CLASS_GRADS={s['pcn_class_grads']}" if s.get("pcn_class_grads", "loop") != "loop" else "")
+                    + (f", PCN_CLASS_GRADS={s['pcn_class_grads']}"
+                       if s.get("pcn_class_grads", "loop") != "loop" else "")
                     for s in trained})
     cut = sum(s.get("cut_at_deadline", 0) for s in trained)
     failed = sum(s["failed"] for s in trained)
@@ -1973,7 +1980,8 @@ def report(results_dir):
         rows = summary[setting]
         counts = rows[next(iter(rows))]["runs"][0]["train_class_counts"]
         lines += [f"## {setting}", "", f"Training counts per class: {counts}.", "",
-                  "| method | top-1 (n) | many | medium | few | ECE | paper (orig. CIFAR) | wall time / run | device (torch; training path, precision) |",
+                  "| method | top-1 (n) | many | medium | few | ECE | paper (orig. CIFAR) | wall time / run "
+                  "| device (torch; training path, precision) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         order = sorted(rows, key=lambda m: -(rows[m]["top1"][0] or -1))
         for method in order:
@@ -2119,7 +2127,8 @@ def header_result(script, results_dir=os.path.join(ROOT, "results")):
     if not runs:
         return NOT_MEASURED
     rows = summarize(runs)[HEADER_SETTING]
-    parts = [f"{m} {_cell(rows[m]['top1'])} (n={rows[m]['n']})" for m in sorted(rows, key=lambda m: -(rows[m]["top1"][0] or -1))]
+    parts = [f"{m} {_cell(rows[m]['top1'])} (n={rows[m]['n']})"
+             for m in sorted(rows, key=lambda m: -(rows[m]["top1"][0] or -1))]
     devices = sorted({d for m in rows for d in rows[m]["devices"]})
     torches = sorted({t for m in rows for t in rows[m]["torch"]})
     missing = sorted({m for row, m in table_methods().items() if row.split()[0] == script} - set(rows))
