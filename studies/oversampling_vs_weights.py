@@ -91,6 +91,7 @@ import common  # noqa: E402
 
 METHODS = ("erm", "oversampling", "drs", "class_weights", "class_weights_n", "class_weights_u", "pcnsgd", "pcnsgd_o")
 BATCH = {"binary": 16, "lt10": 128}  # each setting's default batch: the post's, the protocol's
+LR_DROP_AT, LR_DROP = 0.75, 0.1  # the default schedule: lr x0.1 after 3/4 of the steps
 SETTINGS = ("binary", "lt10")
 LOSS_METHODS = ("erm", "oversampling", "drs", "class_weights", "class_weights_n", "class_weights_u")
 COLORS = {"erm": "black", "oversampling": "tab:blue", "drs": "tab:cyan", "class_weights": "tab:red",
@@ -1451,8 +1452,14 @@ def _auc_clause(s):
 
 
 def _optimizer(args):
-    """', momentum 0.9' (and ', weight decay w') for a study whose SGD is not plain; '' for plain SGD."""
-    return "".join(f", {k.replace('_', ' ')} {args[k]:g}" for k in ("momentum", "weight_decay") if args.get(k))
+    """', momentum 0.9' (and ', weight decay w') for a study whose SGD is not plain, and ', lr x0.01 from 0.8 of the
+    steps' (or ', constant lr') for one whose lr drop is not the default's (x0.1 from 0.75); '' for plain SGD with
+    the default drop."""
+    text = "".join(f", {k.replace('_', ' ')} {args[k]:g}" for k in ("momentum", "weight_decay") if args.get(k))
+    at, drop = args.get("lr_drop_at", LR_DROP_AT), args.get("lr_drop", LR_DROP)
+    if (at, drop) != (LR_DROP_AT, LR_DROP):
+        text += f", lr x{drop:g} from {at:g} of the steps" if 0 < at < 1 and drop != 1 else ", constant lr"
+    return text
 
 
 def _in_se(a, b):
@@ -2178,9 +2185,9 @@ def parse_args(argv=None):
                    help="learning rate of pcnsgd / pcnsgd_o (default --lr, as the paper and methods/pcn_sgd.py)")
     t.add_argument("--momentum", type=float, default=0.0, help="0: plain SGD, as the post and the PCN code")
     t.add_argument("--weight-decay", type=float, default=0.0, help="0, as the PCN code")
-    t.add_argument("--lr-drop-at", type=float, default=0.75, help="fraction of the steps after which lr x --lr-drop "
-                                                                  "(0 or 1: constant lr)")
-    t.add_argument("--lr-drop", type=float, default=0.1, help="the factor of the lr drop at --lr-drop-at")
+    t.add_argument("--lr-drop-at", type=float, default=LR_DROP_AT,
+                   help="fraction of the steps after which lr x --lr-drop (0 or 1: constant lr)")
+    t.add_argument("--lr-drop", type=float, default=LR_DROP, help="the factor of the lr drop at --lr-drop-at")
     t.add_argument("--eps", type=float, default=1e-6, help="PCN g / (||g|| + eps) (official 1e-6)")
     m = p.add_argument_group("measurement and output")
     m.add_argument("--evals", type=int, default=None,

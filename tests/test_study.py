@@ -1089,6 +1089,11 @@ def test_deferred_resampling_joins_oversampling_and_the_class_weights_of_its_cas
     drop = with_drop(study(0.01, 0.9, steps=20000, drs=1.0))  # another lr drop: another case, no oversampling
     drop["args"]["lr_drop_at"] = 0.8
     assert S.drs_lines([("long", long), ("drop", drop)]) == []
+    # ... whose rows name their lr drop, where it is not the default's (x0.1 from 0.75 of the steps)
+    protocol = with_drop(study(0.01, 0.9, steps=20000, oversampling=50.0, drs=55.0))
+    protocol["args"].update(lr_drop_at=0.8, lr_drop=0.01)
+    assert [line.split(" | oversampling |")[0] for line in S.drs_lines([("p", protocol)])[4:5]] == [
+        "| binary, smallcnn, cpu, momentum 0.9, lr x0.01 from 0.8 of the steps | 0.01 | 5 x 20000 | 15000"]
 
 
 def test_readme_curves_come_from_the_longest_study_then_one_with_weight_decay_then_one_of_the_resnet32():
