@@ -2049,12 +2049,13 @@ def study_page_lines(studies, table):
 
 def longest_runs(studies):
     """{setting: (folder, study.json)}: per setting, the study of [(folder, study.json)] that ran oversampling for the
-    most steps (of those, one with weight decay, as the protocol has, then one of the protocol's ResNet-32), whose
-    learning curves README shows."""
+    most steps (of those, one with weight decay, as the protocol has, then one of the protocol's ResNet-32, then one
+    with a class-weight form beside it), whose learning curves README shows."""
     best = {}
     for d, res in studies:
         for name, st in res["settings"].items():
-            key = (st["steps"], res["args"]["weight_decay"] > 0, st["model"] == "resnet32", d)
+            weighted = any(m in st["summary"] for m in WEIGHTINGS)
+            key = (st["steps"], res["args"]["weight_decay"] > 0, st["model"] == "resnet32", weighted, d)
             if "oversampling" in st["summary"] and (name not in best or key > best[name][0]):
                 best[name] = (key, d, res)
     return {name: (d, res) for name, (_, d, res) in sorted(best.items())}

@@ -1106,6 +1106,10 @@ def test_readme_curves_come_from_the_longest_study_then_one_with_weight_decay_th
     assert {k: d for k, (d, _) in S.longest_runs(studies).items()} == {"binary": "w-long-wd-resnet"}
     assert {k: d for k, (d, _) in S.longest_runs(studies[:3]).items()} == {"binary": "x-long-wd"}
     assert {k: d for k, (d, _) in S.longest_runs(studies[:2]).items()} == {"binary": "y-long"}
+    # ... and of those, one that ran a class-weight form beside oversampling
+    alike = [("a-weights", study(0.01, 0.9, steps=20000, oversampling=1.0, class_weights=1.0)),
+             ("b-drs", study(0.01, 0.9, steps=20000, oversampling=1.0, drs=1.0))]
+    assert {k: d for k, (d, _) in S.longest_runs(alike).items()} == {"binary": "a-weights"}
 
 
 def test_the_study_page_lists_each_study_in_the_order_of_the_answers_table_named_by_its_lr_and_steps():
