@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, read_results, without_times
+from conftest import ONE_THREAD, ROOT, read_results, without_times
 
 import common
 
@@ -23,7 +23,8 @@ ROWS = [["pcn_sgd.py", "--variant", "pcnsgd_o"]]
 
 def launch(row, out, *extra):
     return subprocess.Popen([sys.executable, f"methods/{row[0]}", *row[1:], *ARGS, "--out", str(out), *extra],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **ONE_THREAD})  # two at once: one thread each
 
 
 def kill_after_first_epoch(proc):
