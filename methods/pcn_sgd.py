@@ -1,76 +1,54 @@
 """PCNSGD: per-class normalized SGD, each step along the sum of the unit-norm per-class gradients.
 
-Every step draws a mini-batch that holds every class, computes each class's gradient g_l (of the summed
-cross-entropy of its samples in the batch) and steps along sum_l g_l / (||g_l|| + eps), the norm taken over all
-parameters jointly. Each class then pulls with the same strength, so the majority can no longer drown the
-minority gradients; the paper proves that this removes the "minority initial drop" of plain GD for full-batch
-PCNGD, and finds that with mini-batches the minority's higher directional noise weakens PCNSGD, which
-oversampling (+O) restores. Variants:
-  pcnsgd    per-class batch sizes proportional to the class counts, as the official code splits the batch by the
-            ratios, but each class at least 1 (the official code computes 0 for such a class, warns, and cannot
-            build its loader, so such a setting does not run there; it also truncates every class to the same
-            number of batches). Whole-image rounding and that floor make the classes run through
-            their data at different rates: 0.7 to 1.9 passes per epoch on CIFAR-10-LT R=100; on CIFAR-100-LT
-            R=100 47 of 100 classes sit on the floor, up to 17 passes, a batch of 169, closer to PCNSGD+O there
-            (the JSON records the draws per epoch);
-  pcnsgd_o  equal per-class batch sizes round(B/C); a class that runs out is re-shuffled and drawn again
-            (oversampling, the paper's PCNSGD+O); on CIFAR-100 that is 1 image per class, a batch of 100 and
-            single-image class gradients (official CIFAR-100 runs used B = 400 with ResNet-18, among others);
-  sgd_o     the same balanced batches with the plain update sum_l g_l (the paper's SGD+O comparison).
-What the mini-batch version does when a class has one image per step: studies/README.md, "PCNSGD in the same study"
-(binary 1:99: pcnsgd collapses onto the majority with 4 or more majority images per step, pcnsgd_o never; with ten
-classes the other classes' push is spread, and no seed collapsed).
-The results folder is the variant's name, plus "_gn" with --norm group.
+Each step draws a mini-batch that holds every class, computes each class's gradient g_l (of the summed cross-entropy
+of its samples) and steps along sum_l g_l / (||g_l|| + eps), the norm over all parameters jointly: every class pulls
+with the same strength, so the majority no longer drowns the minority. The paper proves that this removes the
+"minority initial drop" of full-batch GD, and finds that with mini-batches the minority's larger gradient noise
+weakens PCNSGD, which oversampling (+O) restores. Variants (--variant, also the results folder; "_gn" added with
+--norm group):
+  pcnsgd    per-class batch sizes proportional to the class counts, each at least 1 (the official code computes 0
+            for such a class and cannot build its loader). Whole-image rounding and that floor make the classes
+            pass through their data at different rates: 0.7 to 1.9 passes per epoch on CIFAR-10-LT R=100; on
+            CIFAR-100-LT R=100 47 of 100 classes sit on the floor, up to 17 passes, a batch of 169 (the JSON
+            records per_class_batch_sizes and per_class_draws_per_epoch);
+  pcnsgd_o  equal per-class batch sizes round(B/C), a class that runs out re-shuffled and drawn again (the paper's
+            PCNSGD+O; on CIFAR-100 one image per class, a batch of 100);
+  sgd_o     the same balanced batches with the plain step sum_l g_l (the paper's SGD+O).
+With one minority image per step the mini-batch version can collapse onto the majority: studies/README.md, "PCNSGD
+in the same study" (binary 1:99: pcnsgd with 4 or more majority images per step, pcnsgd_o never; ten classes: no seed).
 
 Paper:     Francazi, Baity-Jesi, Lucchi, "A Theoretical Analysis of the Learning Dynamics under Class Imbalance",
-           ICML 2023 (PMLR 202:10285-10322, arXiv 2207.00391). No CIFAR-LT ResNet-32 accuracy is published: the
-           paper shows learning curves (per-class loss / accuracy over time), so there is no number to match.
+           ICML 2023 (PMLR 202:10285-10322, arXiv 2207.00391). It shows learning curves (per-class loss and accuracy
+           over time), no CIFAR-LT ResNet-32 accuracy, so there is no number to match.
 Code:      EmanueleFrancazi/PCNGD-Algorithms @ 3eb4ef0 (CodeBlocks.py, MainBlock.py, PythonRunManager.sh).
-vs ERM:    per-class batches instead of a plain shuffle; C backward passes per step (one per class) and the
-           normalized direction written into .grad before the ordinary torch.optim.SGD step (which adds momentum
-           and weight decay from the shared flags). run.extra["per_class_train_loss"]: one list of C values per
-           epoch, the mean training loss of each class's samples seen that epoch (the minority initial drop);
-           run.extra["direction_norm"] and ["plain_grad_norm"]: per epoch, the mean norm of the step direction and
-           of the plain SGD gradient sum_l g_l of the same batches (their ratio: how much longer a step is than
-           an SGD step at the same lr).
-Choices:   BatchNorm (--norm batch, default): ONE joint forward of the whole batch (ordinary BN batch statistics and
-           running statistics, as ERM), per-class losses L_l = sum_{y_i=l} CE_i / B (so sum_l L_l is the batch-mean
-           CE; eps is applied on the scale of the official sums), and one backward per class through the retained
-           graph. g_l therefore includes the coupling through the batch statistics; it costs C full backward passes
-           (10x on CIFAR-10, 100x on CIFAR-100); --class-grads batched runs the C of them as one batched backward
-           (the same g_l up to rounding on the CPU, fewer and larger kernels; on CUDA it failed at 95e099f,
-           results/logs/gpu-checks.log, and the fix since has not yet run on a GPU). run_all.sh's PCNSGD rows take it
-           (PCN_CLASS_GRADS=batched) where studies/benchmark.py --class-grads timed it faster on the GPU and its GPU
-           tests passed. --norm group swaps every BatchNorm2d for GroupNorm(channels/4, channels) as the official
-           code (GF=4 in PythonRunManager.sh); GroupNorm has no cross-sample coupling, so each class is then
-           forwarded and back-propagated alone (exactly the same g_l, about the arithmetic of one ERM step but C
-           times its kernel launches, and eager only: --fast does not capture it).
-           Learning rate: kept as given (the paper uses the plain lr with the normalized direction). The
-           direction has norm between 0 and C (about sqrt(C) when the g_l are orthogonal, less when classes pull
-           against each other), and unlike the ERM gradient it does not shrink as the loss falls: a step can be
-           shorter or longer than an ERM step at the same lr, and is relatively longer late in training.
-           Steps per epoch = ceil(N / B) for every variant, as ERM (the official +O epoch is N_b^(0) =
-           n_0 / (B/C) steps, about C x n_0 / N times more: 4x on CIFAR-10-LT R=100). With the at-least-1 floor
-           (pcnsgd), classes with n_c < steps/epoch are drawn more than once per epoch; the JSON records
-           per_class_batch_sizes and per_class_draws_per_epoch.
-Protocol:  the shared one (momentum 0.9, wd 2e-4, 200 epochs, warm-up, decays at 160/180) gives a CIFAR-LT number
-           comparable to the other methods. The published behaviour is `--momentum 0 --weight-decay 0 --norm
-           group` (MainBlock.py: momentum 0, weight_decay 0; GroupNorm models); the official runs also use
-           other nets and batch sizes (PythonRunManager.sh), no augmentation (ToTensor and Normalize only,
-           CodeBlocks.py), float64 (model.double()), an lr divided by 10 at 0-based epochs 7, 79, 799 without
-           warm-up (MainBlock.py lr_rule, LambdaLR), and sum-reduced CE (after the
-           normalization it matters only through eps, which is applied on that scale here; sgd_o uses the batch
-           mean, as the official plain SGD divides by the batch size).
-           With this protocol's optimizer the step is not the paper's: the direction keeps a norm near sqrt(C)
-           while the SGD gradient falls by orders of magnitude as training goes on (the JSON's direction_norm and
-           plain_grad_norm, per epoch, show both), so with momentum 0.9 a late step can be tens of times an ERM
-           step until the decay at epoch 160. For the conv weights, each followed by BatchNorm
-           (scale-invariant), the longer step mostly grows their norm until weight decay balances it, so their
-           angular step ends near ERM's; the step that does not shrink acts mainly on the linear head and the BN
-           affine parameters. No lr is published for this regime; the table uses the shared 0.1, and
-           direction_norm / plain_grad_norm in the JSON show the ratio a run actually had.
-           Precision: on CUDA the network runs under bf16 autocast (the loss in fp32, the final evaluation in
-           fp32); --fp32 trains in fp32 throughout (the official PCN code runs in float64).
+vs ERM:    per-class batches instead of a plain shuffle; C backward passes per step (one per class), the normalized
+           direction written into .grad before the ordinary torch.optim.SGD step (momentum and weight decay from the
+           shared flags); steps per epoch ceil(N / B) as ERM (the official +O epoch has n_max / (B/C) steps: 4x on
+           CIFAR-10-LT R=100). The JSON's extra, per epoch: per_class_train_loss (each class's mean training loss:
+           the minority initial drop), direction_norm and plain_grad_norm (the mean norm of the step direction and
+           of the plain gradient sum_l g_l of the same batches).
+Choices:   --norm batch (default): one joint forward of the whole batch (BatchNorm statistics as ERM), per-class
+           losses L_l = sum_{y_i=l} CE_i / B (their sum is the batch-mean CE; eps on the scale of the official sums),
+           one backward per class through the retained graph, so g_l includes the coupling through the batch
+           statistics (C times ERM's backward). --class-grads batched computes the C of them in one batched backward
+           (the same g_l up to rounding on the CPU; on CUDA it failed at 95e099f, results/logs/gpu-checks.log, and
+           the fix has not run on a GPU yet); run_all.sh's PCNSGD rows take it only where studies/benchmark.py
+           --class-grads timed it faster on the GPU and its GPU tests passed. --norm group: GroupNorm(channels/4,
+           channels) as the official code (GF=4), no cross-sample coupling, each class forwarded alone (exactly the
+           same g_l; eager only, --fast does not capture it).
+Protocol:  the shared one (momentum 0.9, wd 2e-4, 200 epochs, warm-up, decays at 160/180), so its number compares
+           with the other rows'. The paper's regime is --momentum 0 --weight-decay 0 --norm group (MainBlock.py);
+           the official runs also use other nets and batch sizes, no augmentation, float64, an lr divided by 10 at
+           0-based epochs 7, 79, 799 without warm-up, and sum-reduced CE (which matters here only through eps; sgd_o
+           takes the batch mean, as the official plain SGD divides by the batch size).
+           The lr is kept as given. The direction's norm lies between 0 and C (about sqrt(C) for orthogonal g_l)
+           and does not shrink as the loss falls, while ERM's gradient falls by orders of magnitude: with momentum
+           0.9 a late step can be tens of times an ERM step until the decay at epoch 160. For the conv weights,
+           each followed by BatchNorm (scale-invariant), that mostly grows their norm until weight decay balances
+           it; the longer step acts mainly on the linear head and the BN affine parameters. No lr is published for
+           this regime: the table uses the shared 0.1, and direction_norm / plain_grad_norm show the ratio a run had.
+           Precision: bf16 autocast on CUDA (the loss and the final evaluation in fp32); --fp32 trains in fp32
+           throughout (the official code: float64).
 Result:    not measured yet on a GPU (see results/RESULTS.md once run_all.sh has run).
 Run:       python methods/pcn_sgd.py --dataset imagefolder --data-dir data/cifar10-jpeg --imbalance-ratio 100 --variant pcnsgd
 """
