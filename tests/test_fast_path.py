@@ -89,7 +89,7 @@ def test_benchmark_stops_on_missing_data_before_any_run_naming_its_own_flag(tmp_
 def test_benchmark_plumbing_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
     proc = run_script("studies/benchmark.py", "--device", "cpu", "--rows", "class_weights.py",
-                      "--data-flags", "--dataset synthetic --imbalance-ratio 10 --batch-size 64", "--epochs", "3",
+                      "--data-flags", "--dataset synthetic --imbalance-ratio 100 --batch-size 64", "--epochs", "3",
                       "--check", "--check-flags", "--epochs 2 --warmup-epochs 1 --lr-decay-epochs 1 --drw-epoch 1",
                       "--parallel", "2", "--accuracy", "2", "--accuracy-fp32", "--project-epochs", "3",
                       "--project-eval-every", "3", "--class-grads",
@@ -133,13 +133,13 @@ def test_benchmark_plumbing_on_cpu(tmp_path):
     assert ": eager fp32 " in load_benchmark().accuracy_lines([report])[0]  # SPEED.md says which eager
     assert len(list((tmp_path / "accuracy").glob("*/acc_class_weights_py_*_seed*/seed*.json"))) == 4
     again = load_benchmark().accuracy_check(  # kept runs are reused, not trained again
-        "class_weights.py", ["--dataset", "synthetic", "--imbalance-ratio", "10", "--batch-size", "64", "--device",
+        "class_weights.py", ["--dataset", "synthetic", "--imbalance-ratio", "100", "--batch-size", "64", "--device",
                              "cpu"], 2, 3, 3, str(tmp_path / "accuracy"), str(tmp_path), eager_fp32=True)
     assert again["eager"]["top1"] == acc["eager"]["top1"] and again["fast"]["top1"] == acc["fast"]["top1"]
     assert all("skip:" in (tmp_path / f"acc_class_weights_py_{p}_seed{k}.log").read_text()
                for p in ("eager_fp32", "fast") for k in (0, 1))
     with pytest.raises(common.UserError, match="not a completed 4-epoch run"):  # kept runs of another length
-        load_benchmark().accuracy_check("class_weights.py", ["--dataset", "synthetic", "--imbalance-ratio", "10",
+        load_benchmark().accuracy_check("class_weights.py", ["--dataset", "synthetic", "--imbalance-ratio", "100",
                                                              "--batch-size", "64", "--device", "cpu"],
                                         2, 4, 4, str(tmp_path / "accuracy"), str(tmp_path))
     assert "steady epoch eager" in proc.stdout
