@@ -345,14 +345,14 @@ def test_plan_finds_the_checkpoint_each_rows_own_run_saves(tmp_path):
     after every epoch ends after its first one, as a run killed then would; the plan must say 1 epoch done."""
     flags = ["--dataset", "synthetic", "--device", "cpu", "--batch-size", "64", "--epochs", "2", "--checkpoint-every",
              "1", "--resume", "--out", str(tmp_path)]
-    job = ["--imbalance-type", "exp", "--imbalance-ratio", "10", "--seed", "0"]
+    job = ["--imbalance-type", "exp", "--imbalance-ratio", "100", "--seed", "0"]
 
     rows = table_rows()
     for rc, out, err in run_forked_pool([(f"methods/{row.split()[0]}", (*row.split()[1:], *flags, *job),
                                           killed_after_its_first_checkpoint) for row in rows]):  # two at a time
         assert rc == 0, out[-2000:] + err[-2000:]
     assert not read_results(tmp_path)  # (the plan drops the checkpoint of a run that has its JSON)
-    lines = common.plan([f"{row}|exp|10|0" for row in rows], flags, str(tmp_path))
+    lines = common.plan([f"{row}|exp|100|0" for row in rows], flags, str(tmp_path))
     assert {row: line.split()[2] for row, line in zip(rows, lines)} == {row: "1" for row in rows}
 
 
