@@ -10,7 +10,7 @@ and run.finish is the model the method needs: the scaled cosine head evaluated, 
 SAM's BatchNorm statistics updated in both passes unless frozen.
 
 Each script runs as __main__ in a forked child of this process (conftest.start_forked: torch is imported once), for
-one epoch (the DRW runs two) on the synthetic set, one thread each, two at a time: about 2 s a run, 58 runs.
+one epoch (the DRW runs two) on the synthetic set, one thread each, two at a time: 67 runs, about 45 s on 2 cores.
 """
 import collections
 import json
@@ -27,8 +27,10 @@ import common  # noqa: E402  (the module the forked scripts import: setup() wrap
 pcn = load_method("pcn_sgd")
 torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # the first optimizer imports torch._dynamo (~2 s): once, here
 
-# one epoch of 7 steps of 64 on 403 synthetic images: its mean loss also measures the weights the steps trained
-ARGS = [*SMOKE_ARGS, "--epochs", "1"]
+# one epoch of 4 steps of 64 on the 242 images of the synthetic R=100 subset: its mean loss also measures the weights
+# the steps trained
+ARGS = [*SMOKE_ARGS, "--epochs", "1", "--imbalance-ratio", "100"]
+STEPS, IMAGES = 4, 242
 
 
 ERM = ("methods/erm.py",)
@@ -81,8 +83,9 @@ IDENTITIES = [
 # runs whose batches are recorded: (script, *flags)
 OVERSAMPLING = ("methods/oversampling.py",)
 DRS = ("methods/oversampling.py", "--start-epoch", "1", "--epochs", "2")
-UNDERSAMPLING = ("methods/undersampling.py",)
-UNDERSAMPLING_2 = ("methods/undersampling.py", "--epochs", "2")
+# (on the R=10 subset: 10 images of every class an epoch, not R=100's one)
+UNDERSAMPLING = ("methods/undersampling.py", "--imbalance-ratio", "10")
+UNDERSAMPLING_2 = ("methods/undersampling.py", "--imbalance-ratio", "10", "--epochs", "2")
 # PCNSGD+O: test_optimizer_methods checks the per-class sizes of both variants and the index matrix, this module
 # that the loop trains on its rows
 PCNSGD_O = ("methods/pcn_sgd.py", "--variant", "pcnsgd_o")
@@ -245,16 +248,17 @@ def as_list(counter, num_classes=10):
 def test_the_oversampler_drives_the_batches(run, trained):
     found, out = result(trained, run)
     epochs = found["args"]["epochs"]
-    per_epoch, _ = fed(out / "batches", 7, epochs)
+    per_epoch, _ = fed(out / "batches", STEPS, epochs)
     natural = found["train_class_counts"]
     drawn = found["extra"]["sampled_class_counts"]
     assert epochs == (2 if run == DRS else 1)
     assert (drawn[0] == natural) == (run == DRS)  # DRS: a plain shuffle before its start epoch; RS re-samples
     for e in range(epochs):
         got = as_list(per_epoch[e])
-        # what the sampler drew, plus the 45 indices that fill the last batch (403 images, 7 x 64 = 448 draws)
-        assert all(g >= d for g, d in zip(got, drawn[e])) and sum(got) - sum(drawn[e]) == 7 * 64 - 403, (got, drawn)
-    assert as_list(per_epoch[-1])[-1] > 2 * natural[-1]  # the tail class is oversampled: ~40 draws of its 10 images
+        # what the sampler drew, plus the 14 indices that fill the last batch (242 images, 4 x 64 = 256 draws)
+        assert all(g >= d for g, d in zip(got, drawn[e])) and sum(got) - sum(drawn[e]) == STEPS * 64 - IMAGES, \
+            (got, drawn)
+    assert as_list(per_epoch[-1])[-1] > 10 * natural[-1]  # the tail class is oversampled: ~24 draws of its 1 image
 
 
 def test_the_undersampler_drives_the_batches(trained):
