@@ -30,7 +30,6 @@ torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # the first optimizer imp
 # one epoch of 4 steps of 64 on the 242 images of the synthetic R=100 subset: its mean loss also measures the weights
 # the steps trained
 ARGS = [*SMOKE_ARGS, "--epochs", "1", "--imbalance-ratio", "100"]
-STEPS, IMAGES = 4, 242
 
 
 ERM = ("methods/erm.py",)
@@ -248,15 +247,16 @@ def as_list(counter, num_classes=10):
 def test_the_oversampler_drives_the_batches(run, trained):
     found, out = result(trained, run)
     epochs = found["args"]["epochs"]
-    per_epoch, _ = fed(out / "batches", STEPS, epochs)
     natural = found["train_class_counts"]
+    steps = -(-sum(natural) // 64)
+    per_epoch, _ = fed(out / "batches", steps, epochs)
     drawn = found["extra"]["sampled_class_counts"]
     assert epochs == (2 if run == DRS else 1)
     assert (drawn[0] == natural) == (run == DRS)  # DRS: a plain shuffle before its start epoch; RS re-samples
     for e in range(epochs):
         got = as_list(per_epoch[e])
         # what the sampler drew, plus the 14 indices that fill the last batch (242 images, 4 x 64 = 256 draws)
-        assert all(g >= d for g, d in zip(got, drawn[e])) and sum(got) - sum(drawn[e]) == STEPS * 64 - IMAGES, \
+        assert all(g >= d for g, d in zip(got, drawn[e])) and sum(got) - sum(drawn[e]) == steps * 64 - sum(natural), \
             (got, drawn)
     assert as_list(per_epoch[-1])[-1] > 10 * natural[-1]  # the tail class is oversampled: ~24 draws of its 1 image
 
